@@ -1,0 +1,216 @@
+"""Inference latency and memory: the cached runner against a naive reference, side by side.
+
+    python bench/bench_inference.py [--repeats 5] [--device cpu|cuda|auto] [--models-dir DIR]
+
+The naive reference re-reads, re-hashes and re-builds the model on every call, preprocesses in float64 with
+numpy/opencv, runs one image at a time and computes Grad-CAM with autograd through the whole backbone.
+Timings alternate between the two in one process; peak RSS comes from one child process per variant (all
+models loaded plus one study), so that each figure is its own. No assertions: this prints numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import resource
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from time import perf_counter
+
+import cv2
+import numpy as np
+import torch
+
+from inference.postprocess import LUNGS, cardiothoracic_ratio, clean_label_map, clip_to_mask, heatmap_boxes
+from inference.registry import Registry
+from inference.runner import Runner, default_models_dir
+
+SEG, BONE, CLS = "anatomy_unet_jsrt", "bone_suppression_ae", "cxr15_mobilenetv3"
+
+
+def median_ms(fns: dict[str, Callable], repeats: int) -> dict[str, float]:
+    """Median wall time of each function; one warm-up each, then rounds that alternate between them so that
+    load from other processes on a shared machine hits every variant alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = perf_counter()
+            fn()
+            times[name].append((perf_counter() - t) * 1000)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def chest_image(size: int) -> np.ndarray:
+    """A real radiograph when the shared data is there (NIH, 512 px, upsampled), else smooth noise."""
+    path = default_models_dir().parent / "data" / "nih" / "images" / "00000550_000.png"
+    u8 = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if u8 is None:
+        u8 = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (512, 512), dtype=np.uint8), (0, 0), 8)
+    return np.clip(cv2.resize(u8.astype(np.float32) / 255, (size, size), interpolation=cv2.INTER_CUBIC), 0, 1)
+
+
+class Naive:
+    """The straightforward way: no cache, float64 numpy preprocessing, full autograd for Grad-CAM."""
+
+    def __init__(self, models_dir: Path):
+        self.registry = Registry(models_dir)
+
+    def load(self, model_id: str) -> torch.nn.Module:
+        spec = self.registry.get(model_id)
+        data = self.registry.weights_path(model_id).read_bytes()
+        if hashlib.sha256(data).hexdigest() != spec.weights_sha256:
+            raise RuntimeError(f"{model_id}: sha256 mismatch")
+        model = self.registry.builder(model_id)()
+        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), strict=True)
+        return model.eval()
+
+    @staticmethod
+    def to_input(img: np.ndarray, size: int, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+        x = cv2.resize(img.astype(np.float64), (size, size), interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(((x - mean) / std).astype(np.float32))[None, None]
+
+    def seg(self, img: np.ndarray) -> np.ndarray:
+        model, (h, w) = self.load(SEG), img.shape
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        square = np.zeros((side, side), np.float64)
+        square[top : top + h, left : left + w] = img
+        with torch.no_grad():
+            logits = model(self.to_input(square, 512))[0].numpy().astype(np.float64)
+        up = np.stack([cv2.resize(c, (side, side), interpolation=cv2.INTER_LINEAR) for c in logits])
+        return clean_label_map(up[:, top : top + h, left : left + w].argmax(0).astype(np.uint8))
+
+    def bone(self, img: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = self.load(BONE)(self.to_input(img, 512))[0, 0].numpy().astype(np.float64)
+        return np.clip(cv2.resize(out, img.shape[::-1], interpolation=cv2.INTER_LINEAR), 0, 1)
+
+    def classify(self, img: np.ndarray) -> str:
+        spec = self.registry.get(CLS)
+        with torch.no_grad():
+            logits = self.load(CLS)(self.to_input(img, 224, spec.mean, spec.std))[0].numpy().astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        return spec.labels[int(np.argmax(probs / probs.sum()))]
+
+    def gradcam(self, img: np.ndarray, label: str) -> np.ndarray:
+        spec, model = self.registry.get(CLS), self.load(CLS)
+        feats = model.features(self.to_input(img, 224, spec.mean, spec.std))
+        feats.retain_grad()
+        model.head(feats)[0, spec.labels.index(label)].backward()
+        cam = torch.relu((feats.grad.mean(dim=(2, 3), keepdim=True) * feats).sum(1))[0].detach().numpy()
+        cam = cv2.resize(cam.astype(np.float64), img.shape[::-1], interpolation=cv2.INTER_LINEAR)
+        return (cam / cam.max() if cam.max() > 0 else cam).astype(np.float32)
+
+
+def variants(models_dir: Path, device: str) -> tuple[dict, dict]:
+    """(runner, naive): the four calls of each as seg(img) -> labels, bone(img), classify(img) -> top label,
+    gradcam(img, label); the runner with its models already loaded."""
+    runner, naive = Runner(Registry(models_dir), device), Naive(models_dir)
+    fast = {
+        "seg": lambda i: runner.segment_anatomy(i).label_map,
+        "bone": lambda i: runner.suppress_bones(i).soft_tissue,
+        "classify": lambda i: runner.classify(i).top_label,
+        "gradcam": runner.gradcam,
+        "runner": runner,
+    }
+    return fast, {"seg": naive.seg, "bone": naive.bone, "classify": naive.classify, "gradcam": naive.gradcam}
+
+
+def study(v: dict, img: np.ndarray) -> None:
+    """Every overlay of a newly opened study."""
+    label_map = v["seg"](img)
+    v["bone"](img)
+    heat = clip_to_mask(v["gradcam"](img, v["classify"](img)), label_map == LUNGS)
+    cardiothoracic_ratio(label_map)
+    heatmap_boxes(heat)
+
+
+def timings(models_dir: Path, device: str, repeats: int) -> list[tuple[str, float, float | None]]:
+    fast, naive = variants(models_dir, device)
+    runner = fast["runner"]
+    t = perf_counter()
+    for model_id in (SEG, BONE, CLS):
+        runner.load(model_id)
+    rows = [("load all models (cold, once)", (perf_counter() - t) * 1000, None)]
+
+    def forward(model_id, size, batch=1):
+        model, x = runner.load(model_id), torch.rand(batch, 1, size, size, device=runner.device)
+
+        def go():
+            with torch.inference_mode():
+                model(x)
+            if runner.device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return go
+
+    for name, fn, per in [
+        ("forward anatomy 1x512", forward(SEG, 512), 1),
+        ("forward bone 1x512", forward(BONE, 512), 1),
+        ("forward classifier 1x224", forward(CLS, 224), 1),
+        ("forward classifier 16x224, per image", forward(CLS, 224, 16), 16),
+    ]:
+        rows.append((name, median_ms({"f": fn}, repeats)["f"] / per, None))
+
+    img512, img224, img1024 = chest_image(512), chest_image(224), chest_image(1024)
+    calls = {
+        "segment_anatomy, 512 in": lambda v: v["seg"](img512),
+        "suppress_bones, 512 in": lambda v: v["bone"](img512),
+        "classify, 224 in": lambda v: v["classify"](img224),
+        "gradcam, 224 in": lambda v: v["gradcam"](img224, "Cardiomegaly"),
+        "new study, all overlays, 1024x1024": lambda v: study(v, img1024),
+    }
+    for name, call in calls.items():
+        m = median_ms({"fast": lambda: call(fast), "naive": lambda: call(naive)}, repeats)
+        rows.append((name, m["fast"], m["naive"]))
+    batch = median_ms({"b": lambda: runner.classify_batch([img1024] * 16)}, repeats)["b"] / 16
+    rows.append(("classify_batch 16 x 1024 in, per image", batch, None))
+    return rows
+
+
+def peak_rss_child(variant: str, models_dir: Path, device: str) -> None:
+    fast, naive = variants(models_dir, device)
+    if variant == "fast":
+        for model_id in (SEG, BONE, CLS):
+            fast["runner"].load(model_id)
+    study(fast if variant == "fast" else naive, chest_image(1024))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux reports KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median), after 1 warm-up")
+    parser.add_argument("--device", default="cpu", help="runner device (the naive reference is always CPU)")
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--rss-of", choices=["fast", "naive"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_of:
+        return peak_rss_child(args.rss_of, args.models_dir, args.device)
+
+    load_before = os.getloadavg()[0]
+    rows = timings(args.models_dir, args.device, args.repeats)
+    rss = {}
+    for variant in ("fast", "naive"):
+        cmd = [sys.executable, __file__, "--rss-of", variant, "--device", args.device,
+               "--models-dir", str(args.models_dir)]  # fmt: skip
+        rss[variant] = float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    rows.append(("peak RSS MiB (models loaded + 1 study)", rss["fast"], rss["naive"]))
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, median of "
+          f"{args.repeats} after 1 warm-up, times in ms; 1-min load average {load_before:.1f} -> "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes skew CPU timings)")  # fmt: skip
+    print(f"{'':42} {'runner':>10} {'naive':>10} {'naive/runner':>13}")
+    for name, value, other in rows:
+        side = f"{other:10.1f} {other / value:12.1f}x" if other is not None else ""
+        print(f"{name:42} {value:10.1f} {side}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Repository functions: each takes a Session and never commits (the caller owns the transaction)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session, aliased
+
+from db.models import Image, Role, Study, StudyStatus, User, utcnow
+
+
+# --- users -------------------------------------------------------------------------------------------------
+def count_users(s: Session) -> int:
+    return s.scalar(select(func.count(User.id))) or 0
+
+
+def get_user_by_name(s: Session, username: str) -> User | None:
+    return s.scalar(select(User).where(User.username == username))
+
+
+def list_users(s: Session) -> list[User]:
+    return list(s.scalars(select(User).order_by(User.username)))
+
+
+def add_user(s: Session, username: str, password_hash: str, role: Role) -> User:
+    user = User(username=username, password_hash=password_hash, role=role)
+    s.add(user)
+    s.flush()
+    return user
+
+
+# --- studies and images --------------------------------------------------------------------------------------
+def image_by_sop(s: Session, sop_instance_uid: str) -> Image | None:
+    return s.scalar(select(Image).where(Image.sop_instance_uid == sop_instance_uid))
+
+
+def image_by_pixel_hash(s: Session, pixel_sha256: str) -> Image | None:
+    return s.scalar(select(Image).where(Image.pixel_sha256 == pixel_sha256).limit(1))
+
+
+def get_or_create_study(s: Session, study_instance_uid: str, **fields) -> Study:
+    study = s.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+    if study is None:
+        study = Study(study_instance_uid=study_instance_uid, **fields)
+        s.add(study)
+        s.flush()
+    return study
+
+
+def add_image(s: Session, study: Study, **fields) -> Image:
+    image = Image(study_id=study.id, **fields)
+    s.add(image)
+    s.flush()
+    views = sorted({v for v in s.scalars(select(Image.view_position).where(Image.study_id == study.id)) if v})
+    study.view_position = ",".join(views) or None
+    study.modality = study.modality or image.modality
+    return image
+
+
+def get_study(s: Session, study_id: int) -> Study | None:
+    return s.get(Study, study_id)
+
+
+def study_images(s: Session, study_id: int) -> list[Image]:
+    return list(s.scalars(select(Image).where(Image.study_id == study_id).order_by(Image.id)))
+
+
+def open_study(s: Session, study_id: int) -> None:
+    """A reader opened the study: new -> in_review."""
+    study = s.get(Study, study_id)
+    if study is not None and study.status == StudyStatus.new:
+        study.status = StudyStatus.in_review
+
+
+def set_study_reviewed(s: Session, study_id: int, user_id: int, reviewed: bool = True) -> None:
+    study = s.get(Study, study_id)
+    if study is None:
+        raise LookupError(f"study {study_id} does not exist")
+    if reviewed:
+        study.status, study.reviewed_by_id, study.reviewed_at = StudyStatus.reviewed, user_id, utcnow()
+    else:
+        study.status, study.reviewed_by_id, study.reviewed_at = StudyStatus.in_review, None, None
+
+
+# --- worklist ------------------------------------------------------------------------------------------------
+SORT_COLUMNS = {
+    "imported": Study.created_at,
+    "study_date": Study.study_date,
+    "age": Study.patient_age_years,
+    "sex": Study.patient_sex,
+    "view": Study.view_position,
+    "status": Study.status,
+    "patient_id": Study.patient_id,
+}
+
+
+@dataclass(frozen=True)
+class WorklistFilter:
+    status: tuple[str, ...] = ()
+    sex: tuple[str, ...] = ()
+    view: str | None = None  # substring of the study's views, e.g. "PA"
+    text: str | None = None  # patient id, accession number or description
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    age_min: int | None = None
+    age_max: int | None = None
+
+
+@dataclass(frozen=True)
+class WorklistRow:
+    study_id: int
+    patient_id: str | None
+    patient_age_years: int | None
+    patient_sex: str | None
+    view_position: str | None
+    modality: str | None
+    study_date: dt.date | None
+    study_description: str | None
+    status: str
+    reviewed_by: str | None
+    images: int
+    imported_at: dt.datetime
+
+
+def _filtered(f: WorklistFilter) -> Select:
+    q = select(Study.id)
+    if f.status:
+        q = q.where(Study.status.in_([StudyStatus(x) for x in f.status]))
+    if f.sex:
+        q = q.where(Study.patient_sex.in_(f.sex))
+    if f.view:
+        q = q.where(Study.view_position.contains(f.view.upper(), autoescape=True))
+    if f.text:
+        like = f"%{f.text}%"
+        q = q.where(
+            Study.patient_id.ilike(like)
+            | Study.accession_number.ilike(like)
+            | Study.study_description.ilike(like)
+        )
+    if f.date_from:
+        q = q.where(Study.study_date >= f.date_from)
+    if f.date_to:
+        q = q.where(Study.study_date <= f.date_to)
+    if f.age_min is not None:
+        q = q.where(Study.patient_age_years >= f.age_min)
+    if f.age_max is not None:
+        q = q.where(Study.patient_age_years <= f.age_max)
+    return q
+
+
+def _order_keys(sort: str, descending: bool) -> tuple:
+    col = SORT_COLUMNS[sort]
+    # Nulls last either way, then id as a stable tie-breaker so pages never overlap.
+    key = col.desc().nulls_last() if descending else col.asc().nulls_last()
+    return key, Study.id.desc() if descending else Study.id.asc()
+
+
+def list_studies(
+    s: Session,
+    f: WorklistFilter,
+    sort: str = "imported",
+    descending: bool = True,
+    offset: int = 0,
+    limit: int = 50,
+) -> tuple[list[WorklistRow], int]:
+    total = s.scalar(select(func.count()).select_from(_filtered(f).subquery())) or 0
+    ids = list(s.scalars(_filtered(f).order_by(*_order_keys(sort, descending)).offset(offset).limit(limit)))
+    if not ids:
+        return [], total
+    reviewer = aliased(User)
+    n_images = select(func.count(Image.id)).where(Image.study_id == Study.id).scalar_subquery()
+    rows = s.execute(
+        select(Study, reviewer.username, n_images)
+        .outerjoin(reviewer, Study.reviewed_by_id == reviewer.id)
+        .where(Study.id.in_(ids))
+    ).all()
+    by_id = {st.id: (st, who, n) for st, who, n in rows}
+    out = []
+    for sid in ids:
+        st, who, n = by_id[sid]
+        out.append(
+            WorklistRow(
+                study_id=st.id,
+                patient_id=st.patient_id,
+                patient_age_years=st.patient_age_years,
+                patient_sex=st.patient_sex,
+                view_position=st.view_position,
+                modality=st.modality,
+                study_date=st.study_date,
+                study_description=st.study_description,
+                status=st.status.value,
+                reviewed_by=who,
+                images=n,
+                imported_at=st.created_at,
+            )
+        )
+    return out, total
+
+
+def neighbour_study(
+    s: Session, study_id: int, f: WorklistFilter, sort: str, descending: bool, step: int = 1
+) -> int | None:
+    """The study after (step=1) or before (step=-1) study_id in the worklist's order."""
+    pos_col = func.row_number().over(order_by=_order_keys(sort, descending)).label("pos")
+    sub = _filtered(f).add_columns(pos_col).subquery()
+    pos = s.scalar(select(sub.c.pos).where(sub.c.id == study_id))
+    if pos is None:
+        return None
+    return s.scalar(select(sub.c.id).where(sub.c.pos == pos + step))

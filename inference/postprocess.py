@@ -1,0 +1,88 @@
+"""Pure numpy/opencv post-processing of model outputs (no torch): masks, CTR, heatmap boxes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from inference.types import Box, CtrResult
+
+LUNGS, HEART, CLAVICLES = 1, 2, 3
+
+
+def largest_components(mask: np.ndarray, n: int) -> np.ndarray:
+    """Boolean mask with only the `n` largest 8-connected components of `mask` (nonzero = foreground)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (np.asarray(mask) != 0).astype(np.uint8), connectivity=8
+    )
+    if count - 1 <= n:  # label 0 is background
+        return labels > 0
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = 1 + np.argsort(areas, kind="stable")[::-1][:n]
+    return np.isin(labels, keep)
+
+
+def clean_label_map(label_map: np.ndarray) -> np.ndarray:
+    """Speckles removed: the 2 largest lung fields, the largest heart, the 2 largest clavicles.
+
+    Lungs are grouped with the clavicles before counting: in SCR-style label maps a clavicle crosses each lung
+    and cuts its apex off as a separate island (most JSRT ground-truth maps have 3-6 lung islands), and a
+    plain "2 largest lung components" would delete those apices. Removed pixels become background.
+    """
+    lungs, heart, clavicles = (label_map == c for c in (LUNGS, HEART, CLAVICLES))
+    out = np.zeros_like(label_map)
+    out[largest_components(lungs | clavicles, 2) & lungs] = LUNGS
+    out[largest_components(heart, 1)] = HEART
+    out[largest_components(clavicles, 2)] = CLAVICLES
+    return out
+
+
+def _widest_row(mask: np.ndarray) -> tuple[int, int, int] | None:
+    """(row, x0, x1) of the row whose outermost foreground pixels are farthest apart; first such row on ties."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    sub = mask[rows]
+    x0 = sub.argmax(axis=1)
+    x1 = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
+    i = int(np.argmax(x1 - x0))
+    return int(rows[i]), int(x0[i]), int(x1[i])
+
+
+def cardiothoracic_ratio(label_map: np.ndarray) -> CtrResult | None:
+    """Widest horizontal heart width / widest horizontal thoracic width (outer extent of both lungs on a row).
+
+    The two widths are measured on their own rows, as a reader does on a PA film. None when heart or lungs are
+    absent. Pixel counts are inclusive (x1 - x0 + 1), so the ratio does not depend on pixel spacing.
+    """
+    heart = _widest_row(label_map == HEART)
+    thorax = _widest_row(label_map == LUNGS)
+    if heart is None or thorax is None:
+        return None
+    (hr, hx0, hx1), (tr, tx0, tx1) = heart, thorax
+    return CtrResult(
+        ratio=(hx1 - hx0 + 1) / (tx1 - tx0 + 1),
+        heart_row=hr, heart_x0=hx0, heart_x1=hx1, thorax_row=tr, thorax_x0=tx0, thorax_x1=tx1,
+    )  # fmt: skip
+
+
+def clip_to_mask(heatmap: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Heatmap zeroed outside `mask` (nonzero = inside), e.g. `label_map == LUNGS`; values are not rescaled."""
+    if heatmap.shape != mask.shape:
+        raise ValueError(f"heatmap {heatmap.shape} and mask {mask.shape} differ in shape")
+    return np.where(mask != 0, heatmap, 0).astype(np.float32)
+
+
+def heatmap_boxes(heatmap: np.ndarray, threshold: float = 0.5, min_area_frac: float = 0.002) -> list[Box]:
+    """Boxes around the connected regions where heatmap >= threshold, in input pixels, highest score first.
+
+    Regions smaller than `min_area_frac` of the image are dropped (0.002 of 1024x1024 is about 45x45 px, far
+    below the resolution of a 7x7 Grad-CAM). Score = maximum of the heatmap inside the box.
+    """
+    count, _, stats, _ = cv2.connectedComponentsWithStats((heatmap >= threshold).astype(np.uint8), connectivity=8)
+    min_area = min_area_frac * heatmap.size
+    boxes = []
+    for x, y, w, h, area in stats[1:]:
+        if area >= min_area:
+            boxes.append(Box(int(x), int(y), int(w), int(h), float(heatmap[y : y + h, x : x + w].max())))
+    return sorted(boxes, key=lambda b: b.score, reverse=True)

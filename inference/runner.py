@@ -1,0 +1,248 @@
+"""Load models (sha256-checked, cached) and run them on display images at any resolution.
+
+Inputs are 2D float32 numpy images in [0,1], standard polarity (bone bright): the display-rendered radiograph
+divided by 255. Every output comes back at the input's resolution with its ModelRef and timings_ms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+from collections.abc import Sequence
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from time import perf_counter
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inference.device import resolve_device
+from inference.gradcam import grad_cam
+from inference.postprocess import clean_label_map
+from inference.registry import Registry
+from inference.types import (
+    AnatomyResult,
+    BoneResult,
+    ClassificationResult,
+    ModelRef,
+    ModelSpec,
+    ModelUnavailable,
+)
+
+
+def as_image(img: np.ndarray) -> np.ndarray:
+    """Validated contiguous float32 HxW in [0,1]; 8-bit pixels or colour images are rejected, not guessed at."""
+    a = np.asarray(img)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"expected a 2D grayscale image, got shape {a.shape}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    if not (lo >= 0.0 and hi <= 1.0):  # also false for NaN
+        raise ValueError(f"pixel values must lie in [0,1], got {lo:.4g}..{hi:.4g}; divide 8-bit pixels by 255")
+    return a
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (N, C, H, W); antialiased like PIL's bilinear, which the README's figures used."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+class _Clock:
+    """Named phase durations in ms; waits for CUDA so GPU timings are real, not launch times."""
+
+    def __init__(self, device: torch.device):
+        self.ms: dict[str, float] = {}
+        self._cuda = device.type == "cuda"
+        self._start = perf_counter()
+
+    @contextmanager
+    def phase(self, name: str):
+        t = perf_counter()
+        yield
+        if self._cuda:
+            torch.cuda.synchronize()
+        self.ms[name] = self.ms.get(name, 0.0) + (perf_counter() - t) * 1000
+
+    def done(self) -> dict[str, float]:
+        self.ms["total"] = (perf_counter() - self._start) * 1000
+        return self.ms
+
+
+class Runner:
+    """Holds loaded modules keyed by (model_id, version, sha256, device); safe to share between threads."""
+
+    def __init__(self, registry: Registry, device: str = "auto"):
+        self.registry = registry
+        self.device = resolve_device(device)
+        self._loaded: dict[tuple[str, str, str, str], torch.nn.Module] = {}
+        self._lock = threading.Lock()
+
+    def load(self, model_id: str) -> torch.nn.Module:
+        """The eval-mode module, loaded once; raises ModelUnavailable when weights are missing or changed."""
+        spec = self.registry.check(model_id)  # cheap: the file hash is cached by path, mtime and size
+        key = (spec.model_id, spec.version, spec.weights_sha256, str(self.device))
+        # Built outside inference mode even when called from it: Grad-CAM needs autograd through the weights.
+        with self._lock, torch.inference_mode(False):
+            if key not in self._loaded:
+                # Hash the very bytes we deserialise, so a file swapped after the registry check cannot slip in.
+                data = self.registry.weights_path(model_id).read_bytes()
+                actual = hashlib.sha256(data).hexdigest()
+                if actual != spec.weights_sha256:
+                    raise ModelUnavailable(
+                        model_id, f"sha256 mismatch: expected {spec.weights_sha256}, got {actual}"
+                    )
+                module = self.registry.builder(model_id)()
+                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+                module.load_state_dict(state, strict=True)
+                self._loaded[key] = module.eval().to(self.device)
+            return self._loaded[key]
+
+    def _prepare(self, task: str, model_id: str | None, clock: _Clock) -> tuple[ModelSpec, torch.nn.Module]:
+        spec = self.registry.get(model_id) if model_id else self.registry.for_task(task)
+        if spec.task != task:
+            raise ValueError(f"{spec.model_id} is a {spec.task} model, not {task}")
+        with clock.phase("load"):
+            return spec, self.load(spec.model_id)
+
+    def _tensor(self, img: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(img).to(self.device)[None, None]
+
+    @staticmethod
+    def _ref(spec: ModelSpec) -> ModelRef:
+        return ModelRef(spec.model_id, spec.version, spec.weights_sha256)
+
+    @torch.inference_mode()
+    def segment_anatomy(self, img: np.ndarray, model_id: str | None = None) -> AnatomyResult:
+        """Label map (0 bg, 1 lungs, 2 heart, 3 clavicles) with speckles removed, at input resolution."""
+        img = as_image(img)
+        clock = _Clock(self.device)
+        spec, model = self._prepare("segmentation", model_id, clock)
+        h, w = img.shape
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        with clock.phase("preprocess"):
+            # Zero-pad to a square first (as HybridGNet does) so the anatomy keeps its aspect ratio.
+            x = F.pad(self._tensor(img), (left, side - w - left, top, side - h - top))
+            x = (_resize(x, spec.input_size) - spec.mean) / spec.std
+        with clock.phase("forward"):
+            logits = model(x)  # batch of one: the BatchNorms use per-image statistics
+        with clock.phase("postprocess"):
+            # Upsample logits, not labels, so boundaries stay smooth at full resolution.
+            logits = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
+            # max(0).indices is the argmax, >10x faster than argmax(0) on CPU for a channel-first tensor.
+            labels = logits[0, :, top : top + h, left : left + w].max(0).indices.to(torch.uint8).cpu().numpy()
+            label_map = clean_label_map(labels)
+        return AnatomyResult(label_map, self._ref(spec), clock.done())
+
+    @torch.inference_mode()
+    def suppress_bones_batch(self, imgs: Sequence[np.ndarray], model_id: str | None = None) -> list[BoneResult]:
+        """Soft-tissue images, one per input, each at its own resolution; timings are for the whole batch."""
+        imgs = [as_image(i) for i in imgs]
+        clock = _Clock(self.device)
+        spec, model = self._prepare("bone_suppression", model_id, clock)
+        with clock.phase("preprocess"):
+            x = torch.cat([_resize(self._tensor(i), spec.input_size) for i in imgs])
+            x = (x - spec.mean) / spec.std
+        with clock.phase("forward"):
+            out = model(x)
+        with clock.phase("postprocess"):
+            soft = [
+                _resize(o[None], i.shape).clamp_(0, 1)[0, 0].cpu().numpy() for o, i in zip(out, imgs)
+            ]
+        timings = clock.done()
+        return [BoneResult(s, self._ref(spec), timings) for s in soft]
+
+    def suppress_bones(self, img: np.ndarray, model_id: str | None = None) -> BoneResult:
+        return self.suppress_bones_batch([img], model_id)[0]
+
+    def _classifier_input(self, imgs: Sequence[np.ndarray], spec: ModelSpec) -> torch.Tensor:
+        x = torch.cat([_resize(self._tensor(i), spec.input_size) for i in imgs])
+        return (x - spec.mean) / spec.std
+
+    @torch.inference_mode()
+    def classify_batch(
+        self,
+        imgs: Sequence[np.ndarray],
+        model_id: str | None = None,
+        thresholds: dict[str, float] | None = None,
+    ) -> list[ClassificationResult]:
+        """Softmax scores per label (the model was trained single-label) and `positive` per operating point.
+
+        `thresholds` overrides the spec's defaults label by label (e.g. values an admin edited).
+        Timings are for the whole batch.
+        """
+        imgs = [as_image(i) for i in imgs]
+        clock = _Clock(self.device)
+        spec, model = self._prepare("classification", model_id, clock)
+        with clock.phase("preprocess"):
+            x = self._classifier_input(imgs, spec)
+        with clock.phase("forward"):
+            probs = torch.softmax(model(x), dim=1).cpu().numpy()
+        thr = {**spec.thresholds, **(thresholds or {})}
+        timings = clock.done()
+        results = []
+        for p in probs:
+            scores = {label: float(v) for label, v in zip(spec.labels, p)}
+            positive = {label: scores[label] >= thr[label] for label in spec.labels}
+            results.append(ClassificationResult(scores, thr, positive, self._ref(spec), timings))
+        return results
+
+    def classify(
+        self, img: np.ndarray, model_id: str | None = None, thresholds: dict[str, float] | None = None
+    ) -> ClassificationResult:
+        return self.classify_batch([img], model_id, thresholds)[0]
+
+    def gradcam(self, img: np.ndarray, label: str | None = None, model_id: str | None = None) -> np.ndarray:
+        """Grad-CAM heatmap (float32 HxW in [0,1], input resolution) of `label`, or of the top class if None."""
+        img = as_image(img)
+        clock = _Clock(self.device)
+        spec, model = self._prepare("classification", model_id, clock)
+        if label is not None and label not in spec.labels:
+            raise ValueError(f"{label!r} is not a label of {spec.model_id}: {spec.labels}")
+        with torch.no_grad():  # grad_cam enables autograd for the head only
+            x = self._classifier_input([img], spec)
+            cam, _ = grad_cam(model, x, None if label is None else spec.labels.index(label))
+            cam = F.interpolate(cam[None, None], size=img.shape, mode="bilinear", align_corners=False)
+            return cam.clamp_(0, 1)[0, 0].cpu().numpy()
+
+
+def default_models_dir() -> Path:
+    """$CXR_REVIEW_MODELS_DIR, else <repo>/../shared/models."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "models"
+    return Path(os.environ.get("CXR_REVIEW_MODELS_DIR", default))
+
+
+@cache
+def default_runner() -> Runner:
+    """Process-wide runner on $CXR_REVIEW_MODELS_DIR and $CXR_REVIEW_DEVICE (auto when unset)."""
+    return Runner(Registry(default_models_dir()), os.environ.get("CXR_REVIEW_DEVICE", "auto"))
+
+
+def segment_anatomy(img: np.ndarray) -> AnatomyResult:
+    return default_runner().segment_anatomy(img)
+
+
+def suppress_bones(img: np.ndarray) -> BoneResult:
+    return default_runner().suppress_bones(img)
+
+
+def suppress_bones_batch(imgs: Sequence[np.ndarray]) -> list[BoneResult]:
+    return default_runner().suppress_bones_batch(imgs)
+
+
+def classify(img: np.ndarray, thresholds: dict[str, float] | None = None) -> ClassificationResult:
+    return default_runner().classify(img, thresholds=thresholds)
+
+
+def classify_batch(imgs: Sequence[np.ndarray], thresholds: dict[str, float] | None = None) -> list[ClassificationResult]:
+    return default_runner().classify_batch(imgs, thresholds=thresholds)
+
+
+def gradcam(img: np.ndarray, label: str | None = None) -> np.ndarray:
+    return default_runner().gradcam(img, label)

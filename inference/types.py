@@ -1,0 +1,110 @@
+"""Plain data shared by inference, viewer and the app. No torch import here: the viewer reads these types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Task = Literal["segmentation", "bone_suppression", "classification"]
+
+RESEARCH_USE = "Research use only. Not for diagnosis or clinical decisions."
+ANATOMY_LABELS = ("background", "lungs", "heart", "clavicles")
+
+
+class ModelUnavailable(Exception):
+    """A model cannot be used (weights missing or changed). `reason` is what the UI shows."""
+
+    def __init__(self, model_id: str, reason: str):
+        super().__init__(f"{model_id}: {reason}")
+        self.model_id = model_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model_id: str
+    version: str
+    task: Task
+    labels: tuple[str, ...]
+    input_size: tuple[int, int]  # (height, width) the network sees
+    normalisation: str  # human-readable; `mean`/`std` below are what the runner applies to [0,1] pixels
+    weights_file: str  # file name inside the models directory
+    weights_sha256: str
+    intended_use: str
+    source: str  # provenance and licence of the weights
+    mean: float = 0.0
+    std: float = 1.0
+    # Default operating point per label (classification only); editable by an admin, stored beside results.
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Provenance carried by every prediction and every row derived from it."""
+
+    model_id: str
+    version: str
+    weights_sha256: str
+
+
+@dataclass(frozen=True)
+class AnatomyResult:
+    label_map: np.ndarray  # uint8 HxW at input resolution, values index ANATOMY_LABELS
+    model: ModelRef
+    timings_ms: dict[str, float]
+    labels: tuple[str, ...] = ANATOMY_LABELS
+
+
+@dataclass(frozen=True)
+class BoneResult:
+    soft_tissue: np.ndarray  # float32 HxW in [0,1] at input resolution
+    model: ModelRef
+    timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    # Softmax over all labels: the model was trained single-label, so the values sum to 1 across labels and
+    # are *not* independent per-finding probabilities.
+    probabilities: dict[str, float]
+    thresholds: dict[str, float]
+    positive: dict[str, bool]  # probability >= threshold
+    model: ModelRef
+    timings_ms: dict[str, float]
+    score_kind: str = "softmax (single-label training; sums to 1 over labels)"
+
+    @property
+    def top_label(self) -> str:
+        return max(self.probabilities, key=self.probabilities.__getitem__)
+
+
+@dataclass(frozen=True)
+class CtrResult:
+    """Cardiothoracic ratio with both measurement lines (row y, inclusive x-extent) for drawing."""
+
+    ratio: float
+    heart_row: int
+    heart_x0: int
+    heart_x1: int
+    thorax_row: int
+    thorax_x0: int
+    thorax_x1: int
+
+    @property
+    def heart_width(self) -> int:
+        return self.heart_x1 - self.heart_x0 + 1
+
+    @property
+    def thorax_width(self) -> int:
+        return self.thorax_x1 - self.thorax_x0 + 1
+
+
+@dataclass(frozen=True)
+class Box:
+    x: int
+    y: int
+    w: int
+    h: int
+    score: float

@@ -1,0 +1,117 @@
+"""Interactive radiograph viewer: zoom, pan, measure, window/level, overlays.
+
+A hand-written Streamlit component (pages/_canvas/index.html, plain JS, no build step). The server sends the
+8-bit picture it windowed at full bit depth; the browser previews W/L changes and asks for a re-render.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+import streamlit.components.v1 as components
+
+_component = components.declare_component("cxr_canvas", path=str(Path(__file__).with_name("_canvas")))
+
+# Toolbar + status line around the picture; the frame reports its real height once loaded, this only
+# sizes the placeholder so the page does not jump.
+_CHROME_PX = 48
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _data_url(png: bytes | str) -> str:
+    if isinstance(png, str):
+        return png if png.startswith("data:") else f"data:image/png;base64,{png}"
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    if png[:8] != _PNG_SIGNATURE or png[12:16] != b"IHDR":
+        raise ValueError("image_png is not a PNG")
+    return struct.unpack(">II", png[16:24])
+
+
+def _identity(image_id: str | None, width: int, height: int) -> str:
+    return f"{image_id or ''}@{width}x{height}"
+
+
+def requested_window(
+    key: str, *, width: int, height: int, image_id: str | None = None
+) -> tuple[float, float] | None:
+    """(center, width) of the reader's last W/L drag in viewer `key` on this image, or None.
+
+    Call it before image_canvas to window the PNG with it in the same run (image_canvas returns it too,
+    but only after the PNG was sent).
+    """
+    value = st.session_state.get(key)
+    if not value or value.get("image") != _identity(image_id, width, height) or not value.get("window"):
+        return None
+    return value["window"]["center"], value["window"]["width"]
+
+
+def image_canvas(
+    image_png: bytes,
+    *,
+    width: int,
+    height: int,
+    pixel_spacing_mm: tuple[float, float] | None,
+    window: tuple[float, float] | None = None,
+    value_range: tuple[float, float] | None = None,
+    layers: list[dict] | None = None,
+    shapes: list[dict] | None = None,
+    key: str,
+    view_height: int = 720,
+    image_id: str | None = None,
+) -> dict | None:
+    """Show `image_png` (width x height pixels) in the interactive viewer and return what the reader did.
+
+    pixel_spacing_mm: (row spacing, column spacing) as DICOM PixelSpacing, or None (lengths in pixels).
+    window: (center, width) the PNG was rendered with, and value_range: (min, max) of the modality values;
+        both or neither; with them the W/L tool is enabled and reports windows in those units.
+    layers: [{"name", "png" (bytes, base64 or data URL, RGBA at image size), "opacity" 0..1, "visible"}].
+    shapes: [{"type": "line"|"rect", "x0", "y0", "x1", "y1", "color", "label"}] in image pixels.
+    image_id: identity of the picture (e.g. SOP Instance UID). When it changes the view is refitted and the
+        measurements are dropped; without it only a change of size does that, so pass it when studies
+        share a size.
+
+    Returns None until the reader measures or windows this image, then
+    {"measurements": [{"x0", "y0", "x1", "y1", "length", "unit": "mm"|"px"}] (image pixels),
+     "window": {"center", "width"} | None (the last W/L drag; re-render the PNG with it)}.
+    """
+    if _png_size(image_png) != (width, height):
+        raise ValueError(f"image_png is {_png_size(image_png)}, not {(width, height)}")
+    if (window is None) != (value_range is None):
+        raise ValueError("window and value_range go together")
+    if pixel_spacing_mm is not None and min(pixel_spacing_mm) <= 0:
+        raise ValueError(f"pixel spacing must be positive, got {pixel_spacing_mm}")
+    identity = _identity(image_id, width, height)
+    value: Any = _component(
+        image=_data_url(image_png),
+        image_width=width,
+        image_height=height,
+        image_id=identity,
+        pixel_spacing_mm=[float(v) for v in pixel_spacing_mm] if pixel_spacing_mm else None,
+        window={"center": float(window[0]), "width": float(window[1])} if window else None,
+        value_range=[float(v) for v in value_range] if value_range else None,
+        layers=[
+            {
+                "name": layer["name"],
+                "png": _data_url(layer["png"]),
+                "opacity": float(layer.get("opacity", 1.0)),
+                "visible": bool(layer.get("visible", True)),
+            }
+            for layer in layers or []
+        ],
+        shapes=[{"label": None, "color": "#00e5ff", **shape} for shape in shapes or []],
+        view_height=view_height,
+        height=view_height + _CHROME_PX,  # read by Streamlit as the frame's height before the first render
+        key=key,
+        default=None,
+    )
+    # The widget value outlives the picture it was made on: never hand back another image's measurements.
+    if not value or value.get("image") != identity:
+        return None
+    return {"measurements": value["measurements"], "window": value["window"]}

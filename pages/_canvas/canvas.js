@@ -1,0 +1,385 @@
+"use strict";
+// Streamlit component protocol v1 spoken by hand (no build step); see ComponentInstance.js in streamlit/static.
+const post = (type, data = {}) => window.parent.postMessage({ isStreamlitMessage: true, type, ...data }, "*");
+
+const $ = (id) => document.getElementById(id);
+const stage = $("stage"), imageCanvas = $("image"), overlay = $("overlay"), statusLine = $("status");
+const imageCtx = imageCanvas.getContext("2d"), ctx = overlay.getContext("2d");
+const wlFuncs = document.querySelectorAll("#wl feFuncR, #wl feFuncG, #wl feFuncB");
+const modeButtons = document.querySelectorAll("button[data-mode]");
+const wlButton = document.querySelector('button[data-mode="wl"]');
+
+const MEASURE_COLOR = "#ffd400";
+const CLICK_SLOP_PX = 4; // a press that moves less than this is a click (click, click measuring)
+const CURSORS = { pan: "grab", measure: "crosshair", wl: "move" };
+
+let args = null; // the applied render args
+let identity = null;
+let picture = null; // {img, window}: the displayed PNG and the window the server rendered it with
+let layers = []; // render args' layers with their decoded images
+let view = null; // screen (CSS px) = image px * s + (tx, ty)
+let fitted = true; // the view follows the frame size until the reader zooms or pans
+let mode = "pan";
+let measurements = []; // {x0, y0, x1, y1} in image px
+let draft = null; // the measurement being drawn
+let drag = null;
+let cursor = null; // image px under the pointer
+let shownWindow = null; // previewed window; differs from picture.window during and after a W/L drag
+let requestedWindow = null; // the window last sent to Python
+let renderSeq = 0;
+let frameHeight = 0;
+let drawQueued = false;
+const images = new Map(); // data URL -> Promise<HTMLImageElement>, so re-renders do not decode again
+
+const dpr = () => window.devicePixelRatio || 1;
+const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+const round2 = (v) => Math.round(v * 100) / 100;
+const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3));
+
+function loadImage(src) {
+  if (!images.has(src)) {
+    const img = new Image();
+    img.src = src;
+    images.set(src, img.decode().then(() => img));
+  }
+  return images.get(src);
+}
+
+window.addEventListener("message", (e) => {
+  if (e.source === window.parent && e.data?.type === "streamlit:render") {
+    onRender(e.data.args, e.data.theme).catch((err) => {
+      statusLine.textContent = `Cannot show this image: ${err.message}`;
+    });
+  }
+});
+
+async function onRender(a, theme) {
+  const seq = ++renderSeq;
+  applyTheme(theme);
+  const srcs = [a.image, ...a.layers.map((l) => l.png)];
+  const imgs = await Promise.all(srcs.map(loadImage));
+  if (seq !== renderSeq) return; // a newer render arrived while these decoded
+  for (const src of images.keys()) if (!srcs.includes(src)) images.delete(src);
+  if (a.image_id !== identity) {
+    identity = a.image_id;
+    measurements = [];
+    draft = null;
+    requestedWindow = null;
+    fitted = true;
+  }
+  args = a;
+  picture = { img: imgs[0], window: a.window };
+  if (drag?.kind !== "wl") shownWindow = a.window;
+  layers = a.layers.map((l, i) => ({ ...l, img: imgs[i + 1] }));
+  wlButton.disabled = !(a.window && a.value_range);
+  if (mode === "wl" && wlButton.disabled) setMode("pan");
+  layout();
+}
+
+function applyTheme(theme) {
+  if (!theme) return;
+  const vars = { "--fg": theme.textColor, "--bg": theme.backgroundColor, "--bg2": theme.secondaryBackgroundColor,
+    "--primary": theme.primaryColor, "--font": theme.font };
+  for (const [k, v] of Object.entries(vars)) if (v) document.documentElement.style.setProperty(k, v);
+}
+
+function layout() {
+  stage.style.height = `${args.view_height}px`;
+  for (const c of [imageCanvas, overlay]) {
+    c.width = Math.round(stage.clientWidth * dpr());
+    c.height = Math.round(args.view_height * dpr());
+  }
+  if (fitted || !view) fit();
+  const height = Math.ceil(document.body.getBoundingClientRect().height);
+  if (height !== frameHeight) {
+    frameHeight = height;
+    post("streamlit:setFrameHeight", { height });
+  }
+  draw();
+}
+
+window.addEventListener("resize", () => args && layout());
+
+const fitScale = () => Math.min(stage.clientWidth / args.image_width, args.view_height / args.image_height);
+
+function fit() {
+  const s = fitScale();
+  view = { s, tx: (stage.clientWidth - args.image_width * s) / 2, ty: (args.view_height - args.image_height * s) / 2 };
+  fitted = true;
+}
+
+function zoomAt(sx, sy, factor) {
+  const s = clamp(view.s * factor, Math.min(fitScale() / 4, 1 / dpr()), Math.max(fitScale(), 32 / dpr()));
+  view = { s, tx: sx - ((sx - view.tx) * s) / view.s, ty: sy - ((sy - view.ty) * s) / view.s };
+  fitted = false;
+}
+
+function requestDraw() {
+  if (drawQueued) return;
+  drawQueued = true;
+  requestAnimationFrame(() => {
+    drawQueued = false;
+    draw();
+  });
+}
+
+function draw() {
+  if (!args) return;
+  const r = dpr(), { s, tx, ty } = view, w = args.image_width, h = args.image_height;
+  imageCtx.setTransform(1, 0, 0, 1, 0, 0);
+  imageCtx.fillStyle = "#000";
+  imageCtx.fillRect(0, 0, imageCanvas.width, imageCanvas.height);
+  imageCtx.setTransform(s * r, 0, 0, s * r, tx * r, ty * r);
+  // Smooth up to 4 device px per image px; beyond, show the pixels themselves.
+  imageCtx.imageSmoothingEnabled = ctx.imageSmoothingEnabled = s * r < 4;
+  imageCtx.imageSmoothingQuality = ctx.imageSmoothingQuality = "high";
+  imageCtx.drawImage(picture.img, 0, 0, w, h);
+  applyWindowPreview();
+
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.clearRect(0, 0, overlay.width, overlay.height);
+  ctx.setTransform(s * r, 0, 0, s * r, tx * r, ty * r);
+  for (const l of layers) {
+    if (!l.visible) continue;
+    ctx.globalAlpha = l.opacity;
+    ctx.drawImage(l.img, 0, 0, w, h);
+  }
+  ctx.globalAlpha = 1;
+  // Vector overlays in CSS px so lines and labels stay crisp at any zoom.
+  ctx.setTransform(r, 0, 0, r, 0, 0);
+  for (const shape of args.shapes) drawShape(shape);
+  for (const m of measurements) drawMeasurement(m, false);
+  if (draft) drawMeasurement(draft, true);
+  updateStatus();
+}
+
+// The PNG maps [c0 - w0/2, c0 + w0/2] to 0..1; remapping it linearly previews another window (c, w).
+function applyWindowPreview() {
+  const from = picture.window, to = shownWindow;
+  if (!from || !to || (from.center === to.center && from.width === to.width)) {
+    imageCanvas.style.filter = "none";
+    return;
+  }
+  const slope = from.width / to.width;
+  const intercept = (from.center - to.center) / to.width + 0.5 - slope / 2;
+  for (const f of wlFuncs) {
+    f.setAttribute("slope", slope);
+    f.setAttribute("intercept", intercept);
+  }
+  imageCanvas.style.filter = "url(#wl)";
+}
+
+const toScreen = (x, y) => [x * view.s + view.tx, y * view.s + view.ty];
+
+function label(text, x, y, color) {
+  ctx.font = "12px system-ui, sans-serif";
+  const w = ctx.measureText(text).width;
+  const top = clamp(y - 16, 0, overlay.height / dpr() - 16), left = clamp(x, 0, overlay.width / dpr() - w - 6);
+  ctx.fillStyle = "rgba(0, 0, 0, 0.7)";
+  ctx.fillRect(left, top, w + 6, 16);
+  ctx.fillStyle = color;
+  ctx.textBaseline = "middle";
+  ctx.fillText(text, left + 3, top + 8);
+}
+
+function drawShape(sh) {
+  const [x0, y0] = toScreen(sh.x0, sh.y0), [x1, y1] = toScreen(sh.x1, sh.y1);
+  ctx.strokeStyle = sh.color;
+  ctx.lineWidth = 2;
+  ctx.setLineDash([]);
+  ctx.beginPath();
+  if (sh.type === "rect") ctx.rect(x0, y0, x1 - x0, y1 - y0);
+  else {
+    ctx.moveTo(x0, y0);
+    ctx.lineTo(x1, y1);
+  }
+  ctx.stroke();
+  if (sh.label) {
+    const [x, y] = sh.type === "rect" ? [Math.min(x0, x1), Math.min(y0, y1) - 2] : [(x0 + x1) / 2 + 6, (y0 + y1) / 2 - 4];
+    label(sh.label, x, y, sh.color);
+  }
+}
+
+function measure(m) {
+  const sp = args.pixel_spacing_mm; // [row spacing (y), column spacing (x)]
+  const dx = m.x1 - m.x0, dy = m.y1 - m.y0;
+  return sp ? { length: Math.hypot(dx * sp[1], dy * sp[0]), unit: "mm" } : { length: Math.hypot(dx, dy), unit: "px" };
+}
+
+function drawMeasurement(m, isDraft) {
+  const [x0, y0] = toScreen(m.x0, m.y0), [x1, y1] = toScreen(m.x1, m.y1);
+  ctx.strokeStyle = ctx.fillStyle = MEASURE_COLOR;
+  ctx.lineWidth = 1.5;
+  ctx.setLineDash(isDraft ? [5, 4] : []);
+  ctx.beginPath();
+  ctx.moveTo(x0, y0);
+  ctx.lineTo(x1, y1);
+  ctx.stroke();
+  for (const [x, y] of [[x0, y0], [x1, y1]]) {
+    ctx.beginPath();
+    ctx.arc(x, y, 2.5, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  const { length, unit } = measure(m);
+  label(`${length.toFixed(1)} ${unit}`, Math.max(x0, x1) + 8, (y0 + y1) / 2 + 8, MEASURE_COLOR);
+}
+
+function updateStatus() {
+  const sp = args.pixel_spacing_mm;
+  const parts = [
+    `Zoom ${Math.round(view.s * dpr() * 100)}%`,
+    cursor ? `x ${Math.floor(cursor.x)}, y ${Math.floor(cursor.y)}` : "x –, y –",
+    sp ? `pixel spacing ${sp[0]} × ${sp[1]} mm` : "no pixel spacing: lengths in pixels",
+  ];
+  if (shownWindow) parts.push(`W ${fmt(shownWindow.width)} / C ${fmt(shownWindow.center)}`);
+  statusLine.textContent = parts.join("   ·   ");
+}
+
+function emit() {
+  post("streamlit:setComponentValue", {
+    dataType: "json",
+    value: {
+      image: identity,
+      measurements: measurements.map((m) => {
+        const { length, unit } = measure(m);
+        return { x0: round2(m.x0), y0: round2(m.y0), x1: round2(m.x1), y1: round2(m.y1), length: round2(length), unit };
+      }),
+      window: requestedWindow && { center: round2(requestedWindow.center), width: round2(requestedWindow.width) },
+    },
+  });
+}
+
+function setMode(m) {
+  mode = m;
+  draft = null;
+  for (const b of modeButtons) b.setAttribute("aria-pressed", String(b.dataset.mode === m));
+  overlay.style.cursor = CURSORS[m];
+  if (args) draw();
+}
+
+function clearMeasurements() {
+  draft = null;
+  if (measurements.length) {
+    measurements = [];
+    emit();
+  }
+  draw();
+}
+
+function pointer(e) {
+  const r = overlay.getBoundingClientRect(), sx = e.clientX - r.left, sy = e.clientY - r.top;
+  return { sx, sy, x: (sx - view.tx) / view.s, y: (sy - view.ty) / view.s };
+}
+
+const onImage = (p) => p.x >= 0 && p.y >= 0 && p.x < args.image_width && p.y < args.image_height;
+
+function setDraftEnd(p) {
+  draft.x1 = clamp(p.x, 0, args.image_width);
+  draft.y1 = clamp(p.y, 0, args.image_height);
+}
+
+// A drag across the whole view spans the whole value range, in width (x) and in centre (y).
+function draggedWindow(p) {
+  const [lo, hi] = args.value_range, perPx = (hi - lo) / stage.clientWidth;
+  return {
+    center: clamp(drag.from.center + (p.sy - drag.sy) * perPx, lo, hi),
+    width: clamp(drag.from.width + (p.sx - drag.sx) * perPx, (hi - lo) / 1000, 2 * (hi - lo)),
+  };
+}
+
+overlay.addEventListener("pointerdown", (e) => {
+  if (!args || e.button > 1) return;
+  e.preventDefault(); // no text selection or middle-button autoscroll; so focus by hand for the shortcuts
+  overlay.focus({ preventScroll: true });
+  overlay.setPointerCapture(e.pointerId);
+  const p = pointer(e);
+  if (e.button === 1 || mode === "pan") {
+    drag = { kind: "pan", sx: p.sx, sy: p.sy };
+    overlay.style.cursor = "grabbing";
+  } else if (mode === "measure") {
+    if (!draft) {
+      const x = clamp(p.x, 0, args.image_width), y = clamp(p.y, 0, args.image_height);
+      draft = { x0: x, y0: y, x1: x, y1: y, sx: p.sx, sy: p.sy, clicked: false };
+    }
+    drag = { kind: "measure" };
+  } else if (shownWindow) {
+    drag = { kind: "wl", sx: p.sx, sy: p.sy, from: shownWindow };
+  }
+});
+
+overlay.addEventListener("pointermove", (e) => {
+  if (!args) return;
+  const p = pointer(e);
+  cursor = onImage(p) ? p : null;
+  if (drag?.kind === "pan") {
+    view.tx += p.sx - drag.sx;
+    view.ty += p.sy - drag.sy;
+    drag.sx = p.sx;
+    drag.sy = p.sy;
+    fitted = false;
+  } else if (drag?.kind === "wl") {
+    shownWindow = draggedWindow(p);
+  }
+  if (draft) setDraftEnd(p);
+  requestDraw();
+});
+
+function endDrag(e) {
+  if (!drag) return;
+  const p = pointer(e);
+  if (drag.kind === "measure" && draft) {
+    setDraftEnd(p);
+    if (Math.hypot(p.sx - draft.sx, p.sy - draft.sy) > CLICK_SLOP_PX) {
+      measurements.push({ x0: draft.x0, y0: draft.y0, x1: draft.x1, y1: draft.y1 });
+      draft = null;
+      emit();
+    } else if (draft.clicked) draft = null; // second click on the first point: nothing to measure
+    else draft.clicked = true; // first click: the line follows the pointer until the next click
+  } else if (drag.kind === "wl" && shownWindow !== drag.from) {
+    requestedWindow = shownWindow;
+    emit();
+  }
+  drag = null;
+  overlay.style.cursor = CURSORS[mode];
+  requestDraw();
+}
+
+overlay.addEventListener("pointerup", endDrag);
+overlay.addEventListener("pointercancel", endDrag);
+overlay.addEventListener("pointerleave", () => {
+  cursor = null;
+  if (args) updateStatus();
+});
+
+overlay.addEventListener("wheel", (e) => {
+  if (!args) return;
+  e.preventDefault();
+  const p = pointer(e), px = e.deltaMode === 1 ? 16 : e.deltaMode === 2 ? stage.clientHeight : 1;
+  zoomAt(p.sx, p.sy, Math.exp(-e.deltaY * px * 0.002));
+  requestDraw();
+}, { passive: false });
+
+function oneToOne() {
+  zoomAt(stage.clientWidth / 2, args.view_height / 2, 1 / dpr() / view.s);
+  draw();
+}
+
+$("fit").addEventListener("click", () => args && (fit(), draw()));
+$("one").addEventListener("click", () => args && oneToOne());
+$("clear").addEventListener("click", () => args && clearMeasurements());
+for (const b of modeButtons) b.addEventListener("click", () => setMode(b.dataset.mode));
+
+document.addEventListener("keydown", (e) => {
+  if (!args || e.ctrlKey || e.metaKey || e.altKey) return;
+  const actions = {
+    f: () => (fit(), draw()),
+    1: oneToOne,
+    p: () => setMode("pan"),
+    m: () => setMode("measure"),
+    w: () => !wlButton.disabled && setMode("wl"),
+    Escape: () => ((draft = null), draw()),
+  };
+  actions[e.key]?.();
+});
+
+post("streamlit:componentReady", { apiVersion: 1 });

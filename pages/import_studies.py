@@ -1,0 +1,69 @@
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from pages import _deps
+from services import importer
+
+STATUS_LABEL = {"imported": "imported", "duplicate": "duplicate (already stored)", "rejected": "rejected"}
+
+st.title("Import studies")
+ctx = _deps.ctx()
+st.caption(
+    f"DICOM (CR, DX, Secondary Capture), PNG and JPEG · many files at once · at most {ctx.settings.max_upload_mb} MB "
+    "per file · duplicates (same SOP Instance UID, or same pixels for PNG/JPEG) are recognised and not imported twice."
+)
+generation = st.session_state.setdefault("upload_generation", 0)
+files = st.file_uploader(
+    "Drop files here",
+    accept_multiple_files=True,
+    key=f"upload_{generation}",
+    help="Folders: use `cxr-review import PATH`",
+)
+if files and st.button(f"Import {len(files)} file{'s' * (len(files) != 1)}", type="primary", key="do_import"):
+    user = st.session_state["signed_in"]
+    results = []
+    bar = st.progress(0.0, text="Importing…")
+    with tempfile.TemporaryDirectory(prefix="cxr-upload-") as tmp:
+        for i, f in enumerate(files, 1):
+            path = Path(tmp) / f"upload-{i}"
+            path.write_bytes(f.getbuffer())
+            results.append(
+                importer.import_file(
+                    ctx.engine,
+                    ctx.store,
+                    path,
+                    max_bytes=ctx.settings.max_upload_bytes,
+                    display_name=f.name,
+                    user_id=user.user_id,
+                )
+            )
+            path.unlink()
+            bar.progress(i / len(files), text=f"Imported {i} of {len(files)}")
+    st.session_state["last_import"] = [r.to_json() for r in results]
+    st.session_state["upload_generation"] = generation + 1  # empties the uploader
+    st.rerun()
+
+results = st.session_state.get("last_import")
+if results:
+    counts = {k: sum(r["status"] == k for r in results) for k in STATUS_LABEL}
+    st.subheader("Last import")
+    st.write(" · ".join(f"{n} {k}" for k, n in counts.items()))
+    if counts["rejected"]:
+        st.error(f"{counts['rejected']} file(s) rejected; the others were imported. Reasons below.")
+    st.dataframe(
+        [
+            {
+                "File": r["file"],
+                "Result": STATUS_LABEL[r["status"]],
+                "Reason": r["reason"],
+                "Study": r["study_instance_uid"],
+                "Image (SOP Instance UID)": r["sop_instance_uid"],
+                "Warnings": "; ".join(r["warnings"]),
+            }
+            for r in results
+        ],
+        hide_index=True,
+        width="stretch",
+    )

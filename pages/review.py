@@ -1,0 +1,205 @@
+import streamlit as st
+
+from db import engine as dbe
+from db import repo
+from pages import _deps
+from pages._canvas import image_canvas, requested_window
+from viewer import dicom_io, geometry, windowing
+
+user = st.session_state["signed_in"]
+ctx = _deps.ctx()
+study_id = st.session_state.get("study_id")
+if study_id is None:
+    st.title("Viewer")
+    st.info("Open a study from the worklist.")
+    st.page_link("pages/worklist.py", label="Go to the worklist", icon=":material/list:")
+    st.stop()
+
+with dbe.read(ctx.engine) as s:
+    study = repo.get_study(s, study_id)
+    if study is None:
+        st.error("This study no longer exists.")
+        st.stop()
+    info = {
+        "patient_id": study.patient_id,
+        "age": study.patient_age_years,
+        "sex": study.patient_sex,
+        "date": study.study_date,
+        "description": study.study_description,
+        "status": study.status.value,
+        "reviewed_by": study.reviewed_by.username if study.reviewed_by else None,
+    }
+    images = [
+        {
+            "id": im.id,
+            "sha": im.file_sha256,
+            "name": im.original_filename,
+            "view": im.view_position,
+            "modality": im.modality,
+            "spacing": (im.pixel_spacing_row_mm, im.pixel_spacing_col_mm)
+            if im.pixel_spacing_row_mm
+            else None,
+            "spacing_source": im.pixel_spacing_source,
+            "format": im.source_format,
+            "warnings": [w for w in im.warnings.split("\n") if w],
+        }
+        for im in repo.study_images(s, study_id)
+    ]
+if st.session_state.get("opened_study") != study_id and user.role in ("radiologist", "admin"):
+    dbe.write(ctx.engine, lambda s: repo.open_study(s, study_id))
+    st.session_state["opened_study"] = study_id
+    info["status"] = "in_review" if info["status"] == "new" else info["status"]
+
+flt, sort, desc = st.session_state.get("worklist_query", (repo.WorklistFilter(), "imported", True))
+
+
+def go(step: int) -> None:
+    with dbe.read(ctx.engine) as s:
+        target = repo.neighbour_study(s, study_id, flt, sort, desc, step)
+    if target is None:
+        st.toast("No more studies in the worklist in that direction.")
+    else:
+        st.session_state["study_id"] = target
+
+
+title = " · ".join(
+    str(x)
+    for x in (
+        info["patient_id"] or images[0]["name"],
+        f"{info['age']} y" if info["age"] is not None else None,
+        info["sex"],
+        info["date"],
+        info["description"],
+    )
+    if x
+)
+top = st.columns([6, 1, 1, 1.4])
+top[0].markdown(f"#### {title}")
+top[1].button("◀ Prev", key="prev_study", on_click=go, args=(-1,), help="Previous study in the worklist")
+top[2].button("Next ▶", key="next_study", on_click=go, args=(1,), help="Next study in the worklist")
+reviewed = info["status"] == "reviewed"
+if user.role in ("radiologist", "admin"):
+    label = "Reopen study" if reviewed else "Mark reviewed"
+    if top[3].button(label, key="mark_reviewed", type="secondary" if reviewed else "primary"):
+        dbe.write(ctx.engine, lambda s: repo.set_study_reviewed(s, study_id, user.user_id, not reviewed))
+        st.rerun()
+st.caption(
+    f"Status: **{info['status'].replace('_', ' ')}**"
+    + (f" by {info['reviewed_by']}" if info["reviewed_by"] else "")
+    + f" · {len(images)} image{'s' * (len(images) != 1)}"
+)
+
+if len(images) > 1:
+    idx = st.radio(
+        "Image",
+        range(len(images)),
+        horizontal=True,
+        key=f"img_{study_id}",
+        format_func=lambda i: f"{images[i]['view'] or '?'} ({images[i]['name']})",
+    )
+else:
+    idx = 0
+im = images[idx]
+try:
+    img = _deps.decoded(im["sha"])
+except dicom_io.ImageRejected as exc:
+    st.error(f"This image can no longer be decoded: {exc.message}")
+    st.stop()
+
+# Window state: None means the header's default (window centre/width or VOI LUT); widgets are re-keyed on
+# outside changes (presets, mouse W/L) so they pick up the new values.
+win_key, ver_key = f"win_{im['id']}", f"winver_{im['id']}"
+presets = windowing.presets(img)
+default = windowing.default_window(img)
+window = st.session_state.get(win_key)
+ver = st.session_state.get(ver_key, 0)
+
+
+def set_window(value) -> None:
+    st.session_state[win_key] = value
+    st.session_state[ver_key] = st.session_state.get(ver_key, 0) + 1
+
+
+# A mouse W/L drag in the viewer is newer than the widgets when it differs from the last drag seen.
+canvas_key, image_key = f"canvas_{im['id']}", str(im["id"])
+drag = requested_window(canvas_key, width=img.header.columns, height=img.header.rows, image_id=image_key)
+if drag is not None and st.session_state.get(f"wl_seen_{im['id']}") != drag:
+    st.session_state[f"wl_seen_{im['id']}"] = drag
+    set_window(windowing.Window(*drag))
+    window, ver = st.session_state[win_key], st.session_state[ver_key]
+
+view_col, side = st.columns([4, 1.3])
+with side:
+    st.markdown("**Window / level**")
+    preset = st.selectbox(
+        "Preset",
+        ["Default (header)", *presets],
+        key=f"preset_{im['id']}_{ver}",
+        index=0 if window is None else None,
+        placeholder="custom",
+    )
+    if preset == "Default (header)" and window is not None:
+        set_window(None)
+        st.rerun()
+    if preset in presets and (window is None or presets[preset] != window):
+        set_window(presets[preset])
+        st.rerun()
+    shown = window or default or next(iter(presets.values()))
+    c = st.number_input("Centre", value=float(shown.center), key=f"wc_{im['id']}_{ver}", format="%.1f")
+    w = st.number_input(
+        "Width", value=float(shown.width), min_value=1.0, key=f"ww_{im['id']}_{ver}", format="%.1f"
+    )
+    if (c, w) != (shown.center, shown.width):
+        set_window(windowing.Window(c, w))  # re-keys the preset box, which then reads "custom"
+        st.rerun()
+    if window is None and default is None:
+        st.caption("Default display uses the header's VOI LUT.")
+    invert = st.toggle("Invert", key=f"invert_{im['id']}")
+    if st.button("Reset window", key=f"reset_{im['id']}"):
+        set_window(None)
+        st.rerun()
+    st.markdown("**Image**")
+    if im["spacing"]:
+        st.write(f"Pixel spacing {im['spacing'][0]:.3f} × {im['spacing'][1]:.3f} mm ({im['spacing_source']})")
+    else:
+        st.warning("No pixel spacing in this image: lengths are in pixels.")
+    st.write(
+        f"{img.header.columns} × {img.header.rows} px · {img.header.bits_stored}-bit · {im['format'].upper()}"
+    )
+    for warning in im["warnings"]:
+        st.warning(warning)
+
+with view_col:
+    png = _deps.display_png(
+        im["sha"], window.center if window else None, window.width if window else None, invert
+    )
+    lo, hi = _deps.value_range(im["sha"])
+    shown = window or default or next(iter(presets.values()))
+    value = image_canvas(
+        png,
+        width=img.header.columns,
+        height=img.header.rows,
+        pixel_spacing_mm=im["spacing"],
+        window=(shown.center, shown.width),
+        value_range=(lo, hi),
+        key=canvas_key,
+        image_id=image_key,
+    )
+
+with side:
+    measurements = (value or {}).get("measurements") or []
+    if measurements:
+        st.markdown("**Measurements**")
+        for i, m in enumerate(measurements, 1):
+            length, unit = geometry.distance((m["x0"], m["y0"]), (m["x1"], m["y1"]), im["spacing"])
+            st.write(f"{i}. {length:.1f} {unit}")
+
+if im["format"] == "dicom":
+    with st.expander("DICOM header"):
+        needle = st.text_input("Filter", key=f"hdr_filter_{im['id']}", placeholder="keyword or tag")
+        rows = [
+            {"Tag": t, "Keyword": k, "VR": vr, "Value": v}
+            for t, k, vr, v in _deps.header_elements(im["sha"])
+            if not needle or needle.lower() in f"{t} {k}".lower()
+        ]
+        st.dataframe(rows, hide_index=True, width="stretch", height=400)

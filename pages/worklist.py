@@ -1,0 +1,97 @@
+import math
+
+import streamlit as st
+
+from db import engine as dbe
+from db import repo
+from pages import _deps
+
+SORTS = {
+    "Imported": "imported",
+    "Study date": "study_date",
+    "Age": "age",
+    "Sex": "sex",
+    "View": "view",
+    "Status": "status",
+    "Patient ID": "patient_id",
+}
+STATUS_LABELS = {"new": "New", "in_review": "In review", "reviewed": "Reviewed"}
+
+st.title("Worklist")
+with st.container(border=True):
+    c1, c2, c3, c4 = st.columns([2, 1.2, 1, 2])
+    status = c1.multiselect("Status", list(STATUS_LABELS), format_func=STATUS_LABELS.get, key="wl_status")
+    sex = c2.multiselect("Sex", ["F", "M", "O"], key="wl_sex")
+    view = c3.text_input("View", key="wl_view", placeholder="PA, AP…")
+    text = c4.text_input("Search", key="wl_text", placeholder="Patient ID, accession, description")
+    c5, c6, c7, c8, c9 = st.columns([1.4, 1, 1, 1.2, 0.8])
+    dates = c5.date_input("Study date", value=(), key="wl_dates")
+    age_min = c6.number_input("Age from", min_value=0, max_value=130, value=None, step=1, key="wl_age_min")
+    age_max = c7.number_input("Age to", min_value=0, max_value=130, value=None, step=1, key="wl_age_max")
+    sort_label = c8.selectbox("Sort by", list(SORTS), key="wl_sort")
+    descending = c9.toggle("Descending", value=True, key="wl_desc")
+
+flt = repo.WorklistFilter(
+    status=tuple(status),
+    sex=tuple(sex),
+    view=view.strip() or None,
+    text=text.strip() or None,
+    date_from=dates[0] if len(dates) > 0 else None,
+    date_to=dates[1] if len(dates) > 1 else None,
+    age_min=age_min,
+    age_max=age_max,
+)
+# The viewer's "next study" walks the same list.
+st.session_state["worklist_query"] = (flt, SORTS[sort_label], descending)
+
+page_size = 50
+with dbe.read(_deps.ctx().engine) as s:
+    total = repo.list_studies(s, flt, limit=0)[1]
+    pages = max(1, math.ceil(total / page_size))
+    page = st.session_state.get("wl_page", 1)
+    page = min(max(1, page), pages)
+    rows, total = repo.list_studies(
+        s, flt, SORTS[sort_label], descending, offset=(page - 1) * page_size, limit=page_size
+    )
+
+table = [
+    {
+        "Patient ID": r.patient_id,
+        "Age": r.patient_age_years,
+        "Sex": r.patient_sex,
+        "View": r.view_position,
+        "Modality": r.modality,
+        "Study date": r.study_date,
+        "Description": r.study_description,
+        "Images": r.images,
+        "Status": STATUS_LABELS[r.status],
+        "Reviewed by": r.reviewed_by,
+        "Imported (UTC)": r.imported_at.strftime("%Y-%m-%d %H:%M"),
+    }
+    for r in rows
+]
+st.caption(f"{total} stud{'y' if total == 1 else 'ies'} · page {page} of {pages} · select a row to open the study")
+event = st.dataframe(
+    table,
+    hide_index=True,
+    width="stretch",
+    on_select="rerun",
+    selection_mode="single-row",
+    key=f"wl_table_{page}_{st.session_state.get('wl_gen', 0)}",
+    height=min(38 + 35 * max(1, len(table)), 38 + 35 * 20),
+)
+n1, n2, n3 = st.columns([1, 1, 6])
+if n1.button("◀ Previous page", disabled=page <= 1, key="wl_prev"):
+    st.session_state["wl_page"] = page - 1
+    st.rerun()
+if n2.button("Next page ▶", disabled=page >= pages, key="wl_next"):
+    st.session_state["wl_page"] = page + 1
+    st.rerun()
+if not rows:
+    st.info("No studies match. Import studies on the Import page, or clear the filters.")
+
+if event.selection.rows:
+    st.session_state["study_id"] = rows[event.selection.rows[0]].study_id
+    # A fresh table next time, so coming back to the worklist does not reopen the same study.
+    st.session_state["wl_gen"] = st.session_state.get("wl_gen", 0) + 1
+    st.switch_page("pages/review.py")

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a running app: install, migrate, first admin, sample studies, serve.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${CXR_REVIEW_SHARED_DIR:-$(cd .. && pwd)/shared}
+export CXR_REVIEW_MODELS_DIR=${CXR_REVIEW_MODELS_DIR:-$SHARED/models}
+
+bash scripts/install.sh
+.venv/bin/cxr-review db upgrade
+.venv/bin/cxr-review init-admin
+if [ -d "$SHARED/data" ]; then
+  echo "importing the sample studies from $SHARED/data (already imported ones are recognised as duplicates)…"
+  # Rejected files would make the exit code 1; the sample set has none, and the summary says so if it did.
+  .venv/bin/cxr-review import "$SHARED/data/dicom" "$SHARED/data/nih/images" \
+    | .venv/bin/python -c 'import collections,json,sys; c=collections.Counter(json.loads(l)["status"] for l in sys.stdin); print("sample import:", dict(c))' || true
+else
+  echo "no sample data at $SHARED/data (set CXR_REVIEW_SHARED_DIR); starting with an empty worklist"
+fi
+exec .venv/bin/streamlit run app.py --server.address "${CXR_REVIEW_ADDRESS:-127.0.0.1}" --server.port "${CXR_REVIEW_PORT:-8501}"

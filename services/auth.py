@@ -1,0 +1,97 @@
+"""Local accounts: argon2id password hashes, roles, the first admin."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Engine
+
+from db import engine as dbe
+from db import repo
+from db.models import Role
+
+_hasher = PasswordHasher()
+# Verified against when the user does not exist, so a wrong name costs the same time as a wrong password.
+_DUMMY_HASH = _hasher.hash("not-a-password")
+MIN_PASSWORD_LENGTH = 10
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    user_id: int
+    username: str
+    role: str
+
+
+class AuthError(Exception):
+    pass
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AuthError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def _check_username(username: str) -> None:
+    if not username or len(username) > 64 or not all(c.isalnum() or c in "._-" for c in username):
+        raise AuthError("user name must be 1-64 letters, digits, '.', '_' or '-'")
+
+
+def add_user(engine: Engine, username: str, role: str, password: str | None = None) -> str:
+    """Create an account; returns the password (generated when none is given, shown once to the caller)."""
+    _check_username(username)
+    try:
+        role_ = Role(role)
+    except ValueError as exc:
+        raise AuthError(f"unknown role {role!r}; roles: {', '.join(r.value for r in Role)}") from exc
+    password = password or secrets.token_urlsafe(12)
+    _check_password(password)
+    hashed = _hasher.hash(password)
+
+    def tx(s):
+        if repo.get_user_by_name(s, username) is not None:
+            raise AuthError(f"user {username!r} already exists")
+        repo.add_user(s, username, hashed, role_)
+
+    dbe.write(engine, tx)
+    return password
+
+
+def ensure_first_admin(engine: Engine, password: str | None) -> str | None:
+    """On an empty user table, create 'admin'; returns its password to print once, else None."""
+    with dbe.read(engine) as s:
+        if repo.count_users(s):
+            return None
+    return add_user(engine, "admin", Role.admin.value, password)
+
+
+def authenticate(engine: Engine, username: str, password: str) -> SignedIn | None:
+    with dbe.read(engine) as s:
+        user = repo.get_user_by_name(s, username)
+        stored = user.password_hash if user is not None and user.is_active else _DUMMY_HASH
+        found = (user.id, user.username, user.role.value) if user is not None and user.is_active else None
+    try:
+        _hasher.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if found is None:
+        return None
+    if _hasher.check_needs_rehash(stored):
+        set_password(engine, found[1], password)
+    return SignedIn(*found)
+
+
+def set_password(engine: Engine, username: str, password: str) -> None:
+    _check_password(password)
+    hashed = _hasher.hash(password)
+
+    def tx(s):
+        user = repo.get_user_by_name(s, username)
+        if user is None:
+            raise AuthError(f"user {username!r} does not exist")
+        user.password_hash = hashed
+
+    dbe.write(engine, tx)

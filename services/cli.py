@@ -1,0 +1,192 @@
+"""`cxr-review` command line. Import prints one JSON object per file on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_SOME_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors exit 2, as argparse does, with our prefix
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"cxr-review: error: {message}\n")
+
+
+def _cmd_db_upgrade(args) -> int:
+    from db import engine as dbe
+    from services import settings
+
+    s = settings.load()
+    dbe.upgrade(s.db_url)
+    print(
+        f"database at the newest schema: {s.db_url.split('///')[-1] if s.db_url.startswith('sqlite') else 'server'}"
+    )
+    return EXIT_OK
+
+
+def _cmd_init_admin(args) -> int:
+    from services import auth, context
+
+    ctx = context.build()
+    password = auth.ensure_first_admin(ctx.engine, os.environ.get("CXR_REVIEW_ADMIN_PASSWORD"))
+    if password is None:
+        print("users exist already; no admin created")
+    elif os.environ.get("CXR_REVIEW_ADMIN_PASSWORD"):
+        print("created user 'admin' with the password from CXR_REVIEW_ADMIN_PASSWORD")
+    else:
+        print(
+            f"created user 'admin' with the one-time password: {password}\n(shown once; change it under Account)"
+        )
+    return EXIT_OK
+
+
+def _cmd_users_add(args) -> int:
+    from services import auth, context
+
+    ctx = context.build()
+    given = os.environ.get(args.password_env) if args.password_env else None
+    if args.password_env and not given:
+        print(f"cxr-review: error: environment variable {args.password_env} is empty", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        password = auth.add_user(ctx.engine, args.name, args.role, given)
+    except auth.AuthError as exc:
+        print(f"cxr-review: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"created user {args.name!r} ({args.role})"
+        + ("" if given else f" with the one-time password: {password}")
+    )
+    return EXIT_OK
+
+
+def _cmd_users_list(args) -> int:
+    from db import engine as dbe
+    from db import repo
+    from services import context
+
+    ctx = context.build()
+    with dbe.read(ctx.engine) as s:
+        for u in repo.list_users(s):
+            print(f"{u.username}\t{u.role.value}\t{'active' if u.is_active else 'disabled'}")
+    return EXIT_OK
+
+
+def _cmd_import(args) -> int:
+    from services import context, importer
+
+    ctx = context.build()
+    rejected = 0
+    for result in importer.import_paths(
+        ctx.engine, ctx.store, args.paths, max_bytes=ctx.settings.max_upload_bytes
+    ):
+        rejected += result.status == "rejected"
+        print(json.dumps(result.to_json()), flush=True)
+    return EXIT_SOME_REJECTED if rejected else EXIT_OK
+
+
+def _cmd_render(args) -> int:
+    from viewer import dicom_io, export, windowing
+
+    try:
+        img = dicom_io.load(args.file)
+    except dicom_io.ImageRejected as exc:
+        print(f"cxr-review: {args.file}: rejected ({exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_SOME_REJECTED
+    window = windowing.Window(*args.window) if args.window else None
+    if window is not None and window.width <= 0:
+        print("cxr-review: error: window width must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    out = windowing.render(img, window)
+    export.write_png(args.out, out)
+    print(
+        json.dumps(
+            {"file": str(args.file), "out": str(args.out), "rows": out.shape[0], "columns": out.shape[1]}
+        )
+    )
+    return EXIT_OK
+
+
+def _cmd_serve(args) -> int:
+    from streamlit.web import cli as stcli
+
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    sys.argv = [
+        "streamlit",
+        "run",
+        str(app),
+        "--server.address",
+        args.address,
+        "--server.port",
+        str(args.port),
+    ]
+    return stcli.main()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="cxr-review", description="CXR Review: chest X-ray review workstation (research use only)."
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="create or migrate the database to the newest schema").set_defaults(
+        fn=_cmd_db_upgrade
+    )
+
+    sub.add_parser("init-admin", help="create the first admin if there are no users").set_defaults(
+        fn=_cmd_init_admin
+    )
+
+    users = sub.add_parser("users", help="local accounts").add_subparsers(dest="users_command", required=True)
+    add = users.add_parser(
+        "add", help="add an account; prints a one-time password unless --password-env is given"
+    )
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=["radiologist", "annotator", "researcher", "admin"])
+    add.add_argument("--password-env", metavar="VAR", help="read the password from this environment variable")
+    add.set_defaults(fn=_cmd_users_add)
+    users.add_parser("list", help="list accounts").set_defaults(fn=_cmd_users_list)
+
+    imp = sub.add_parser(
+        "import", help="import DICOM/PNG/JPEG files or folders (recursive); JSON lines on stdout"
+    )
+    imp.add_argument("paths", nargs="+", metavar="PATH")
+    imp.set_defaults(fn=_cmd_import)
+
+    ren = sub.add_parser("render", help="write the exact 8-bit image the viewer shows by default")
+    ren.add_argument("file", type=Path)
+    ren.add_argument("--out", required=True, type=Path)
+    ren.add_argument("--window", nargs=2, type=float, metavar=("CENTER", "WIDTH"))
+    ren.set_defaults(fn=_cmd_render)
+
+    srv = sub.add_parser("serve", help="start the web app")
+    srv.add_argument("--address", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8501)
+    srv.set_defaults(fn=_cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    args = build_parser().parse_args(argv)
+    from db.engine import DatabaseBusy, DatabaseUnavailable
+    from services.settings import SettingsError
+
+    try:
+        return args.fn(args)
+    except (SettingsError, DatabaseUnavailable, DatabaseBusy) as exc:
+        print(f"cxr-review: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

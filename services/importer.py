@@ -1,0 +1,209 @@
+"""Import DICOM / PNG / JPEG files: validate, de-duplicate, store content-addressed, record in the database.
+One bad file never stops the batch, and nothing already stored is touched."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+
+from db import engine as dbe
+from db import repo
+from services.store import ImageStore
+from viewer import dicom_io
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImportResult:
+    file: str
+    status: str  # "imported" | "duplicate" | "rejected"
+    reason: str | None = None  # set only when rejected
+    code: str | None = None  # machine-readable reason code
+    study_id: int | None = None
+    image_id: int | None = None
+    study_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _rejected(name: str, code: str, reason: str) -> ImportResult:
+    return ImportResult(file=name, status="rejected", code=code, reason=reason)
+
+
+def _uid_hash(uid: str | None) -> str:
+    """For logs: a UID is linkable to a patient, its hash is not."""
+    return hashlib.sha256((uid or "").encode()).hexdigest()[:12]
+
+
+def iter_input_files(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Files as given, and every non-hidden file under given folders (recursive, sorted). Missing paths are
+    yielded too so that the caller reports them."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            yield from sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+        else:
+            yield p
+
+
+def import_file(
+    engine: Engine,
+    store: ImageStore,
+    path: Path,
+    *,
+    max_bytes: int,
+    display_name: str | None = None,
+    user_id: int | None = None,
+) -> ImportResult:
+    name = display_name or str(path)
+    if not path.is_file():
+        return _rejected(name, "not_found", "no such file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        return _rejected(
+            name,
+            "too_large",
+            f"file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB import limit (CXR_REVIEW_MAX_UPLOAD_MB)",
+        )
+    try:
+        img = dicom_io.load(path)  # header checks first, then decoding: a broken file fails here
+    except dicom_io.ImageRejected as exc:
+        log.info("rejected %s: %s", exc.code, exc.message)
+        return _rejected(name, exc.code, exc.message)
+    header, pixel_sha = img.header, dicom_io.pixel_sha256(img)
+    with dbe.read(engine) as s:
+        known = _known(s, name, header, pixel_sha)
+        if known is not None:
+            return known
+
+    file_sha = store.put_bytes(path.read_bytes())
+    # PNG/JPEG carry no UIDs: derive a stable one from the pixels (2.25 = UUID-derived root).
+    study_uid = header.study_instance_uid or f"2.25.{int(pixel_sha[:30], 16)}"
+    spacing = header.pixel_spacing_mm or (None, None)
+
+    def tx(s):
+        known = _known(s, name, header, pixel_sha)
+        if known is not None:  # imported by someone else since the check above
+            return known
+        study = repo.get_or_create_study(
+            s,
+            study_uid,
+            patient_id=header.patient_id,
+            patient_name=header.patient_name,
+            patient_age_years=header.patient_age_years,
+            patient_sex=header.patient_sex,
+            study_date=header.study_date,
+            study_description=header.study_description,
+            accession_number=header.accession_number,
+            modality=header.modality,
+        )
+        image = repo.add_image(
+            s,
+            study,
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            series_instance_uid=header.series_instance_uid,
+            source_format=header.source_format,
+            file_sha256=file_sha,
+            pixel_sha256=pixel_sha,
+            file_size=size,
+            original_filename=Path(name).name[:255],
+            rows=header.rows,
+            columns=header.columns,
+            bits_stored=header.bits_stored,
+            photometric_interpretation=header.photometric_interpretation,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            modality=header.modality,
+            body_part_examined=header.body_part_examined,
+            view_position=header.view_position,
+            pixel_spacing_row_mm=spacing[0],
+            pixel_spacing_col_mm=spacing[1],
+            pixel_spacing_source=header.pixel_spacing_source,
+            window_center=header.window_center,
+            window_width=header.window_width,
+            warnings="\n".join(header.warnings),
+            imported_by_id=user_id,
+        )
+        return ImportResult(
+            file=name,
+            status="imported",
+            study_id=study.id,
+            image_id=image.id,
+            study_instance_uid=study_uid,
+            sop_instance_uid=header.sop_instance_uid,
+            warnings=list(header.warnings),
+        )
+
+    try:
+        result = dbe.write(engine, tx)
+    except IntegrityError:
+        # A concurrent import of the same SOP Instance UID won the race.
+        with dbe.read(engine) as s:
+            known = _known(s, name, header, pixel_sha)
+        if known is None:
+            raise
+        return known
+    except dbe.DatabaseBusy as exc:
+        return _rejected(name, "database_busy", str(exc))
+    log.info(
+        "%s image study=%s sop=%s", result.status, _uid_hash(study_uid), _uid_hash(header.sop_instance_uid)
+    )
+    return result
+
+
+def _known(s, name: str, header: dicom_io.ImageHeader, pixel_sha: str) -> ImportResult | None:
+    """A duplicate of a stored image, a rejection when the file reuses a stored UID for other content, or None."""
+    if header.sop_instance_uid:
+        existing = repo.image_by_sop(s, header.sop_instance_uid)
+        if existing is None:
+            return None
+        if (existing.pixel_sha256, existing.photometric_interpretation) == (
+            pixel_sha,
+            header.photometric_interpretation,
+        ):
+            return _duplicate(name, existing)
+        # A DICOM instance never changes under its UID; two contents under one UID is an error at the source.
+        return _rejected(
+            name,
+            "uid_conflict",
+            "an image with the same SOP Instance UID but different pixels or photometric interpretation is "
+            "already stored; not imported (a changed image needs a new SOP Instance UID)",
+        )
+    existing = repo.image_by_pixel_hash(s, pixel_sha)
+    return _duplicate(name, existing) if existing is not None else None
+
+
+def _duplicate(name: str, existing) -> ImportResult:
+    return ImportResult(
+        file=name,
+        status="duplicate",
+        study_id=existing.study_id,
+        image_id=existing.id,
+        study_instance_uid=existing.study.study_instance_uid,
+        sop_instance_uid=existing.sop_instance_uid,
+    )
+
+
+def import_paths(
+    engine: Engine,
+    store: ImageStore,
+    paths: Iterable[str | Path],
+    *,
+    max_bytes: int,
+    user_id: int | None = None,
+) -> Iterator[ImportResult]:
+    for path in iter_input_files(paths):
+        yield import_file(engine, store, path, max_bytes=max_bytes, user_id=user_id)

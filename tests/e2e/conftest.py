@@ -1,0 +1,133 @@
+"""Shared fixtures for browser tests: Debian's Chromium driven by Playwright against `streamlit run`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def streamlit_server(
+    script: str | Path,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    timeout_s: float = 60.0,
+) -> Iterator[str]:
+    """Run `streamlit run script` from the repository root and yield its URL once it answers.
+
+    `env` is laid over os.environ; the repository root is put first on PYTHONPATH so that a script
+    outside the root (a test app) imports `pages`, `viewer`, ... from this checkout.
+    """
+    port = free_port()
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(script),
+        "--server.headless", "true",
+        "--server.port", str(port),
+        "--server.address", "127.0.0.1",
+        "--browser.gatherUsageStats", "false",
+        *extra_args,
+    ]  # fmt: skip
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_path = ARTIFACTS / f"streamlit-{Path(script).stem}.log"
+    with open(log_path, "a") as log:  # appended: servers of one script may overlap
+        log.write(f"--- port {port}: {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"streamlit exited with {proc.returncode}; see {log_path}")
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"streamlit did not answer within {timeout_s} s; see {log_path}")
+                time.sleep(0.25)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def run_streamlit():
+    """`run_streamlit(script, env=None, extra_args=()) -> url`: a server per distinct call, shared by the
+    module's tests and stopped when the module ends."""
+    with ExitStack() as stack:
+        urls: dict[tuple, str] = {}
+
+        def run(
+            script: str | Path, env: Mapping[str, str] | None = None, extra_args: Sequence[str] = ()
+        ) -> str:
+            k = (str(script), tuple(sorted((env or {}).items())), tuple(extra_args))
+            if k not in urls:
+                urls[k] = stack.enter_context(streamlit_server(script, env, extra_args))
+            return urls[k]
+
+        yield run
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session; tests open their own contexts (viewport, device scale)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def record_errors(page) -> list[str]:
+    """Return a list that fills with the console errors and uncaught exceptions of `page` and its iframes."""
+    errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and errors.append(f"console: {m.text}"))
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    return errors
+
+
+@pytest.fixture(name="record_errors")
+def record_errors_fixture():
+    """The `record_errors(page)` helper, for tests that cannot import this conftest."""
+    return record_errors

@@ -1,0 +1,99 @@
+"""What a radiologist does, in a real Chromium against `streamlit run app.py`: sign in, upload DICOMs (one of
+them broken), find the study in the worklist, open it, change the window, mark it reviewed, sign out."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.e2e.conftest import ARTIFACTS, REPO
+
+pytestmark = pytest.mark.e2e
+PASSWORD = "radiologist-pw"
+
+
+@pytest.fixture(scope="module")
+def app_url(run_streamlit, tmp_path_factory):
+    from db import engine as dbe
+    from services import auth, context, settings
+
+    data = tmp_path_factory.mktemp("e2e-data")
+    env = {"CXR_REVIEW_DATA_DIR": str(data), "CXR_REVIEW_SETTINGS": ""}
+    s = settings.load(env)
+    dbe.upgrade(s.db_url)
+    auth.add_user(context.build(s).engine, "rad", "radiologist", PASSWORD)
+    return run_streamlit(REPO / "app.py", env)
+
+
+def _canvas_pixels(page) -> np.ndarray:
+    shot = page.frame_locator('iframe[data-testid="stCustomComponentV1"]').locator("canvas").first.screenshot()
+    return np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float32)
+
+
+def test_sign_in_upload_worklist_view_window_review_sign_out(browser, app_url, shared_data, tmp_path, record_errors):
+    page = browser.new_context(viewport={"width": 1500, "height": 1000}).new_page()
+    errors = record_errors(page)
+    page.goto(app_url)
+
+    # Nothing but the sign-in form without a session.
+    page.get_by_role("button", name="Sign in").wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    assert page.get_by_text("Worklist").count() == 0 and page.get_by_text("Import").count() == 0
+    page.screenshot(path=ARTIFACTS / "app-01-sign-in.png")
+    page.get_by_label("User name").fill("rad")
+    page.get_by_role("textbox", name="Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
+    page.get_by_text("0 studies ·").wait_for()
+
+    # Upload a real DICOM and a broken one together.
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI")
+    page.get_by_role("link", name="Import").click()
+    page.locator("input[type=file]").set_input_files(
+        [str(shared_data / "dicom" / "siim_cr_chest_pa_1024_jpeg_mono2.dcm"), str(broken)]
+    )
+    page.get_by_role("button", name="Import 2 files").click()
+    page.get_by_text("1 imported · 0 duplicate · 1 rejected").wait_for(timeout=60_000)
+    page.get_by_text("1 file(s) rejected; the others were imported").wait_for()
+    page.screenshot(path=ARTIFACTS / "app-02-import.png", full_page=True)
+
+    # The study is in the worklist; open it.
+    page.get_by_role("link", name="Worklist").click()
+    page.get_by_text("1 study ·").wait_for(timeout=30_000)
+    grid = page.locator("[data-testid='stDataFrame']").first
+    page.screenshot(path=ARTIFACTS / "app-03-worklist.png")
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row's selection cell
+
+    page.get_by_role("button", name="Mark reviewed").wait_for(timeout=30_000)
+    page.get_by_text("Pixel spacing 0.168 × 0.168 mm (PixelSpacing)").wait_for()
+    frame = page.frame_locator('iframe[data-testid="stCustomComponentV1"]')
+    frame.locator("canvas").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1500)
+    before = _canvas_pixels(page)
+    page.screenshot(path=ARTIFACTS / "app-04-viewer.png")
+
+    # A narrower window (typed, as a reader would) makes the picture visibly more contrasted.
+    width = page.get_by_label("Width")
+    width.fill("60")
+    width.press("Enter")
+    page.wait_for_timeout(3000)
+    after = _canvas_pixels(page)
+    page.screenshot(path=ARTIFACTS / "app-05-viewer-window.png")
+    assert before.shape == after.shape
+    assert after.std() > before.std() * 1.2, (before.std(), after.std())
+
+    page.get_by_role("button", name="Mark reviewed").click()
+    page.get_by_text("reviewed by rad").wait_for(timeout=30_000)
+    page.get_by_role("link", name="Worklist").click()
+    page.get_by_text("1 study ·").wait_for(timeout=30_000)
+    page.screenshot(path=ARTIFACTS / "app-06-worklist-reviewed.png")
+
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign in").wait_for(timeout=30_000)
+    page.get_by_role("link", name="Worklist").wait_for(state="detached", timeout=10_000)
+    assert "Traceback" not in page.content()
+    assert errors == []

@@ -1,0 +1,92 @@
+"""Post-processing on hand-made arrays whose answers are known exactly."""
+
+import numpy as np
+import pytest
+
+from inference.postprocess import (
+    CLAVICLES,
+    HEART,
+    LUNGS,
+    cardiothoracic_ratio,
+    clean_label_map,
+    clip_to_mask,
+    heatmap_boxes,
+    largest_components,
+)
+from inference.types import Box
+
+
+def test_largest_components_keeps_the_n_biggest():
+    mask = np.zeros((50, 50), bool)
+    mask[0:10, 0:10] = True  # 100 px
+    mask[20:25, 20:30] = True  # 50 px
+    mask[40:42, 40:45] = True  # 10 px
+    kept = largest_components(mask, 2)
+    assert kept.sum() == 150 and not kept[41, 41]
+    assert largest_components(mask, 5).sum() == 160
+    assert largest_components(np.zeros((5, 5), bool), 2).sum() == 0
+
+
+def test_clean_label_map_drops_speckles_but_keeps_lung_apices_cut_off_by_a_clavicle():
+    lm = np.zeros((100, 100), np.uint8)
+    lm[20:90, 10:40] = LUNGS
+    lm[20:90, 60:90] = LUNGS
+    lm[30:33, 5:45] = CLAVICLES  # crosses the left lung: rows 20-29 become a separate lung island (the apex)
+    lm[30:33, 55:95] = CLAVICLES
+    lm[50:80, 42:58] = HEART
+    lm[2, 2] = LUNGS  # speckles
+    lm[95, 50] = HEART
+    lm[97, 97] = CLAVICLES
+    out = clean_label_map(lm)
+    assert (out[20:30, 10:40] == LUNGS).all()  # apex kept
+    assert out[2, 2] == 0 and out[95, 50] == 0 and out[97, 97] == 0
+    assert (out == HEART).sum() == 30 * 16 and (out == CLAVICLES).sum() == 2 * 3 * 40
+
+
+def test_cardiothoracic_ratio_on_a_synthetic_chest():
+    lm = np.zeros((500, 500), np.uint8)
+    lm[100:400, 50:200] = LUNGS  # outer extent 50..449 on rows 100-399: thorax 400 px
+    lm[100:400, 300:450] = LUNGS
+    lm[380:400, 40:200] = LUNGS  # costophrenic widening on rows 380-399: thorax 410 px (40..449)
+    for i, row in enumerate(range(250, 350)):  # heart widening downward: widest on row 349, 180..329
+        lm[row, 255 - 75 * i // 99 : 255 + 75 * i // 99 + 1] = HEART
+    ctr = cardiothoracic_ratio(lm)
+    assert (ctr.heart_row, ctr.heart_x0, ctr.heart_x1) == (349, 180, 330)
+    assert (ctr.thorax_row, ctr.thorax_x0, ctr.thorax_x1) == (380, 40, 449)
+    assert ctr.heart_width == 151 and ctr.thorax_width == 410
+    assert ctr.ratio == pytest.approx(151 / 410)
+
+
+def test_cardiothoracic_ratio_is_none_without_heart_or_lungs():
+    lm = np.zeros((10, 10), np.uint8)
+    lm[2:8, 1:4] = LUNGS
+    assert cardiothoracic_ratio(lm) is None
+    lm[:] = 0
+    lm[4:6, 4:6] = HEART
+    assert cardiothoracic_ratio(lm) is None
+
+
+def test_heatmap_boxes_from_blobs():
+    yy, xx = np.mgrid[:200, :300]
+    heat = 0.9 * np.exp(-((xx - 60) ** 2 + (yy - 50) ** 2) / (2 * 15**2))
+    heat += 0.7 * np.exp(-((xx - 220) ** 2 + (yy - 150) ** 2) / (2 * 20**2))
+    heat += 0.6 * np.exp(-((xx - 250) ** 2 + (yy - 30) ** 2) / (2 * 1.5**2))  # a few pixels above 0.5
+    boxes = heatmap_boxes(heat.astype(np.float32), threshold=0.5, min_area_frac=0.001)
+    assert [round(b.score, 3) for b in boxes] == [0.9, 0.7]
+    for b, (cx, cy) in zip(boxes, [(60, 50), (220, 150)]):
+        assert b.x < cx < b.x + b.w and b.y < cy < b.y + b.h
+        assert b.x >= 0 and b.y >= 0 and b.x + b.w <= 300 and b.y + b.h <= 200
+    # The 0.9 blob exceeds 0.5 within r = 15 * sqrt(2 ln 1.8) = 16.2 px: a 33 px wide box centred on 60.
+    assert boxes[0] == Box(44, 34, 33, 33, boxes[0].score)
+    assert heatmap_boxes(np.zeros((10, 10), np.float32)) == []
+
+
+def test_clip_to_mask():
+    heat = np.full((4, 4), 0.8, np.float32)
+    mask = np.zeros((4, 4), np.uint8)
+    mask[1:3, 1:3] = 1
+    clipped = clip_to_mask(heat, mask)
+    assert clipped.dtype == np.float32 and clipped.sum() == pytest.approx(4 * 0.8)
+    assert clipped[1, 1] == pytest.approx(0.8) and clipped[0, 0] == 0
+    with pytest.raises(ValueError, match="differ in shape"):
+        clip_to_mask(heat, mask[:3])

@@ -1,0 +1,80 @@
+"""Page logic through Streamlit's AppTest: the sign-in gate, roles, worklist, import results, viewer."""
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from services import auth, importer
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+@pytest.fixture
+def env(ctx, app_env, monkeypatch):
+    for k, v in app_env.items():
+        monkeypatch.setenv(k, v)
+    st.cache_resource.clear()  # the cached context belongs to the previous test's database
+    st.cache_data.clear()
+    auth.add_user(ctx.engine, "rad", "radiologist", "radiologist-pw")
+    auth.add_user(ctx.engine, "boss", "admin", "admin-password")
+    auth.add_user(ctx.engine, "res", "researcher", "researcher-pw")
+    return ctx
+
+
+def signed_in(username, password):
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.text_input(key="signin_username").input(username)
+    at.text_input(key="signin_password").input(password)
+    at.button[0].click().run()
+    return at
+
+
+def test_without_a_session_only_the_sign_in_form_renders(env):
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert [t.label for t in at.text_input] == ["User name", "Password"]
+    assert len(at.dataframe) == 0 and len(at.sidebar.button) == 0
+    assert not at.exception
+
+
+def test_wrong_password_is_refused(env):
+    at = signed_in("rad", "not-the-password")
+    assert [e.value for e in at.error] == ["Wrong user name or password."]
+    assert len(at.dataframe) == 0
+
+
+def test_radiologist_sees_the_worklist_with_imported_studies(env, shared_data):
+    list(importer.import_paths(env.engine, env.store, [shared_data / "dicom"], max_bytes=2**30))
+    at = signed_in("rad", "radiologist-pw")
+    assert not at.exception
+    assert at.title[0].value == "Worklist"
+    table = at.dataframe[0].value
+    # the SIIM MONOCHROME1 variant is refused (it reuses its twin's SOP Instance UID)
+    assert len(table) == 2 and set(table["Modality"]) == {"CR", "DX"}
+    assert "2 studies ·" in at.caption[0].value
+
+
+def test_roles_only_reach_their_pages(env):
+    at = signed_in("res", "researcher-pw")
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        at.switch_page("pages/import_studies.py")
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        at.switch_page("pages/admin.py")
+    at = signed_in("boss", "admin-password")
+    at.switch_page("pages/admin.py").run()
+    assert at.title[0].value == "Users"
+    assert {"rad", "boss", "res"} <= set(at.dataframe[0].value["user"])
+
+
+def test_viewer_shows_the_study_header_and_marks_it_reviewed(env, shared_data):
+    (r,) = importer.import_paths(
+        env.engine, env.store, [shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"], max_bytes=2**30
+    )
+    at = signed_in("rad", "radiologist-pw")
+    at.session_state["study_id"] = r.study_id
+    at.switch_page("pages/review.py").run()
+    assert not at.exception
+    assert "No Finding" in at.markdown[1].value or any("No Finding" in m.value for m in at.markdown)
+    assert any("in review" in c.value for c in at.caption)
+    at.button(key="mark_reviewed").click().run()
+    assert any("reviewed** by rad" in c.value for c in at.caption)

@@ -1,0 +1,89 @@
+import shutil
+
+import numpy as np
+import pydicom
+from sqlalchemy import func, select
+
+from db import engine as dbe
+from db.models import Image, Study
+from services import importer
+from viewer import dicom_io
+
+LIMIT = 50 * 2**20
+
+
+def _import(ctx, *paths):
+    return list(importer.import_paths(ctx.engine, ctx.store, paths, max_bytes=LIMIT))
+
+
+def test_sample_dicoms_import_with_identity_and_header_fields(ctx, shared_data):
+    results = _import(ctx, shared_data / "dicom")
+    # The SIIM MONOCHROME1 variant reuses the SOP Instance UID of its MONOCHROME2 twin with other content.
+    assert [(r.status, r.code) for r in results] == [("imported", None), ("imported", None), ("rejected", "uid_conflict")]
+    assert all(r.reason is None and r.sop_instance_uid and r.study_instance_uid for r in results[:2])
+    assert "same SOP Instance UID" in results[2].reason
+    with dbe.read(ctx.engine) as s:
+        dx = s.scalar(select(Image).where(Image.original_filename == "nih_dx_chest_1024_nofinding_nccid.dcm"))
+        assert dx.modality == "DX" and dx.rows >= 1024 and dx.pixel_spacing_row_mm is None  # none in its header
+        assert (dx.study.study_description, dx.study.patient_age_years, dx.study.patient_sex) == ("No Finding", 81, "M")
+        cr = s.scalar(select(Image).where(Image.modality == "CR"))
+        assert (cr.pixel_spacing_row_mm, cr.view_position, cr.study.view_position) == (0.168, "PA", "PA")
+        # stored once, content-addressed, byte-identical
+        stored = ctx.store.path_for(dx.file_sha256)
+        assert stored.read_bytes() == (shared_data / "dicom" / dx.original_filename).read_bytes()
+
+
+def test_reimport_is_recognised_as_duplicate_and_stores_nothing_new(ctx, shared_data, tmp_path):
+    _import(ctx, shared_data / "dicom")
+    copy = tmp_path / "renamed.dcm"
+    shutil.copy(shared_data / "dicom" / "siim_cr_chest_pa_1024_jpeg_mono1_variant.dcm", copy)
+    again = _import(ctx, shared_data / "dicom", copy)
+    assert [r.status for r in again] == ["duplicate", "duplicate", "rejected", "duplicate"]
+    objects = sorted(ctx.store.root.rglob("*"))
+    assert _import(ctx, copy)[0].status == "duplicate" and sorted(ctx.store.root.rglob("*")) == objects
+    with dbe.read(ctx.engine) as s:
+        assert s.scalar(select(func.count(Image.id))) == 2
+
+
+def test_png_duplicates_are_found_by_pixels_not_by_name(ctx, shared_data, tmp_path):
+    src = sorted((shared_data / "nih" / "images").glob("*.png"))[:3]
+    first = _import(ctx, *src)
+    assert [r.status for r in first] == ["imported"] * 3
+    assert len({r.study_instance_uid for r in first}) == 3  # one study per PNG
+    renamed = tmp_path / "other-name.png"
+    shutil.copy(src[0], renamed)
+    assert _import(ctx, renamed)[0].status == "duplicate"
+
+
+def test_a_bad_file_is_rejected_and_the_rest_of_the_batch_still_imports(ctx, shared_data, tmp_path):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not an image at all")
+    shutil.copy(shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm", folder / "good.dcm")
+    ds = pydicom.dcmread(shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm")
+    ds.Modality = "CT"
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(folder / "ct.dcm")
+    results = {r.file.rsplit("/", 1)[-1]: r for r in _import(ctx, folder)}
+    assert results["good.dcm"].status == "imported"
+    assert (results["notes.txt"].status, results["notes.txt"].code) == ("rejected", "not_an_image")
+    assert (results["ct.dcm"].status, results["ct.dcm"].code) == ("rejected", "not_radiograph")
+    assert "CT" in results["ct.dcm"].reason
+    with dbe.read(ctx.engine) as s:
+        assert s.scalar(select(func.count(Study.id))) == 1
+
+
+def test_files_over_the_size_limit_are_rejected_before_reading(ctx, shared_data):
+    path = shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"
+    r = importer.import_file(ctx.engine, ctx.store, path, max_bytes=1000)
+    assert (r.status, r.code) == ("rejected", "too_large") and "limit" in r.reason
+    assert not any(ctx.store.root.rglob("*")) if ctx.store.root.exists() else True
+
+
+def test_stored_pixels_decode_to_the_imported_pixel_hash(ctx, shared_data):
+    (r,) = _import(ctx, shared_data / "dicom" / "siim_cr_chest_pa_1024_jpeg_mono2.dcm")
+    with dbe.read(ctx.engine) as s:
+        image = s.get(Image, r.image_id)
+        img = dicom_io.load(ctx.store.path_for(image.file_sha256))
+        assert dicom_io.pixel_sha256(img) == image.pixel_sha256
+        assert np.asarray(img.stored).shape == (image.rows, image.columns)
