@@ -1,6 +1,7 @@
 """CXR Review composition root: page config, sign-in gate, navigation by role."""
 import streamlit as st
 
+from db.engine import DatabaseBusy, DatabaseUnavailable
 from pages import _signin
 
 st.set_page_config(page_title="CXR Review", page_icon="assets/logo.png", layout="wide")
@@ -23,4 +24,7 @@ ROLE_PAGES = {
 pages = [PAGES[name] for name in ROLE_PAGES[user.role]]
 nav = st.navigation(pages, position="hidden")
 _signin.sidebar(user, pages)
-nav.run()
+try:
+    nav.run()
+except (DatabaseBusy, DatabaseUnavailable) as exc:  # one clear line, never a traceback
+    st.error(f"Database problem: {exc}")

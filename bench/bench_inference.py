@@ -52,7 +52,9 @@ def chest_image(size: int) -> np.ndarray:
     path = default_models_dir().parent / "data" / "nih" / "images" / "00000550_000.png"
     u8 = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if u8 is None:
-        u8 = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (512, 512), dtype=np.uint8), (0, 0), 8)
+        u8 = cv2.GaussianBlur(
+            np.random.default_rng(0).integers(0, 255, (512, 512), dtype=np.uint8), (0, 0), 8
+        )
     return np.clip(cv2.resize(u8.astype(np.float32) / 255, (size, size), interpolation=cv2.INTER_CUBIC), 0, 1)
 
 
@@ -68,7 +70,9 @@ class Naive:
         if hashlib.sha256(data).hexdigest() != spec.weights_sha256:
             raise RuntimeError(f"{model_id}: sha256 mismatch")
         model = self.registry.builder(model_id)()
-        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), strict=True)
+        model.load_state_dict(
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), strict=True
+        )
         return model.eval()
 
     @staticmethod
@@ -95,7 +99,9 @@ class Naive:
     def classify(self, img: np.ndarray) -> str:
         spec = self.registry.get(CLS)
         with torch.no_grad():
-            logits = self.load(CLS)(self.to_input(img, 224, spec.mean, spec.std))[0].numpy().astype(np.float64)
+            logits = (
+                self.load(CLS)(self.to_input(img, 224, spec.mean, spec.std))[0].numpy().astype(np.float64)
+            )
         probs = np.exp(logits - logits.max())
         return spec.labels[int(np.argmax(probs / probs.sum()))]
 
@@ -168,25 +174,41 @@ def timings(models_dir: Path, device: str, repeats: int) -> list[tuple[str, floa
         "new study, all overlays, 1024x1024": lambda v: study(v, img1024),
     }
     for name, call in calls.items():
-        m = median_ms({"fast": lambda: call(fast), "naive": lambda: call(naive)}, repeats)
+        m = median_ms({"fast": lambda c=call: c(fast), "naive": lambda c=call: c(naive)}, repeats)
         rows.append((name, m["fast"], m["naive"]))
     batch = median_ms({"b": lambda: runner.classify_batch([img1024] * 16)}, repeats)["b"] / 16
     rows.append(("classify_batch 16 x 1024 in, per image", batch, None))
     return rows
 
 
+def peak_rss_mib() -> float:
+    # VmHWM, not getrusage's ru_maxrss: a child started by subprocess inherits the parent's ru_maxrss on Linux,
+    # which made both variants report the bench process's own peak.
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+
+
 def peak_rss_child(variant: str, models_dir: Path, device: str) -> None:
+    """Prints the peak RSS and the part of it above what importing torch & co. already took."""
+    after_imports = peak_rss_mib()
     fast, naive = variants(models_dir, device)
     if variant == "fast":
         for model_id in (SEG, BONE, CLS):
             fast["runner"].load(model_id)
     study(fast if variant == "fast" else naive, chest_image(1024))
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux reports KiB
+    print(peak_rss_mib(), peak_rss_mib() - after_imports)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median), after 1 warm-up")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed runs per figure (median), after 1 warm-up"
+    )
     parser.add_argument("--device", default="cpu", help="runner device (the naive reference is always CPU)")
     parser.add_argument("--models-dir", type=Path, default=default_models_dir())
     parser.add_argument("--rss-of", choices=["fast", "naive"], help=argparse.SUPPRESS)
@@ -200,15 +222,17 @@ def main() -> None:
     for variant in ("fast", "naive"):
         cmd = [sys.executable, __file__, "--rss-of", variant, "--device", args.device,
                "--models-dir", str(args.models_dir)]  # fmt: skip
-        rss[variant] = float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    rows.append(("peak RSS MiB (models loaded + 1 study)", rss["fast"], rss["naive"]))
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rss[variant] = [float(v) for v in out.split()]
+    rows.append(("peak RSS MiB, all models + 1 study", rss["fast"][0], rss["naive"][0]))
+    rows.append(("  of which above the imports (torch...)", rss["fast"][1], rss["naive"][1]))
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, median of "
           f"{args.repeats} after 1 warm-up, times in ms; 1-min load average {load_before:.1f} -> "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes skew CPU timings)")  # fmt: skip
     print(f"{'':42} {'runner':>10} {'naive':>10} {'naive/runner':>13}")
     for name, value, other in rows:
-        side = f"{other:10.1f} {other / value:12.1f}x" if other is not None else ""
+        side = f"{other:10.1f} {other / value:12.1f}x" if other is not None and value > 0 else ""
         print(f"{name:42} {value:10.1f} {side}")
 
 

@@ -4,6 +4,7 @@ any SQLAlchemy URL works, PostgreSQL included."""
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,21 +65,29 @@ def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
 
 
 def _is_locked(exc: OperationalError) -> bool:
+    # PostgreSQL: a serialization failure or a deadlock; the unit lost a race with another writer.
+    if getattr(exc.orig, "sqlstate", None) in ("40001", "40P01"):
+        return True
     text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
     return "locked" in text or "busy" in text
 
 
 def write(engine: Engine, fn: Callable[[Session], T], *, attempts: int = 5) -> T:
-    """Run fn in one write transaction; retry the whole unit when SQLite reports it is locked."""
+    """Run fn in one write transaction; retry the whole unit when SQLite reports it is locked (or, elsewhere,
+    when it lost a race with another writer)."""
     for attempt in range(1, attempts + 1):
         try:
             with Session(engine, expire_on_commit=False) as s, s.begin():
+                if engine.dialect.name != "sqlite":
+                    # SQLite writers run one at a time (BEGIN IMMEDIATE); elsewhere SERIALIZABLE gives the same
+                    # result (a read-then-write unit acts as if alone) or a serialization failure, run again.
+                    s.connection(execution_options={"isolation_level": "SERIALIZABLE"})
                 return fn(s)
         except OperationalError as exc:
             if not _is_locked(exc):
                 raise
             log.warning("database locked (attempt %d/%d)", attempt, attempts)
-            time.sleep(0.05 * 2**attempt)
+            time.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))  # jitter: racers do not meet again
     raise DatabaseBusy(attempts)
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -34,8 +35,9 @@ class UTCDateTime(TypeDecorator):
         return value
 
     def process_result_value(self, value, dialect):
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
+        # SQLite gives back the naive UTC it stored; PostgreSQL gives timestamptz in the session's TimeZone.
+        if value is not None:
+            value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
         return value
 
 
@@ -132,3 +134,103 @@ class Image(Base):
     imported_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
     study: Mapped[Study] = relationship(back_populates="images")
+
+
+# --- AI results and reader verdicts ----------------------------------------------------------------------------
+class Prediction(Base):
+    """One model version's output on one image's pixels: computed once, shared by every reader and revisit."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("pixel_sha256", "model_id", "model_version", "weights_sha256", name="uq_prediction"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pixel_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    model_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(32))
+    device: Mapped[str] = mapped_column(String(16))
+    timings_ms: Mapped[float] = mapped_column(Float)
+    result: Mapped[str] = mapped_column(
+        Text
+    )  # JSON; large arrays live in the image store, referenced by sha256
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Decision(str, enum.Enum):
+    accept = "accept"
+    reject = "reject"
+    uncertain = "uncertain"
+
+
+class Verdict(Base):
+    """A reader's current judgement of one AI statement; its history is in verdict_events."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (
+        UniqueConstraint(
+            "image_id", "reader_id", "item_kind", "item_key", "model_id", "model_version", name="uq_verdict"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    reader_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    item_kind: Mapped[str] = mapped_column(String(32))  # finding | box | anatomy | bone_suppression | ctr
+    item_key: Mapped[str] = mapped_column(String(128))  # e.g. the finding's label, "Cardiomegaly#0" for a box
+    decision: Mapped[Decision] = mapped_column(Enum(Decision, name="decision", native_enum=False, length=16))
+    reason_code: Mapped[str | None] = mapped_column(String(64))
+    reason_text: Mapped[str | None] = mapped_column(Text)
+    model_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class VerdictEvent(Base):
+    """Append-only audit: every verdict as it was written, never updated or deleted."""
+
+    __tablename__ = "verdict_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id"), index=True)
+    reader_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    decision: Mapped[Decision] = mapped_column(Enum(Decision, name="decision", native_enum=False, length=16))
+    reason_code: Mapped[str | None] = mapped_column(String(64))
+    reason_text: Mapped[str | None] = mapped_column(Text)
+    model_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelThreshold(Base):
+    """Operating threshold per model version and label, editable by an admin (defaults come with the model)."""
+
+    __tablename__ = "model_thresholds"
+    __table_args__ = (UniqueConstraint("model_id", "model_version", "label", name="uq_model_threshold"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float] = mapped_column(Float)
+    updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Report(Base):
+    """A reader's draft report of a study, generated from accepted findings and then edited."""
+
+    __tablename__ = "reports"
+    __table_args__ = (UniqueConstraint("study_id", "reader_id", name="uq_report"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    reader_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    text: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

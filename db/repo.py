@@ -8,7 +8,20 @@ from dataclasses import dataclass
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, aliased
 
-from db.models import Image, Role, Study, StudyStatus, User, utcnow
+from db.models import (
+    Decision,
+    Image,
+    ModelThreshold,
+    Prediction,
+    Report,
+    Role,
+    Study,
+    StudyStatus,
+    User,
+    Verdict,
+    VerdictEvent,
+    utcnow,
+)
 
 
 # --- users -------------------------------------------------------------------------------------------------
@@ -209,3 +222,143 @@ def neighbour_study(
     if pos is None:
         return None
     return s.scalar(select(sub.c.id).where(sub.c.pos == pos + step))
+
+
+# --- AI predictions ----------------------------------------------------------------------------------------------
+def get_prediction(
+    s: Session, pixel_sha256: str, model_id: str, version: str, weights_sha256: str
+) -> Prediction | None:
+    return s.scalar(
+        select(Prediction).where(
+            Prediction.pixel_sha256 == pixel_sha256,
+            Prediction.model_id == model_id,
+            Prediction.model_version == version,
+            Prediction.weights_sha256 == weights_sha256,
+        )
+    )
+
+
+def add_prediction(s: Session, **fields) -> Prediction:
+    """Insert, or return the row another reader stored first for the same pixels and model version."""
+    existing = get_prediction(
+        s, fields["pixel_sha256"], fields["model_id"], fields["model_version"], fields["weights_sha256"]
+    )
+    if existing is not None:
+        return existing
+    row = Prediction(**fields)
+    s.add(row)
+    s.flush()
+    return row
+
+
+def thresholds(s: Session, model_id: str, version: str) -> dict[str, float]:
+    rows = s.scalars(
+        select(ModelThreshold).where(
+            ModelThreshold.model_id == model_id, ModelThreshold.model_version == version
+        )
+    )
+    return {r.label: r.threshold for r in rows}
+
+
+def set_threshold(
+    s: Session, model_id: str, version: str, label: str, threshold: float, user_id: int
+) -> None:
+    row = s.scalar(
+        select(ModelThreshold).where(
+            ModelThreshold.model_id == model_id,
+            ModelThreshold.model_version == version,
+            ModelThreshold.label == label,
+        )
+    )
+    if row is None:
+        row = ModelThreshold(model_id=model_id, model_version=version, label=label, threshold=threshold)
+        s.add(row)
+    row.threshold, row.updated_by_id, row.updated_at = threshold, user_id, utcnow()
+
+
+# --- verdicts ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VerdictIn:
+    study_id: int
+    image_id: int
+    reader_id: int
+    item_kind: str
+    item_key: str
+    decision: str
+    model_id: str
+    model_version: str
+    weights_sha256: str
+    reason_code: str | None = None
+    reason_text: str | None = None
+
+
+def upsert_verdict(s: Session, v: VerdictIn) -> Verdict:
+    """One verdict per reader and item (natural key), and an append-only event for every write."""
+    row = s.scalar(
+        select(Verdict).where(
+            Verdict.image_id == v.image_id,
+            Verdict.reader_id == v.reader_id,
+            Verdict.item_kind == v.item_kind,
+            Verdict.item_key == v.item_key,
+            Verdict.model_id == v.model_id,
+            Verdict.model_version == v.model_version,
+        )
+    )
+    decision = Decision(v.decision)
+    if row is None:
+        row = Verdict(
+            study_id=v.study_id,
+            image_id=v.image_id,
+            reader_id=v.reader_id,
+            item_kind=v.item_kind,
+            item_key=v.item_key,
+            model_id=v.model_id,
+            model_version=v.model_version,
+            weights_sha256=v.weights_sha256,
+            decision=decision,
+        )
+        s.add(row)
+    row.decision, row.reason_code, row.reason_text = decision, v.reason_code, v.reason_text
+    row.weights_sha256, row.updated_at = v.weights_sha256, utcnow()
+    s.flush()
+    s.add(
+        VerdictEvent(
+            verdict_id=row.id,
+            reader_id=v.reader_id,
+            decision=decision,
+            reason_code=v.reason_code,
+            reason_text=v.reason_text,
+            model_id=v.model_id,
+            model_version=v.model_version,
+            weights_sha256=v.weights_sha256,
+        )
+    )
+    return row
+
+
+def verdicts_of(s: Session, image_id: int, reader_id: int) -> list[Verdict]:
+    return list(
+        s.scalars(
+            select(Verdict)
+            .where(Verdict.image_id == image_id, Verdict.reader_id == reader_id)
+            .order_by(Verdict.id)
+        )
+    )
+
+
+def verdict_events(s: Session, verdict_id: int) -> list[VerdictEvent]:
+    return list(
+        s.scalars(select(VerdictEvent).where(VerdictEvent.verdict_id == verdict_id).order_by(VerdictEvent.id))
+    )
+
+
+def get_report(s: Session, study_id: int, reader_id: int) -> Report | None:
+    return s.scalar(select(Report).where(Report.study_id == study_id, Report.reader_id == reader_id))
+
+
+def save_report(s: Session, study_id: int, reader_id: int, text: str) -> None:
+    row = get_report(s, study_id, reader_id)
+    if row is None:
+        row = Report(study_id=study_id, reader_id=reader_id, text=text)
+        s.add(row)
+    row.text, row.updated_at = text, utcnow()

@@ -79,7 +79,9 @@ def heatmap_boxes(heatmap: np.ndarray, threshold: float = 0.5, min_area_frac: fl
     Regions smaller than `min_area_frac` of the image are dropped (0.002 of 1024x1024 is about 45x45 px, far
     below the resolution of a 7x7 Grad-CAM). Score = maximum of the heatmap inside the box.
     """
-    count, _, stats, _ = cv2.connectedComponentsWithStats((heatmap >= threshold).astype(np.uint8), connectivity=8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(
+        (heatmap >= threshold).astype(np.uint8), connectivity=8
+    )
     min_area = min_area_frac * heatmap.size
     boxes = []
     for x, y, w, h, area in stats[1:]:

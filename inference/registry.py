@@ -39,6 +39,8 @@ def _discover() -> dict[str, ModuleType]:
             continue
         if spec.model_id in found:
             raise RuntimeError(f"model id {spec.model_id!r} defined twice ({info.name})")
+        if spec.task == "classification" and set(spec.thresholds) != set(spec.labels):
+            raise RuntimeError(f"{spec.model_id}: classification specs need one threshold per label")
         found[spec.model_id] = module
     return found
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from time import perf_counter
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,7 +43,9 @@ def as_image(img: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float32)
     lo, hi = float(a.min()), float(a.max())
     if not (lo >= 0.0 and hi <= 1.0):  # also false for NaN
-        raise ValueError(f"pixel values must lie in [0,1], got {lo:.4g}..{hi:.4g}; divide 8-bit pixels by 255")
+        raise ValueError(
+            f"pixel values must lie in [0,1], got {lo:.4g}..{hi:.4g}; divide 8-bit pixels by 255"
+        )
     return a
 
 
@@ -135,13 +138,14 @@ class Runner:
         with clock.phase("postprocess"):
             # Upsample logits, not labels, so boundaries stay smooth at full resolution.
             logits = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
-            # max(0).indices is the argmax, >10x faster than argmax(0) on CPU for a channel-first tensor.
-            labels = logits[0, :, top : top + h, left : left + w].max(0).indices.to(torch.uint8).cpu().numpy()
+            labels = logits[0, :, top : top + h, left : left + w].argmax(0).to(torch.uint8).cpu().numpy()
             label_map = clean_label_map(labels)
         return AnatomyResult(label_map, self._ref(spec), clock.done())
 
     @torch.inference_mode()
-    def suppress_bones_batch(self, imgs: Sequence[np.ndarray], model_id: str | None = None) -> list[BoneResult]:
+    def suppress_bones_batch(
+        self, imgs: Sequence[np.ndarray], model_id: str | None = None
+    ) -> list[BoneResult]:
         """Soft-tissue images, one per input, each at its own resolution; timings are for the whole batch."""
         imgs = [as_image(i) for i in imgs]
         clock = _Clock(self.device)
@@ -153,7 +157,8 @@ class Runner:
             out = model(x)
         with clock.phase("postprocess"):
             soft = [
-                _resize(o[None], i.shape).clamp_(0, 1)[0, 0].cpu().numpy() for o, i in zip(out, imgs)
+                _resize(o[None], i.shape).clamp_(0, 1)[0, 0].cpu().numpy()
+                for o, i in zip(out, imgs, strict=True)
             ]
         timings = clock.done()
         return [BoneResult(s, self._ref(spec), timings) for s in soft]
@@ -188,7 +193,7 @@ class Runner:
         timings = clock.done()
         results = []
         for p in probs:
-            scores = {label: float(v) for label, v in zip(spec.labels, p)}
+            scores = {label: float(v) for label, v in zip(spec.labels, p, strict=True)}
             positive = {label: scores[label] >= thr[label] for label in spec.labels}
             results.append(ClassificationResult(scores, thr, positive, self._ref(spec), timings))
         return results
@@ -200,16 +205,34 @@ class Runner:
 
     def gradcam(self, img: np.ndarray, label: str | None = None, model_id: str | None = None) -> np.ndarray:
         """Grad-CAM heatmap (float32 HxW in [0,1], input resolution) of `label`, or of the top class if None."""
+        return next(iter(self._cams(img, "top" if label is None else [label], model_id).values()))
+
+    def gradcams(
+        self, img: np.ndarray, labels: Sequence[str] | None = None, model_id: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """{label: Grad-CAM heatmap} for `labels` (all labels when None) from one backbone pass: far cheaper
+        than one gradcam() call per label."""
+        return self._cams(img, "all" if labels is None else labels, model_id)
+
+    def _cams(
+        self, img: np.ndarray, which: Sequence[str] | Literal["all", "top"], model_id: str | None
+    ) -> dict[str, np.ndarray]:
         img = as_image(img)
         clock = _Clock(self.device)
         spec, model = self._prepare("classification", model_id, clock)
-        if label is not None and label not in spec.labels:
-            raise ValueError(f"{label!r} is not a label of {spec.model_id}: {spec.labels}")
+        if which == "top":
+            indices = None
+        else:
+            labels = spec.labels if which == "all" else which
+            unknown = [label for label in labels if label not in spec.labels]
+            if unknown:
+                raise ValueError(f"{unknown} not labels of {spec.model_id}: {spec.labels}")
+            indices = [spec.labels.index(label) for label in labels]
         with torch.no_grad():  # grad_cam enables autograd for the head only
-            x = self._classifier_input([img], spec)
-            cam, _ = grad_cam(model, x, None if label is None else spec.labels.index(label))
-            cam = F.interpolate(cam[None, None], size=img.shape, mode="bilinear", align_corners=False)
-            return cam.clamp_(0, 1)[0, 0].cpu().numpy()
+            cams, indices = grad_cam(model, self._classifier_input([img], spec), indices)
+            cams = F.interpolate(cams[None], size=img.shape, mode="bilinear", align_corners=False)[0]
+            cams = cams.clamp_(0, 1).cpu().numpy()
+        return {spec.labels[i]: cam for i, cam in zip(indices, cams, strict=True)}
 
 
 def default_models_dir() -> Path:
@@ -240,9 +263,15 @@ def classify(img: np.ndarray, thresholds: dict[str, float] | None = None) -> Cla
     return default_runner().classify(img, thresholds=thresholds)
 
 
-def classify_batch(imgs: Sequence[np.ndarray], thresholds: dict[str, float] | None = None) -> list[ClassificationResult]:
+def classify_batch(
+    imgs: Sequence[np.ndarray], thresholds: dict[str, float] | None = None
+) -> list[ClassificationResult]:
     return default_runner().classify_batch(imgs, thresholds=thresholds)
 
 
 def gradcam(img: np.ndarray, label: str | None = None) -> np.ndarray:
     return default_runner().gradcam(img, label)
+
+
+def gradcams(img: np.ndarray, labels: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    return default_runner().gradcams(img, labels)

@@ -71,7 +71,7 @@ def image_canvas(
     pixel_spacing_mm: (row spacing, column spacing) as DICOM PixelSpacing, or None (lengths in pixels).
     window: (center, width) the PNG was rendered with, and value_range: (min, max) of the modality values;
         both or neither; with them the W/L tool is enabled and reports windows in those units.
-    layers: [{"name", "png" (bytes, base64 or data URL, RGBA at image size), "opacity" 0..1, "visible"}].
+    layers: [{"name", "png" (bytes, base64 or data URL, RGBA at image size), "opacity" 0..1, "visible", "clip_x" 0..1 (optional: a swipe, the layer covers only x < clip_x * width)}].
     shapes: [{"type": "line"|"rect", "x0", "y0", "x1", "y1", "color", "label"}] in image pixels.
     image_id: identity of the picture (e.g. SOP Instance UID). When it changes the view is refitted and the
         measurements are dropped; without it only a change of size does that, so pass it when studies
@@ -102,6 +102,7 @@ def image_canvas(
                 "png": _data_url(layer["png"]),
                 "opacity": float(layer.get("opacity", 1.0)),
                 "visible": bool(layer.get("visible", True)),
+                "clip_x": float(layer.get("clip_x", 1.0)),
             }
             for layer in layers or []
         ],

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from services import context, studies
-from viewer import dicom_io
+from inference.registry import Registry
+from inference.runner import Runner
+from services import analysis, context, studies
+from viewer import dicom_io, export, overlays
 
 
 @st.cache_resource(show_spinner=False)
@@ -32,3 +34,31 @@ def header_elements(file_sha256: str) -> list[tuple[str, str, str, str]]:
 @st.cache_data(max_entries=24, show_spinner=False)
 def value_range(file_sha256: str) -> tuple[float, float]:
     return studies.value_range(decoded(file_sha256))
+
+
+@st.cache_resource(show_spinner="Loading the AI models…")
+def runner() -> Runner:
+    """Models load once per process (keyed inside by id, version, sha256 and device)."""
+    s = ctx().settings
+    return Runner(Registry(s.models_dir), s.device)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def stored_bytes(key: str) -> bytes:
+    return ctx().store.path_for(key).read_bytes()
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def anatomy_png(label_map_key: str, style: str) -> bytes:
+    return export.png_bytes(overlays.anatomy_layer(analysis.stored_png(ctx(), label_map_key), style))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def grey_rgba_png(key: str) -> bytes:
+    return export.png_bytes(overlays.grey_layer(analysis.stored_png(ctx(), key)))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def heatmap_png(key: str, colourmap: str) -> bytes:
+    heat = analysis.stored_png(ctx(), key).astype("float32") / 255.0
+    return export.png_bytes(overlays.heatmap_layer(heat, colourmap))

@@ -2,7 +2,7 @@ import streamlit as st
 
 from db import engine as dbe
 from db import repo
-from pages import _deps
+from pages import _ai_panel, _deps
 from pages._canvas import image_canvas, requested_window
 from viewer import dicom_io, geometry, windowing
 
@@ -33,6 +33,7 @@ with dbe.read(ctx.engine) as s:
         {
             "id": im.id,
             "sha": im.file_sha256,
+            "pixel_sha": im.pixel_sha256,
             "name": im.original_filename,
             "view": im.view_position,
             "modality": im.modality,
@@ -168,6 +169,15 @@ with side:
     )
     for warning in im["warnings"]:
         st.warning(warning)
+    st.divider()
+    ai_on = st.toggle(
+        "AI overlays", key=f"ai_on_{study_id}", help="Runs the models once per image; Research use only"
+    )
+    layers, shapes, bone_view, ai = [], [], {"mode": "off"}, None
+    ai_image = {"id": im["id"], "pixel_sha256": im["pixel_sha"], "file_sha256": im["sha"], "view": im["view"]}
+    if ai_on:
+        ai = _ai_panel.load(ai_image)
+        layers, shapes, bone_view = _ai_panel.controls(ai, ai_image, (img.header.rows, img.header.columns))
 
 with view_col:
     png = _deps.display_png(
@@ -175,16 +185,19 @@ with view_col:
     )
     lo, hi = _deps.value_range(im["sha"])
     shown = window or default or next(iter(presets.values()))
-    value = image_canvas(
-        png,
-        width=img.header.columns,
-        height=img.header.rows,
-        pixel_spacing_mm=im["spacing"],
-        window=(shown.center, shown.width),
-        value_range=(lo, hi),
-        key=canvas_key,
-        image_id=image_key,
-    )
+    canvas_args = dict(width=img.header.columns, height=img.header.rows, pixel_spacing_mm=im["spacing"])
+    side_by_side = bone_view["mode"] == "side by side"
+    left, right = st.columns(2) if side_by_side else (st.container(), None)
+    with left:
+        value = image_canvas(
+            png, **canvas_args, window=(shown.center, shown.width), value_range=(lo, hi), layers=layers,
+            shapes=shapes, key=canvas_key, image_id=image_key, view_height=560 if side_by_side else 720,
+        )  # fmt: skip
+    if right is not None:
+        with right:
+            image_canvas(bone_view["png"], **canvas_args, key=f"bone_{im['id']}", image_id=f"bone-{image_key}",
+                         view_height=560)  # fmt: skip
+            st.caption("Bone-suppressed (soft-tissue) image · :orange[Research use only]")
 
 with side:
     measurements = (value or {}).get("measurements") or []
@@ -203,3 +216,12 @@ if im["format"] == "dicom":
             if not needle or needle.lower() in f"{t} {k}".lower()
         ]
         st.dataframe(rows, hide_index=True, width="stretch", height=400)
+
+if ai is not None:
+    st.divider()
+    st.subheader("AI findings · Research use only")
+    if ai.findings:
+        _ai_panel.findings_table(ai)
+    st.markdown("**Your verdicts** (one per AI statement; changes are kept in the audit trail)")
+    _ai_panel.verdicts(ai, study_id, ai_image, user)
+    _ai_panel.report(ai, study_id, ai_image, user)

@@ -70,7 +70,9 @@ table = [
     }
     for r in rows
 ]
-st.caption(f"{total} stud{'y' if total == 1 else 'ies'} · page {page} of {pages} · select a row to open the study")
+st.caption(
+    f"{total} stud{'y' if total == 1 else 'ies'} · page {page} of {pages} · select a row to open the study"
+)
 event = st.dataframe(
     table,
     hide_index=True,

@@ -11,8 +11,8 @@ bash scripts/install.sh
 if [ -d "$SHARED/data" ]; then
   echo "importing the sample studies from $SHARED/data (already imported ones are recognised as duplicates)…"
   # Rejected files would make the exit code 1; the sample set has none, and the summary says so if it did.
-  .venv/bin/cxr-review import "$SHARED/data/dicom" "$SHARED/data/nih/images" \
-    | .venv/bin/python -c 'import collections,json,sys; c=collections.Counter(json.loads(l)["status"] for l in sys.stdin); print("sample import:", dict(c))' || true
+  .venv/bin/cxr-review import "$SHARED/data/dicom" "$SHARED/data/nih/images" --metadata "$SHARED/data/nih/labels.csv" \
+    | .venv/bin/python scripts/summarise_import.py || true
 else
   echo "no sample data at $SHARED/data (set CXR_REVIEW_SHARED_DIR); starting with an empty worklist"
 fi

@@ -79,13 +79,19 @@ def _cmd_users_list(args) -> int:
 
 
 def _cmd_import(args) -> int:
-    from services import context, importer
+    from services import context, importer, sidecar
 
+    try:
+        metadata = sidecar.load(args.metadata) if args.metadata else None
+    except sidecar.SidecarError as exc:
+        print(f"cxr-review: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     ctx = context.build()
     rejected = 0
-    for result in importer.import_paths(
-        ctx.engine, ctx.store, args.paths, max_bytes=ctx.settings.max_upload_bytes
-    ):
+    results = importer.import_paths(
+        ctx.engine, ctx.store, args.paths, max_bytes=ctx.settings.max_upload_bytes, metadata=metadata
+    )
+    for result in results:
         rejected += result.status == "rejected"
         print(json.dumps(result.to_json()), flush=True)
     return EXIT_SOME_REJECTED if rejected else EXIT_OK
@@ -158,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         "import", help="import DICOM/PNG/JPEG files or folders (recursive); JSON lines on stdout"
     )
     imp.add_argument("paths", nargs="+", metavar="PATH")
+    imp.add_argument(
+        "--metadata",
+        type=Path,
+        metavar="CSV",
+        help="patient ID, age, sex and view for PNG/JPEG files, by file name (DICOM keyword or NIH column names)",
+    )
     imp.set_defaults(fn=_cmd_import)
 
     ren = sub.add_parser("render", help="write the exact 8-bit image the viewer shows by default")

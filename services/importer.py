@@ -3,6 +3,7 @@ One bad file never stops the batch, and nothing already stored is touched."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Iterable, Iterator
@@ -67,7 +68,9 @@ def import_file(
     max_bytes: int,
     display_name: str | None = None,
     user_id: int | None = None,
+    metadata: dict[str, dict] | None = None,
 ) -> ImportResult:
+    """metadata: {file name: header fields} for PNG/JPEG files (see services.sidecar); DICOM ignores it."""
     name = display_name or str(path)
     if not path.is_file():
         return _rejected(name, "not_found", "no such file")
@@ -84,6 +87,8 @@ def import_file(
         log.info("rejected %s: %s", exc.code, exc.message)
         return _rejected(name, exc.code, exc.message)
     header, pixel_sha = img.header, dicom_io.pixel_sha256(img)
+    if header.source_format != "dicom" and metadata and Path(name).name in metadata:
+        header = dataclasses.replace(header, **metadata[Path(name).name])
     with dbe.read(engine) as s:
         known = _known(s, name, header, pixel_sha)
         if known is not None:
@@ -204,6 +209,7 @@ def import_paths(
     *,
     max_bytes: int,
     user_id: int | None = None,
+    metadata: dict[str, dict] | None = None,
 ) -> Iterator[ImportResult]:
     for path in iter_input_files(paths):
-        yield import_file(engine, store, path, max_bytes=max_bytes, user_id=user_id)
+        yield import_file(engine, store, path, max_bytes=max_bytes, user_id=user_id, metadata=metadata)

@@ -142,7 +142,20 @@ function draw() {
   for (const l of layers) {
     if (!l.visible) continue;
     ctx.globalAlpha = l.opacity;
-    ctx.drawImage(l.img, 0, 0, w, h);
+    if (l.clip_x < 1) {
+      // Swipe: the layer covers the image left of clip_x (a fraction of the width), the original shows right of it.
+      const cw = Math.max(0, Math.min(1, l.clip_x)) * w;
+      ctx.drawImage(l.img, 0, 0, cw, h, 0, 0, cw, h);
+      ctx.globalAlpha = 1;
+      ctx.strokeStyle = "#ffd54f";
+      ctx.lineWidth = 2 / s;
+      ctx.beginPath();
+      ctx.moveTo(cw, 0);
+      ctx.lineTo(cw, h);
+      ctx.stroke();
+    } else {
+      ctx.drawImage(l.img, 0, 0, w, h);
+    }
   }
   ctx.globalAlpha = 1;
   // Vector overlays in CSS px so lines and labels stay crisp at any zoom.

@@ -70,5 +70,7 @@ def nih_no_finding_pa(dataset) -> list[np.ndarray]:
     """The first five PA images labelled exactly "No Finding", in labels.csv order."""
     nih = dataset("nih")
     with open(nih / "labels.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["Finding Labels"] == "No Finding" and r["View Position"] == "PA"]
+        rows = [
+            r for r in csv.DictReader(f) if r["Finding Labels"] == "No Finding" and r["View Position"] == "PA"
+        ]
     return [_read_gray(nih / "images" / r["Image Index"]) for r in rows[:5]]

@@ -87,7 +87,9 @@ def test_classifier_auc_on_nih(nih_scores):
     auc = {label: roc_auc_score(truth[:, i], scores[:, i]) for i, label in enumerate(spec.labels)}
     findings = [label for label in spec.labels if label != "No Finding"]
     assert np.mean([auc[label] for label in findings]) == pytest.approx(0.778, abs=0.005)
-    assert auc["Emphysema"] == pytest.approx(0.95, abs=0.02) and auc["Nodule"] == pytest.approx(0.64, abs=0.02)
+    assert auc["Emphysema"] == pytest.approx(0.95, abs=0.02) and auc["Nodule"] == pytest.approx(
+        0.64, abs=0.02
+    )
 
 
 def test_default_thresholds_are_youden_points_on_nih(nih_scores):

@@ -73,7 +73,7 @@ def test_heatmap_boxes_from_blobs():
     heat += 0.6 * np.exp(-((xx - 250) ** 2 + (yy - 30) ** 2) / (2 * 1.5**2))  # a few pixels above 0.5
     boxes = heatmap_boxes(heat.astype(np.float32), threshold=0.5, min_area_frac=0.001)
     assert [round(b.score, 3) for b in boxes] == [0.9, 0.7]
-    for b, (cx, cy) in zip(boxes, [(60, 50), (220, 150)]):
+    for b, (cx, cy) in zip(boxes, [(60, 50), (220, 150)], strict=True):
         assert b.x < cx < b.x + b.w and b.y < cy < b.y + b.h
         assert b.x >= 0 and b.y >= 0 and b.x + b.w <= 300 and b.y + b.h <= 200
     # The 0.9 blob exceeds 0.5 within r = 15 * sqrt(2 ln 1.8) = 16.2 px: a 33 px wide box centred on 60.

@@ -31,7 +31,9 @@ def test_every_output_is_at_input_resolution_with_provenance_and_timings(runner,
     heat = runner.gradcam(chest, cls.top_label)
     assert anatomy.label_map.shape == bone.soft_tissue.shape == heat.shape == (700, 560)
     assert anatomy.label_map.dtype == np.uint8 and set(np.unique(anatomy.label_map)) == {0, 1, 2, 3}
-    assert bone.soft_tissue.dtype == np.float32 and 0 <= bone.soft_tissue.min() and bone.soft_tissue.max() <= 1
+    assert (
+        bone.soft_tissue.dtype == np.float32 and 0 <= bone.soft_tissue.min() and bone.soft_tissue.max() <= 1
+    )
     assert heat.dtype == np.float32 and heat.min() >= 0 and heat.max() == pytest.approx(1, abs=0.02)
     for result in (anatomy, bone, cls):
         spec = runner.registry.get(result.model.model_id)
@@ -71,7 +73,7 @@ def test_batches_give_the_same_answers_as_single_images(runner, nih_no_finding_p
     a, b = nih_no_finding_pa[:2]
     b = cv2.resize(b, (400, 480))  # batches may mix sizes
     batch = runner.classify_batch([a, b])
-    for img, res in zip((a, b), batch):
+    for img, res in zip((a, b), batch, strict=True):
         single = runner.classify(img).probabilities
         np.testing.assert_allclose(list(res.probabilities.values()), list(single.values()), atol=1e-5)
     soft = runner.suppress_bones_batch([a, b])
@@ -90,7 +92,7 @@ def test_bad_inputs_are_rejected(runner, chest):
         runner.classify(np.dstack([chest] * 3))
     with pytest.raises(ValueError, match=r"\[0,1\]"):
         runner.segment_anatomy(chest * 255)
-    with pytest.raises(ValueError, match="not a label"):
+    with pytest.raises(ValueError, match="not labels of"):
         runner.gradcam(chest, "Fracture")
     with pytest.raises(ValueError, match="not classification"):
         runner.classify(chest, model_id="bone_suppression_ae")
@@ -125,14 +127,23 @@ def test_grad_cam_centroid_mirrors_when_the_image_is_flipped():
     x[..., 2:4, 1:4] = 1.0  # a bright patch on the left
     cls = int(net(x).argmax())
     assert cls == 0
-    cam, _ = grad_cam(net, x, cls)
-    cam_flipped, _ = grad_cam(net, x.flip(-1), cls)
+    (cam,), _ = grad_cam(net, x, [cls])
+    (cam_flipped,), _ = grad_cam(net, x.flip(-1), [cls])
     xs = torch.arange(12, dtype=torch.float32)
     centroid = float((cam.sum(0) * xs).sum() / cam.sum())
     centroid_flipped = float((cam_flipped.sum(0) * xs).sum() / cam_flipped.sum())
     assert centroid < 5.5 and centroid_flipped == pytest.approx(11 - centroid, abs=1e-5)
     torch.testing.assert_close(cam_flipped, cam.flip(-1))
     assert float(cam.max()) == pytest.approx(1.0)
+
+
+def test_gradcams_of_several_labels_match_single_calls(runner, chest):
+    top = runner.classify(chest).top_label
+    every = runner.gradcams(chest)
+    assert len(every) == 15
+    np.testing.assert_allclose(every["Effusion"], runner.gradcam(chest, "Effusion"), atol=1e-5)
+    np.testing.assert_allclose(every[top], runner.gradcam(chest), atol=1e-5)  # None = top class
+    assert list(runner.gradcams(chest, ["Mass", "Edema"])) == ["Mass", "Edema"]
 
 
 def test_real_grad_cam_moves_with_a_flip_and_its_boxes_lie_inside(runner, chest):

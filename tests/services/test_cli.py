@@ -76,3 +76,13 @@ def test_users_add_prints_a_one_time_password_and_refuses_bad_roles(migrated):
 def test_a_database_that_was_never_migrated_is_a_clear_error(app_env, shared_data):
     r = run(["import", str(shared_data / "dicom")], app_env)
     assert r.returncode == 2 and "cxr-review db upgrade" in r.stderr
+
+
+def test_import_with_a_metadata_csv_and_a_bad_csv(migrated, shared_data, tmp_path):
+    png = sorted((shared_data / "nih" / "images").glob("*.png"))[0]
+    r = run(["import", str(png), "--metadata", str(shared_data / "nih" / "labels.csv")], migrated)
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "imported"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,age\nx.png,3\n")
+    r = run(["import", str(png), "--metadata", str(bad)], migrated)
+    assert r.returncode == 2 and "no file name column" in r.stderr

@@ -87,3 +87,34 @@ def test_stored_pixels_decode_to_the_imported_pixel_hash(ctx, shared_data):
         img = dicom_io.load(ctx.store.path_for(image.file_sha256))
         assert dicom_io.pixel_sha256(img) == image.pixel_sha256
         assert np.asarray(img.stored).shape == (image.rows, image.columns)
+
+
+def test_nih_metadata_csv_fills_patient_fields_of_pngs(ctx, shared_data):
+    from services import sidecar
+
+    meta = sidecar.load(shared_data / "nih" / "labels.csv")
+    png = sorted((shared_data / "nih" / "images").glob("*.png"))[0]
+    (r,) = importer.import_paths(ctx.engine, ctx.store, [png], max_bytes=LIMIT, metadata=meta)
+    expected = meta[png.name]
+    with dbe.read(ctx.engine) as s:
+        study = s.get(Study, r.study_id)
+        assert (study.patient_id, study.patient_age_years, study.patient_sex, study.view_position) == (
+            expected["patient_id"], expected["patient_age_years"], expected["patient_sex"], expected["view_position"]
+        )
+        assert study.view_position in {"PA", "AP"} and study.patient_sex in {"M", "F"}
+
+
+def test_no_patient_identifier_reaches_the_logs(ctx, shared_data, tmp_path, caplog):
+    import logging
+
+    ds = pydicom.dcmread(shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm")
+    ds.PatientName, ds.PatientID = "Doe^Jane", "MRN-12345"
+    ds.save_as(tmp_path / "named.dcm")
+    ds.Modality = "CT"
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "named-ct.dcm")
+    with caplog.at_level(logging.DEBUG):
+        results = _import(ctx, tmp_path / "named.dcm", tmp_path / "named-ct.dcm")
+    assert [r.status for r in results] == ["imported", "rejected"]
+    assert caplog.records, "the import logged nothing: this test would prove nothing"
+    assert "Doe" not in caplog.text and "MRN-12345" not in caplog.text and ds.StudyInstanceUID not in caplog.text

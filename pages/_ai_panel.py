@@ -1,0 +1,237 @@
+"""The viewer's AI part: run or fetch the results, the overlay controls, verdicts and the draft report.
+Everything AI here is labelled "Research use only" and carries model id, version and weights sha256."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from db import engine as dbe
+from db import repo
+from inference.types import RESEARCH_USE
+from pages import _deps
+from services import analysis, reporting
+from viewer import overlays
+
+DECISIONS = ["", "accept", "reject", "uncertain"]
+REASONS = ["", "wrong location", "finding absent", "finding missed", "poor image quality", "artefact / device",
+           "anatomy boundary wrong", "other (see note)"]  # fmt: skip
+BONE_MODES = ["off", "overlay", "swipe", "side by side"]
+
+
+def provenance(result: dict) -> str:
+    m = result["model"]
+    return f"{m['id']} {m['version']} · sha256 {m['weights_sha256'][:12]}…"
+
+
+def load(image: dict) -> analysis.Analysis:
+    """Stored results at once; otherwise the models run now, with progress shown."""
+    ctx = _deps.ctx()
+    runner = _deps.runner()
+    cached = analysis.analyse_cached(ctx, runner, image)
+    if cached is not None:
+        return cached
+    with st.status("Running the AI models on this image (first time only)…", expanded=True) as status:
+        bar = st.progress(0.0)
+        result = analysis.analyse(ctx, runner, image, lambda text, frac: bar.progress(frac, text=text))
+        status.update(label=f"AI results ready ({', '.join(result.computed_now) or 'cached'})", state="complete",
+                      expanded=False)  # fmt: skip
+    return result
+
+
+def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int]) -> tuple[list, list, dict]:
+    """Overlay widgets; returns canvas layers, shapes and the bone-suppression view settings."""
+    key = image["id"]
+    layers, shapes, bone_view = [], [], {"mode": "off"}
+    st.markdown("**AI overlays** · :orange[Research use only]")
+    for model_id, reason in result.unavailable.items():
+        st.warning(f"{model_id} unavailable: {reason}")
+
+    if result.anatomy:
+        if st.checkbox("Anatomy (lungs, heart, clavicles)", key=f"ai_anat_{key}"):
+            style = st.radio("Style", ["outline", "fill"], horizontal=True, key=f"ai_anat_style_{key}")
+            opacity = st.slider(
+                "Opacity", 0.0, 1.0, 0.9 if style == "outline" else 0.35, key=f"ai_anat_op_{key}"
+            )
+            png = _deps.anatomy_png(result.anatomy["label_map"], style)
+            layers.append({"name": "anatomy", "png": png, "opacity": opacity})
+            st.caption(f"Blue lungs · red heart · yellow clavicles · {provenance(result.anatomy)}")
+        ctr = result.anatomy["ctr"]
+        if ctr and st.checkbox("Cardiothoracic ratio", key=f"ai_ctr_{key}"):
+            shapes += overlays.ctr_shapes(ctr)
+            view = (image.get("view") or "").upper()
+            flag = ctr["ratio"] > analysis.CTR_LIMIT
+            text = f"CTR **{ctr['ratio']:.2f}**" + (
+                " · :red[cardiomegaly range (> 0.50)]" if flag else " · within 0.50"
+            )
+            st.markdown(text)
+            if view == "AP":
+                st.caption(
+                    "AP view: the heart is magnified, so the ratio overstates its size; less reliable than PA."
+                )
+            elif view != "PA":
+                st.caption("View not recorded as PA: the 0.50 limit applies to PA films.")
+            st.caption(provenance(result.anatomy))
+
+    if result.bone:
+        mode = st.radio("Bone-suppressed image", BONE_MODES, horizontal=True, key=f"ai_bone_{key}")
+        if mode != "off":
+            png = _deps.stored_bytes(result.bone["soft_tissue"])
+            bone_view = {"mode": mode, "png": png}
+            if mode == "overlay":
+                layers.append(
+                    {"name": "bone suppressed", "png": _deps.grey_rgba_png(result.bone["soft_tissue"])}
+                )
+            elif mode == "swipe":
+                cut = st.slider("Swipe (soft tissue left of the line)", 0.0, 1.0, 0.5, key=f"ai_swipe_{key}")
+                layers.append(
+                    {
+                        "name": "bone suppressed",
+                        "png": _deps.grey_rgba_png(result.bone["soft_tissue"]),
+                        "clip_x": cut,
+                    }
+                )
+            st.caption(provenance(result.bone))
+
+    if result.findings:
+        f = result.findings
+        thr = analysis.thresholds(_deps.ctx(), f)
+        ranked = sorted(f["probabilities"].items(), key=lambda kv: -kv[1])
+        labels = [label for label, _ in ranked if label in f["heatmaps"]]
+        label = st.selectbox(
+            "Finding heatmap", ["(none)", *labels], key=f"ai_cam_{key}",
+            format_func=lambda x: x if x == "(none)" else f"{x} · {f['probabilities'][x]:.3f}"
+            + (" · positive" if f["probabilities"][x] >= thr[x] else ""),
+        )  # fmt: skip
+        if label != "(none)":
+            cmap = st.selectbox("Colour map", list(overlays.HEATMAP_COLOURMAPS), key=f"ai_cmap_{key}")
+            opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, key=f"ai_cam_op_{key}")
+            layers.append({"name": f"Grad-CAM {label}", "png": _deps.heatmap_png(f["heatmaps"][label], cmap),
+                           "opacity": opacity})  # fmt: skip
+            if st.checkbox("Boxes from the heatmap", value=True, key=f"ai_boxes_{key}"):
+                shapes += overlays.box_shapes(f["boxes"][label], label)
+            st.caption(
+                f"Grad-CAM{' clipped to the lungs' if f['heatmaps_clipped_to_lungs'] else ''}; boxes where it "
+                f"exceeds {f['box_threshold']:.1f} · {provenance(f)}"
+            )
+    return layers, shapes, bone_view
+
+
+def findings_table(result: analysis.Analysis) -> None:
+    f = result.findings
+    thr = analysis.thresholds(_deps.ctx(), f)
+    rows = [
+        {"Finding": label, "Score": p, "Threshold": thr[label], "Positive": p >= thr[label]}
+        for label, p in sorted(f["probabilities"].items(), key=lambda kv: -kv[1])
+    ]
+    st.dataframe(
+        rows, hide_index=True, width="stretch", height=35 * len(rows) + 38,
+        column_config={"Score": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0)},
+    )  # fmt: skip
+    st.caption(f"{f['score_kind']} · {provenance(f)} · {RESEARCH_USE}")
+
+
+def _items(result: analysis.Analysis) -> list[dict]:
+    """Every AI statement a reader can judge, with the model that made it."""
+    items = []
+    if result.findings:
+        f = result.findings
+        thr = analysis.thresholds(_deps.ctx(), f)
+        for label, p in sorted(f["probabilities"].items(), key=lambda kv: -kv[1]):
+            items.append({"kind": "finding", "key": label, "says": f"{p:.3f}" + (" positive" if p >= thr[label] else ""),
+                          "model": f["model"]})  # fmt: skip
+            for i, b in enumerate(f["boxes"].get(label, []) if p >= thr[label] else []):
+                items.append({"kind": "box", "key": f"{label}#{i}", "says": f"box {b['w']}×{b['h']} at ({b['x']}, {b['y']})"
+                              f" · {b['score']:.2f}", "model": f["model"]})  # fmt: skip
+    if result.anatomy:
+        items.append(
+            {
+                "kind": "anatomy",
+                "key": "anatomy",
+                "says": "lungs, heart, clavicles",
+                "model": result.anatomy["model"],
+            }
+        )
+        if result.anatomy["ctr"]:
+            items.append({"kind": "ctr", "key": "ctr", "says": f"CTR {result.anatomy['ctr']['ratio']:.2f}",
+                          "model": result.anatomy["model"]})  # fmt: skip
+    if result.bone:
+        items.append({"kind": "bone_suppression", "key": "bone_suppression", "says": "soft-tissue image",
+                      "model": result.bone["model"]})  # fmt: skip
+    return items
+
+
+def verdicts(result: analysis.Analysis, study_id: int, image: dict, user) -> None:
+    """One row per AI statement: accept / reject / uncertain with a reason; saved in one transaction."""
+    ctx = _deps.ctx()
+    items = _items(result)
+    with dbe.read(ctx.engine) as s:
+        current = {
+            (v.item_kind, v.item_key, v.model_id, v.model_version): (v.decision.value, v.reason_code or "", v.reason_text or "")
+            for v in repo.verdicts_of(s, image["id"], user.user_id)
+        }  # fmt: skip
+    rows = []
+    for it in items:
+        d, r, t = current.get(
+            (it["kind"], it["key"], it["model"]["id"], it["model"]["version"]), ("", "", "")
+        )
+        rows.append({"Item": it["key"], "Kind": it["kind"], "AI says": it["says"], "Verdict": d, "Reason": r, "Note": t,
+                     "Model": f"{it['model']['id']} {it['model']['version']}"})  # fmt: skip
+    edited = st.data_editor(
+        rows, hide_index=True, width="stretch", key=f"verdicts_{image['id']}_{st.session_state.get('verdict_gen', 0)}",
+        disabled=["Item", "Kind", "AI says", "Model"],
+        column_config={
+            "Verdict": st.column_config.SelectboxColumn(options=DECISIONS, width="small"),
+            "Reason": st.column_config.SelectboxColumn(options=REASONS),
+            "Note": st.column_config.TextColumn(max_chars=500),
+        },
+    )  # fmt: skip
+    changed = [
+        (it, row) for it, row, old in zip(items, edited, rows, strict=True)
+        if row["Verdict"] and (row["Verdict"], row["Reason"] or "", row["Note"] or "") != (old["Verdict"], old["Reason"], old["Note"])
+    ]  # fmt: skip
+    if st.button(f"Save {len(changed)} verdict{'s' * (len(changed) != 1)}", type="primary", disabled=not changed,
+                 key=f"save_verdicts_{image['id']}"):  # fmt: skip
+
+        def tx(s):
+            for it, row in changed:
+                repo.upsert_verdict(s, repo.VerdictIn(
+                    study_id=study_id, image_id=image["id"], reader_id=user.user_id, item_kind=it["kind"],
+                    item_key=it["key"], decision=row["Verdict"], model_id=it["model"]["id"],
+                    model_version=it["model"]["version"], weights_sha256=it["model"]["weights_sha256"],
+                    reason_code=row["Reason"] or None, reason_text=(row["Note"] or "").strip() or None,
+                ))  # fmt: skip
+
+        try:
+            dbe.write(ctx.engine, tx)
+        except dbe.DatabaseBusy as exc:
+            st.error(f"Verdicts not saved: {exc}")
+        else:
+            st.session_state["verdict_gen"] = st.session_state.get("verdict_gen", 0) + 1
+            st.session_state["verdicts_saved"] = len(changed)
+            st.rerun()
+    if saved := st.session_state.pop("verdicts_saved", None):
+        st.success(f"Saved {saved} verdict{'s' * (saved != 1)}.")
+
+
+def report(result: analysis.Analysis, study_id: int, image: dict, user) -> None:
+    ctx = _deps.ctx()
+    with dbe.read(ctx.engine) as s:
+        saved = repo.get_report(s, study_id, user.user_id)
+        accepted = {
+            (v.item_kind, v.item_key)
+            for v in repo.verdicts_of(s, image["id"], user.user_id)
+            if v.decision.value == "accept"
+        }
+        saved_text = saved.text if saved else None
+    draft = reporting.draft(result, accepted, image.get("view"))
+    gen = st.session_state.get(f"report_gen_{study_id}", 0)
+    text = st.text_area("Draft report (from your accepted findings and measurements; edit freely)",
+                        value=saved_text if saved_text is not None else draft, height=180, key=f"report_{study_id}_{gen}")  # fmt: skip
+    c1, c2 = st.columns([1, 1])
+    if c1.button("Save report", key=f"save_report_{study_id}"):
+        dbe.write(ctx.engine, lambda s: repo.save_report(s, study_id, user.user_id, text))
+        st.success("Report saved.")
+    if c2.button("Regenerate from verdicts", key=f"regen_report_{study_id}"):
+        dbe.write(ctx.engine, lambda s: repo.save_report(s, study_id, user.user_id, draft))
+        st.session_state[f"report_gen_{study_id}"] = gen + 1
+        st.rerun()

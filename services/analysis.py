@@ -1,0 +1,205 @@
+"""AI results for an image: run each available model once per (pixels, model version), keep the result in the
+database and the image store, and hand back what the viewer and the CLI draw. Models whose weights are missing
+or changed are reported with the reason; the others still run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from db import engine as dbe
+from db import repo
+from inference import postprocess
+from inference.registry import Registry
+from inference.runner import Runner
+from inference.types import ModelSpec, ModelUnavailable
+from services.context import Context
+from viewer import dicom_io, export, windowing
+
+log = logging.getLogger(__name__)
+TASKS = ("segmentation", "bone_suppression", "classification")
+LUNGS, HEART, CLAVICLES = 1, 2, 3
+BOX_THRESHOLD = 0.6  # Grad-CAM level that outlines a box; fixed per release, shown with the boxes
+CTR_LIMIT = 0.5
+
+
+@dataclass
+class Analysis:
+    """Results per task as stored (JSON-ready dicts; arrays referenced by sha256 in the image store)."""
+
+    anatomy: dict | None = None
+    bone: dict | None = None
+    findings: dict | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+    computed_now: list[str] = field(default_factory=list)
+
+    @property
+    def models(self) -> list[dict]:
+        return [r["model"] for r in (self.anatomy, self.bone, self.findings) if r]
+
+
+def model_input(img: dicom_io.DecodedImage) -> np.ndarray:
+    """What the models see: the default display (windowed, MONOCHROME1 inverted) as float32 in [0,1]."""
+    return windowing.render(img).astype(np.float32) / 255.0
+
+
+def _ref(spec: ModelSpec) -> dict:
+    return {"id": spec.model_id, "version": spec.version, "weights_sha256": spec.weights_sha256}
+
+
+def _png(arr: np.ndarray) -> bytes:
+    return export.png_bytes(arr)
+
+
+def run_task(
+    runner: Runner,
+    task: str,
+    spec: ModelSpec,
+    x: np.ndarray,
+    put: Callable[[bytes], str],
+    lungs: np.ndarray | None = None,
+) -> dict:
+    """Run one model on x and return its JSON-ready result; put() stores a PNG and returns its key."""
+    if task == "segmentation":
+        res = runner.segment_anatomy(x, spec.model_id)
+        ctr = postprocess.cardiothoracic_ratio(res.label_map)
+        return {
+            "model": _ref(spec),
+            "timings_ms": res.timings_ms,
+            "label_map": put(_png(res.label_map)),
+            "area_fraction": {
+                name: float((res.label_map == i).mean()) for i, name in ((LUNGS, "lungs"), (HEART, "heart"), (CLAVICLES, "clavicles"))
+            },
+            "ctr": None if ctr is None else {
+                "ratio": ctr.ratio, "heart_row": ctr.heart_row, "heart_x0": ctr.heart_x0, "heart_x1": ctr.heart_x1,
+                "thorax_row": ctr.thorax_row, "thorax_x0": ctr.thorax_x0, "thorax_x1": ctr.thorax_x1,
+            },
+        }  # fmt: skip
+    if task == "bone_suppression":
+        res = runner.suppress_bones(x, spec.model_id)
+        return {
+            "model": _ref(spec),
+            "timings_ms": res.timings_ms,
+            "soft_tissue": put(_png(np.round(res.soft_tissue * 255).astype(np.uint8))),
+        }
+    res = runner.classify(x, spec.model_id)
+    heatmaps, boxes = {}, {}
+    t0 = time.perf_counter()
+    for label in spec.labels:
+        if label == "No Finding":
+            continue
+        cam = runner.gradcam(x, label, spec.model_id)
+        if lungs is not None:
+            cam = postprocess.clip_to_mask(cam, lungs)
+        heatmaps[label] = put(_png(np.round(cam * 255).astype(np.uint8)))
+        boxes[label] = [b.__dict__ for b in postprocess.heatmap_boxes(cam, BOX_THRESHOLD)]
+    return {
+        "model": _ref(spec),
+        "timings_ms": res.timings_ms | {"gradcam_and_boxes": (time.perf_counter() - t0) * 1000},
+        "score_kind": res.score_kind,
+        "probabilities": res.probabilities,
+        "default_thresholds": dict(spec.thresholds),
+        "heatmaps": heatmaps,
+        "heatmaps_clipped_to_lungs": lungs is not None,
+        "box_threshold": BOX_THRESHOLD,
+        "boxes": boxes,
+    }
+
+
+def specs_for(registry: Registry) -> tuple[dict[str, ModelSpec], dict[str, str]]:
+    """The model per task that will run, and {model or task: reason} for those that cannot."""
+    chosen, unavailable = {}, {}
+    for task in TASKS:
+        try:
+            chosen[task] = registry.for_task(task)
+        except ModelUnavailable as exc:
+            unavailable[exc.model_id] = exc.reason
+    return chosen, unavailable
+
+
+def analyse_cached(ctx: Context, runner: Runner, image: dict) -> Analysis | None:
+    """The stored results when every available model has them already, else None (nothing is computed)."""
+    return analyse(ctx, runner, image, compute=False)
+
+
+def analyse(
+    ctx: Context,
+    runner: Runner,
+    image: dict,
+    progress: Callable[[str, float], None] | None = None,
+    compute: bool = True,
+) -> Analysis | None:
+    """All AI results of a stored image: from the database when present, else computed now and stored
+    (compute=False: None unless everything is stored). `image` holds the row's pixel_sha256 and file_sha256."""
+    chosen, unavailable = specs_for(runner.registry)
+    out = Analysis(unavailable=unavailable)
+    cached: dict[str, dict] = {}
+    with dbe.read(ctx.engine) as s:
+        for task, spec in chosen.items():
+            row = repo.get_prediction(
+                s, image["pixel_sha256"], spec.model_id, spec.version, spec.weights_sha256
+            )
+            if row is not None:
+                cached[task] = json.loads(row.result)
+    if not compute and set(cached) != set(chosen):
+        return None
+    x = None
+    for i, task in enumerate(TASKS):
+        if task not in chosen:
+            continue
+        spec = chosen[task]
+        if task not in cached:
+            if progress:
+                progress(f"Running {spec.model_id} {spec.version}…", i / len(TASKS))
+            if x is None:
+                x = model_input(dicom_io.load(ctx.store.path_for(image["file_sha256"])))
+            lungs = label_map(ctx, cached["segmentation"]) == LUNGS if "segmentation" in cached else None
+            try:
+                result = run_task(runner, task, spec, x, ctx.store.put_bytes, lungs)
+            except ModelUnavailable as exc:
+                out.unavailable[exc.model_id] = exc.reason
+                continue
+            dbe.write(
+                ctx.engine,
+                lambda s, r=result, sp=spec, t=task: repo.add_prediction(
+                    s, pixel_sha256=image["pixel_sha256"], model_id=sp.model_id, model_version=sp.version,
+                    weights_sha256=sp.weights_sha256, task=t, device=str(runner.device),
+                    timings_ms=sum(r["timings_ms"].values()), result=json.dumps(r),
+                ),
+            )  # fmt: skip
+            cached[task] = result
+            out.computed_now.append(spec.model_id)
+            log.info(
+                "computed %s %s in %.0f ms", spec.model_id, spec.version, sum(result["timings_ms"].values())
+            )
+    out.anatomy, out.bone, out.findings = (
+        cached.get("segmentation"),
+        cached.get("bone_suppression"),
+        cached.get("classification"),
+    )
+    if progress:
+        progress("Done", 1.0)
+    return out
+
+
+def stored_png(ctx: Context, key: str) -> np.ndarray:
+    data = np.frombuffer(ctx.store.path_for(key).read_bytes(), np.uint8)
+    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+
+
+def label_map(ctx: Context, anatomy: dict) -> np.ndarray:
+    return stored_png(ctx, anatomy["label_map"])
+
+
+def thresholds(ctx: Context, findings: dict) -> dict[str, float]:
+    """The operating point per label: an admin's value when set, else the model's default."""
+    m = findings["model"]
+    with dbe.read(ctx.engine) as s:
+        edited = repo.thresholds(s, m["id"], m["version"])
+    return {**findings["default_thresholds"], **edited}

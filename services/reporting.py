@@ -1,0 +1,49 @@
+"""A draft report from what the reader accepted: plain sentences, in the order a radiologist writes them
+(lines and devices, lungs, pleura, heart and mediastinum, bones and other), then the impression."""
+
+from __future__ import annotations
+
+from services.analysis import CTR_LIMIT, Analysis
+
+# NIH finding -> (section, sentence). Sections in reporting order.
+SECTIONS = ("Lungs", "Pleura", "Heart and mediastinum", "Other")
+SENTENCES = {
+    "Infiltration": ("Lungs", "Pulmonary infiltrate."),
+    "Consolidation": ("Lungs", "Airspace consolidation."),
+    "Pneumonia": ("Lungs", "Appearances may represent pneumonia."),
+    "Atelectasis": ("Lungs", "Atelectasis."),
+    "Nodule": ("Lungs", "Pulmonary nodule."),
+    "Mass": ("Lungs", "Pulmonary mass."),
+    "Edema": ("Lungs", "Pulmonary oedema."),
+    "Emphysema": ("Lungs", "Hyperinflation in keeping with emphysema."),
+    "Fibrosis": ("Lungs", "Fibrotic change."),
+    "Effusion": ("Pleura", "Pleural effusion."),
+    "Pneumothorax": ("Pleura", "Pneumothorax."),
+    "Pleural_Thickening": ("Pleura", "Pleural thickening."),
+    "Cardiomegaly": ("Heart and mediastinum", "The heart is enlarged."),
+    "Hernia": ("Other", "Hiatus hernia."),
+}
+
+
+def draft(result: Analysis, accepted: set[tuple[str, str]], view_position: str | None) -> str:
+    by_section: dict[str, list[str]] = {s: [] for s in SECTIONS}
+    for label, (section, sentence) in SENTENCES.items():
+        if ("finding", label) in accepted:
+            by_section[section].append(sentence)
+    ctr = result.anatomy["ctr"] if result.anatomy else None
+    if ctr and ("ctr", "ctr") in accepted:
+        view = (view_position or "").upper()
+        caveat = " (AP projection: overestimates heart size)" if view == "AP" else ""
+        verdict = "above" if ctr["ratio"] > CTR_LIMIT else "within"
+        by_section["Heart and mediastinum"].append(
+            f"Cardiothoracic ratio {ctr['ratio']:.2f}, {verdict} the normal limit of {CTR_LIMIT:.2f}{caveat}."
+        )
+    lines = [f"{s}: {' '.join(v)}" for s, v in by_section.items() if v]
+    findings = [SENTENCES[label][1].rstrip(".") for label in SENTENCES if ("finding", label) in accepted]
+    if ("finding", "No Finding") in accepted and not findings:
+        lines.append("No acute cardiopulmonary abnormality.")
+    impression = "; ".join(findings) if findings else ("No acute abnormality." if lines else "")
+    body = "\n".join(lines) if lines else "No AI statement accepted yet."
+    return (
+        f"FINDINGS:\n{body}\n\nIMPRESSION:\n{impression or '-'}\n\n(Draft assisted by research-use-only AI.)"
+    )

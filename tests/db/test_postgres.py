@@ -1,0 +1,304 @@
+"""The same code on PostgreSQL: migrations, accounts, import, worklist, timestamps and concurrent writers, each
+test on a fresh database of a throwaway server (tests/db/conftest.py), compared with SQLite where it matters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import func, inspect, insert, select, text
+
+from db import engine as dbe
+from db import repo
+from db.models import Base, Image, Study, StudyStatus, User, utcnow
+from services import auth, importer
+from services.store import ImageStore
+
+LIMIT = 50 * 2**20
+
+
+@pytest.fixture
+def pg(pg_db_url):
+    """A migrated fresh PostgreSQL database and an engine on it (disposed before the database is dropped)."""
+    dbe.upgrade(pg_db_url)
+    engine = dbe.make_engine(pg_db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def lite(tmp_path):
+    """The same on SQLite, for side-by-side comparisons."""
+    url = f"sqlite:///{tmp_path / 'lite.db'}"
+    dbe.upgrade(url)
+    engine = dbe.make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+# --- schema ------------------------------------------------------------------------------------------------------
+def test_upgrade_from_empty_then_autogenerate_finds_no_difference(pg_db_url):
+    engine = dbe.make_engine(pg_db_url)
+    try:
+        with pytest.raises(dbe.DatabaseUnavailable, match="cxr-review db upgrade"):
+            dbe.check_current(engine)
+        dbe.upgrade(pg_db_url)
+        dbe.check_current(engine)
+        dbe.upgrade(pg_db_url)  # a second upgrade is a no-op
+        assert engine.dialect.name == "postgresql"
+        assert set(inspect(engine).get_table_names()) == {"users", "studies", "images", "alembic_version"}
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+            # timezone-aware columns really are timestamptz on PostgreSQL
+            kinds = dict(conn.execute(text(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'studies'"
+            )).all())
+        assert kinds["created_at"] == kinds["reviewed_at"] == "timestamp with time zone"
+    finally:
+        engine.dispose()
+
+
+# --- accounts ----------------------------------------------------------------------------------------------------
+def test_users_and_argon2_sign_in(pg):
+    first = auth.ensure_first_admin(pg, None)
+    assert first and auth.ensure_first_admin(pg, None) is None
+    auth.add_user(pg, "rad", "radiologist", "a-long-password")
+    with pytest.raises(auth.AuthError, match="already exists"):
+        auth.add_user(pg, "rad", "annotator", "another-long-password")
+
+    me = auth.authenticate(pg, "rad", "a-long-password")
+    assert me is not None and (me.username, me.role) == ("rad", "radiologist")
+    assert auth.authenticate(pg, "rad", "a-wrong-password") is None
+    assert auth.authenticate(pg, "nobody", "a-long-password") is None
+    assert auth.authenticate(pg, "admin", first).role == "admin"
+
+    auth.set_password(pg, "rad", "a-new-long-password")
+    assert auth.authenticate(pg, "rad", "a-long-password") is None
+    assert auth.authenticate(pg, "rad", "a-new-long-password").user_id == me.user_id
+    with dbe.read(pg) as s:
+        assert [u.username for u in repo.list_users(s)] == ["admin", "rad"]
+        assert repo.get_user_by_name(s, "rad").password_hash.startswith("$argon2id$")
+
+
+# --- import ------------------------------------------------------------------------------------------------------
+def _import(engine, store, *paths):
+    return [r.to_json() for r in importer.import_paths(engine, store, paths, max_bytes=LIMIT)]
+
+
+def _comparable(results):
+    return [{k: v for k, v in r.items() if k not in ("study_id", "image_id")} for r in results]
+
+
+def test_importing_the_sample_dicoms_gives_the_same_results_as_on_sqlite(pg, lite, shared_data, tmp_path):
+    on_pg = _import(pg, ImageStore(tmp_path / "pg"), shared_data / "dicom")
+    assert [(r["status"], r["code"]) for r in on_pg] == [
+        ("imported", None), ("imported", None), ("rejected", "uid_conflict"),
+    ]
+    on_lite = _import(lite, ImageStore(tmp_path / "lite"), shared_data / "dicom")
+    assert _comparable(on_pg) == _comparable(on_lite)
+
+    again = _import(pg, ImageStore(tmp_path / "pg"), shared_data / "dicom")
+    assert [r["status"] for r in again] == ["duplicate", "duplicate", "rejected"]
+    with dbe.read(pg) as s:
+        assert s.scalar(select(func.count(Image.id))) == 2
+        dx = s.scalar(select(Image).where(Image.original_filename == "nih_dx_chest_1024_nofinding_nccid.dcm"))
+        assert dx.modality == "DX" and dx.rows >= 1024 and dx.pixel_spacing_row_mm is None
+        assert (dx.study.study_description, dx.study.patient_age_years, dx.study.patient_sex) == (
+            "No Finding", 81, "M",
+        )
+        cr = s.scalar(select(Image).where(Image.modality == "CR"))
+        assert (cr.pixel_spacing_row_mm, cr.view_position, cr.study.view_position) == (0.168, "PA", "PA")
+        assert cr.imported_at.utcoffset() == dt.timedelta(0)
+
+
+# --- worklist ----------------------------------------------------------------------------------------------------
+N = 600
+
+
+def _fill(engine):
+    """The same studies on either backend, without explicit ids (PostgreSQL's sequences assign them); every
+    sort column has NULLs in some rows so that NULLS LAST is exercised both ways."""
+    now = utcnow()
+    studies = [
+        {
+            "study_instance_uid": f"1.2.3.{i}",
+            "patient_id": f"P{i:05d}",
+            "patient_age_years": None if i % 17 == 0 else i % 90,
+            "patient_sex": None if i % 13 == 0 else "MF"[i % 2],
+            "study_date": None if i % 11 == 0 else dt.date(2020, 1, 1) + dt.timedelta(days=i % 100),
+            "study_description": "Chest PA" if i % 5 else "Thorax ap/lat 50%",
+            "accession_number": f"ACC{i}",
+            "view_position": None if i % 19 == 0 else ("PA" if i % 3 else "AP,LL"),
+            "modality": "CR",
+            "status": [StudyStatus.new, StudyStatus.in_review, StudyStatus.reviewed][i % 3],
+            "created_at": now - dt.timedelta(seconds=i // 2),  # pairs tie: the id breaks them
+        }
+        for i in range(1, N + 1)
+    ]
+
+    def tx(s):
+        s.execute(insert(Study), studies)
+        ids = dict(s.execute(select(Study.patient_id, Study.id)).all())
+        images = [
+            {
+                "study_id": ids[f"P{i:05d}"], "source_format": "dicom", "file_sha256": "0" * 64,
+                "pixel_sha256": f"{i:064d}", "file_size": 1, "original_filename": "x.dcm", "rows": 512,
+                "columns": 512, "bits_stored": 8, "photometric_interpretation": "MONOCHROME2", "warnings": "",
+                "imported_at": now,
+            }
+            for i in range(1, N + 1)
+            for _ in range(1 + i % 2)
+        ]
+        s.execute(insert(Image), images)
+
+    dbe.write(engine, tx)
+
+
+FILTERS = [
+    repo.WorklistFilter(),
+    repo.WorklistFilter(status=("new",), sex=("F",), view="ap", age_min=30, age_max=40),
+    repo.WorklistFilter(status=("in_review", "reviewed"), date_from=dt.date(2020, 2, 1), date_to=dt.date(2020, 3, 1)),
+    repo.WorklistFilter(text="p0012"),  # case-insensitive on either backend
+    repo.WorklistFilter(text="50%"),  # a LIKE wildcard in the text
+    repo.WorklistFilter(view="LL"),
+]
+
+
+def _worklist_by_patient(engine):
+    """For every filter and sort, both directions: the total and the patient ids in order, paged."""
+    out = {}
+    with dbe.read(engine) as s:
+        ids = dict(s.execute(select(Study.id, Study.patient_id)).all())
+        for k, f in enumerate(FILTERS):
+            for sort in repo.SORT_COLUMNS:
+                for desc in (False, True):
+                    rows, total = repo.list_studies(s, f, sort, desc, 0, 40)
+                    more, _ = repo.list_studies(s, f, sort, desc, 40, 40)
+                    page = rows + more
+                    # next/previous from the first rows follow the same order
+                    nxt = [ids.get(repo.neighbour_study(s, r.study_id, f, sort, desc)) for r in page[:3]]
+                    prv = [ids.get(repo.neighbour_study(s, r.study_id, f, sort, desc, -1)) for r in page[:3]]
+                    out[k, sort, desc] = (total, [r.patient_id for r in page], nxt, prv)
+    return out
+
+
+def test_worklist_filters_sorts_pages_and_neighbours_match_sqlite(pg, lite):
+    _fill(pg)
+    _fill(lite)
+    on_pg, on_lite = _worklist_by_patient(pg), _worklist_by_patient(lite)
+    for key in on_lite:
+        assert on_pg[key] == on_lite[key], key
+
+    total, first, nxt, prv = on_pg[0, "imported", True]
+    assert total == N and first[:3] == ["P00001", "P00003", "P00002"]  # newest first, then id descending
+    assert nxt == first[1:4] and prv == [None, *first[:2]]
+    with dbe.read(pg) as s:
+        for desc in (False, True):  # NULLs last either way
+            rows, total = repo.list_studies(s, repo.WorklistFilter(), "age", desc, N - 40, 40)
+            nulls = N // 17
+            assert total == N and len(rows) == 40
+            assert all(r.patient_age_years is None for r in rows[-nulls:])
+            assert rows[-nulls - 1].patient_age_years is not None
+
+    with dbe.read(pg) as s:
+        f = repo.WorklistFilter(status=("new",), sex=("F",), view="ap", age_min=30, age_max=40)
+        rows, total = repo.list_studies(s, f, "age", False, 0, 1000)
+        expected = {
+            f"P{i:05d}" for i in range(1, N + 1)
+            if i % 3 == 0 and i % 2 == 1 and i % 13 and i % 17 and i % 19 and 30 <= i % 90 <= 40
+        }
+        assert total == len(expected) > 0 and {r.patient_id for r in rows} == expected
+        assert all(r.status == "new" and r.patient_sex == "F" and r.view_position == "AP,LL" for r in rows)
+        assert [r.patient_age_years for r in rows] == sorted(r.patient_age_years for r in rows)
+        assert {r.images for r in rows} <= {1, 2}
+
+        rows, total = repo.list_studies(s, repo.WorklistFilter(text="p0012"), "patient_id", False, 0, 50)
+        assert [r.patient_id for r in rows] == [f"P0012{d}" for d in range(10)] and total == 10
+
+        last_id = s.scalar(select(Study.id).where(Study.patient_id == on_pg[0, "imported", True][1][0]))
+        assert repo.neighbour_study(s, last_id, repo.WorklistFilter(), "imported", True, -1) is None
+        assert repo.neighbour_study(s, 10**9, repo.WorklistFilter(), "imported", True) is None
+
+
+# --- timestamps --------------------------------------------------------------------------------------------------
+def test_timestamps_come_back_timezone_aware_utc_whatever_the_server_timezone(pg, pg_db_url):
+    # A server in another zone (PostgreSQL sends timestamptz in the session's TimeZone).
+    with pg.connect() as conn:
+        db = conn.execute(text("SELECT current_database()")).scalar()
+        conn.execute(text(f"ALTER DATABASE \"{db}\" SET timezone TO 'America/New_York'"))
+        conn.commit()
+    pg.dispose()
+    with pg.connect() as conn:
+        assert conn.execute(text("SHOW timezone")).scalar() == "America/New_York"
+
+    auth.add_user(pg, "rad", "radiologist", "a-long-password")
+    instant = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    berlin = instant.astimezone(dt.timezone(dt.timedelta(hours=1)))
+    before = utcnow()
+
+    def tx(s):
+        study = repo.get_or_create_study(s, "1.2.tz")
+        uid = repo.get_user_by_name(s, "rad").id
+        repo.set_study_reviewed(s, study.id, uid)
+        s.add(Study(study_instance_uid="1.2.tz.given", created_at=berlin))
+        return study.id
+
+    sid = dbe.write(pg, tx)
+    with dbe.read(pg) as s:
+        study = repo.get_study(s, sid)
+        given = s.scalar(select(Study).where(Study.study_instance_uid == "1.2.tz.given"))
+        user = repo.get_user_by_name(s, "rad")
+        rows, _ = repo.list_studies(s, repo.WorklistFilter(), "imported", True, 0, 10)
+        for value in (study.created_at, study.reviewed_at, given.created_at, user.created_at,
+                      *(r.imported_at for r in rows)):
+            assert value.tzinfo is not None and value.utcoffset() == dt.timedelta(0), value
+            assert value.tzinfo == dt.UTC, value.tzinfo
+        assert given.created_at == instant and str(given.created_at) == "2026-01-02 03:04:05.678901+00:00"
+        assert before <= study.created_at <= utcnow() and study.reviewed_at >= study.created_at
+        # The server holds the instant itself, not a wall-clock reading.
+        epoch = s.scalar(select(func.extract("epoch", Study.created_at)).where(Study.id == given.id))
+        assert float(epoch) == pytest.approx(instant.timestamp())
+    with pytest.raises(Exception, match="naive datetime"):
+        dbe.write(pg, lambda s: s.add(Study(study_instance_uid="1.2.naive", created_at=dt.datetime(2026, 1, 1))))
+
+
+# --- concurrency -------------------------------------------------------------------------------------------------
+def test_eight_concurrent_writers_lose_nothing_and_duplicate_nothing(pg, pg_db_url):
+    errors = []
+    start = threading.Barrier(8)
+
+    def writer(k):
+        engine = dbe.make_engine(pg_db_url)  # one engine per writer, as separate processes would have
+        try:
+            start.wait()
+            for i in range(10):
+                # Every writer also races for the same shared study: exactly one row may exist for it.
+                dbe.write(engine, lambda s, i=i: repo.get_or_create_study(s, f"1.2.{k}.{i}"))
+                dbe.write(engine, lambda s: repo.get_or_create_study(s, "1.2.shared"))
+
+                # and for a read-modify-write of one row: no update may be lost
+                def bump(s):
+                    study = repo.get_or_create_study(s, "1.2.counter", patient_age_years=0)
+                    study.patient_age_years += 1
+
+                dbe.write(engine, bump)
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with dbe.read(pg) as s:
+        assert s.scalar(select(func.count(Study.id))) == 8 * 10 + 2
+        assert s.scalar(select(func.count(Study.id)).where(Study.study_instance_uid == "1.2.shared")) == 1
+        counter = s.scalar(select(Study).where(Study.study_instance_uid == "1.2.counter"))
+        assert counter.patient_age_years == 8 * 10
+        assert s.scalar(select(func.count(User.id))) == 0
