@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Installs everything the app and its tests need: Debian's Chromium (for the browser tests, when root),
-# a virtual environment in .venv with the exact pins of requirements.lock, and this project (editable).
+# Installs everything the app and its tests need: Debian's Chromium (for the browser tests) and PostgreSQL
+# server (for the tests' throwaway clusters, tests/db/conftest.py), when root; a virtual environment in .venv
+# with the exact pins of requirements.lock, and this project (editable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-if ! command -v chromium >/dev/null 2>&1; then
+apt_missing=()
+command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
+# Debian keeps initdb/pg_ctl off PATH, under /usr/lib/postgresql/<major>/bin.
+if ! compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null && ! command -v pg_ctl >/dev/null 2>&1; then
+  apt_missing+=(postgresql)
+fi
+if [ ${#apt_missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
   else
-    echo "note: /usr/bin/chromium is missing and this is not root: the browser tests will be skipped" >&2
+    echo "note: ${apt_missing[*]} missing and this is not root: the browser / PostgreSQL tests will be skipped" >&2
   fi
 fi
 

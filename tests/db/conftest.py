@@ -61,15 +61,39 @@ class _Cluster:
         )
 
     def start(self) -> None:
-        self.run("initdb", "-D", str(self.data), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8",
-                 "--locale=C", "--no-sync", "--no-instructions")
+        self.run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            SUPERUSER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        )
         opts = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
             # A throwaway cluster: durability is not under test, speed is welcome.
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
         )
-        r = self.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts,
-                     "-w", "-t", str(START_TIMEOUT_S), "start", check=False)
+        r = self.run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            str(START_TIMEOUT_S),
+            "start",
+            check=False,
+        )
         if r.returncode != 0:
             log = self.log.read_text(errors="replace") if self.log.exists() else ""
             raise RuntimeError(f"pg_ctl start failed ({r.returncode}): {r.stdout}{r.stderr}\n{log}")
@@ -96,8 +120,10 @@ def pg_server():
     pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -r requirements.lock)")
     bindir = _pg_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin or "
-                    "on PATH: run scripts/install.sh as root, or apt-get install postgresql")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin or "
+            "on PATH: run scripts/install.sh as root, or apt-get install postgresql"
+        )
     as_user = None
     if os.geteuid() == 0:
         try:

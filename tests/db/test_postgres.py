@@ -9,7 +9,7 @@ import threading
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, inspect, insert, select, text
+from sqlalchemy import func, insert, inspect, select, text
 
 from db import engine as dbe
 from db import repo
@@ -49,13 +49,17 @@ def test_upgrade_from_empty_then_autogenerate_finds_no_difference(pg_db_url):
         dbe.check_current(engine)
         dbe.upgrade(pg_db_url)  # a second upgrade is a no-op
         assert engine.dialect.name == "postgresql"
-        assert set(inspect(engine).get_table_names()) == {"users", "studies", "images", "alembic_version"}
+        assert set(inspect(engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
             # timezone-aware columns really are timestamptz on PostgreSQL
-            kinds = dict(conn.execute(text(
-                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'studies'"
-            )).all())
+            kinds = dict(
+                conn.execute(
+                    text(
+                        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'studies'"
+                    )
+                ).all()
+            )
         assert kinds["created_at"] == kinds["reviewed_at"] == "timestamp with time zone"
     finally:
         engine.dispose()
@@ -95,7 +99,9 @@ def _comparable(results):
 def test_importing_the_sample_dicoms_gives_the_same_results_as_on_sqlite(pg, lite, shared_data, tmp_path):
     on_pg = _import(pg, ImageStore(tmp_path / "pg"), shared_data / "dicom")
     assert [(r["status"], r["code"]) for r in on_pg] == [
-        ("imported", None), ("imported", None), ("rejected", "uid_conflict"),
+        ("imported", None),
+        ("imported", None),
+        ("rejected", "uid_conflict"),
     ]
     on_lite = _import(lite, ImageStore(tmp_path / "lite"), shared_data / "dicom")
     assert _comparable(on_pg) == _comparable(on_lite)
@@ -107,7 +113,9 @@ def test_importing_the_sample_dicoms_gives_the_same_results_as_on_sqlite(pg, lit
         dx = s.scalar(select(Image).where(Image.original_filename == "nih_dx_chest_1024_nofinding_nccid.dcm"))
         assert dx.modality == "DX" and dx.rows >= 1024 and dx.pixel_spacing_row_mm is None
         assert (dx.study.study_description, dx.study.patient_age_years, dx.study.patient_sex) == (
-            "No Finding", 81, "M",
+            "No Finding",
+            81,
+            "M",
         )
         cr = s.scalar(select(Image).where(Image.modality == "CR"))
         assert (cr.pixel_spacing_row_mm, cr.view_position, cr.study.view_position) == (0.168, "PA", "PA")
@@ -144,9 +152,17 @@ def _fill(engine):
         ids = dict(s.execute(select(Study.patient_id, Study.id)).all())
         images = [
             {
-                "study_id": ids[f"P{i:05d}"], "source_format": "dicom", "file_sha256": "0" * 64,
-                "pixel_sha256": f"{i:064d}", "file_size": 1, "original_filename": "x.dcm", "rows": 512,
-                "columns": 512, "bits_stored": 8, "photometric_interpretation": "MONOCHROME2", "warnings": "",
+                "study_id": ids[f"P{i:05d}"],
+                "source_format": "dicom",
+                "file_sha256": "0" * 64,
+                "pixel_sha256": f"{i:064d}",
+                "file_size": 1,
+                "original_filename": "x.dcm",
+                "rows": 512,
+                "columns": 512,
+                "bits_stored": 8,
+                "photometric_interpretation": "MONOCHROME2",
+                "warnings": "",
                 "imported_at": now,
             }
             for i in range(1, N + 1)
@@ -160,7 +176,9 @@ def _fill(engine):
 FILTERS = [
     repo.WorklistFilter(),
     repo.WorklistFilter(status=("new",), sex=("F",), view="ap", age_min=30, age_max=40),
-    repo.WorklistFilter(status=("in_review", "reviewed"), date_from=dt.date(2020, 2, 1), date_to=dt.date(2020, 3, 1)),
+    repo.WorklistFilter(
+        status=("in_review", "reviewed"), date_from=dt.date(2020, 2, 1), date_to=dt.date(2020, 3, 1)
+    ),
     repo.WorklistFilter(text="p0012"),  # case-insensitive on either backend
     repo.WorklistFilter(text="50%"),  # a LIKE wildcard in the text
     repo.WorklistFilter(view="LL"),
@@ -175,12 +193,12 @@ def _worklist_by_patient(engine):
         for k, f in enumerate(FILTERS):
             for sort in repo.SORT_COLUMNS:
                 for desc in (False, True):
-                    rows, total = repo.list_studies(s, f, sort, desc, 0, 40)
-                    more, _ = repo.list_studies(s, f, sort, desc, 40, 40)
+                    rows, total = repo.list_studies(s, f, sort, desc, 0, 30)
+                    more, _ = repo.list_studies(s, f, sort, desc, 30, 30)
                     page = rows + more
                     # next/previous from the first rows follow the same order
-                    nxt = [ids.get(repo.neighbour_study(s, r.study_id, f, sort, desc)) for r in page[:3]]
-                    prv = [ids.get(repo.neighbour_study(s, r.study_id, f, sort, desc, -1)) for r in page[:3]]
+                    nxt = [ids.get(repo.neighbour_study(s, r.study_id, f, sort, desc)) for r in page[:1]]
+                    prv = [ids.get(repo.neighbour_study(s, r.study_id, f, sort, desc, -1)) for r in page[1:2]]
                     out[k, sort, desc] = (total, [r.patient_id for r in page], nxt, prv)
     return out
 
@@ -194,8 +212,12 @@ def test_worklist_filters_sorts_pages_and_neighbours_match_sqlite(pg, lite):
 
     total, first, nxt, prv = on_pg[0, "imported", True]
     assert total == N and first[:3] == ["P00001", "P00003", "P00002"]  # newest first, then id descending
-    assert nxt == first[1:4] and prv == [None, *first[:2]]
+    assert nxt == first[1:2] and prv == first[:1]
     with dbe.read(pg) as s:
+        ids = [s.scalar(select(Study.id).where(Study.patient_id == p)) for p in first[:4]]
+        after = [repo.neighbour_study(s, i, repo.WorklistFilter(), "imported", True) for i in ids[:3]]
+        before = [repo.neighbour_study(s, i, repo.WorklistFilter(), "imported", True, -1) for i in ids]
+        assert after == ids[1:] and before == [None, *ids[:3]]
         for desc in (False, True):  # NULLs last either way
             rows, total = repo.list_studies(s, repo.WorklistFilter(), "age", desc, N - 40, 40)
             nulls = N // 17
@@ -207,7 +229,8 @@ def test_worklist_filters_sorts_pages_and_neighbours_match_sqlite(pg, lite):
         f = repo.WorklistFilter(status=("new",), sex=("F",), view="ap", age_min=30, age_max=40)
         rows, total = repo.list_studies(s, f, "age", False, 0, 1000)
         expected = {
-            f"P{i:05d}" for i in range(1, N + 1)
+            f"P{i:05d}"
+            for i in range(1, N + 1)
             if i % 3 == 0 and i % 2 == 1 and i % 13 and i % 17 and i % 19 and 30 <= i % 90 <= 40
         }
         assert total == len(expected) > 0 and {r.patient_id for r in rows} == expected
@@ -218,13 +241,13 @@ def test_worklist_filters_sorts_pages_and_neighbours_match_sqlite(pg, lite):
         rows, total = repo.list_studies(s, repo.WorklistFilter(text="p0012"), "patient_id", False, 0, 50)
         assert [r.patient_id for r in rows] == [f"P0012{d}" for d in range(10)] and total == 10
 
-        last_id = s.scalar(select(Study.id).where(Study.patient_id == on_pg[0, "imported", True][1][0]))
-        assert repo.neighbour_study(s, last_id, repo.WorklistFilter(), "imported", True, -1) is None
+        oldest = s.scalar(select(Study.id).where(Study.patient_id == f"P{N:05d}"))
+        assert repo.neighbour_study(s, oldest, repo.WorklistFilter(), "imported", True) is None
         assert repo.neighbour_study(s, 10**9, repo.WorklistFilter(), "imported", True) is None
 
 
 # --- timestamps --------------------------------------------------------------------------------------------------
-def test_timestamps_come_back_timezone_aware_utc_whatever_the_server_timezone(pg, pg_db_url):
+def test_timestamps_come_back_timezone_aware_utc_whatever_the_server_timezone(pg):
     # A server in another zone (PostgreSQL sends timestamptz in the session's TimeZone).
     with pg.connect() as conn:
         db = conn.execute(text("SELECT current_database()")).scalar()
@@ -252,8 +275,13 @@ def test_timestamps_come_back_timezone_aware_utc_whatever_the_server_timezone(pg
         given = s.scalar(select(Study).where(Study.study_instance_uid == "1.2.tz.given"))
         user = repo.get_user_by_name(s, "rad")
         rows, _ = repo.list_studies(s, repo.WorklistFilter(), "imported", True, 0, 10)
-        for value in (study.created_at, study.reviewed_at, given.created_at, user.created_at,
-                      *(r.imported_at for r in rows)):
+        for value in (
+            study.created_at,
+            study.reviewed_at,
+            given.created_at,
+            user.created_at,
+            *(r.imported_at for r in rows),
+        ):
             assert value.tzinfo is not None and value.utcoffset() == dt.timedelta(0), value
             assert value.tzinfo == dt.UTC, value.tzinfo
         assert given.created_at == instant and str(given.created_at) == "2026-01-02 03:04:05.678901+00:00"
@@ -262,7 +290,9 @@ def test_timestamps_come_back_timezone_aware_utc_whatever_the_server_timezone(pg
         epoch = s.scalar(select(func.extract("epoch", Study.created_at)).where(Study.id == given.id))
         assert float(epoch) == pytest.approx(instant.timestamp())
     with pytest.raises(Exception, match="naive datetime"):
-        dbe.write(pg, lambda s: s.add(Study(study_instance_uid="1.2.naive", created_at=dt.datetime(2026, 1, 1))))
+        dbe.write(
+            pg, lambda s: s.add(Study(study_instance_uid="1.2.naive", created_at=dt.datetime(2026, 1, 1)))
+        )
 
 
 # --- concurrency -------------------------------------------------------------------------------------------------
@@ -302,3 +332,13 @@ def test_eight_concurrent_writers_lose_nothing_and_duplicate_nothing(pg, pg_db_u
         counter = s.scalar(select(Study).where(Study.study_instance_uid == "1.2.counter"))
         assert counter.patient_age_years == 8 * 10
         assert s.scalar(select(func.count(User.id))) == 0
+
+
+def test_writes_run_serializable_and_reads_stay_read_committed(pg):
+    def level(s):
+        return s.scalar(text("SHOW transaction_isolation"))
+
+    for _ in range(3):  # the pooled connection is handed back at its default level after every write
+        assert dbe.write(pg, level) == "serializable"
+        with dbe.read(pg) as s:
+            assert level(s) == "read committed"
