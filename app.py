@@ -1,4 +1,5 @@
 """CXR Review composition root: page config, sign-in gate, navigation by role."""
+
 import streamlit as st
 
 from db.engine import DatabaseBusy, DatabaseUnavailable
@@ -12,6 +13,7 @@ PAGES = {
     "worklist": st.Page("pages/worklist.py", title="Worklist", icon=":material/list:", default=True),
     "review": st.Page("pages/review.py", title="Viewer", icon=":material/radiology:"),
     "import": st.Page("pages/import_studies.py", title="Import", icon=":material/upload:"),
+    "models": st.Page("pages/models.py", title="Models", icon=":material/model_training:"),
     "admin": st.Page("pages/admin.py", title="Users", icon=":material/group:"),
     "account": st.Page("pages/account.py", title="Account", icon=":material/person:"),
 }
@@ -19,7 +21,7 @@ ROLE_PAGES = {
     "radiologist": ["worklist", "review", "import", "account"],
     "annotator": ["worklist", "review", "import", "account"],
     "researcher": ["worklist", "review", "account"],
-    "admin": ["worklist", "review", "import", "admin", "account"],
+    "admin": ["worklist", "review", "import", "models", "admin", "account"],
 }
 pages = [PAGES[name] for name in ROLE_PAGES[user.role]]
 nav = st.navigation(pages, position="hidden")

@@ -9,6 +9,8 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, aliased
 
 from db.models import (
+    ActiveModel,
+    ActiveModelEvent,
     Decision,
     Image,
     ModelThreshold,
@@ -146,11 +148,12 @@ def _filtered(f: WorklistFilter) -> Select:
     if f.view:
         q = q.where(Study.view_position.contains(f.view.upper(), autoescape=True))
     if f.text:
-        like = f"%{f.text}%"
+        # "_" and "%" typed by a user are literal characters, not wildcards.
+        like = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         q = q.where(
-            Study.patient_id.ilike(like)
-            | Study.accession_number.ilike(like)
-            | Study.study_description.ilike(like)
+            Study.patient_id.ilike(like, escape="\\")
+            | Study.accession_number.ilike(like, escape="\\")
+            | Study.study_description.ilike(like, escape="\\")
         )
     if f.date_from:
         q = q.where(Study.study_date >= f.date_from)
@@ -274,6 +277,84 @@ def set_threshold(
         row = ModelThreshold(model_id=model_id, model_version=version, label=label, threshold=threshold)
         s.add(row)
     row.threshold, row.updated_by_id, row.updated_at = threshold, user_id, utcnow()
+
+
+def reset_thresholds(s: Session, model_id: str, version: str) -> int:
+    """Drop the edited thresholds of a model version (its defaults apply again); returns how many there were."""
+    rows = list(
+        s.scalars(
+            select(ModelThreshold).where(
+                ModelThreshold.model_id == model_id, ModelThreshold.model_version == version
+            )
+        )
+    )
+    for row in rows:
+        s.delete(row)
+    return len(rows)
+
+
+# --- active model per task ------------------------------------------------------------------------------------
+def active_model(s: Session, task: str) -> ActiveModel | None:
+    """The version an admin chose for `task`, or None (the registry's default runs)."""
+    return s.get(ActiveModel, task)
+
+
+def active_models(s: Session) -> dict[str, ActiveModel]:
+    return {row.task: row for row in s.scalars(select(ActiveModel))}
+
+
+def set_active_model(
+    s: Session, task: str, model_id: str, version: str, weights_sha256: str, user_id: int
+) -> ActiveModel:
+    """Upsert the choice for `task` and append its audit event (the caller's transaction holds both)."""
+    row = s.get(ActiveModel, task)
+    if row is None:
+        row = ActiveModel(task=task)
+        s.add(row)
+    row.model_id, row.model_version, row.weights_sha256 = model_id, version, weights_sha256
+    row.set_by_id, row.set_at = user_id, utcnow()
+    s.add(
+        ActiveModelEvent(
+            task=task, model_id=model_id, model_version=version, weights_sha256=weights_sha256,
+            set_by_id=user_id, at=row.set_at,
+        )
+    )  # fmt: skip
+    s.flush()
+    return row
+
+
+def clear_active_model(s: Session, task: str, user_id: int) -> None:
+    """Back to the registry's default for `task`; recorded as an event without a model."""
+    row = s.get(ActiveModel, task)
+    if row is not None:
+        s.delete(row)
+    s.add(
+        ActiveModelEvent(task=task, model_id=None, model_version=None, weights_sha256=None, set_by_id=user_id)
+    )
+    s.flush()
+
+
+def active_model_history(s: Session, task: str) -> list[ActiveModelEvent]:
+    """Every choice made for `task`, newest first."""
+    return list(
+        s.scalars(
+            select(ActiveModelEvent).where(ActiveModelEvent.task == task).order_by(ActiveModelEvent.id.desc())
+        )
+    )
+
+
+def rollback_active_model(s: Session, task: str, user_id: int) -> ActiveModelEvent | None:
+    """Restore the choice made before the current one (the registry's default when there was none); the
+    rollback is itself a new event. Returns the event restored, or None when there is nothing to roll back."""
+    history = active_model_history(s, task)
+    if not history:
+        return None
+    previous = history[1] if len(history) > 1 else None
+    if previous is None or previous.model_id is None:
+        clear_active_model(s, task, user_id)
+    else:
+        set_active_model(s, task, previous.model_id, previous.model_version, previous.weights_sha256, user_id)
+    return previous
 
 
 # --- verdicts ----------------------------------------------------------------------------------------------------

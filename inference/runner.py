@@ -26,6 +26,7 @@ from inference.gradcam import grad_cam
 from inference.postprocess import clean_label_map
 from inference.registry import Registry
 from inference.types import (
+    SCORE_KINDS,
     AnatomyResult,
     BoneResult,
     ClassificationResult,
@@ -86,32 +87,43 @@ class Runner:
         self._loaded: dict[tuple[str, str, str, str], torch.nn.Module] = {}
         self._lock = threading.Lock()
 
-    def load(self, model_id: str) -> torch.nn.Module:
-        """The eval-mode module, loaded once; raises ModelUnavailable when weights are missing or changed."""
-        spec = self.registry.check(model_id)  # cheap: the file hash is cached by path, mtime and size
+    def load(self, model_id: str | ModelSpec, version: str | None = None) -> torch.nn.Module:
+        """The eval-mode module of one model version (None: the newest; `model_id` may be "ID@VERSION" or a
+        spec), loaded once; raises ModelUnavailable when weights are missing or changed."""
+        spec = self.registry.check(
+            model_id, version
+        )  # cheap: the file hash is cached by path, mtime and size
         key = (spec.model_id, spec.version, spec.weights_sha256, str(self.device))
         # Built outside inference mode even when called from it: Grad-CAM needs autograd through the weights.
         with self._lock, torch.inference_mode(False):
             if key not in self._loaded:
                 # Hash the very bytes we deserialise, so a file swapped after the registry check cannot slip in.
-                data = self.registry.weights_path(model_id).read_bytes()
+                data = self.registry.weights_path(spec).read_bytes()
                 actual = hashlib.sha256(data).hexdigest()
                 if actual != spec.weights_sha256:
                     raise ModelUnavailable(
-                        model_id, f"sha256 mismatch: expected {spec.weights_sha256}, got {actual}"
+                        spec.model_id if spec.builtin else spec.ref,
+                        f"sha256 mismatch: expected {spec.weights_sha256}, got {actual}",
                     )
-                module = self.registry.builder(model_id)()
+                module = self.registry.builder(spec)()
                 state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+                # Trained versions may ship fp16 weights: load_state_dict copies them into the float32
+                # parameters the builder made.
                 module.load_state_dict(state, strict=True)
                 self._loaded[key] = module.eval().to(self.device)
             return self._loaded[key]
 
-    def _prepare(self, task: str, model_id: str | None, clock: _Clock) -> tuple[ModelSpec, torch.nn.Module]:
-        spec = self.registry.get(model_id) if model_id else self.registry.for_task(task)
+    def _prepare(
+        self, task: str, model_id: str | ModelSpec | None, clock: _Clock, version: str | None = None
+    ) -> tuple[ModelSpec, torch.nn.Module]:
+        if model_id is None:
+            spec = self.registry.for_task(task)
+        else:
+            spec = self.registry.lookup(model_id, version)
         if spec.task != task:
-            raise ValueError(f"{spec.model_id} is a {spec.task} model, not {task}")
+            raise ValueError(f"{spec.ref} is a {spec.task} model, not {task}")
         with clock.phase("load"):
-            return spec, self.load(spec.model_id)
+            return spec, self.load(spec)
 
     def _tensor(self, img: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(img).to(self.device)[None, None]
@@ -121,11 +133,16 @@ class Runner:
         return ModelRef(spec.model_id, spec.version, spec.weights_sha256)
 
     @torch.inference_mode()
-    def segment_anatomy(self, img: np.ndarray, model_id: str | None = None) -> AnatomyResult:
-        """Label map (0 bg, 1 lungs, 2 heart, 3 clavicles) with speckles removed, at input resolution."""
+    def segment_anatomy(
+        self, img: np.ndarray, model_id: str | ModelSpec | None = None, version: str | None = None
+    ) -> AnatomyResult:
+        """Label map (0 bg, 1 lungs, 2 heart, 3 clavicles) with speckles removed, at input resolution.
+
+        `model_id` (here and in every method below): None runs the registry's model for the task; an id runs
+        its newest version unless `version` is given; "ID@VERSION" or a ModelSpec run exactly that version."""
         img = as_image(img)
         clock = _Clock(self.device)
-        spec, model = self._prepare("segmentation", model_id, clock)
+        spec, model = self._prepare("segmentation", model_id, clock, version)
         h, w = img.shape
         side = max(h, w)
         top, left = (side - h) // 2, (side - w) // 2
@@ -144,12 +161,15 @@ class Runner:
 
     @torch.inference_mode()
     def suppress_bones_batch(
-        self, imgs: Sequence[np.ndarray], model_id: str | None = None
+        self,
+        imgs: Sequence[np.ndarray],
+        model_id: str | ModelSpec | None = None,
+        version: str | None = None,
     ) -> list[BoneResult]:
         """Soft-tissue images, one per input, each at its own resolution; timings are for the whole batch."""
         imgs = [as_image(i) for i in imgs]
         clock = _Clock(self.device)
-        spec, model = self._prepare("bone_suppression", model_id, clock)
+        spec, model = self._prepare("bone_suppression", model_id, clock, version)
         with clock.phase("preprocess"):
             x = torch.cat([_resize(self._tensor(i), spec.input_size) for i in imgs])
             x = (x - spec.mean) / spec.std
@@ -163,8 +183,10 @@ class Runner:
         timings = clock.done()
         return [BoneResult(s, self._ref(spec), timings) for s in soft]
 
-    def suppress_bones(self, img: np.ndarray, model_id: str | None = None) -> BoneResult:
-        return self.suppress_bones_batch([img], model_id)[0]
+    def suppress_bones(
+        self, img: np.ndarray, model_id: str | ModelSpec | None = None, version: str | None = None
+    ) -> BoneResult:
+        return self.suppress_bones_batch([img], model_id, version)[0]
 
     def _classifier_input(self, imgs: Sequence[np.ndarray], spec: ModelSpec) -> torch.Tensor:
         x = torch.cat([_resize(self._tensor(i), spec.input_size) for i in imgs])
@@ -174,52 +196,79 @@ class Runner:
     def classify_batch(
         self,
         imgs: Sequence[np.ndarray],
-        model_id: str | None = None,
+        model_id: str | ModelSpec | None = None,
         thresholds: dict[str, float] | None = None,
+        version: str | None = None,
     ) -> list[ClassificationResult]:
-        """Softmax scores per label (the model was trained single-label) and `positive` per operating point.
+        """Scores per label and `positive` per operating point: softmax across labels for single-label models
+        (the shipped one), an independent sigmoid per label for multi-label ones (spec.activation); the
+        result's score_kind says which.
 
         `thresholds` overrides the spec's defaults label by label (e.g. values an admin edited).
         Timings are for the whole batch.
         """
         imgs = [as_image(i) for i in imgs]
         clock = _Clock(self.device)
-        spec, model = self._prepare("classification", model_id, clock)
+        spec, model = self._prepare("classification", model_id, clock, version)
         with clock.phase("preprocess"):
             x = self._classifier_input(imgs, spec)
         with clock.phase("forward"):
-            probs = torch.softmax(model(x), dim=1).cpu().numpy()
+            logits = model(x).float()
+            probs = torch.sigmoid(logits) if spec.activation == "sigmoid" else torch.softmax(logits, dim=1)
+            probs = probs.cpu().numpy()
         thr = {**spec.thresholds, **(thresholds or {})}
         timings = clock.done()
         results = []
         for p in probs:
             scores = {label: float(v) for label, v in zip(spec.labels, p, strict=True)}
             positive = {label: scores[label] >= thr[label] for label in spec.labels}
-            results.append(ClassificationResult(scores, thr, positive, self._ref(spec), timings))
+            results.append(
+                ClassificationResult(
+                    scores, thr, positive, self._ref(spec), timings, score_kind=SCORE_KINDS[spec.activation]
+                )
+            )
         return results
 
     def classify(
-        self, img: np.ndarray, model_id: str | None = None, thresholds: dict[str, float] | None = None
+        self,
+        img: np.ndarray,
+        model_id: str | ModelSpec | None = None,
+        thresholds: dict[str, float] | None = None,
+        version: str | None = None,
     ) -> ClassificationResult:
-        return self.classify_batch([img], model_id, thresholds)[0]
+        return self.classify_batch([img], model_id, thresholds, version)[0]
 
-    def gradcam(self, img: np.ndarray, label: str | None = None, model_id: str | None = None) -> np.ndarray:
+    def gradcam(
+        self,
+        img: np.ndarray,
+        label: str | None = None,
+        model_id: str | ModelSpec | None = None,
+        version: str | None = None,
+    ) -> np.ndarray:
         """Grad-CAM heatmap (float32 HxW in [0,1], input resolution) of `label`, or of the top class if None."""
-        return next(iter(self._cams(img, "top" if label is None else [label], model_id).values()))
+        return next(iter(self._cams(img, "top" if label is None else [label], model_id, version).values()))
 
     def gradcams(
-        self, img: np.ndarray, labels: Sequence[str] | None = None, model_id: str | None = None
+        self,
+        img: np.ndarray,
+        labels: Sequence[str] | None = None,
+        model_id: str | ModelSpec | None = None,
+        version: str | None = None,
     ) -> dict[str, np.ndarray]:
         """{label: Grad-CAM heatmap} for `labels` (all labels when None) from one backbone pass: far cheaper
         than one gradcam() call per label."""
-        return self._cams(img, "all" if labels is None else labels, model_id)
+        return self._cams(img, "all" if labels is None else labels, model_id, version)
 
     def _cams(
-        self, img: np.ndarray, which: Sequence[str] | Literal["all", "top"], model_id: str | None
+        self,
+        img: np.ndarray,
+        which: Sequence[str] | Literal["all", "top"],
+        model_id: str | ModelSpec | None,
+        version: str | None = None,
     ) -> dict[str, np.ndarray]:
         img = as_image(img)
         clock = _Clock(self.device)
-        spec, model = self._prepare("classification", model_id, clock)
+        spec, model = self._prepare("classification", model_id, clock, version)
         if which == "top":
             indices = None
         else:

@@ -11,6 +11,10 @@ Task = Literal["segmentation", "bone_suppression", "classification"]
 
 RESEARCH_USE = "Research use only. Not for diagnosis or clinical decisions."
 ANATOMY_LABELS = ("background", "lungs", "heart", "clavicles")
+SCORE_KINDS = {  # ClassificationResult.score_kind per ModelSpec.activation
+    "softmax": "softmax (single-label training; sums to 1 over labels)",
+    "sigmoid": "sigmoid (multi-label training; an independent probability per label)",
+}
 
 
 class ModelUnavailable(Exception):
@@ -38,6 +42,29 @@ class ModelSpec:
     std: float = 1.0
     # Default operating point per label (classification only); editable by an admin, stored beside results.
     thresholds: dict[str, float] = field(default_factory=dict)
+    # Classification scores: "softmax" (single-label training, scores sum to 1) or "sigmoid" (multi-label,
+    # an independent probability per label).
+    activation: Literal["softmax", "sigmoid"] = "softmax"
+    # Trained versions (model.json under <root>/<model_id>/<version>/): the inference/models module declaring
+    # FAMILY that builds the network, its builder arguments (encoder, classes, ...), the folder holding
+    # model.json and the weights, when it was made (ISO-8601 UTC), its validation metrics and the whole
+    # model.json. Built-in specs leave these empty: their weights live in the models directory.
+    family: str = ""
+    arch: dict = field(default_factory=dict)
+    directory: str = ""
+    created: str = ""
+    metrics: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        """ "model_id@version", the string `Registry.resolve` and `cxr-review --model` take."""
+        return f"{self.model_id}@{self.version}"
+
+    @property
+    def builtin(self) -> bool:
+        """Defined by a module in inference/models (weights in the models directory), not by a model.json."""
+        return not self.directory
 
 
 @dataclass(frozen=True)
@@ -47,6 +74,10 @@ class ModelRef:
     model_id: str
     version: str
     weights_sha256: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model_id}@{self.version}"
 
 
 @dataclass(frozen=True)
@@ -66,14 +97,15 @@ class BoneResult:
 
 @dataclass(frozen=True)
 class ClassificationResult:
-    # Softmax over all labels: the model was trained single-label, so the values sum to 1 across labels and
-    # are *not* independent per-finding probabilities.
+    # `score_kind` says what the scores are: softmax over all labels for single-label models (the values sum
+    # to 1 across labels and are *not* independent per-finding probabilities), or a sigmoid per label for
+    # multi-label models.
     probabilities: dict[str, float]
     thresholds: dict[str, float]
     positive: dict[str, bool]  # probability >= threshold
     model: ModelRef
     timings_ms: dict[str, float]
-    score_kind: str = "softmax (single-label training; sums to 1 over labels)"
+    score_kind: str = "softmax (single-label training; sums to 1 over labels)"  # == SCORE_KINDS["softmax"]
 
     @property
     def top_label(self) -> str:

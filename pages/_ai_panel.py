@@ -16,6 +16,7 @@ DECISIONS = ["", "accept", "reject", "uncertain"]
 REASONS = ["", "wrong location", "finding absent", "finding missed", "poor image quality", "artefact / device",
            "anatomy boundary wrong", "other (see note)"]  # fmt: skip
 BONE_MODES = ["off", "overlay", "swipe", "side by side"]
+KEYS = {"accept": "A", "reject": "X", "uncertain": "U"}  # Streamlit reserves C and R
 
 
 def provenance(result: dict) -> str:
@@ -77,18 +78,20 @@ def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int]) -> 
         if mode != "off":
             png = _deps.stored_bytes(result.bone["soft_tissue"])
             bone_view = {"mode": mode, "png": png}
+            # The soft-tissue picture replaces the radiograph, so it goes under the anatomy and heatmap layers.
             if mode == "overlay":
-                layers.append(
-                    {"name": "bone suppressed", "png": _deps.grey_rgba_png(result.bone["soft_tissue"])}
+                layers.insert(
+                    0, {"name": "bone suppressed", "png": _deps.grey_rgba_png(result.bone["soft_tissue"])}
                 )
             elif mode == "swipe":
                 cut = st.slider("Swipe (soft tissue left of the line)", 0.0, 1.0, 0.5, key=f"ai_swipe_{key}")
-                layers.append(
+                layers.insert(
+                    0,
                     {
                         "name": "bone suppressed",
                         "png": _deps.grey_rgba_png(result.bone["soft_tissue"]),
                         "clip_x": cut,
-                    }
+                    },
                 )
             st.caption(provenance(result.bone))
 
@@ -160,6 +163,83 @@ def _items(result: analysis.Analysis) -> list[dict]:
     return items
 
 
+def _same_item(v, it: dict) -> bool:
+    return (v.item_kind, v.item_key, v.model_id, v.model_version) == (
+        it["kind"], it["key"], it["model"]["id"], it["model"]["version"]
+    )  # fmt: skip
+
+
+def _move_focus(focus_key: str, n: int, step: int) -> None:
+    st.session_state[focus_key] = min(max(st.session_state.get(focus_key, 0) + step, 0), n - 1)
+
+
+def _quick_verdict(study_id: int, image_id: int, user_id: int, item: dict, decision: str, focus_key: str,
+                   n: int) -> None:  # fmt: skip
+    """Button callback: store one verdict (keeping the reader's note) and move the focus to the next item."""
+
+    def tx(s):
+        old = next((v for v in repo.verdicts_of(s, image_id, user_id) if _same_item(v, item)), None)
+        if old is not None and old.decision.value == decision:
+            return False
+        repo.upsert_verdict(s, repo.VerdictIn(
+            study_id=study_id, image_id=image_id, reader_id=user_id, item_kind=item["kind"], item_key=item["key"],
+            decision=decision, model_id=item["model"]["id"], model_version=item["model"]["version"],
+            weights_sha256=item["model"]["weights_sha256"], reason_text=old.reason_text if old else None,
+        ))  # fmt: skip
+        return True
+
+    try:
+        written = dbe.write(_deps.ctx().engine, tx)
+    except dbe.DatabaseBusy as exc:
+        st.session_state["quick_verdict_msg"] = ("error", f"Verdict not saved: {exc}")
+        return
+    st.session_state["verdict_gen"] = st.session_state.get("verdict_gen", 0) + 1
+    st.session_state["quick_verdict_msg"] = ("saved" if written else "same", f"{item['key']}: {decision}")
+    _move_focus(focus_key, n, 1)
+
+
+def quick_verdict(result: analysis.Analysis, study_id: int, image: dict, user) -> None:
+    """The focused AI statement with accept / reject / uncertain buttons, each with a keyboard shortcut; the
+    focus moves on after a verdict, and J / K move it by hand."""
+    items = _items(result)
+    if not items:
+        return
+    focus_key = f"ai_focus_{image['id']}"
+    i = min(st.session_state.get(focus_key, 0), len(items) - 1)
+    it = items[i]
+    with dbe.read(_deps.ctx().engine) as s:
+        mine = next((v.decision.value for v in repo.verdicts_of(s, image["id"], user.user_id) if _same_item(v, it)),
+                    None)  # fmt: skip
+    args = (study_id, image["id"], user.user_id, it)
+    n = len(items)
+    with st.container(border=True, key="quick_verdict"):
+        st.markdown(
+            f"**{it['key']}** · {it['kind'].replace('_', ' ')} · AI says {it['says']} · {i + 1} of {n} · "
+            f"your verdict: **{mine or 'none yet'}**"
+        )
+        with st.container(horizontal=True, gap="small"):
+            st.button("Previous", key="focus_prev", shortcut="K", on_click=_move_focus, args=(focus_key, n, -1),
+                      disabled=i == 0, icon=":material/arrow_back:", help="Previous AI statement")  # fmt: skip
+            st.button("Next", key="focus_next", shortcut="J", on_click=_move_focus, args=(focus_key, n, 1),
+                      disabled=i == n - 1, icon=":material/arrow_forward:", help="Next AI statement")  # fmt: skip
+            for decision, icon in (("accept", ":material/check:"), ("reject", ":material/close:"),
+                                   ("uncertain", ":material/help:")):  # fmt: skip
+                st.button(decision.capitalize(), key=f"quick_{decision}", shortcut=KEYS[decision], icon=icon,
+                          type="primary" if mine == decision else "secondary",
+                          on_click=_quick_verdict, args=(*args, decision, focus_key, n))  # fmt: skip
+        kind, msg = st.session_state.pop("quick_verdict_msg", (None, None))
+        st.caption(
+            (
+                {"error": f":red[{msg}]", "saved": f"Saved {msg}.", "same": f"Unchanged, {msg}."}[kind]
+                + " · "
+                if msg
+                else ""
+            )
+            + "Keys: **A** accept · **X** reject · **U** uncertain · **J** / **K** next / previous statement "
+            "(not while typing in a field) · :orange[Research use only]"
+        )
+
+
 def verdicts(result: analysis.Analysis, study_id: int, image: dict, user) -> None:
     """One row per AI statement: accept / reject / uncertain with a reason; saved in one transaction."""
     ctx = _deps.ctx()
@@ -217,11 +297,7 @@ def report(result: analysis.Analysis, study_id: int, image: dict, user) -> None:
     ctx = _deps.ctx()
     with dbe.read(ctx.engine) as s:
         saved = repo.get_report(s, study_id, user.user_id)
-        accepted = {
-            (v.item_kind, v.item_key)
-            for v in repo.verdicts_of(s, image["id"], user.user_id)
-            if v.decision.value == "accept"
-        }
+        accepted = reporting.accepted(repo.verdicts_of(s, image["id"], user.user_id), result)
         saved_text = saved.text if saved else None
     draft = reporting.draft(result, accepted, image.get("view"))
     gen = st.session_state.get(f"report_gen_{study_id}", 0)

@@ -36,11 +36,16 @@ def value_range(file_sha256: str) -> tuple[float, float]:
     return studies.value_range(decoded(file_sha256))
 
 
+@st.cache_resource(show_spinner=False)
+def registry() -> Registry:
+    """One registry per process (it rescans trained-model folders and re-hashes changed weights by itself)."""
+    return Registry(ctx().settings.models_dir)
+
+
 @st.cache_resource(show_spinner="Loading the AI models…")
 def runner() -> Runner:
     """Models load once per process (keyed inside by id, version, sha256 and device)."""
-    s = ctx().settings
-    return Runner(Registry(s.models_dir), s.device)
+    return Runner(registry(), ctx().settings.device)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -2,7 +2,7 @@ import streamlit as st
 
 from db import engine as dbe
 from db import repo
-from pages import _ai_panel, _deps
+from pages import _ai_panel, _deps, _keys
 from pages._canvas import image_canvas, requested_window
 from viewer import dicom_io, geometry, windowing
 
@@ -74,20 +74,24 @@ title = " · ".join(
     )
     if x
 )
-top = st.columns([6, 1, 1, 1.4])
+top = st.columns([1, 1], vertical_alignment="center")
 top[0].markdown(f"#### {title}")
-top[1].button("◀ Prev", key="prev_study", on_click=go, args=(-1,), help="Previous study in the worklist")
-top[2].button("Next ▶", key="next_study", on_click=go, args=(1,), help="Next study in the worklist")
 reviewed = info["status"] == "reviewed"
-if user.role in ("radiologist", "admin"):
-    label = "Reopen study" if reviewed else "Mark reviewed"
-    if top[3].button(label, key="mark_reviewed", type="secondary" if reviewed else "primary"):
-        dbe.write(ctx.engine, lambda s: repo.set_study_reviewed(s, study_id, user.user_id, not reviewed))
-        st.rerun()
+with top[1].container(horizontal=True, horizontal_alignment="right", gap="small"):
+    st.button("Previous study", key="prev_study", on_click=go, args=(-1,), help="Previous study in the worklist",
+              shortcut="Shift+N", icon=":material/arrow_back:")  # fmt: skip
+    st.button("Next study", key="next_study", on_click=go, args=(1,), help="Next study in the worklist",
+              shortcut="N", icon=":material/arrow_forward:")  # fmt: skip
+    if user.role in ("radiologist", "admin"):
+        label = "Reopen study" if reviewed else "Mark reviewed"
+        if st.button(label, key="mark_reviewed", type="secondary" if reviewed else "primary"):
+            dbe.write(ctx.engine, lambda s: repo.set_study_reviewed(s, study_id, user.user_id, not reviewed))
+            st.rerun()
 st.caption(
     f"Status: **{info['status'].replace('_', ' ')}**"
     + (f" by {info['reviewed_by']}" if info["reviewed_by"] else "")
     + f" · {len(images)} image{'s' * (len(images) != 1)}"
+    + " · Keys: **N** / **Shift+N** next / previous study (not while typing in a field)"
 )
 
 if len(images) > 1:
@@ -198,6 +202,8 @@ with view_col:
             image_canvas(bone_view["png"], **canvas_args, key=f"bone_{im['id']}", image_id=f"bone-{image_key}",
                          view_height=560)  # fmt: skip
             st.caption("Bone-suppressed (soft-tissue) image · :orange[Research use only]")
+    if ai is not None:
+        _ai_panel.quick_verdict(ai, study_id, ai_image, user)
 
 with side:
     measurements = (value or {}).get("measurements") or []
@@ -225,3 +231,4 @@ if ai is not None:
     st.markdown("**Your verdicts** (one per AI statement; changes are kept in the audit trail)")
     _ai_panel.verdicts(ai, study_id, ai_image, user)
     _ai_panel.report(ai, study_id, ai_image, user)
+_keys.enable()  # after a click on a checkbox or list, the shortcuts work again

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import cv2
@@ -16,14 +16,14 @@ import numpy as np
 from db import engine as dbe
 from db import repo
 from inference import postprocess
-from inference.registry import Registry
+from inference.registry import TASKS, Registry
 from inference.runner import Runner
 from inference.types import ModelSpec, ModelUnavailable
+from services import models_admin
 from services.context import Context
 from viewer import dicom_io, export, windowing
 
 log = logging.getLogger(__name__)
-TASKS = ("segmentation", "bone_suppression", "classification")
 LUNGS, HEART, CLAVICLES = 1, 2, 3
 BOX_THRESHOLD = 0.6  # Grad-CAM level that outlines a box; fixed per release, shown with the boxes
 CTR_LIMIT = 0.5
@@ -43,6 +43,13 @@ class Analysis:
     def models(self) -> list[dict]:
         return [r["model"] for r in (self.anatomy, self.bone, self.findings) if r]
 
+    @property
+    def timings_ms(self) -> dict[str, float]:
+        """{model id: its total ms when it was computed} and "total", their sum (each phase counted once)."""
+        results = [r for r in (self.anatomy, self.bone, self.findings) if r]
+        per_model = {r["model"]["id"]: float(r["timings_ms"]["total"]) for r in results}
+        return per_model | {"total": sum(per_model.values())}
+
 
 def model_input(img: dicom_io.DecodedImage) -> np.ndarray:
     """What the models see: the default display (windowed, MONOCHROME1 inverted) as float32 in [0,1]."""
@@ -57,6 +64,45 @@ def _png(arr: np.ndarray) -> bytes:
     return export.png_bytes(arr)
 
 
+def with_total(runner_ms: dict[str, float], **extra_ms: float) -> dict[str, float]:
+    """One model's phases (the runner's, then `extra_ms` measured here) and one "total": the runner's total plus
+    the extras. Summing every value instead would count the runner's phases twice (they are in its total)."""
+    phases = {k: float(v) for k, v in runner_ms.items() if k != "total"}
+    total = float(runner_ms.get("total", sum(phases.values()))) + sum(extra_ms.values())
+    return phases | {k: float(v) for k, v in extra_ms.items()} | {"total": total}
+
+
+def anatomy_summary(label_map: np.ndarray) -> dict:
+    """Area fraction per structure and the cardiothoracic ratio with its measurement lines (None when heart or
+    lungs are missing)."""
+    ctr = postprocess.cardiothoracic_ratio(label_map)
+    return {
+        "area_fraction": {
+            name: float((label_map == i).mean()) for i, name in ((LUNGS, "lungs"), (HEART, "heart"), (CLAVICLES, "clavicles"))
+        },
+        "ctr": None if ctr is None else {
+            "ratio": ctr.ratio, "heart_row": ctr.heart_row, "heart_x0": ctr.heart_x0, "heart_x1": ctr.heart_x1,
+            "thorax_row": ctr.thorax_row, "thorax_x0": ctr.thorax_x0, "thorax_x1": ctr.thorax_x1,
+        },
+    }  # fmt: skip
+
+
+def heatmaps_and_boxes(
+    runner: Runner, x: np.ndarray, spec: ModelSpec, lungs: np.ndarray | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, list[dict]], float]:
+    """Grad-CAM of every finding label ("No Finding" has no location) from one backbone pass, clipped to the
+    lungs when given, the boxes where each exceeds BOX_THRESHOLD, and the time taken in ms."""
+    t0 = time.perf_counter()
+    labels = [label for label in spec.labels if label != "No Finding"]
+    cams = runner.gradcams(x, labels, spec)
+    boxes = {}
+    for label, cam in cams.items():
+        if lungs is not None:
+            cams[label] = cam = postprocess.clip_to_mask(cam, lungs)
+        boxes[label] = [b.__dict__ for b in postprocess.heatmap_boxes(cam, BOX_THRESHOLD)]
+    return cams, boxes, (time.perf_counter() - t0) * 1000
+
+
 def run_task(
     runner: Runner,
     task: str,
@@ -65,43 +111,29 @@ def run_task(
     put: Callable[[bytes], str],
     lungs: np.ndarray | None = None,
 ) -> dict:
-    """Run one model on x and return its JSON-ready result; put() stores a PNG and returns its key."""
+    """Run one model on x and return its JSON-ready result; put() stores a PNG and returns its key.
+    `timings_ms` holds the phases and one "total" for the model (Grad-CAM included for the classifier)."""
     if task == "segmentation":
-        res = runner.segment_anatomy(x, spec.model_id)
-        ctr = postprocess.cardiothoracic_ratio(res.label_map)
+        res = runner.segment_anatomy(x, spec)
         return {
             "model": _ref(spec),
-            "timings_ms": res.timings_ms,
+            "timings_ms": with_total(res.timings_ms),
             "label_map": put(_png(res.label_map)),
-            "area_fraction": {
-                name: float((res.label_map == i).mean()) for i, name in ((LUNGS, "lungs"), (HEART, "heart"), (CLAVICLES, "clavicles"))
-            },
-            "ctr": None if ctr is None else {
-                "ratio": ctr.ratio, "heart_row": ctr.heart_row, "heart_x0": ctr.heart_x0, "heart_x1": ctr.heart_x1,
-                "thorax_row": ctr.thorax_row, "thorax_x0": ctr.thorax_x0, "thorax_x1": ctr.thorax_x1,
-            },
-        }  # fmt: skip
+            **anatomy_summary(res.label_map),
+        }
     if task == "bone_suppression":
-        res = runner.suppress_bones(x, spec.model_id)
+        res = runner.suppress_bones(x, spec)
         return {
             "model": _ref(spec),
-            "timings_ms": res.timings_ms,
+            "timings_ms": with_total(res.timings_ms),
             "soft_tissue": put(_png(np.round(res.soft_tissue * 255).astype(np.uint8))),
         }
-    res = runner.classify(x, spec.model_id)
-    heatmaps, boxes = {}, {}
-    t0 = time.perf_counter()
-    for label in spec.labels:
-        if label == "No Finding":
-            continue
-        cam = runner.gradcam(x, label, spec.model_id)
-        if lungs is not None:
-            cam = postprocess.clip_to_mask(cam, lungs)
-        heatmaps[label] = put(_png(np.round(cam * 255).astype(np.uint8)))
-        boxes[label] = [b.__dict__ for b in postprocess.heatmap_boxes(cam, BOX_THRESHOLD)]
+    res = runner.classify(x, spec)
+    cams, boxes, cam_ms = heatmaps_and_boxes(runner, x, spec, lungs)
+    heatmaps = {label: put(_png(np.round(cam * 255).astype(np.uint8))) for label, cam in cams.items()}
     return {
         "model": _ref(spec),
-        "timings_ms": res.timings_ms | {"gradcam_and_boxes": (time.perf_counter() - t0) * 1000},
+        "timings_ms": with_total(res.timings_ms, gradcam_and_boxes=cam_ms),
         "score_kind": res.score_kind,
         "probabilities": res.probabilities,
         "default_thresholds": dict(spec.thresholds),
@@ -112,12 +144,17 @@ def run_task(
     }
 
 
-def specs_for(registry: Registry) -> tuple[dict[str, ModelSpec], dict[str, str]]:
-    """The model per task that will run, and {model or task: reason} for those that cannot."""
+def specs_for(
+    registry: Registry, picked: Iterable[ModelSpec] = ()
+) -> tuple[dict[str, ModelSpec], dict[str, str]]:
+    """The model per task that will run, and {model or task: reason} for those that cannot. `picked` versions
+    (e.g. `--model ID@VERSION`) replace the default of their task; one that is unavailable is reported, not
+    swapped for another version."""
+    picked = {spec.task: spec for spec in picked}
     chosen, unavailable = {}, {}
     for task in TASKS:
         try:
-            chosen[task] = registry.for_task(task)
+            chosen[task] = registry.check(picked[task]) if task in picked else registry.for_task(task)
         except ModelUnavailable as exc:
             unavailable[exc.model_id] = exc.reason
     return chosen, unavailable
@@ -137,7 +174,8 @@ def analyse(
 ) -> Analysis | None:
     """All AI results of a stored image: from the database when present, else computed now and stored
     (compute=False: None unless everything is stored). `image` holds the row's pixel_sha256 and file_sha256."""
-    chosen, unavailable = specs_for(runner.registry)
+    # The admin's active version per task where it can run, else the registry's default.
+    chosen, unavailable = models_admin.active_specs(ctx, runner.registry)
     out = Analysis(unavailable=unavailable)
     cached: dict[str, dict] = {}
     with dbe.read(ctx.engine) as s:
@@ -149,7 +187,7 @@ def analyse(
                 cached[task] = json.loads(row.result)
     if not compute and set(cached) != set(chosen):
         return None
-    x = None
+    x = lungs = None
     for i, task in enumerate(TASKS):
         if task not in chosen:
             continue
@@ -159,7 +197,8 @@ def analyse(
                 progress(f"Running {spec.model_id} {spec.version}…", i / len(TASKS))
             if x is None:
                 x = model_input(dicom_io.load(ctx.store.path_for(image["file_sha256"])))
-            lungs = label_map(ctx, cached["segmentation"]) == LUNGS if "segmentation" in cached else None
+            if lungs is None and "segmentation" in cached:
+                lungs = label_map(ctx, cached["segmentation"]) == LUNGS
             try:
                 result = run_task(runner, task, spec, x, ctx.store.put_bytes, lungs)
             except ModelUnavailable as exc:
@@ -170,14 +209,12 @@ def analyse(
                 lambda s, r=result, sp=spec, t=task: repo.add_prediction(
                     s, pixel_sha256=image["pixel_sha256"], model_id=sp.model_id, model_version=sp.version,
                     weights_sha256=sp.weights_sha256, task=t, device=str(runner.device),
-                    timings_ms=sum(r["timings_ms"].values()), result=json.dumps(r),
+                    timings_ms=r["timings_ms"]["total"], result=json.dumps(r),
                 ),
             )  # fmt: skip
             cached[task] = result
             out.computed_now.append(spec.model_id)
-            log.info(
-                "computed %s %s in %.0f ms", spec.model_id, spec.version, sum(result["timings_ms"].values())
-            )
+            log.info("computed %s %s in %.0f ms", spec.model_id, spec.version, result["timings_ms"]["total"])
     out.anatomy, out.bone, out.findings = (
         cached.get("segmentation"),
         cached.get("bone_suppression"),

@@ -97,6 +97,33 @@ def _cmd_import(args) -> int:
     return EXIT_SOME_REJECTED if rejected else EXIT_OK
 
 
+def _cmd_infer(args) -> int:
+    from inference.device import DeviceUnavailable
+    from inference.registry import Registry
+    from inference.runner import Runner
+    from services import infer, settings, sidecar
+
+    s = settings.load()
+    if args.out.exists() and not args.out.is_dir():
+        print(f"cxr-review: error: --out {args.out} exists and is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        metadata = sidecar.load(args.metadata) if args.metadata else None
+        runner = Runner(Registry(s.models_dir), args.device or s.device)
+        picked = infer.pick_models(runner.registry, args.model)
+    except (sidecar.SidecarError, DeviceUnavailable, infer.InferUsageError) as exc:
+        print(f"cxr-review: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    rejected = 0
+    lines = infer.infer_paths(
+        runner, args.paths, args.out, max_bytes=s.max_upload_bytes, picked=picked, metadata=metadata
+    )
+    for line in lines:
+        rejected += line.status == "rejected"
+        print(json.dumps(line.to_json()), flush=True)
+    return EXIT_SOME_REJECTED if rejected else EXIT_OK
+
+
 def _cmd_render(args) -> int:
     from viewer import dicom_io, export, windowing
 
@@ -172,11 +199,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.set_defaults(fn=_cmd_import)
 
+    inf = sub.add_parser(
+        "infer",
+        help="run the AI models on DICOM/PNG/JPEG files or folders (recursive), no database: a JSON and PNGs "
+        "per file in --out, one JSON line per file on stdout (research use only)",
+    )
+    inf.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    inf.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
+    inf.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="default: CXR_REVIEW_DEVICE (auto: CUDA when present)",
+    )
+    inf.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="ID[@VERSION]",
+        help="run this model (version) for its task instead of the default; repeatable",
+    )
+    inf.add_argument(
+        "--metadata",
+        type=Path,
+        metavar="CSV",
+        help="view position of PNG/JPEG files, by file name (as import)",
+    )
+    inf.set_defaults(fn=_cmd_infer)
+
     ren = sub.add_parser("render", help="write the exact 8-bit image the viewer shows by default")
     ren.add_argument("file", type=Path)
     ren.add_argument("--out", required=True, type=Path)
     ren.add_argument("--window", nargs=2, type=float, metavar=("CENTER", "WIDTH"))
     ren.set_defaults(fn=_cmd_render)
+
+    from services import model_cli
+
+    model_cli.add_parsers(sub)  # train, eval
 
     srv = sub.add_parser("serve", help="start the web app")
     srv.add_argument("--address", default="127.0.0.1")
@@ -190,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by `train` in model.json
     from db.engine import DatabaseBusy, DatabaseUnavailable
     from services.settings import SettingsError
 

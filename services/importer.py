@@ -60,6 +60,33 @@ def iter_input_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield p
 
 
+class FileRejected(Exception):
+    """A file the import checks refuse: `code` as in ImportResult.code, a PHI-free `reason`."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def load_checked(path: Path, *, max_bytes: int) -> dicom_io.DecodedImage:
+    """The file decoded after the checks every import makes (exists, size cap, then dicom_io's header checks
+    and decoding); FileRejected otherwise. `cxr-review infer` reads its inputs through this too."""
+    if not path.is_file():
+        raise FileRejected("not_found", "no such file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise FileRejected(
+            "too_large",
+            f"file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB import limit (CXR_REVIEW_MAX_UPLOAD_MB)",
+        )
+    try:
+        return dicom_io.load(path)  # header checks first, then decoding: a broken file fails here
+    except dicom_io.ImageRejected as exc:
+        log.info("rejected %s: %s", exc.code, exc.message)
+        raise FileRejected(exc.code, exc.message) from exc
+
+
 def import_file(
     engine: Engine,
     store: ImageStore,
@@ -72,20 +99,11 @@ def import_file(
 ) -> ImportResult:
     """metadata: {file name: header fields} for PNG/JPEG files (see services.sidecar); DICOM ignores it."""
     name = display_name or str(path)
-    if not path.is_file():
-        return _rejected(name, "not_found", "no such file")
-    size = path.stat().st_size
-    if size > max_bytes:
-        return _rejected(
-            name,
-            "too_large",
-            f"file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB import limit (CXR_REVIEW_MAX_UPLOAD_MB)",
-        )
     try:
-        img = dicom_io.load(path)  # header checks first, then decoding: a broken file fails here
-    except dicom_io.ImageRejected as exc:
-        log.info("rejected %s: %s", exc.code, exc.message)
-        return _rejected(name, exc.code, exc.message)
+        img = load_checked(path, max_bytes=max_bytes)
+    except FileRejected as exc:
+        return _rejected(name, exc.code, exc.reason)
+    size = path.stat().st_size
     header, pixel_sha = img.header, dicom_io.pixel_sha256(img)
     if header.source_format != "dicom" and metadata and Path(name).name in metadata:
         header = dataclasses.replace(header, **metadata[Path(name).name])

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from services.analysis import CTR_LIMIT, Analysis
 
 # NIH finding -> (section, sentence). Sections in reporting order.
@@ -23,6 +25,17 @@ SENTENCES = {
     "Cardiomegaly": ("Heart and mediastinum", "The heart is enlarged."),
     "Hernia": ("Other", "Hiatus hernia."),
 }
+
+
+def accepted(verdicts: Iterable, result: Analysis) -> set[tuple[str, str]]:
+    """(item_kind, item_key) of the reader's verdicts that say "accept" on what these results' models said.
+    Rejected and uncertain items never reach the report, nor verdicts on another model version's output."""
+    current = {(m["id"], m["version"]) for m in result.models}
+    return {
+        (v.item_kind, v.item_key)
+        for v in verdicts
+        if getattr(v.decision, "value", v.decision) == "accept" and (v.model_id, v.model_version) in current
+    }
 
 
 def draft(result: Analysis, accepted: set[tuple[str, str]], view_position: str | None) -> str:

@@ -1,4 +1,5 @@
 """Fixtures shared by every test package: the real shared data, and a fresh app context on a real SQLite file."""
+
 from __future__ import annotations
 
 import os
@@ -36,3 +37,49 @@ def ctx(app_env):
     s = settings.load(app_env)
     dbe.upgrade(s.db_url)
     return context.build(s)
+
+
+TEST_MODEL = "cxr14_multilabel_test"
+
+
+@pytest.fixture
+def versioned_models(tmp_path) -> Path:
+    """A models directory with the shared weights (linked) and trained versions of one test classifier under
+    trained/: 0.1.0 usable (with validation metrics), 0.2.0 without its weights file, 0.3.0 whose weights
+    do not match the sha256 of its model.json. The test weights are never loaded, only checked."""
+    import hashlib
+    import json
+
+    from inference import registry
+
+    shared = SHARED / "models"
+    if not any(shared.glob("*.pt")):
+        pytest.skip(f"shared model weights not found in {shared}")
+    family = "cxr14_mobilenetv3_multilabel"
+    if family not in registry._discover()[1]:
+        pytest.skip(f"model family {family} is not in inference/models")
+    root = tmp_path / "models"
+    root.mkdir()
+    for pt in shared.glob("*.pt"):
+        (root / pt.name).symlink_to(pt)
+    labels = ["Cardiomegaly", "Effusion"]
+    for version, weights, declared in [
+        ("0.1.0", b"weights 0.1.0", None),
+        ("0.2.0", None, b"weights 0.2.0"),
+        ("0.3.0", b"weights 0.3.0, changed", b"weights 0.3.0"),
+    ]:
+        d = root / "trained" / TEST_MODEL / version
+        d.mkdir(parents=True)
+        if weights is not None:
+            (d / "weights.pt").write_bytes(weights)
+        meta = {
+            "model_id": TEST_MODEL, "version": version, "task": "classification", "family": family,
+            "labels": labels, "thresholds": {"Cardiomegaly": 0.4, "Effusion": 0.6}, "activation": "sigmoid",
+            "input_size": [256, 256], "weights_file": "weights.pt",
+            "weights_sha256": hashlib.sha256(declared or weights).hexdigest(),
+            "intended_use": "Test fixture only", "source": "made by tests/conftest.py",
+            "created": f"2026-01-0{version[2]}T00:00:00Z",
+            "validation": {"auc": {"Cardiomegaly": 0.81, "Effusion": 0.77}, "macro_auc": 0.79, "n_images": 400},
+        }  # fmt: skip
+        (d / "model.json").write_text(json.dumps(meta))
+    return root

@@ -392,7 +392,24 @@ document.addEventListener("keydown", (e) => {
     w: () => !wlButton.disabled && setMode("wl"),
     Escape: () => ((draft = null), draw()),
   };
-  actions[e.key]?.();
+  if (actions[e.key]) actions[e.key]();
+  else forwardKey(e);
 });
+
+// The app's own keyboard shortcuts (accept a finding, next study, ...) listen on the page around this frame;
+// hand them the keys the viewer does not use, so they work while the viewer has the focus.
+function forwardKey(e) {
+  if (e.repeat || e.key.length !== 1) return;
+  try {
+    const host = window.parent;
+    for (const type of ["keydown", "keyup"]) {
+      host.document.dispatchEvent(
+        new host.KeyboardEvent(type, { key: e.key, code: e.code, shiftKey: e.shiftKey, bubbles: true })
+      );
+    }
+  } catch (err) {
+    // a page from another origin: the keys stay in the viewer
+  }
+}
 
 post("streamlit:componentReady", { apiVersion: 1 });

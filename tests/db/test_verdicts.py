@@ -64,7 +64,8 @@ def test_sixteen_concurrent_writers_lose_nothing_and_duplicate_nothing(ctx):
         try:
             for key in ("Cardiomegaly", "Effusion", "Nodule"):
                 for decision in ("accept", "uncertain", "reject"):
-                    dbe.write(engine, lambda s: repo.upsert_verdict(s, _verdict(study_id, image_id, reader_id, key, decision)))
+                    item = _verdict(study_id, image_id, reader_id, key, decision)
+                    dbe.write(engine, lambda s, item=item: repo.upsert_verdict(s, item))
             # every writer also judges the first reader's item as that reader would (same natural key)
             dbe.write(engine, lambda s: repo.upsert_verdict(s, _verdict(study_id, image_id, readers[0], "Shared")))
         except Exception as exc:  # collected, asserted below

@@ -54,6 +54,9 @@ def test_worklist_filters_sorts_and_pages_twelve_thousand_studies(ctx):
 
         found, total = repo.list_studies(s, repo.WorklistFilter(text="P0123"), "imported", True, 0, 50)
         assert total == 10 and all(r.patient_id.startswith("P0123") for r in found)
+        # What a user types is matched literally: "_" and "%" are not SQL wildcards.
+        assert repo.list_studies(s, repo.WorklistFilter(text="P_012"), "imported", True, 0, 50)[1] == 0
+        assert repo.list_studies(s, repo.WorklistFilter(text="P0%1"), "imported", True, 0, 50)[1] == 0
 
 
 def test_next_study_follows_the_worklist_order_and_stops_at_the_end(ctx):

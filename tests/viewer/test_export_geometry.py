@@ -23,6 +23,12 @@ def test_rgb_export_keeps_channel_order():
     assert np.array_equal(decoded, rgb)
 
 
+def test_16_bit_grey_export_keeps_every_value():
+    ramp = (np.arange(64 * 64, dtype=np.uint32) * 16).astype(np.uint16).reshape(64, 64)
+    decoded = np.asarray(Image.open(io.BytesIO(export.png_bytes(ramp))))
+    assert decoded.dtype in (np.uint16, np.int32) and np.array_equal(decoded, ramp)
+
+
 def test_export_refuses_non_display_arrays():
     with pytest.raises(ValueError):
         export.png_bytes(np.zeros((64, 64), np.float32))

@@ -1,0 +1,210 @@
+"""Evaluate a model version on a labelled folder, through the runner (exactly as the app runs it).
+
+Every function returns a JSON-ready dict naming the model version (`model`: id, version, weights_sha256).
+- segmentation: Dice per class at each label map's native resolution (mean, min, median, per image);
+- classification: AUC per finding with 95% bootstrap interval and ROC points, mean AUC (all images and the
+  images with two or more findings);
+- bone suppression: MAE and SSIM of the model's soft-tissue image against the dual-energy one, beside the same
+  figures for the unprocessed radiograph;
+- ctr: how well the cardiothoracic ratio from an anatomy model separates Cardiomegaly (AUC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inference import metrics
+from inference.postprocess import cardiothoracic_ratio
+from inference.runner import Runner
+from inference.training.common import progress as _progress
+from inference.training.data import (
+    DatasetError,
+    LabelledImage,
+    image_files,
+    read_gray,
+    read_label_map,
+)
+from inference.types import ModelSpec
+
+CLASSES = {1: "lungs", 2: "heart", 3: "clavicles"}
+
+
+def _ref(spec: ModelSpec) -> dict:
+    return {"id": spec.model_id, "version": spec.version, "weights_sha256": spec.weights_sha256}
+
+
+def _summary(values: Sequence[float]) -> dict:
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "min": float(v.min()), "median": float(np.median(v)), "n": int(v.size)}
+
+
+def evaluate_segmentation(
+    runner: Runner,
+    model: str | ModelSpec,
+    pairs: Sequence[tuple[Path, Path]],
+    per_image: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Dice per class: the runner's label map (logits upsampled to the image, speckles removed) against the
+    label map at its native resolution."""
+    spec = runner.registry.check(model)
+    rows = []
+    for img_path, mask_path in _progress(pairs, len(pairs), f"eval {spec.ref}", progress):
+        truth = read_label_map(mask_path)
+        pred = runner.segment_anatomy(read_gray(img_path), spec).label_map
+        if pred.shape != truth.shape:
+            raise DatasetError(f"{img_path.name}: image {pred.shape} and label map {truth.shape} differ")
+        rows.append({"file": img_path.name, **metrics.dice_per_class(pred, truth, CLASSES)})
+    shapes = sorted({"x".join(map(str, read_label_map(m).shape[::-1])) for _, m in pairs[:3]})
+    out = {
+        "task": "segmentation",
+        "model": _ref(spec),
+        "resolution": f"each label map's native resolution ({', '.join(shapes)}...); network input "
+        f"{spec.input_size[1]}x{spec.input_size[0]}, logits upsampled bilinearly",
+        "n_images": len(rows),
+        "dice": {name: _summary([r[name] for r in rows]) for name in CLASSES.values()},
+    }
+    if per_image:
+        out["per_image"] = rows
+    return out
+
+
+def classification_scores(
+    runner: Runner, model: str | ModelSpec, images: Path, rows: Sequence[LabelledImage], batch: int = 16,
+    progress: bool = False,
+) -> tuple[ModelSpec, np.ndarray]:  # fmt: skip
+    """(spec, scores N x labels) of a classifier on the listed images."""
+    spec = runner.registry.check(model)
+    out = []
+    chunks = [rows[i : i + batch] for i in range(0, len(rows), batch)]
+    for chunk in _progress(chunks, len(chunks), f"eval {spec.ref}", progress):
+        results = runner.classify_batch([read_gray(images / r.file) for r in chunk], spec)
+        out.extend([[res.probabilities[label] for label in spec.labels] for res in results])
+    return spec, np.asarray(out, np.float64)
+
+
+def auc_table(
+    rows: Sequence[LabelledImage],
+    labels: Sequence[str],
+    scores: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """{"per_finding": {label: auc_report}, "mean_auc": mean over findings with positives and negatives}."""
+    per = {}
+    for j, label in enumerate(labels):
+        y = np.array([label in r.findings for r in rows])
+        per[label] = metrics.auc_report(y, scores[:, j], n_boot=n_boot, seed=seed)
+    aucs = [v["auc"] for v in per.values() if v["auc"] is not None]
+    return {
+        "mean_auc": float(np.mean(aucs)) if aucs else None,
+        "n_findings_scored": len(aucs),
+        "per_finding": per,
+    }
+
+
+def evaluate_classification(
+    runner: Runner,
+    model: str | ModelSpec,
+    images: Path,
+    rows: Sequence[LabelledImage],
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """AUC per finding (the model's labels except "No Finding"; softmax scores as they are for single-label
+    models) on all listed images and on the multi-finding subset (images with two or more findings)."""
+    spec, scores = classification_scores(runner, model, images, rows, progress=progress)
+    findings = [label for label in spec.labels if label != "No Finding"]
+    cols = [spec.labels.index(label) for label in findings]
+    multi = [i for i, r in enumerate(rows) if len(r.findings) >= 2]
+    all_table = auc_table(rows, findings, scores[:, cols], n_boot, seed)
+    multi_table = auc_table([rows[i] for i in multi], findings, scores[multi][:, cols], n_boot, seed)
+    return {
+        "task": "classification",
+        "model": _ref(spec),
+        "score_kind": spec.activation,
+        "n_images": len(rows),
+        "n_patients": len({r.patient for r in rows}),
+        "mean_auc": all_table["mean_auc"],
+        "per_finding": all_table["per_finding"],
+        "multi_finding": {"n_images": len(multi), **multi_table},
+        "bootstrap": {"resamples": n_boot, "seed": seed, "interval": "95% percentile"},
+    }
+
+
+def evaluate_ctr(
+    runner: Runner, model: str | ModelSpec, images: Path, rows: Sequence[LabelledImage],
+    n_boot: int = 1000, seed: int = 0, progress: bool = False,
+) -> dict:  # fmt: skip
+    """AUC of the cardiothoracic ratio (from this anatomy model's label map) for the Cardiomegaly label.
+    Images where no ratio can be measured get ratio 0 (counted, not dropped)."""
+    spec = runner.registry.check(model)
+    ratios, unmeasured = [], 0
+    for r in _progress(rows, len(rows), f"ctr {spec.ref}", progress):
+        ctr = cardiothoracic_ratio(runner.segment_anatomy(read_gray(images / r.file), spec).label_map)
+        unmeasured += ctr is None
+        ratios.append(0.0 if ctr is None else ctr.ratio)
+    y = np.array(["Cardiomegaly" in r.findings for r in rows])
+    ratios = np.asarray(ratios)
+    report = metrics.auc_report(y, ratios, n_boot=n_boot, seed=seed)
+    above = ratios > 0.5
+    return {
+        "task": "ctr",
+        "model": _ref(spec),
+        "finding": "Cardiomegaly",
+        "n_images": len(rows),
+        "unmeasured": unmeasured,
+        **report,
+        "at_ctr_0.5": {
+            "sensitivity": float(above[y].mean()) if y.any() else None,
+            "specificity": float((~above[~y]).mean()) if (~y).any() else None,
+        },
+        "ctr": {r.file: round(float(v), 4) for r, v in zip(rows, ratios, strict=True)},
+    }
+
+
+def bone_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """(radiograph, soft-tissue) pairs: `authentic/` and `des/` (or `soft/`) files matched by name."""
+    src = Path(folder) / "authentic"
+    soft = next(
+        (Path(folder) / d for d in ("des", "soft", "soft_tissue") if (Path(folder) / d).is_dir()), None
+    )
+    if not src.is_dir() or soft is None:
+        raise DatasetError(f"{folder} needs authentic/ and des/ subfolders of matching images")
+    by_stem = {p.stem: p for p in image_files(soft)}
+    pairs = [(p, by_stem[p.stem]) for p in image_files(src) if p.stem in by_stem]
+    if not pairs:
+        raise DatasetError(f"no file in {src} has a soft-tissue image of the same name in {soft}")
+    return pairs
+
+
+def evaluate_bone(runner: Runner, model: str | ModelSpec, pairs: Sequence[tuple[Path, Path]]) -> dict:
+    """MAE and SSIM (data range 1) of the soft-tissue output, and of the input radiograph as the baseline."""
+    spec = runner.registry.check(model)
+    rows = []
+    for src, soft in pairs:
+        x, target = read_gray(src), read_gray(soft)
+        if target.shape != x.shape:
+            target = cv2.resize(target, x.shape[::-1], interpolation=cv2.INTER_AREA)
+        out = runner.suppress_bones(x, spec).soft_tissue
+        rows.append({
+            "file": src.name, "mae": metrics.mae(out, target), "ssim": metrics.ssim(out, target),
+            "input_mae": metrics.mae(x, target), "input_ssim": metrics.ssim(x, target),
+        })  # fmt: skip
+    return {
+        "task": "bone_suppression",
+        "model": _ref(spec),
+        "n_pairs": len(rows),
+        "mae": _summary([r["mae"] for r in rows]),
+        "ssim": _summary([r["ssim"] for r in rows]),
+        "baseline_unprocessed": {
+            "mae": _summary([r["input_mae"] for r in rows]),
+            "ssim": _summary([r["input_ssim"] for r in rows]),
+        },
+        "per_image": rows,
+    }

@@ -1,0 +1,158 @@
+"""Evaluation metrics in plain numpy (checked against scikit-learn and hand-made cases in
+tests/inference/test_metrics.py): Dice, ROC / AUC with bootstrap intervals, Youden points, MAE, SSIM."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def dice(pred: np.ndarray, target: np.ndarray, label: int) -> float:
+    """2|P∩T| / (|P|+|T|) for one label of two label maps; 1.0 when the label is absent from both."""
+    p, t = np.asarray(pred) == label, np.asarray(target) == label
+    if p.shape != t.shape:
+        raise ValueError(f"label maps differ in shape: {p.shape} vs {t.shape}")
+    denom = int(p.sum()) + int(t.sum())
+    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+
+
+def dice_per_class(pred: np.ndarray, target: np.ndarray, labels: dict[int, str]) -> dict[str, float]:
+    return {name: dice(pred, target, i) for i, name in labels.items()}
+
+
+def _binary(y_true: Sequence, y_score: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).astype(bool).ravel()
+    s = np.asarray(y_score, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"{y.shape[0]} labels but {s.shape[0]} scores")
+    if not np.isfinite(s).all():
+        raise ValueError("scores must be finite")
+    return y, s
+
+
+def roc_curve(y_true: Sequence, y_score: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) at every distinct score, highest threshold first, starting at (0, 0) with
+    threshold +inf: sklearn.metrics.roc_curve(..., drop_intermediate=False)."""
+    y, s = _binary(y_true, y_score)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("ROC needs at least one positive and one negative case")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # a threshold counts all tied scores
+    tps = np.cumsum(y)[last_of_tie]
+    fps = (last_of_tie + 1) - tps
+    fpr = np.r_[0.0, fps / n_neg]
+    tpr = np.r_[0.0, tps / n_pos]
+    return fpr, tpr, np.r_[np.inf, s[last_of_tie]]
+
+
+def roc_auc(y_true: Sequence, y_score: Sequence) -> float:
+    """Area under the ROC curve = P(score of a positive > score of a negative) + ½ P(tie) (Mann-Whitney)."""
+    y, s = _binary(y_true, y_score)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUC needs at least one positive and one negative case")
+    ranks = _midranks(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _midranks(s: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank."""
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
+    ends = np.r_[starts[1:], s.size]
+    avg = (starts + ends + 1) / 2.0  # mean of 1-based ranks starts+1..ends
+    ranks = np.empty(s.size)
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def bootstrap_auc_ci(
+    y_true: Sequence, y_score: Sequence, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval (cases resampled with replacement; resamples lacking a positive or a
+    negative are skipped). With a fixed seed the interval is reproducible."""
+    y, s = _binary(y_true, y_score)
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, y.size, y.size)
+        yb = y[idx]
+        if yb.all() or not yb.any():
+            continue
+        aucs.append(roc_auc(yb, s[idx]))
+    if not aucs:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def youden_threshold(y_true: Sequence, y_score: Sequence) -> tuple[float, float]:
+    """(threshold, J): the score threshold (predict positive when score >= threshold) maximising Youden's
+    J = sensitivity + specificity - 1; the first (highest) threshold wins ties."""
+    fpr, tpr, thr = roc_curve(y_true, y_score)
+    j = tpr - fpr
+    i = int(np.argmax(j[1:])) + 1  # skip the +inf point
+    return float(thr[i]), float(j[i])
+
+
+def auc_report(
+    y_true: Sequence, y_score: Sequence, n_boot: int = 1000, seed: int = 0, roc_points: int = 101
+) -> dict:
+    """AUC, 95% bootstrap interval, counts and ROC points (at most `roc_points`, end points kept)."""
+    y, s = _binary(y_true, y_score)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    out: dict = {"n_pos": n_pos, "n_neg": n_neg}
+    if n_pos == 0 or n_neg == 0:
+        return out | {"auc": None, "ci95": None, "roc": None, "note": "needs positives and negatives"}
+    fpr, tpr, _ = roc_curve(y, s)
+    if fpr.size > roc_points:
+        keep = np.unique(np.linspace(0, fpr.size - 1, roc_points).round().astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+    lo, hi = bootstrap_auc_ci(y, s, n_boot=n_boot, seed=seed)
+    return out | {
+        "auc": roc_auc(y, s),
+        "ci95": [lo, hi],
+        "roc": {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]},
+    }
+
+
+def mae(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    return float(np.abs(a - b).mean())
+
+
+def _gaussian_filter(img: np.ndarray, sigma: float, radius: int) -> np.ndarray:
+    """Separable Gaussian blur with reflect padding (scipy.ndimage.gaussian_filter, mode='reflect')."""
+    x = np.arange(-radius, radius + 1)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    k /= k.sum()
+    out = img
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        p = np.pad(out, pad, mode="symmetric")
+        out = sum(k[i] * np.take(p, np.arange(i, i + img.shape[axis]), axis=axis) for i in range(k.size))
+    return out
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    """Mean structural similarity (Wang et al. 2004) with the paper's settings: 11x11 Gaussian window,
+    sigma 1.5, K1 0.01, K2 0.03, sample covariances (as skimage's structural_similarity(...,
+    gaussian_weights=True, use_sample_covariance=False, data_range=...)), averaged away from the border."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"expected two 2D images of one shape, got {a.shape} and {b.shape}")
+    sigma, radius = 1.5, 5  # truncate=3.5 -> radius int(3.5*1.5+0.5)=5, an 11x11 window
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = _gaussian_filter(a, sigma, radius), _gaussian_filter(b, sigma, radius)
+    var_a = _gaussian_filter(a * a, sigma, radius) - mu_a**2
+    var_b = _gaussian_filter(b * b, sigma, radius) - mu_b**2
+    cov = _gaussian_filter(a * b, sigma, radius) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s[radius:-radius, radius:-radius].mean())

@@ -1,0 +1,262 @@
+"""Train the multi-label findings classifier (one sigmoid per finding) on an images folder + NIH-style CSV.
+
+Starts from the shipped MobileNetV3-Small (cxr15_mobilenetv3, sha256-checked through the registry) with its
+softmax head turned into 14 sigmoid outputs (see cxr14_mobilenetv3_multilabel.from_single_label), or from a
+trained version of this family (--init ID@VERSION), or from scratch (--init none). The validation split is by
+patient, fixed by the seed. Loss: binary cross-entropy with a per-finding positive weight (negatives /
+positives on the training split, capped), for the class imbalance. First the head alone is trained, then the
+whole network at a lower learning rate. The epoch with the best mean validation AUC is kept; each finding's
+operating threshold is its Youden point on the validation split; both are stored in model.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inference import evaluation, metrics
+from inference.device import resolve_device
+from inference.models import cxr14_mobilenetv3_multilabel as family
+from inference.registry import MODEL_JSON, Registry
+from inference.runner import Runner
+from inference.training import common
+from inference.training.data import Augment, ClassificationData, DatasetError, read_labels_csv
+from inference.types import RESEARCH_USE
+
+MEAN, STD = 0.485, 0.229  # the shipped classifier's normalisation; kept so the backbone sees what it knows
+
+
+@dataclass
+class ClassificationConfig:
+    images: Path
+    labels: Path
+    out: Path
+    models_dir: Path | None = None  # where the --init weights are found (built-in models)
+    init: str = "cxr15_mobilenetv3"
+    head: str = "logsoftmax"  # see inference/models/cxr14_mobilenetv3_multilabel.py
+    model_id: str = family.FAMILY
+    version: str | None = None
+    device: str = "auto"
+    epochs: int = 12
+    head_epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3  # head phase; the full network trains at lr / 10
+    weight_decay: float = 1e-4
+    pos_weight_max: float = 10.0
+    size: int = 224
+    val_fraction: float = 0.3
+    seed: int = 0
+    max_minutes: float | None = None
+    limit: int | None = None
+    steps_per_epoch: int | None = None
+    keep_checkpoint: bool = False
+    progress: bool = True
+    threads: int | None = None
+    augment: Augment = field(
+        default_factory=lambda: Augment(
+            rotate_deg=7, scale=0.08, shift=0.05, brightness=0.08, contrast=0.15, gamma=0.2
+        )
+    )
+
+
+def _initial_model(cfg: ClassificationConfig, labels: tuple[str, ...]) -> tuple[torch.nn.Module, str]:
+    if cfg.init in ("", "none"):
+        return family.make(len(labels), cfg.head), "random initialisation"
+    registry = Registry(cfg.models_dir or cfg.out, trained_roots=None if cfg.models_dir else [cfg.out])
+    spec = registry.check(registry.resolve(cfg.init))
+    data = registry.weights_path(spec).read_bytes()
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if spec.builtin and spec.model_id == "cxr15_mobilenetv3":
+        return family.from_single_label(state, cfg.head), f"{spec.ref} (sha256 {spec.weights_sha256})"
+    if spec.family == family.FAMILY and tuple(spec.labels) == labels and spec.arch.get("head") == cfg.head:
+        model = family.make(len(labels), cfg.head)
+        model.load_state_dict(state)
+        return model, f"{spec.ref} (sha256 {spec.weights_sha256})"
+    raise DatasetError(f"--init {cfg.init}: cannot start a {family.FAMILY} model from {spec.ref}")
+
+
+def _scores(model, data: ClassificationData, device, batch_size: int) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            x, _ = data.batch(range(start, min(start + batch_size, len(data))))
+            out.append(torch.sigmoid(model(((x - MEAN) / STD).to(device)).float()).cpu().numpy())
+    return np.concatenate(out)
+
+
+def _mean_auc(targets: np.ndarray, scores: np.ndarray) -> tuple[float, dict[str, float]]:
+    per = {}
+    for j, label in enumerate(family.FINDINGS):
+        y = targets[:, j] > 0
+        if y.any() and (~y).any():
+            per[label] = metrics.roc_auc(y, scores[:, j])
+    return float(np.mean(list(per.values()))), per
+
+
+def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
+    clock = common.Stopwatch()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rng_np = np.random.default_rng(cfg.seed)
+    common.seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    labels = family.FINDINGS
+    rows = read_labels_csv(cfg.labels, cfg.images)[: cfg.limit]
+    train_files, val_files = common.split_by_group([r.file for r in rows], [r.patient for r in rows],
+                                                   cfg.val_fraction, cfg.seed)  # fmt: skip
+    by_file = {r.file: r for r in rows}
+    size = (cfg.size, cfg.size)
+    train_data = ClassificationData(cfg.images, [by_file[f] for f in train_files], labels, size)
+    val_data = ClassificationData(cfg.images, [by_file[f] for f in val_files], labels, size)
+
+    version = cfg.version or common.next_version(cfg.out, cfg.model_id)
+    vdir = cfg.out / cfg.model_id / version
+    if (vdir / MODEL_JSON).exists():
+        raise FileExistsError(f"{vdir} holds a model version already; choose another --version")
+    vdir.mkdir(parents=True, exist_ok=True)
+    (vdir / common.TRAIN_LOG).unlink(missing_ok=True)
+    epoch_log = common.EpochLogger(vdir / common.TRAIN_LOG)
+
+    model, init_from = _initial_model(cfg, labels)
+    model.to(device)
+    pos = train_data.targets.sum(0)
+    neg = len(train_data) - pos
+    pos_weight = torch.tensor(np.clip(neg / np.maximum(pos, 1), 1.0, cfg.pos_weight_max), dtype=torch.float32)
+    steps = -(-len(train_data) // cfg.batch_size)
+    if cfg.steps_per_epoch:
+        steps = min(steps, cfg.steps_per_epoch)
+
+    def optimiser(params, lr, epochs):
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps))
+        return opt, sched
+
+    head = model.head_parameters()
+    head_epochs = min(cfg.head_epochs, cfg.epochs)
+    opt, sched = optimiser(head, cfg.lr, head_epochs)
+    base_auc, _ = _mean_auc(val_data.targets, _scores(model, val_data, device, cfg.batch_size))
+    best, best_state, best_epoch = base_auc, copy.deepcopy(model.state_dict()), 0
+    epoch_log({"epoch": 0, "val_mean_auc": base_auc, "note": f"initial weights: {init_from}"})
+    for epoch in range(1, cfg.epochs + 1):
+        if epoch == head_epochs + 1:  # fine-tune everything at a lower rate
+            opt, sched = optimiser(model.parameters(), cfg.lr / 10, cfg.epochs - head_epochs)
+        t0 = common.Stopwatch()
+        model.train()
+        order = rng_np.permutation(len(train_data))
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)][:steps]
+        losses = []
+        for idx in common.progress(batches, len(batches), f"epoch {epoch}/{cfg.epochs}", cfg.progress):
+            if len(idx) < 2:
+                continue  # BatchNorm1d in the head needs two samples
+            x, y = train_data.batch(idx, rng_np, cfg.augment)
+            logits = model(((x - MEAN) / STD).to(device))
+            loss = F.binary_cross_entropy_with_logits(logits, y.to(device), pos_weight=pos_weight.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        val_auc, _ = _mean_auc(val_data.targets, _scores(model, val_data, device, cfg.batch_size))
+        improved = val_auc > best
+        if improved:
+            best, best_epoch, best_state = val_auc, epoch, copy.deepcopy(model.state_dict())
+            torch.save(
+                {"epoch": epoch, "val_mean_auc": val_auc, "state_dict": best_state},
+                vdir / common.CHECKPOINT_FILE,
+            )
+        epoch_log({
+            "epoch": epoch, "phase": "head" if epoch <= head_epochs else "all",
+            "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_mean_auc": val_auc,
+            "best": improved, "lr": float(sched.get_last_lr()[0]), "seconds": t0.s,
+        })  # fmt: skip
+        if cfg.max_minutes is not None and clock.s > cfg.max_minutes * 60:
+            common.log.warning("stopping after epoch %d: --max-minutes %.1f reached", epoch, cfg.max_minutes)
+            break
+    train_seconds = clock.s
+
+    model.load_state_dict(best_state)
+    model.cpu()
+    common.rounded_fp16(model)
+    val_scores = _scores(model, val_data, "cpu", cfg.batch_size)
+    thresholds = {}
+    for j, label in enumerate(labels):
+        y = val_data.targets[:, j] > 0
+        thresholds[label] = (
+            metrics.youden_threshold(y, val_scores[:, j])[0] if y.any() and (~y).any() else 0.5
+        )
+
+    meta = common.base_meta(model_id=cfg.model_id, version=version, task="classification",
+                            family=family.FAMILY, argv=argv)  # fmt: skip
+    meta |= {
+        "labels": list(labels),
+        "activation": "sigmoid",
+        "thresholds": {k: float(v) for k, v in thresholds.items()},
+        "thresholds_rule": "Youden point (max sensitivity + specificity - 1) per finding on the validation split",
+        "input_size": [cfg.size, cfg.size],
+        "normalisation": f"grayscale, antialiased bilinear resize to {cfg.size}x{cfg.size}, (x - {MEAN}) / {STD}",
+        "mean": MEAN,
+        "std": STD,
+        "arch": {"backbone": "MobileNetV3-Small (cxr15_mobilenetv3 layout)", "head": cfg.head},
+        "intended_use": f"{RESEARCH_USE} Multi-label triage demo: an independent probability per NIH finding; "
+        f"fine-tuned on {len(train_data)} NIH images only, so its figures carry wide uncertainty.",
+        "source": f"Fine-tuned by CXR Review from {init_from} on NIH ChestX-ray14 images (multi-label, "
+        "patient split). Inherits the research-demo status of the shipped weights.",
+        "data": {
+            "images": str(cfg.images),
+            "labels": str(cfg.labels),
+            "file_list_sha256": common.file_list_sha256([cfg.images / r.file for r in rows] + [cfg.labels]),
+            "n_images": len(rows),
+            "n_train": len(train_files),
+            "n_val": len(val_files),
+            "n_val_patients": len({by_file[f].patient for f in val_files}),
+            "split": f"by patient ('Patient ID'), seed {cfg.seed}, validation fraction {cfg.val_fraction}",
+            "train_positives": {k: int(v) for k, v in zip(labels, pos, strict=True)},
+            "val_positives": {k: int(v) for k, v in zip(labels, val_data.targets.sum(0), strict=True)},
+            "val_files": sorted(val_files),
+        },  # fmt: skip
+        "training": {
+            **{
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in asdict(cfg).items()
+                if k not in ("images", "labels", "out", "augment", "model_id", "version", "models_dir")
+            },
+            "augment": asdict(cfg.augment),
+            "device": str(device),
+            "init_from": init_from,
+            "best_epoch": best_epoch,
+            "epochs_run": len(epoch_log.history) - 1,
+            "val_mean_auc_initial_weights": base_auc,
+            "best_val_mean_auc": best,
+            "pos_weight": {k: round(float(v), 3) for k, v in zip(labels, pos_weight, strict=True)},
+            "loss": "binary cross-entropy with per-finding pos_weight = min(neg/pos, pos_weight_max)",
+            "wall_seconds": round(train_seconds, 1),
+            "selection_note": "epoch chosen on the validation split, so its validation AUC is optimistic",
+        },  # fmt: skip
+        "validation": {},
+    }
+    common.write_version(vdir, model, meta)
+    runner = Runner(Registry(cfg.out, trained_roots=[cfg.out]), str(device))
+    report = evaluation.evaluate_classification(
+        runner, f"{cfg.model_id}@{version}", cfg.images, [by_file[f] for f in val_files], n_boot=1000,
+        seed=cfg.seed,
+    )  # fmt: skip
+    meta["validation"] = {
+        "n_images": report["n_images"], "mean_auc": report["mean_auc"],
+        "auc": {k: {"auc": v["auc"], "ci95": v["ci95"], "n_pos": v["n_pos"]} for k, v in report["per_finding"].items()},
+        "multi_finding": {"n_images": report["multi_finding"]["n_images"],
+                          "mean_auc": report["multi_finding"]["mean_auc"]},
+    }  # fmt: skip
+    meta["training"]["wall_seconds_with_evaluation"] = round(clock.s, 1)
+    path = common.write_version(vdir, model, meta)
+    if not cfg.keep_checkpoint:
+        (vdir / common.CHECKPOINT_FILE).unlink(missing_ok=True)
+    return json.loads(path.read_text()) | {"model_json": str(path), "history": epoch_log.history}

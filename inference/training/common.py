@@ -1,0 +1,180 @@
+"""Shared pieces of the training loops: seeding, splits, progress, provenance and the model-version writer."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.registry import MODEL_JSON, version_key
+
+log = logging.getLogger("cxr_review.training")
+REPO = Path(__file__).resolve().parents[2]
+WEIGHTS_FILE = "weights.pt"
+CHECKPOINT_FILE = "checkpoint_best.pt"
+TRAIN_LOG = "train_log.jsonl"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def split_by_group(items: Sequence[str], groups: Sequence[str], val_fraction: float, seed: int):
+    """(train, val) item lists; every group (patient, or the image itself) lands wholly on one side.
+
+    Deterministic for a seed: groups are ordered by sha256(seed:group), the first val_fraction go to val."""
+    order = sorted(set(groups), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    n_val = max(1, round(len(order) * val_fraction))
+    val_groups = set(order[:n_val])
+    train = [i for i, g in zip(items, groups, strict=True) if g not in val_groups]
+    val = [i for i, g in zip(items, groups, strict=True) if g in val_groups]
+    return train, val
+
+
+def file_list_sha256(paths: Iterable[Path]) -> str:
+    """Hash of the data a model saw: sorted "name<TAB>sha256-of-bytes" lines."""
+    lines = []
+    for p in sorted(Path(p) for p in paths):
+        lines.append(f"{p.name}\t{hashlib.sha256(p.read_bytes()).hexdigest()}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def code_version() -> str:
+    """git revision of the code (with "+dirty" when the work tree has changes), or "unknown"."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command as typed: "cxr-review <argv...>"."""
+    return shlex.join(["cxr-review", *(sys.argv[1:] if argv is None else argv)])
+
+
+def next_version(out_root: Path, model_id: str) -> str:
+    """ "1.0.0" for a new model id in out_root, else the highest existing version with its minor part + 1."""
+    existing = [d.name for d in (out_root / model_id).glob("*") if d.is_dir() and not d.name.startswith(".")]
+    if not existing:
+        return "1.0.0"
+    top = max(existing, key=version_key)
+    parts = top.split(".")
+    if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+        return f"{parts[0]}.{int(parts[1]) + 1}.0"
+    return f"{top}.1"
+
+
+def fp16_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors as fp16 (half the size; the runner loads them into float32 parameters)."""
+    return {
+        k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu().clone()
+        for k, v in state.items()
+    }
+
+
+def rounded_fp16(model: torch.nn.Module) -> None:
+    """Round a model's floating parameters and buffers through fp16 in place, so that the metrics measured
+    afterwards are those of the weights that will be written."""
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+
+
+@dataclass
+class EpochLogger:
+    """One log line per epoch (stderr, via logging) and a JSON line per epoch in the version folder."""
+
+    path: Path | None
+    history: list[dict] = field(default_factory=list)
+
+    def __call__(self, record: dict) -> None:
+        self.history.append(record)
+        text = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        log.warning("epoch %s", text)  # WARNING so it shows under the CLI's default log level
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def progress(iterable, total: int, desc: str, enabled: bool = True):
+    """tqdm progress bar on stderr when tqdm is installed and enabled, else the iterable itself."""
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def write_version(version_dir: Path, model: torch.nn.Module, meta: dict) -> Path:
+    """Write fp16 weights and model.json (last, atomically: the registry never sees half a version).
+
+    `meta` holds everything but the weight fields, which are filled in here. Returns the model.json path."""
+    version_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(fp16_state(model.state_dict()), buf)
+    data = buf.getvalue()
+    (version_dir / WEIGHTS_FILE).write_bytes(data)
+    meta = {
+        **meta,
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": hashlib.sha256(data).hexdigest(),
+        "weights_dtype": "float16",
+        "weights_bytes": len(data),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    tmp = version_dir / f".{MODEL_JSON}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, version_dir / MODEL_JSON)
+    return version_dir / MODEL_JSON
+
+
+def base_meta(*, model_id: str, version: str, task: str, family: str, argv: Sequence[str] | None) -> dict:
+    return {
+        "format": 1,
+        "model_id": model_id,
+        "version": version,
+        "task": task,
+        "family": family,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "command": command_line(argv),
+        "torch": torch.__version__,
+    }
+
+
+class Stopwatch:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    @property
+    def s(self) -> float:
+        return time.perf_counter() - self.t0

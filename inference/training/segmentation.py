@@ -1,0 +1,219 @@
+"""Train the anatomy U-Net (segmentation_models_pytorch) on an images folder + label-map folder.
+
+Label maps hold 0 background, 1 lungs, 2 heart, 3 clavicles (SCR/JSRT style). The validation split is by image,
+fixed by the seed; the checkpoint with the best mean validation Dice (lungs, heart, clavicles at network
+resolution) is kept, rounded to fp16, written with its model.json, and then measured once more through the
+runner at each label map's native resolution: those are the metrics stored in model.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inference import evaluation
+from inference.device import resolve_device
+from inference.models import anatomy_unet_smp
+from inference.registry import MODEL_JSON, Registry
+from inference.runner import Runner
+from inference.training import common
+from inference.training.data import Augment, SegmentationData, paired_files
+from inference.types import ANATOMY_LABELS, RESEARCH_USE
+
+CLASSES = {1: "lungs", 2: "heart", 3: "clavicles"}
+
+
+@dataclass
+class SegmentationConfig:
+    images: Path
+    masks: Path
+    out: Path
+    model_id: str = anatomy_unet_smp.FAMILY
+    version: str | None = None  # None: next free version under out/model_id
+    device: str = "auto"
+    epochs: int = 60
+    batch_size: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    size: int = 256
+    encoder: str = "tu-mobilenetv3_large_100"
+    decoder_channels: tuple[int, ...] = (96, 64, 32, 16, 16)
+    val_fraction: float = 0.2
+    seed: int = 0
+    max_minutes: float | None = None  # stop after the epoch that passes this wall-clock budget
+    limit: int | None = None  # use only the first N image pairs (smoke tests)
+    steps_per_epoch: int | None = None  # cap on optimiser steps per epoch (smoke tests)
+    keep_checkpoint: bool = False
+    progress: bool = True
+    threads: int | None = None
+    augment: Augment = field(default_factory=Augment)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    probs = logits.softmax(1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + 1) / (denom + 1)
+    return 1 - dice[list(classes)].mean()
+
+
+def _val_dice(model, data: SegmentationData, device, batch_size: int) -> dict[str, float]:
+    """Mean Dice per class over validation images at network resolution (fast, used to pick the checkpoint)."""
+    model.eval()
+    scores = {name: [] for name in CLASSES.values()}
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            idx = list(range(start, min(start + batch_size, len(data))))
+            x, y = data.batch(idx)
+            pred = model(((x - data.mean) / data.std).to(device)).argmax(1).cpu().numpy()
+            for p, t in zip(pred, y.numpy(), strict=True):
+                for c, name in CLASSES.items():
+                    denom = (p == c).sum() + (t == c).sum()
+                    scores[name].append(1.0 if denom == 0 else 2 * ((p == c) & (t == c)).sum() / denom)
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
+    """Train, write `<out>/<model_id>/<version>/` and return a summary (also the model.json content)."""
+    clock = common.Stopwatch()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rng_np = np.random.default_rng(cfg.seed)
+    common.seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    pairs = paired_files(cfg.images, cfg.masks)[: cfg.limit]
+    names = [p.name for p, _ in pairs]
+    train_names, val_names = common.split_by_group(names, names, cfg.val_fraction, cfg.seed)
+    by_name = dict(zip(names, pairs, strict=True))
+    size = (cfg.size, cfg.size)
+    train_data = SegmentationData([by_name[n] for n in train_names], size)
+    val_data = SegmentationData([by_name[n] for n in val_names], size)
+    mean = float(np.mean([i.mean() for i in train_data.images]))
+    std = float(np.mean([i.std() for i in train_data.images]))
+    for d in (train_data, val_data):
+        d.mean, d.std = mean, std
+
+    version = cfg.version or common.next_version(cfg.out, cfg.model_id)
+    vdir = cfg.out / cfg.model_id / version
+    if (vdir / MODEL_JSON).exists():
+        raise FileExistsError(f"{vdir} holds a model version already; choose another --version")
+    vdir.mkdir(parents=True, exist_ok=True)
+    (vdir / common.TRAIN_LOG).unlink(missing_ok=True)
+    epoch_log = common.EpochLogger(vdir / common.TRAIN_LOG)
+
+    arch = {
+        **anatomy_unet_smp.DEFAULT_ARCH,
+        "encoder_name": cfg.encoder,
+        "decoder_channels": list(cfg.decoder_channels),
+    }
+    model = anatomy_unet_smp.make(arch).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = math.ceil(len(train_data) / cfg.batch_size)
+    if cfg.steps_per_epoch:
+        steps = min(steps, cfg.steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=max(2, cfg.epochs * steps), pct_start=0.1
+    )
+    best, best_state, best_epoch = -1.0, None, 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = common.Stopwatch()
+        model.train()
+        order = rng_np.permutation(len(train_data))
+        losses = []
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)][:steps]
+        bar = common.progress(batches, len(batches), f"epoch {epoch}/{cfg.epochs}", cfg.progress)
+        for idx in bar:
+            x, y = train_data.batch(idx, rng_np, cfg.augment)
+            x, y = ((x - mean) / std).to(device), y.to(device)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y, list(CLASSES))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        val = _val_dice(model, val_data, device, cfg.batch_size)
+        score = float(np.mean(list(val.values())))
+        improved = score > best
+        if improved:
+            best, best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+            torch.save({"epoch": epoch, "val_mean_dice": score, "arch": arch, "state_dict": best_state},
+                       vdir / common.CHECKPOINT_FILE)  # fmt: skip
+        epoch_log({
+            "epoch": epoch, "train_loss": float(np.mean(losses)), **{f"val_dice_{k}": v for k, v in val.items()},
+            "val_mean_dice": score, "best": improved, "lr": float(sched.get_last_lr()[0]), "seconds": t0.s,
+        })  # fmt: skip
+        if cfg.max_minutes is not None and clock.s > cfg.max_minutes * 60:
+            common.log.warning("stopping after epoch %d: --max-minutes %.1f reached", epoch, cfg.max_minutes)
+            break
+    train_seconds = clock.s
+
+    model.load_state_dict(best_state)
+    model.cpu()
+    common.rounded_fp16(model)
+    meta = common.base_meta(model_id=cfg.model_id, version=version, task="segmentation",
+                            family=anatomy_unet_smp.FAMILY, argv=argv)  # fmt: skip
+    meta |= {
+        "labels": list(ANATOMY_LABELS),
+        "thresholds": {},
+        "input_size": [cfg.size, cfg.size],
+        "normalisation": f"grayscale in [0,1], standard polarity; zero-padded to square, antialiased bilinear "
+        f"resize to {cfg.size}x{cfg.size}; (x - {mean:.4f}) / {std:.4f}",
+        "mean": round(mean, 6),
+        "std": round(std, 6),
+        "arch": arch,
+        "intended_use": f"{RESEARCH_USE} Lungs/heart/clavicles outlines on frontal (PA) chest radiographs; "
+        f"trained by this project on {len(train_data)} JSRT/SCR images, so expect weaker outlines on AP, "
+        "paediatric or post-surgical studies.",
+        "source": "segmentation_models_pytorch U-Net trained from scratch by CXR Review (no pretrained "
+        "weights) on the JSRT radiographs with SCR anatomy masks.",
+        "data": {
+            "images": str(cfg.images),
+            "masks": str(cfg.masks),
+            "file_list_sha256": common.file_list_sha256([p for pair in pairs for p in pair]),
+            "n_images": len(pairs),
+            "n_train": len(train_names),
+            "n_val": len(val_names),
+            "split": f"by image, seed {cfg.seed}, validation fraction {cfg.val_fraction}",
+            "val_files": sorted(val_names),
+        },  # fmt: skip
+        "training": {
+            **{
+                k: v
+                for k, v in asdict(cfg).items()
+                if k not in ("images", "masks", "out", "augment", "model_id", "version")
+            },
+            "augment": asdict(cfg.augment),
+            "device": str(device),
+            "best_epoch": best_epoch,
+            "epochs_run": len(epoch_log.history),
+            "best_val_mean_dice_network_resolution": best,
+            "wall_seconds": round(train_seconds, 1),
+            "loss": "cross-entropy + soft Dice (lungs, heart, clavicles)",
+        },  # fmt: skip
+        "validation": {},
+    }
+    common.write_version(vdir, model, meta)
+    # The stored metrics are those of the written (fp16) weights, run exactly as the app runs them.
+    runner = Runner(Registry(cfg.out, trained_roots=[cfg.out]), str(device))
+    report = evaluation.evaluate_segmentation(
+        runner, f"{cfg.model_id}@{version}", [by_name[n] for n in val_names], per_image=False,
+        progress=cfg.progress,
+    )  # fmt: skip
+    meta["validation"] = {k: report[k] for k in ("resolution", "n_images", "dice")}
+    meta["training"]["wall_seconds_with_evaluation"] = round(clock.s, 1)
+    path = common.write_version(vdir, model, meta)  # same weights, same sha256; metrics filled in
+    if not cfg.keep_checkpoint:
+        (vdir / common.CHECKPOINT_FILE).unlink(missing_ok=True)
+    return json.loads(path.read_text()) | {"model_json": str(path), "history": epoch_log.history}

@@ -1,0 +1,223 @@
+"""`cxr-review train ...` and `cxr-review eval ...`: the project's own model training and evaluation.
+
+Training writes a model version folder (weights + model.json) under --out (default: <models_dir>/trained,
+which the registry lists); evaluation prints one JSON object on stdout and, with --report DIR, writes the
+same JSON and HTML plots there. Progress bars and per-epoch log lines go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+def _models_dir():
+    from services import settings
+
+    return settings.load().models_dir
+
+
+def _add_common_train(p: argparse.ArgumentParser, epochs: int) -> None:
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="root of model versions; writes DIR/<model id>/<version>/ (default: <models dir>/trained)")  # fmt: skip
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--model-id", help="model id to write (default: the family name)")
+    p.add_argument("--version", help="version to write (default: next free one under --out)")
+    p.add_argument(
+        "--max-minutes", type=float, help="stop after the epoch that passes this wall-clock budget"
+    )
+    p.add_argument("--limit", type=int, help="use only the first N images (smoke tests)")
+    p.add_argument("--steps-per-epoch", type=int, help="cap on optimiser steps per epoch (smoke tests)")
+    p.add_argument(
+        "--keep-checkpoint", action="store_true", help="keep the fp32 best checkpoint beside the weights"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines per epoch only)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+def _overrides(args, names: list[str]) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+_COMMON = ["epochs", "batch_size", "lr", "seed", "val_fraction", "model_id", "version", "max_minutes", "limit",
+           "steps_per_epoch", "threads"]  # fmt: skip
+
+
+def _summary(result: dict) -> dict:
+    keep = ("model_id", "version", "task", "model_json", "weights_sha256", "weights_bytes", "parameters",
+            "validation", "thresholds")  # fmt: skip
+    out = {k: result[k] for k in keep if k in result}
+    out["training"] = {
+        k: result["training"].get(k) for k in ("best_epoch", "epochs_run", "wall_seconds", "device")
+    }
+    return out
+
+
+def _cmd_train_segmentation(args) -> int:
+    from inference.training.segmentation import SegmentationConfig, train
+
+    cfg = SegmentationConfig(
+        images=args.images, masks=args.masks, out=args.out or _models_dir() / "trained", device=args.device,
+        keep_checkpoint=args.keep_checkpoint, progress=not args.no_progress,
+        **_overrides(args, [*_COMMON, "size", "encoder"]),
+        **({"decoder_channels": tuple(args.decoder_channels)} if args.decoder_channels else {}),
+    )  # fmt: skip
+    print(json.dumps(_summary(train(cfg, getattr(args, "argv", None)))), flush=True)
+    return EXIT_OK
+
+
+def _cmd_train_classification(args) -> int:
+    from inference.training.classification import ClassificationConfig, train
+
+    cfg = ClassificationConfig(
+        images=args.images, labels=args.labels, out=args.out or _models_dir() / "trained", device=args.device,
+        keep_checkpoint=args.keep_checkpoint, progress=not args.no_progress, models_dir=_models_dir(),
+        **_overrides(args, [*_COMMON, "init", "head", "head_epochs", "pos_weight_max"]),
+    )  # fmt: skip
+    print(json.dumps(_summary(train(cfg, getattr(args, "argv", None)))), flush=True)
+    return EXIT_OK
+
+
+def _runner(args):
+    from inference.registry import Registry
+    from inference.runner import Runner
+    from services import settings
+
+    s = settings.load()
+    return Runner(Registry(s.models_dir), args.device or s.device)
+
+
+def _val_files(runner, ref: str | None) -> set[str] | None:
+    """The validation file names a trained version recorded in its model.json (--val-of)."""
+    if ref is None:
+        return None
+    spec = runner.registry.resolve(ref)
+    files = (spec.metadata.get("data") or {}).get("val_files")
+    if not files:
+        raise KeyError(f"{spec.ref} records no validation files (built-in models have none)")
+    return set(files)
+
+
+def _emit(report: dict, args) -> int:
+    if args.report:
+        from services import eval_report
+
+        report["report_files"] = [str(p) for p in eval_report.write(report, args.report)]
+    print(json.dumps(report), flush=True)
+    return EXIT_OK
+
+
+def _cmd_eval(args) -> int:
+    from inference import evaluation
+    from inference.training.data import paired_files, read_labels_csv
+
+    runner = _runner(args)
+    keep = _val_files(runner, args.val_of)
+    progress = not args.no_progress
+    if args.eval_task == "segmentation":
+        pairs = [p for p in paired_files(args.images, args.masks) if keep is None or p[0].name in keep]
+        report = evaluation.evaluate_segmentation(runner, runner.registry.resolve(args.model), pairs,
+                                                  progress=progress)  # fmt: skip
+    elif args.eval_task in ("classification", "ctr"):
+        rows = [r for r in read_labels_csv(args.labels, args.images) if keep is None or r.file in keep]
+        fn = (
+            evaluation.evaluate_classification
+            if args.eval_task == "classification"
+            else evaluation.evaluate_ctr
+        )
+        report = fn(runner, runner.registry.resolve(args.model), args.images, rows, n_boot=args.bootstrap,
+                    seed=args.seed, progress=progress)  # fmt: skip
+    else:
+        pairs = evaluation.bone_pairs(args.pairs)
+        report = evaluation.evaluate_bone(runner, runner.registry.resolve(args.model), pairs)
+    if args.val_of:
+        report["subset"] = f"validation files of {args.val_of}"
+    return _emit(report, args)
+
+
+def add_parsers(sub) -> None:
+    """Add `train` and `eval` to the cxr-review subparsers."""
+    train = sub.add_parser("train", help="train a model version (writes weights + model.json)")
+    tsub = train.add_subparsers(dest="train_task", required=True)
+
+    seg = tsub.add_parser("segmentation", help="smp U-Net anatomy model (lungs, heart, clavicles)")
+    seg.add_argument("--images", required=True, type=Path, metavar="DIR")
+    seg.add_argument("--masks", required=True, type=Path, metavar="DIR",
+                     help="label maps of the same names: 0 background, 1 lungs, 2 heart, 3 clavicles")  # fmt: skip
+    _add_common_train(seg, epochs=60)
+    seg.add_argument("--size", type=int, help="network input side in pixels (default 256)")
+    seg.add_argument("--encoder", help="smp encoder name (default tu-mobilenetv3_large_100)")
+    seg.add_argument("--decoder-channels", type=int, nargs="+", metavar="N")
+    seg.set_defaults(fn=run, handler=_cmd_train_segmentation)
+
+    cls = tsub.add_parser("classification", help="multi-label NIH findings classifier (sigmoid per finding)")
+    cls.add_argument("--images", required=True, type=Path, metavar="DIR")
+    cls.add_argument("--labels", required=True, type=Path, metavar="CSV",
+                     help="NIH Data_Entry-style CSV: Image Index, Finding Labels, Patient ID")  # fmt: skip
+    cls.add_argument("--init", metavar="MODEL_ID[@VERSION]",
+                     help="start from these weights (default cxr15_mobilenetv3; 'none' = from scratch)")  # fmt: skip
+    cls.add_argument("--head", choices=["logsoftmax", "linear"],
+                     help="multi-label head (default logsoftmax: starts ranking like the shipped softmax)")  # fmt: skip
+    cls.add_argument("--head-epochs", type=int, help="epochs training the head only before fine-tuning all")
+    cls.add_argument("--pos-weight-max", type=float, help="cap of the per-finding positive weight (neg/pos)")
+    _add_common_train(cls, epochs=12)
+    cls.set_defaults(fn=run, handler=_cmd_train_classification)
+
+    ev = sub.add_parser("eval", help="evaluate a model version; JSON on stdout")
+    esub = ev.add_subparsers(dest="eval_task", required=True)
+    specs = {
+        "segmentation": "Dice per class (mean, min, per image) at the label maps' resolution",
+        "classification": "AUC per finding with 95%% bootstrap intervals and ROC points",
+        "ctr": "AUC of the cardiothoracic ratio of an anatomy model for Cardiomegaly",
+        "bone": "MAE and SSIM against dual-energy soft-tissue images",
+    }
+    for name, help_text in specs.items():
+        e = esub.add_parser(name, help=help_text)
+        if name == "segmentation":
+            e.add_argument("--images", required=True, type=Path, metavar="DIR")
+            e.add_argument("--masks", required=True, type=Path, metavar="DIR")
+        elif name in ("classification", "ctr"):
+            e.add_argument("--images", required=True, type=Path, metavar="DIR")
+            e.add_argument("--labels", required=True, type=Path, metavar="CSV")
+            e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+            e.add_argument("--seed", type=int, default=0)
+        else:
+            e.add_argument("--pairs", required=True, type=Path, metavar="DIR",
+                           help="folder with authentic/ and des/ images of matching names")  # fmt: skip
+        e.add_argument("--model", required=True, metavar="ID[@VERSION]")
+        e.add_argument("--val-of", metavar="ID@VERSION",
+                       help="only the validation images recorded in that trained version's model.json")  # fmt: skip
+        e.add_argument(
+            "--report", type=Path, metavar="DIR", help="also write report.json and HTML plots here"
+        )
+        e.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        e.add_argument("--no-progress", action="store_true")
+        e.set_defaults(fn=run, handler=_cmd_eval)
+
+
+def run(args) -> int:
+    """Dispatch with the errors of these commands turned into one clear line and exit status 2."""
+    from inference.device import DeviceUnavailable
+    from inference.training.data import DatasetError
+    from inference.types import ModelUnavailable
+
+    logging.getLogger("cxr_review.training").setLevel(logging.INFO)
+    try:
+        return args.handler(args)
+    except (DatasetError, DeviceUnavailable, FileExistsError) as exc:
+        print(f"cxr-review: error: {exc}", file=sys.stderr)
+    except KeyError as exc:
+        print(f"cxr-review: error: {exc.args[0]}", file=sys.stderr)
+    except ModelUnavailable as exc:
+        print(f"cxr-review: error: model {exc}", file=sys.stderr)
+    return EXIT_USAGE

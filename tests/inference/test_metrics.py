@@ -1,0 +1,95 @@
+"""Metric functions against scikit-learn / scipy and against values worked out by hand."""
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc_curve
+
+from inference import metrics
+
+
+def test_dice_by_hand():
+    pred = np.array([[1, 1, 0], [2, 2, 0], [0, 0, 0]])
+    truth = np.array([[1, 0, 0], [2, 2, 2], [0, 0, 3]])
+    assert metrics.dice(pred, truth, 1) == pytest.approx(2 * 1 / (2 + 1))
+    assert metrics.dice(pred, truth, 2) == pytest.approx(2 * 2 / (2 + 3))
+    assert metrics.dice(pred, truth, 3) == 0.0  # missed entirely
+    assert metrics.dice(pred, pred, 3) == 1.0  # absent from both
+    assert metrics.dice_per_class(truth, truth, {1: "lungs", 2: "heart"}) == {"lungs": 1.0, "heart": 1.0}
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.dice(pred, truth[:2], 1)
+
+
+def test_auc_by_hand():
+    # 2 positives (0.9, 0.4), 2 negatives (0.5, 0.1): pairs won 3 of 4 -> 0.75; a tie counts a half.
+    assert metrics.roc_auc([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1]) == 0.75
+    assert metrics.roc_auc([1, 0], [0.3, 0.3]) == 0.5
+    assert metrics.roc_auc([1, 1, 0], [0.1, 0.2, 0.9]) == 0.0
+    with pytest.raises(ValueError, match="positive and one negative"):
+        metrics.roc_auc([1, 1], [0.2, 0.3])
+    fpr, tpr, thr = metrics.roc_curve([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1])
+    assert fpr.tolist() == [0, 0, 0.5, 0.5, 1] and tpr.tolist() == [0, 0.5, 0.5, 1, 1]
+    assert thr[1:].tolist() == [0.9, 0.5, 0.4, 0.1]
+    # Youden: at 0.4 sensitivity 1, specificity 0.5 -> J 0.5 (0.9 also gives 0.5: the higher threshold wins).
+    assert metrics.youden_threshold([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1]) == (0.9, 0.5)
+    assert metrics.youden_threshold([1, 1, 0, 0], [0.9, 0.8, 0.5, 0.1]) == (0.8, 1.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_and_auc_match_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 300)
+    s = np.round(rng.random(300) + 0.4 * y, 1)  # rounding makes many ties
+    assert metrics.roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    fpr, tpr, thr = metrics.roc_curve(y, s)
+    sk_fpr, sk_tpr, sk_thr = sk_roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    np.testing.assert_allclose(thr[1:], sk_thr[1:])
+    j = sk_tpr - sk_fpr
+    assert metrics.youden_threshold(y, s)[0] == sk_thr[int(np.argmax(j))]
+
+
+def test_bootstrap_interval_brackets_the_auc_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    s = rng.random(200) + 0.5 * y
+    auc = metrics.roc_auc(y, s)
+    lo, hi = metrics.bootstrap_auc_ci(y, s, n_boot=500, seed=3)
+    assert lo < auc < hi and 0.05 < hi - lo < 0.25
+    assert metrics.bootstrap_auc_ci(y, s, n_boot=500, seed=3) == (lo, hi)
+    # Independent re-implementation with sklearn on the same resamples.
+    r = np.random.default_rng(3)
+    ref = []
+    for _ in range(500):
+        idx = r.integers(0, 200, 200)
+        if 0 < y[idx].sum() < 200:
+            ref.append(roc_auc_score(y[idx], s[idx]))
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(ref, [0.025, 0.975])))
+    report = metrics.auc_report(y, s, n_boot=200, roc_points=11)
+    assert report["n_pos"] + report["n_neg"] == 200 and len(report["roc"]["fpr"]) <= 11
+    assert report["roc"]["fpr"][0] == 0 and report["roc"]["tpr"][-1] == 1
+    assert metrics.auc_report([0, 0], [0.1, 0.2])["auc"] is None
+
+
+def test_mae_and_ssim():
+    a = np.zeros((32, 32))
+    assert metrics.mae(a, a + 0.25) == pytest.approx(0.25)
+    rng = np.random.default_rng(0)
+    img = gaussian_filter(rng.random((64, 64)), 2)
+    assert metrics.ssim(img, img) == pytest.approx(1.0)
+    # Constant images c1, c2: variances and covariance vanish, SSIM = (2 c1 c2 + C1) / (c1^2 + c2^2 + C1).
+    C1 = 0.01**2
+    assert metrics.ssim(np.full((32, 32), 0.2), np.full((32, 32), 0.6)) == pytest.approx(
+        (2 * 0.2 * 0.6 + C1) / (0.04 + 0.36 + C1)
+    )
+    # Against a direct scipy re-implementation of Wang et al. (Gaussian sigma 1.5, 11x11 window).
+    noisy = np.clip(img + rng.normal(0, 0.05, img.shape), 0, 1)
+    f = lambda x: gaussian_filter(x, 1.5, truncate=3.5)  # noqa: E731
+    ma, mb = f(img), f(noisy)
+    va, vb, cov = f(img * img) - ma**2, f(noisy * noisy) - mb**2, f(img * noisy) - ma * mb
+    C2 = 0.03**2
+    smap = ((2 * ma * mb + C1) * (2 * cov + C2)) / ((ma**2 + mb**2 + C1) * (va + vb + C2))
+    assert metrics.ssim(img, noisy) == pytest.approx(smap[5:-5, 5:-5].mean())
+    assert metrics.ssim(img, noisy) < metrics.ssim(img, (img + noisy) / 2) < 1

@@ -1,0 +1,154 @@
+"""Versioned registry: trained model versions found from model.json folders, chosen, resolved and run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from inference.models import anatomy_unet_smp, cxr14_mobilenetv3_multilabel
+from inference.registry import Registry, version_key
+from inference.runner import Runner
+from inference.training.common import base_meta, write_version
+from inference.types import ANATOMY_LABELS, SCORE_KINDS, ModelRef, ModelUnavailable
+
+TINY_UNET = {"encoder_name": "tu-mobilenetv3_small_050", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
+
+
+def write_anatomy(root, version, created="2025-01-01T00:00:00+00:00", seed=0):
+    torch.manual_seed(seed)
+    model = anatomy_unet_smp.make(TINY_UNET)
+    meta = base_meta(model_id="anatomy_unet_smp", version=version, task="segmentation",
+                     family="anatomy_unet_smp", argv=["test"])  # fmt: skip
+    meta |= {"created": created, "labels": list(ANATOMY_LABELS), "input_size": [64, 64], "arch": TINY_UNET,
+             "mean": 0.5, "std": 0.25, "normalisation": "test", "validation": {"dice": {"lungs": 0.5}}}  # fmt: skip
+    return write_version(root / "anatomy_unet_smp" / version, model, meta)
+
+
+def write_classifier(root, version="0.1.0"):
+    torch.manual_seed(0)
+    model = cxr14_mobilenetv3_multilabel.make()
+    labels = list(cxr14_mobilenetv3_multilabel.FINDINGS)
+    meta = base_meta(model_id="cxr14_mobilenetv3_multilabel", version=version, task="classification",
+                     family="cxr14_mobilenetv3_multilabel", argv=["test"])  # fmt: skip
+    meta |= {"labels": labels, "thresholds": {k: 0.5 for k in labels}, "activation": "sigmoid",
+             "input_size": [64, 64], "mean": 0.485, "std": 0.229}  # fmt: skip
+    return write_version(root / "cxr14_mobilenetv3_multilabel" / version, model, meta)
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    assets, trained = tmp_path_factory.mktemp("assets"), tmp_path_factory.mktemp("trained")
+    write_anatomy(assets, "1.0.0", "2025-01-01T00:00:00+00:00", seed=0)
+    write_anatomy(trained, "1.10.0", "2025-01-03T00:00:00+00:00", seed=1)  # newest: 1.10 > 1.9
+    write_anatomy(trained, "1.9.0", "2025-01-02T00:00:00+00:00", seed=2)
+    write_classifier(trained)
+    return assets, trained
+
+
+@pytest.fixture(scope="module")
+def reg(models_dir, roots):
+    return Registry(models_dir, trained_roots=list(roots))
+
+
+def test_version_order_is_numeric():
+    assert sorted(["1.10.0", "1.9.0", "1.0.0", "2.0.0"], key=version_key) == [
+        "1.0.0",
+        "1.9.0",
+        "1.10.0",
+        "2.0.0",
+    ]
+
+
+def test_versions_get_and_resolve(reg):
+    assert [s.version for s in reg.versions("anatomy_unet_smp")] == ["1.10.0", "1.9.0", "1.0.0"]
+    assert reg.get("anatomy_unet_smp").version == "1.10.0"
+    assert reg.get("anatomy_unet_smp", "1.9.0").version == "1.9.0"
+    assert reg.resolve("anatomy_unet_smp@1.0.0").ref == "anatomy_unet_smp@1.0.0"
+    assert reg.resolve("anatomy_unet_jsrt").builtin and reg.resolve("anatomy_unet_jsrt").version == "1.0.0"
+    assert not reg.get("anatomy_unet_smp").builtin
+    assert reg.get("anatomy_unet_smp", "1.0.0").metrics == {"dice": {"lungs": 0.5}}
+    with pytest.raises(KeyError, match=r"known versions: \['1.10.0', '1.9.0', '1.0.0'\]"):
+        reg.resolve("anatomy_unet_smp@3.0.0")
+    with pytest.raises(KeyError, match="unknown model id 'nope'; known: .*anatomy_unet_smp"):
+        reg.resolve("nope@1")
+    with pytest.raises(KeyError, match="not ID or ID@VERSION"):
+        reg.resolve("anatomy_unet_smp@")
+
+
+def test_for_task_prefers_the_active_version_and_falls_back(reg, roots, tmp_path):
+    # Without an admin choice the built-in model stays the default, as before versions existed.
+    assert reg.for_task("segmentation").ref == "anatomy_unet_jsrt@1.0.0"
+    assert reg.for_task("segmentation", prefer=("anatomy_unet_smp", "1.9.0")).ref == "anatomy_unet_smp@1.9.0"
+    assert reg.for_task("classification", ("cxr14_mobilenetv3_multilabel", "0.1.0")).activation == "sigmoid"
+    # Unknown version, wrong task: fallback.
+    assert reg.for_task("segmentation", prefer=("anatomy_unet_smp", "9.9.9")).ref == "anatomy_unet_jsrt@1.0.0"
+    assert (
+        reg.for_task("bone_suppression", prefer=("anatomy_unet_smp", "1.9.0")).model_id
+        == "bone_suppression_ae"
+    )
+
+
+def test_damaged_and_invalid_versions_are_unavailable_with_reasons(models_dir, roots, tmp_path):
+    write_anatomy(tmp_path, "2.0.0")
+    write_anatomy(tmp_path, "2.1.0")
+    weights = tmp_path / "anatomy_unet_smp" / "2.1.0" / "weights.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    bad = tmp_path / "anatomy_unet_smp" / "2.2.0"
+    bad.mkdir()
+    (bad / "model.json").write_text("{not json")
+    reg = Registry(models_dir, trained_roots=[*roots, tmp_path])
+    reasons = reg.unavailable()
+    assert set(reasons) == {"anatomy_unet_smp@2.1.0", "anatomy_unet_smp@2.2.0"}
+    assert reasons["anatomy_unet_smp@2.1.0"].startswith("sha256 mismatch")
+    assert "JSONDecodeError" in reasons["anatomy_unet_smp@2.2.0"]
+    # The newest is damaged: get() still names it, check() refuses it; the admin's choice falls back.
+    assert reg.get("anatomy_unet_smp").version == "2.1.0"
+    with pytest.raises(ModelUnavailable, match="sha256 mismatch") as err:
+        reg.check("anatomy_unet_smp")
+    assert err.value.model_id == "anatomy_unet_smp@2.1.0"
+    assert reg.for_task("segmentation", ("anatomy_unet_smp", "2.1.0")).ref == "anatomy_unet_jsrt@1.0.0"
+    assert reg.problem("anatomy_unet_smp", "2.0.0") is None
+    # A model.json whose folder does not match its id/version is refused, not silently renamed.
+    moved = tmp_path / "anatomy_unet_smp" / "7.0.0"
+    (tmp_path / "anatomy_unet_smp" / "2.0.0").rename(moved)
+    assert (
+        "but lies in anatomy_unet_smp/7.0.0"
+        in Registry(models_dir, [tmp_path]).unavailable()["anatomy_unet_smp@7.0.0"]
+    )
+
+
+def test_runner_runs_the_exact_version_and_caches_per_version(reg, read_gray, dataset):
+    runner = Runner(reg, "cpu")
+    img = read_gray(next(iter(sorted((dataset("jsrt") / "images512").glob("*.png")))))
+    old = runner.segment_anatomy(img, "anatomy_unet_smp@1.9.0")
+    new = runner.segment_anatomy(img, "anatomy_unet_smp")
+    also_old = runner.segment_anatomy(img, "anatomy_unet_smp", version="1.9.0")
+    spec_old = reg.get("anatomy_unet_smp", "1.9.0")
+    assert old.model == also_old.model == ModelRef("anatomy_unet_smp", "1.9.0", spec_old.weights_sha256)
+    assert new.model.version == "1.10.0" and new.model.weights_sha256 != old.model.weights_sha256
+    assert old.label_map.shape == img.shape and old.label_map.dtype == np.uint8
+    assert runner.load(spec_old) is runner.load("anatomy_unet_smp", "1.9.0")
+    assert runner.load("anatomy_unet_smp", "1.9.0") is not runner.load("anatomy_unet_smp", "1.10.0")
+
+
+def test_multilabel_classifier_scores_are_sigmoids_with_model_json_thresholds(reg, read_gray, dataset):
+    runner = Runner(reg, "cpu")
+    img = read_gray(next(iter(sorted((dataset("nih") / "images").glob("*.png")))))
+    res = runner.classify(img, "cxr14_mobilenetv3_multilabel@0.1.0")
+    assert res.score_kind == SCORE_KINDS["sigmoid"] and res.model.version == "0.1.0"
+    assert len(res.probabilities) == 14 and "No Finding" not in res.probabilities
+    assert res.thresholds == {k: 0.5 for k in res.probabilities}
+    assert res.positive == {k: v >= 0.5 for k, v in res.probabilities.items()}
+    assert all(0 < v < 1 for v in res.probabilities.values())
+    assert runner.gradcam(img, "Cardiomegaly", "cxr14_mobilenetv3_multilabel@0.1.0").shape == img.shape
+    shipped = runner.classify(img)  # the default stays the shipped softmax model
+    assert shipped.score_kind == SCORE_KINDS["softmax"] and shipped.model.model_id == "cxr15_mobilenetv3"
+
+
+def test_model_json_carries_provenance(roots):
+    meta = json.loads((roots[1] / "anatomy_unet_smp" / "1.9.0" / "model.json").read_text())
+    assert meta["weights_dtype"] == "float16" and len(meta["weights_sha256"]) == 64
+    assert meta["command"].endswith("test") and meta["code_version"]

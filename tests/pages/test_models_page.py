@@ -1,0 +1,154 @@
+"""The admin's Models page through AppTest: who reaches it, what it lists, thresholds and the active version per
+task (set, roll back, back to default) persisting in the database with their history."""
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from db import engine as dbe
+from db import repo
+from inference.registry import Registry
+from services import analysis, auth, context, models_admin, settings
+from tests.conftest import TEST_MODEL
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+BUILTIN = "cxr15_mobilenetv3@1.0.0"
+TRAINED = f"{TEST_MODEL}@0.1.0"
+
+
+@pytest.fixture
+def env(app_env, versioned_models, monkeypatch):
+    app_env = {**app_env, "CXR_REVIEW_MODELS_DIR": str(versioned_models)}
+    for k, v in app_env.items():
+        monkeypatch.setenv(k, v)
+    s = settings.load(app_env)
+    dbe.upgrade(s.db_url)
+    ctx = context.build(s)
+    st.cache_resource.clear()  # the cached context and registry belong to the previous test
+    st.cache_data.clear()
+    auth.add_user(ctx.engine, "rad", "radiologist", "radiologist-pw")
+    auth.add_user(ctx.engine, "boss", "admin", "admin-password")
+    return ctx, Registry(s.models_dir)
+
+
+def frame(at, column: str):
+    """The first table on the page with that column (plain dataframes carry no key in AppTest)."""
+    return next(df.value for df in at.dataframe if column in df.value.columns)
+
+
+def models_page(username="boss", password="admin-password"):
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.text_input(key="signin_username").input(username)
+    at.text_input(key="signin_password").input(password)
+    at.button[0].click().run()
+    return at.switch_page("pages/models.py").run()
+
+
+def test_only_an_admin_reaches_the_models_page_which_lists_every_version(env):
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.text_input(key="signin_username").input("rad")
+    at.text_input(key="signin_password").input("radiologist-pw")
+    at.button[0].click().run()
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        at.switch_page("pages/models.py")
+
+    at = models_page()
+    assert not at.exception
+    assert at.title[0].value == "Models"
+    assert "Research use only" in at.caption[0].value
+    table = frame(at, "Weights sha256")
+    by_ref = {f"{m}@{v}": row for (m, v), row in table.set_index(["Model", "Version"]).iterrows()}
+    assert by_ref[BUILTIN]["Status"] == "available" and by_ref[BUILTIN]["Runs now"]
+    assert by_ref[BUILTIN]["Weights sha256"].startswith("0cdb24a96b81")
+    assert by_ref[TRAINED]["Status"] == "available" and not by_ref[TRAINED]["Runs now"]
+    assert by_ref[TRAINED]["Labels"] == "Cardiomegaly, Effusion"
+    assert by_ref[TRAINED]["Intended use"] == "Test fixture only"
+    assert by_ref[f"{TEST_MODEL}@0.2.0"]["Status"].startswith(
+        "unavailable: weights file weights.pt not found"
+    )
+    assert by_ref[f"{TEST_MODEL}@0.3.0"]["Status"].startswith("unavailable: sha256 mismatch")
+    # one metrics table per version with metrics; the test version's is the one with its AUC
+    tables = [df.value for df in at.dataframe if "Metric" in df.value.columns]
+    values = [dict(zip(t["Metric"], t["Value"], strict=True)) for t in tables]
+    assert any(v.get("auc · Cardiomegaly") == "0.81" for v in values)
+    assert any("No validation metrics" in c.value for c in at.caption)  # the built-in versions have none
+    # only usable versions can be made active
+    assert set(at.selectbox(key="active_sel_classification").options) >= {BUILTIN, TRAINED}
+    assert f"{TEST_MODEL}@0.2.0" not in at.selectbox(key="active_sel_classification").options
+
+
+def test_an_edited_threshold_persists_and_is_what_the_viewer_flags_with(env):
+    ctx, registry = env
+    at = models_page()
+    at.selectbox(key="thr_model").select(BUILTIN).run()
+    key = f"thr_{BUILTIN}_Cardiomegaly_0"
+    assert at.number_input(key=key).value == pytest.approx(
+        registry.resolve(BUILTIN).thresholds["Cardiomegaly"]
+    )
+    at.number_input(key=key).set_value(0.123)
+    at.button(key=f"FormSubmitter:thr_form_{BUILTIN}-Save thresholds").click().run()
+    assert not at.exception
+    assert [s.value for s in at.success] == [f"Saved 1 threshold of {BUILTIN}."]
+    with dbe.read(ctx.engine) as s:
+        assert repo.thresholds(s, "cxr15_mobilenetv3", "1.0.0") == {"Cardiomegaly": pytest.approx(0.123)}
+    # what the viewer's positive flags use, from stored results, without running a model again
+    spec = registry.resolve(BUILTIN)
+    stored = {"model": {"id": spec.model_id, "version": spec.version}, "default_thresholds": spec.thresholds}
+    assert analysis.thresholds(ctx, stored)["Cardiomegaly"] == pytest.approx(0.123)
+    assert analysis.thresholds(ctx, stored)["Effusion"] == spec.thresholds["Effusion"]
+
+    at = models_page()  # a new session shows the stored value
+    at.selectbox(key="thr_model").select(BUILTIN).run()
+    assert at.number_input(key=key).value == pytest.approx(0.123)
+    assert any("Cardiomegaly 0.123" in c.value for c in at.caption)
+    at.button(key=f"thr_reset_{BUILTIN}").click().run()
+    with dbe.read(ctx.engine) as s:
+        assert repo.thresholds(s, "cxr15_mobilenetv3", "1.0.0") == {}
+    assert at.number_input(key=f"thr_{BUILTIN}_Cardiomegaly_1").value == spec.thresholds["Cardiomegaly"]
+
+
+def test_a_threshold_outside_zero_to_one_is_refused(env):
+    ctx, registry = env
+    with pytest.raises(models_admin.ModelChoiceRefused, match="between 0 and 1"):
+        models_admin.save_thresholds(ctx, registry.resolve(BUILTIN), {"Cardiomegaly": 1.5}, 1)
+    with dbe.read(ctx.engine) as s:
+        assert repo.thresholds(s, "cxr15_mobilenetv3", "1.0.0") == {}
+
+
+def test_the_active_version_is_set_rolled_back_and_reset_with_its_history(env):
+    ctx, registry = env
+    at = models_page()
+    assert at.button(key="active_rollback_classification").disabled  # nothing to roll back yet
+    at.selectbox(key="active_sel_classification").select(TRAINED).run()
+    at.button(key="active_set_classification").click().run()
+    assert not at.exception
+    assert [s.value for s in at.success] == [f"Finding classification now runs {TRAINED}."]
+    with dbe.read(ctx.engine) as s:
+        row = repo.active_model(s, "classification")
+        assert (row.model_id, row.model_version) == (TEST_MODEL, "0.1.0")
+        assert row.weights_sha256 == registry.resolve(TRAINED).weights_sha256
+        assert row.set_at.tzinfo is not None and repo.get_user_by_name(s, "boss").id == row.set_by_id
+    assert models_admin.active_specs(ctx, registry)[0]["classification"].ref == TRAINED
+    assert any(f"runs **{TRAINED}**" in m.value for m in at.markdown)
+
+    at.selectbox(key="active_sel_classification").select(BUILTIN).run()
+    at.button(key="active_set_classification").click().run()
+    assert models_admin.active_specs(ctx, registry)[0]["classification"].ref == BUILTIN
+    at.button(key="active_rollback_classification").click().run()
+    assert [s.value for s in at.success] == [f"Finding classification rolled back to {TRAINED}."]
+    assert models_admin.active_specs(ctx, registry)[0]["classification"].ref == TRAINED
+    history = frame(at, "Chosen")
+    assert list(history["Chosen"]) == [TRAINED, BUILTIN, TRAINED] and set(history["By"]) == {"boss"}
+
+    at.button(key="active_default_classification").click().run()
+    with dbe.read(ctx.engine) as s:
+        assert repo.active_model(s, "classification") is None
+        assert len(repo.active_model_history(s, "classification")) == 4
+    assert (
+        models_admin.active_specs(ctx, registry)[0]["classification"].ref == BUILTIN
+    )  # the registry default
+    at = models_page()  # persisted: a new session sees the same history
+    assert frame(at, "Chosen")["Chosen"][0] == models_admin.DEFAULT
+    assert any("No version chosen" in c.value for c in at.caption)

@@ -1,0 +1,203 @@
+"""services.analysis on a real imported study, a real SQLite file and the real models; services.reporting on the
+verdicts a reader stores. The models run once per module (about a second on CPU)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from db import engine as dbe
+from db import repo
+from db.models import Prediction, Role
+from inference.postprocess import LUNGS, clip_to_mask
+from inference.registry import Registry
+from inference.runner import Runner
+from services import analysis, context, importer, reporting, settings
+from viewer import dicom_io
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = Path(os.environ.get("CXR_REVIEW_MODELS_DIR", REPO.parent / "shared" / "models"))
+MODEL_IDS = ("anatomy_unet_jsrt", "bone_suppression_ae", "cxr15_mobilenetv3")
+
+
+def _count(ctx) -> int:
+    with dbe.read(ctx.engine) as s:
+        return s.scalar(select(func.count()).select_from(Prediction))
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    if not (MODELS / "bone_suppression_kalisz_ae_torch.pt").is_file():
+        pytest.skip(f"model weights not in {MODELS} (set CXR_REVIEW_MODELS_DIR)")
+    data = tmp_path_factory.mktemp("data")
+    s = settings.load(
+        {"CXR_REVIEW_DATA_DIR": str(data), "CXR_REVIEW_MODELS_DIR": str(MODELS), "CXR_REVIEW_SETTINGS": ""}
+    )
+    dbe.upgrade(s.db_url)
+    return context.build(s)
+
+
+@pytest.fixture(scope="module")
+def runner(ctx):
+    return Runner(Registry(ctx.settings.models_dir), "cpu")
+
+
+@pytest.fixture(scope="module")
+def study(ctx, shared_data):
+    path = shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"
+    res = importer.import_file(ctx.engine, ctx.store, path, max_bytes=50 * 2**20)
+    assert res.status == "imported"
+    with dbe.read(ctx.engine) as s:
+        im = repo.image_by_sop(s, res.sop_instance_uid)
+        image = {"id": im.id, "pixel_sha256": im.pixel_sha256, "file_sha256": im.file_sha256, "view": None}
+        return {
+            "study_id": res.study_id,
+            "image": image,
+            "rows": im.rows,
+            "columns": im.columns,
+            "path": path,
+        }
+
+
+@pytest.fixture(scope="module")
+def first(ctx, runner, study):
+    before = _count(ctx)
+    assert analysis.analyse_cached(ctx, runner, study["image"]) is None  # nothing stored yet, nothing run
+    assert _count(ctx) == before == 0
+    return analysis.analyse(ctx, runner, study["image"])
+
+
+def test_first_analysis_runs_every_model_and_stores_one_row_each(ctx, first, study):
+    assert sorted(first.computed_now) == sorted(MODEL_IDS) and first.unavailable == {}
+    with dbe.read(ctx.engine) as s:
+        rows = s.scalars(select(Prediction)).all()
+        stored = {(r.pixel_sha256, r.model_id, r.model_version, r.weights_sha256): r.timings_ms for r in rows}
+    expected = {
+        (study["image"]["pixel_sha256"], m["id"], m["version"], m["weights_sha256"]) for m in first.models
+    }
+    assert stored.keys() == expected and len(rows) == 3
+    # The row's time is the model's total, counted once (not its phases added to the runner's total).
+    for result in (first.anatomy, first.bone, first.findings):
+        key = (study["image"]["pixel_sha256"], *result["model"].values())
+        assert stored[key] == pytest.approx(result["timings_ms"]["total"])
+        phases = [v for k, v in result["timings_ms"].items() if k not in ("total", "load")]
+        assert sum(phases) <= result["timings_ms"]["total"] + 1e-6
+    t = first.timings_ms
+    assert set(t) == {*MODEL_IDS, "total"} and t["total"] == pytest.approx(sum(t[m] for m in MODEL_IDS))
+    assert first.findings["timings_ms"]["gradcam_and_boxes"] > 0
+
+
+def test_second_visit_computes_nothing_and_returns_the_same(ctx, runner, first, study):
+    before = _count(ctx)
+    again = analysis.analyse_cached(ctx, runner, study["image"])
+    assert again is not None and again.computed_now == [] and _count(ctx) == before
+    assert again.findings["probabilities"] == first.findings["probabilities"]
+    assert again.findings["boxes"] == first.findings["boxes"]
+    assert (
+        again.anatomy["ctr"] == first.anatomy["ctr"]
+        and again.anatomy["label_map"] == first.anatomy["label_map"]
+    )
+    assert again.bone["soft_tissue"] == first.bone["soft_tissue"]
+    assert again.timings_ms == first.timings_ms
+    # analyse() itself finds everything stored too.
+    assert analysis.analyse(ctx, runner, study["image"]).computed_now == [] and _count(ctx) == before
+
+
+def test_overlays_are_at_full_resolution_and_boxes_inside_the_image(ctx, first, study):
+    rows, cols = study["rows"], study["columns"]
+    label_map = analysis.label_map(ctx, first.anatomy)
+    assert label_map.shape == (rows, cols) and set(np.unique(label_map)) <= {0, 1, 2, 3}
+    assert 0.15 <= first.anatomy["area_fraction"]["lungs"] <= 0.6
+    assert 0.35 <= first.anatomy["ctr"]["ratio"] <= 0.65
+    assert analysis.stored_png(ctx, first.bone["soft_tissue"]).shape == (rows, cols)
+    f = first.findings
+    assert set(f["heatmaps"]) == set(f["probabilities"]) - {"No Finding"} and f["heatmaps_clipped_to_lungs"]
+    assert any(f["boxes"].values())
+    for boxes in f["boxes"].values():
+        for b in boxes:
+            assert 0 <= b["x"] and 0 <= b["y"] and b["w"] > 0 and b["h"] > 0
+            assert b["x"] + b["w"] <= cols and b["y"] + b["h"] <= rows
+
+
+def test_one_gradcam_pass_gives_the_per_label_heatmaps(ctx, runner, first, study):
+    """The heatmaps from the single pass equal what one Grad-CAM per label gives."""
+    x = analysis.model_input(dicom_io.load(study["path"]))
+    lungs = analysis.label_map(ctx, first.anatomy) == LUNGS
+    for label in ("Cardiomegaly", "Effusion"):
+        alone = np.round(clip_to_mask(runner.gradcam(x, label), lungs) * 255).astype(np.uint8)
+        stored = analysis.stored_png(ctx, first.findings["heatmaps"][label])
+        assert np.abs(stored.astype(int) - alone).max() <= 1
+
+
+def test_a_missing_model_is_reported_and_the_others_chosen(tmp_path):
+    for f in MODELS.glob("*.pt"):
+        if not f.name.startswith("bone"):
+            (tmp_path / f.name).symlink_to(f)
+    chosen, unavailable = analysis.specs_for(Registry(tmp_path, trained_roots=[]))
+    assert set(chosen) == {"segmentation", "classification"}
+    assert unavailable.keys() == {"bone_suppression_ae"} and "not found" in unavailable["bone_suppression_ae"]
+
+
+# --- draft report ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reader(ctx):
+    return dbe.write(ctx.engine, lambda s: repo.add_user(s, "reader1", "x", Role.radiologist).id)
+
+
+def _verdicts(ctx, first, study, reader, decisions: dict[tuple[str, str], str]):
+    models = {"finding": first.findings["model"], "ctr": first.anatomy["model"]}
+
+    def tx(s):
+        for (kind, key), decision in decisions.items():
+            m = models[kind]
+            repo.upsert_verdict(s, repo.VerdictIn(
+                study_id=study["study_id"], image_id=study["image"]["id"], reader_id=reader, item_kind=kind,
+                item_key=key, decision=decision, model_id=m["id"], model_version=m["version"],
+                weights_sha256=m["weights_sha256"],
+            ))  # fmt: skip
+
+    dbe.write(ctx.engine, tx)
+    with dbe.read(ctx.engine) as s:
+        return reporting.accepted(repo.verdicts_of(s, study["image"]["id"], reader), first)
+
+
+def test_report_has_accepted_findings_in_reporting_order_and_nothing_else(ctx, first, study, reader):
+    accepted = _verdicts(ctx, first, study, reader, {
+        ("finding", "Cardiomegaly"): "accept", ("finding", "Nodule"): "accept", ("finding", "Effusion"): "reject",
+        ("finding", "Pneumothorax"): "uncertain", ("ctr", "ctr"): "accept",
+    })  # fmt: skip
+    assert accepted == {("finding", "Cardiomegaly"), ("finding", "Nodule"), ("ctr", "ctr")}
+    text = reporting.draft(first, accepted, "AP")
+    findings, impression = text.split("IMPRESSION:")
+    lines = findings.replace("FINDINGS:", "").strip().splitlines()
+    # Lungs before heart, whatever order the verdicts came in; rejected and uncertain items are not findings.
+    assert lines[0] == "Lungs: Pulmonary nodule."
+    ratio = first.anatomy["ctr"]["ratio"]
+    assert lines[1].startswith(
+        "Heart and mediastinum: The heart is enlarged. Cardiothoracic ratio " + f"{ratio:.2f}"
+    )
+    assert "AP projection" in lines[1]
+    assert "effusion" not in text.lower() and "pneumothorax" not in text.lower()
+    assert impression.strip().splitlines()[0] == "Pulmonary nodule; The heart is enlarged"
+    assert "research-use-only" in text
+
+
+def test_report_of_a_normal_study_and_of_no_accepted_statement(ctx, first, study, reader):
+    assert "No AI statement accepted yet." in reporting.draft(first, set(), "PA")
+    normal = reporting.draft(first, {("finding", "No Finding")}, "PA")
+    assert "No acute cardiopulmonary abnormality." in normal
+    # A verdict on another model version's output does not count for these results.
+    other = first.findings["model"] | {"version": "0.0.1"}
+
+    class V:
+        item_kind, item_key, decision, model_id, model_version = (
+            "finding",
+            "Mass",
+            "accept",
+            other["id"],
+            other["version"],
+        )
+
+    assert reporting.accepted([V()], first) == set()

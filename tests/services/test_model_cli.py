@@ -1,0 +1,186 @@
+"""`cxr-review train` and `cxr-review eval` end to end on a handful of real shared images (short runs: the
+real training is documented in README.md and not part of the suite)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from inference.registry import Registry
+from inference.runner import Runner
+from services import cli
+
+TINY = ["--encoder", "tu-mobilenetv3_small_050", "--decoder-channels", "32", "16", "16", "8", "8"]
+
+
+@pytest.fixture
+def env(app_env, monkeypatch):
+    for k, v in app_env.items():
+        monkeypatch.setenv(k, v)
+    return app_env
+
+
+@pytest.fixture
+def jsrt_few(shared_data, tmp_path):
+    """6 JSRT images and label maps (3 with a nodule, 3 without) copied into a scratch folder."""
+    src = shared_data / "jsrt"
+    names = sorted(p.name for p in (src / "images512").glob("JPCLN*.png"))[:3]
+    names += sorted(p.name for p in (src / "images512").glob("JPCNN*.png"))[:3]
+    for sub in ("images512", "masks512"):
+        (tmp_path / "jsrt" / sub).mkdir(parents=True)
+        for n in names:
+            shutil.copy(src / sub / n, tmp_path / "jsrt" / sub / n)
+    return tmp_path / "jsrt"
+
+
+def _json(capsys) -> dict:
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_train_segmentation_smoke_writes_a_version_the_registry_and_runner_use(
+    env, jsrt_few, tmp_path, capsys
+):
+    out = tmp_path / "trained"
+    argv = ["train", "segmentation", "--images", str(jsrt_few / "images512"), "--masks", str(jsrt_few / "masks512"),
+            "--out", str(out), "--version", "0.0.1", "--epochs", "6", "--size", "64", "--lr", "0.01",
+            "--batch-size", "4", "--keep-checkpoint", "--no-progress", *TINY]  # fmt: skip
+    assert cli.main(argv) == 0
+    summary = _json(capsys)
+    vdir = out / "anatomy_unet_smp" / "0.0.1"
+    assert summary["model_json"] == str(vdir / "model.json")
+    assert {p.name for p in vdir.iterdir()} == {
+        "model.json",
+        "weights.pt",
+        "checkpoint_best.pt",
+        "train_log.jsonl",
+    }
+    meta = json.loads((vdir / "model.json").read_text())
+    history = [json.loads(line) for line in (vdir / "train_log.jsonl").read_text().splitlines()]
+    assert len(history) == 6 and history[-1]["train_loss"] < history[0]["train_loss"]  # it learns
+    assert (
+        meta["command"].startswith("cxr-review train segmentation --images")
+        and "--version 0.0.1" in meta["command"]
+    )
+    assert meta["data"]["n_train"] + meta["data"]["n_val"] == 6 and meta["data"]["val_files"]
+    assert len(meta["data"]["file_list_sha256"]) == 64 and meta["code_version"]
+    assert meta["input_size"] == [64, 64] and meta["labels"] == ["background", "lungs", "heart", "clavicles"]
+    assert set(meta["validation"]["dice"]) == {"lungs", "heart", "clavicles"}
+    assert "native resolution (512x512" in meta["validation"]["resolution"]
+
+    registry = Registry(env["CXR_REVIEW_MODELS_DIR"], trained_roots=[out])
+    spec = registry.resolve("anatomy_unet_smp@0.0.1")
+    assert registry.problem(spec) is None and spec.weights_sha256 == meta["weights_sha256"]
+    assert registry.for_task("segmentation", prefer=("anatomy_unet_smp", "0.0.1")) == spec
+    img = np.zeros((300, 260), np.float32)
+    img[40:260, 30:230] = 0.6
+    res = Runner(registry, "cpu").segment_anatomy(img, "anatomy_unet_smp@0.0.1")
+    assert res.label_map.shape == (300, 260) and res.model.version == "0.0.1"
+
+    # The same version cannot be written twice; the next one is numbered automatically.
+    assert cli.main(argv) == 2
+    assert "holds a model version already" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_classification_smoke_from_the_shipped_weights(env, shared_data, tmp_path, capsys):
+    nih = shared_data / "nih"
+    out = tmp_path / "trained"
+    argv = ["train", "classification", "--images", str(nih / "images"), "--labels", str(nih / "labels.csv"),
+            "--out", str(out), "--limit", "60", "--epochs", "2", "--head-epochs", "1", "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    summary = _json(capsys)
+    meta = json.loads((out / "cxr14_mobilenetv3_multilabel" / "1.0.0" / "model.json").read_text())
+    assert summary["version"] == "1.0.0" and meta["activation"] == "sigmoid" and len(meta["labels"]) == 14
+    assert set(meta["thresholds"]) == set(meta["labels"]) and all(
+        0 <= t <= 1 for t in meta["thresholds"].values()
+    )
+    assert meta["training"]["init_from"].startswith("cxr15_mobilenetv3@1.0.0 (sha256 0cdb24a9")
+    assert "by patient" in meta["data"]["split"] and meta["data"]["n_val"] == 18
+    registry = Registry(env["CXR_REVIEW_MODELS_DIR"], trained_roots=[out])
+    res = Runner(registry, "cpu").classify(
+        np.full((256, 256), 0.5, np.float32), "cxr14_mobilenetv3_multilabel"
+    )
+    assert res.score_kind.startswith("sigmoid") and res.thresholds == meta["thresholds"]
+
+
+def test_eval_segmentation_json_and_report(env, jsrt_few, tmp_path, capsys):
+    report = tmp_path / "report"
+    argv = ["eval", "segmentation", "--images", str(jsrt_few / "images512"), "--masks", str(jsrt_few / "masks512"),
+            "--model", "anatomy_unet_jsrt@1.0.0", "--report", str(report), "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = _json(capsys)
+    assert out["model"]["id"] == "anatomy_unet_jsrt" and out["model"]["version"] == "1.0.0"
+    assert out["n_images"] == 6 and len(out["per_image"]) == 6
+    # The shipped model on images it was trained on: the README's 0.979 / 0.965 / 0.926 over all 196.
+    assert out["dice"]["lungs"]["mean"] > 0.96 and out["dice"]["heart"]["mean"] > 0.92
+    assert out["dice"]["clavicles"]["min"] <= out["dice"]["clavicles"]["mean"] < 1
+    assert {p.name for p in report.iterdir()} >= {"report.json", "dice_per_class.html", "plotly.min.js"}
+    assert json.loads((report / "report.json").read_text())["dice"] == out["dice"]
+
+
+def test_eval_classification_ctr_and_bone(env, shared_data, tmp_path, capsys):
+    nih = shared_data / "nih"
+    few = tmp_path / "nih"
+    (few / "images").mkdir(parents=True)
+    lines = (nih / "labels.csv").read_text().splitlines()
+    cardio = [ln for ln in lines[1:] if "Cardiomegaly" in ln][:5]
+    other = [ln for ln in lines[1:] if "Cardiomegaly" not in ln][:15]
+    (few / "labels.csv").write_text("\n".join([lines[0], *cardio, *other]) + "\n")
+    for ln in cardio + other:
+        shutil.copy(nih / "images" / ln.split(",")[0], few / "images")
+
+    args = [
+        "--images",
+        str(few / "images"),
+        "--labels",
+        str(few / "labels.csv"),
+        "--bootstrap",
+        "200",
+        "--no-progress",
+    ]
+    assert (
+        cli.main(
+            ["eval", "classification", *args, "--model", "cxr15_mobilenetv3", "--report", str(tmp_path / "r")]
+        )
+        == 0
+    )
+    out = _json(capsys)
+    card = out["per_finding"]["Cardiomegaly"]
+    assert out["n_images"] == 20 and card["n_pos"] == 5 and card["n_neg"] == 15
+    assert card["ci95"][0] <= card["auc"] <= card["ci95"][1] and len(card["roc"]["fpr"]) == len(
+        card["roc"]["tpr"]
+    )
+    assert "No Finding" not in out["per_finding"] and out["score_kind"] == "softmax"
+    assert (tmp_path / "r" / "roc.html").is_file() and (tmp_path / "r" / "auc_per_finding.html").is_file()
+
+    assert cli.main(["eval", "ctr", *args, "--model", "anatomy_unet_jsrt"]) == 0
+    ctr = _json(capsys)
+    assert ctr["n_pos"] == 5 and 0 <= ctr["auc"] <= 1 and len(ctr["ctr"]) == 20
+    assert all(0.2 < v < 0.8 for v in ctr["ctr"].values())
+
+    pairs = tmp_path / "pairs"
+    for sub in ("authentic", "des"):
+        (pairs / sub).mkdir(parents=True)
+        for p in sorted((shared_data / "bone_pairs" / sub).iterdir())[:2]:
+            shutil.copy(p, pairs / sub)
+    assert cli.main(["eval", "bone", "--pairs", str(pairs), "--model", "bone_suppression_ae"]) == 0
+    bone = _json(capsys)
+    assert bone["n_pairs"] == 2 and bone["mae"]["mean"] < bone["baseline_unprocessed"]["mae"]["mean"]
+    assert 0 < bone["ssim"]["mean"] <= 1
+
+
+def test_eval_usage_errors(env, jsrt_few, capsys):
+    base = [
+        "eval",
+        "segmentation",
+        "--images",
+        str(jsrt_few / "images512"),
+        "--masks",
+        str(jsrt_few / "masks512"),
+    ]
+    assert cli.main([*base, "--model", "anatomy_unet_jsrt@9.9"]) == 2
+    assert "known versions: ['1.0.0']" in capsys.readouterr().err
+    assert cli.main([*base, "--model", "anatomy_unet_jsrt", "--val-of", "anatomy_unet_jsrt"]) == 2
+    assert "records no validation files" in capsys.readouterr().err

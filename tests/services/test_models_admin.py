@@ -1,0 +1,65 @@
+"""The version that runs per task: an admin's choice while it can run, else the registry default with the
+reason reported; choices that cannot run are refused."""
+
+import pytest
+
+from db import engine as dbe
+from db import repo
+from inference.registry import Registry
+from services import auth, models_admin
+from tests.conftest import TEST_MODEL
+
+TRAINED = f"{TEST_MODEL}@0.1.0"
+
+
+@pytest.fixture
+def setup(ctx, versioned_models):
+    auth.add_user(ctx.engine, "boss", "admin", "long-enough-pw")
+    with dbe.read(ctx.engine) as s:
+        boss = repo.get_user_by_name(s, "boss").id
+    return (
+        ctx,
+        Registry(versioned_models, trained_roots=[versioned_models / "trained"]),
+        boss,
+        versioned_models,
+    )
+
+
+def test_the_chosen_version_runs_until_its_weights_go_then_the_default_runs_and_says_why(setup):
+    ctx, registry, boss, models_dir = setup
+    default, _ = models_admin.active_specs(ctx, registry)
+    assert default["classification"].ref == "cxr15_mobilenetv3@1.0.0"
+    models_admin.set_active(ctx, registry, "classification", TRAINED, boss)
+    chosen, unavailable = models_admin.active_specs(ctx, registry)
+    assert chosen["classification"].ref == TRAINED and unavailable == {}
+    assert chosen["segmentation"] == default["segmentation"]  # other tasks keep their default
+
+    (models_dir / "trained" / TEST_MODEL / "0.1.0" / "weights.pt").write_bytes(b"replaced")
+    chosen, unavailable = models_admin.active_specs(ctx, registry)
+    assert chosen["classification"].ref == "cxr15_mobilenetv3@1.0.0"
+    assert "sha256 mismatch" in unavailable[TRAINED]
+    assert [r.active for r in models_admin.catalogue(ctx, registry) if r.spec.ref == TRAINED] == [False]
+
+
+def test_unusable_or_wrong_task_versions_are_refused_and_nothing_is_stored(setup):
+    ctx, registry, boss, _ = setup
+    for ref, task, why in [
+        (f"{TEST_MODEL}@0.2.0", "classification", "weights file weights.pt not found"),
+        (f"{TEST_MODEL}@0.3.0", "classification", "sha256 mismatch"),
+        (TRAINED, "segmentation", "is a classification model"),
+        (f"{TEST_MODEL}@9.9.9", "classification", "no usable version"),
+    ]:
+        with pytest.raises(models_admin.ModelChoiceRefused, match=why):
+            models_admin.set_active(ctx, registry, task, ref, boss)
+    assert models_admin.history(ctx, "classification") == [] and models_admin.pins(ctx) == {}
+
+
+def test_a_rollback_to_a_version_that_can_no_longer_run_is_refused(setup):
+    ctx, registry, boss, models_dir = setup
+    models_admin.set_active(ctx, registry, "classification", TRAINED, boss)
+    models_admin.set_active(ctx, registry, "classification", "cxr15_mobilenetv3@1.0.0", boss)
+    (models_dir / "trained" / TEST_MODEL / "0.1.0" / "weights.pt").unlink()
+    with pytest.raises(models_admin.ModelChoiceRefused, match="cannot roll back"):
+        models_admin.rollback(ctx, registry, "classification", boss)
+    assert models_admin.pins(ctx)["classification"].ref == "cxr15_mobilenetv3@1.0.0"
+    assert len(models_admin.history(ctx, "classification")) == 2  # the refused rollback left no trace
