@@ -68,8 +68,8 @@ def _cmd_train_segmentation(args) -> int:
 
     cfg = SegmentationConfig(
         images=args.images, masks=args.masks, out=args.out or _models_dir() / "trained", device=args.device,
-        keep_checkpoint=args.keep_checkpoint, progress=not args.no_progress,
-        **_overrides(args, [*_COMMON, "size", "encoder"]),
+        keep_checkpoint=args.keep_checkpoint, progress=not args.no_progress, models_dir=_models_dir(),
+        **_overrides(args, [*_COMMON, "size", "encoder", "init"]),
         **({"decoder_channels": tuple(args.decoder_channels)} if args.decoder_channels else {}),
     )  # fmt: skip
     print(json.dumps(_summary(train(cfg, getattr(args, "argv", None)))), flush=True)
@@ -158,6 +158,8 @@ def add_parsers(sub) -> None:
     seg.add_argument("--size", type=int, help="network input side in pixels (default 256)")
     seg.add_argument("--encoder", help="smp encoder name (default tu-mobilenetv3_large_100)")
     seg.add_argument("--decoder-channels", type=int, nargs="+", metavar="N")
+    seg.add_argument("--init", metavar="MODEL_ID@VERSION",
+                     help="warm start from a trained version of this family (its architecture is kept)")  # fmt: skip
     seg.set_defaults(fn=run, handler=_cmd_train_segmentation)
 
     cls = tsub.add_parser("classification", help="multi-label NIH findings classifier (sigmoid per finding)")

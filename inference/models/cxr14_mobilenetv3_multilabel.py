@@ -28,7 +28,9 @@ class LogSoftmaxMultiLabel(nn.Module):
     def __init__(self, labels: tuple[str, ...] = FINDINGS):
         super().__init__()
         self.base = MobileNetV3Small(num_classes=len(CXR15_LABELS))
-        self.register_buffer("keep", torch.tensor([CXR15_LABELS.index(label) for label in labels]), persistent=False)
+        self.register_buffer(
+            "keep", torch.tensor([CXR15_LABELS.index(label) for label in labels]), persistent=False
+        )
         self.bias = nn.Parameter(torch.zeros(len(labels)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # the Grad-CAM layer, as in the shipped model

@@ -25,7 +25,7 @@ from inference.models import anatomy_unet_smp
 from inference.registry import MODEL_JSON, Registry
 from inference.runner import Runner
 from inference.training import common
-from inference.training.data import Augment, SegmentationData, paired_files
+from inference.training.data import Augment, DatasetError, SegmentationData, paired_files
 from inference.types import ANATOMY_LABELS, RESEARCH_USE
 
 CLASSES = {1: "lungs", 2: "heart", 3: "clavicles"}
@@ -54,6 +54,10 @@ class SegmentationConfig:
     keep_checkpoint: bool = False
     progress: bool = True
     threads: int | None = None
+    # Warm start from a trained version of this family (e.g. continue a 256 px model at 384 px); its
+    # architecture and normalisation are kept. models_dir is where the registry looks for it.
+    init: str | None = None
+    models_dir: Path | None = None
     augment: Augment = field(default_factory=Augment)
 
 
@@ -81,6 +85,14 @@ def _val_dice(model, data: SegmentationData, device, batch_size: int) -> dict[st
                     denom = (p == c).sum() + (t == c).sum()
                     scores[name].append(1.0 if denom == 0 else 2 * ((p == c) & (t == c)).sum() / denom)
     return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def _initial_spec(cfg: SegmentationConfig):
+    registry = Registry(cfg.models_dir or cfg.out, trained_roots=None if cfg.models_dir else [cfg.out])
+    spec = registry.check(registry.resolve(cfg.init))
+    if spec.family != anatomy_unet_smp.FAMILY:
+        raise DatasetError(f"--init {cfg.init}: not an {anatomy_unet_smp.FAMILY} version ({spec.family})")
+    return spec, registry.weights_path(spec)
 
 
 def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
@@ -116,7 +128,17 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
         "encoder_name": cfg.encoder,
         "decoder_channels": list(cfg.decoder_channels),
     }
+    init_from = "random initialisation (no pretrained weights)"
+    if cfg.init:
+        start, start_weights = _initial_spec(cfg)
+        arch, mean, std = dict(start.arch), start.mean, start.std
+        for d in (train_data, val_data):
+            d.mean, d.std = mean, std
+        init_from = f"{start.ref} (sha256 {start.weights_sha256})"
     model = anatomy_unet_smp.make(arch).to(device)
+    if cfg.init:
+        state = torch.load(start_weights, map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() for k, v in state.items()})
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(train_data) / cfg.batch_size)
     if cfg.steps_per_epoch:
@@ -176,8 +198,8 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
         "intended_use": f"{RESEARCH_USE} Lungs/heart/clavicles outlines on frontal (PA) chest radiographs; "
         f"trained by this project on {len(train_data)} JSRT/SCR images, so expect weaker outlines on AP, "
         "paediatric or post-surgical studies.",
-        "source": "segmentation_models_pytorch U-Net trained from scratch by CXR Review (no pretrained "
-        "weights) on the JSRT radiographs with SCR anatomy masks.",
+        "source": "segmentation_models_pytorch U-Net trained by CXR Review on the JSRT radiographs with SCR "
+        f"anatomy masks; initial weights: {init_from}.",
         "data": {
             "images": str(cfg.images),
             "masks": str(cfg.masks),

@@ -152,3 +152,28 @@ def test_model_json_carries_provenance(roots):
     meta = json.loads((roots[1] / "anatomy_unet_smp" / "1.9.0" / "model.json").read_text())
     assert meta["weights_dtype"] == "float16" and len(meta["weights_sha256"]) == 64
     assert meta["command"].endswith("test") and meta["code_version"]
+
+
+def test_committed_models_are_listed_available_and_as_good_as_their_model_json(registry, dataset):
+    """assets/models ships the project's own trained versions (README "Training your own models")."""
+    from inference import evaluation
+
+    refs = {s.ref for s in registry.available()}
+    assert {"anatomy_unet_smp@1.0.0", "cxr14_mobilenetv3_multilabel@1.0.0"} <= refs
+    seg = registry.resolve("anatomy_unet_smp@1.0.0")
+    cls = registry.resolve("cxr14_mobilenetv3_multilabel@1.0.0")
+    assert seg.input_size == (256, 256) and cls.activation == "sigmoid" and len(cls.thresholds) == 14
+    assert cls.metrics["mean_auc"] > 0.75 and seg.metrics["dice"]["lungs"]["mean"] > 0.96
+    # Recompute Dice on its validation images: the stored figures are exactly what the runner gives.
+    jsrt = dataset("jsrt")
+    files = seg.metadata["data"]["val_files"]
+    pairs = [(jsrt / "images512" / f, jsrt / "masks512" / f) for f in files]
+    report = evaluation.evaluate_segmentation(Runner(registry, "cpu"), seg, pairs)
+    assert report["n_images"] == 39
+    for name in ("lungs", "heart", "clavicles"):
+        assert report["dice"][name]["mean"] == pytest.approx(seg.metrics["dice"][name]["mean"], abs=1e-4)
+    assert report["model"] == {
+        "id": "anatomy_unet_smp",
+        "version": "1.0.0",
+        "weights_sha256": seg.weights_sha256,
+    }

@@ -83,7 +83,6 @@ def test_train_segmentation_smoke_writes_a_version_the_registry_and_runner_use(
     assert "holds a model version already" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_train_classification_smoke_from_the_shipped_weights(env, shared_data, tmp_path, capsys):
     nih = shared_data / "nih"
     out = tmp_path / "trained"
