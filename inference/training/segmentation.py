@@ -88,7 +88,10 @@ def _val_dice(model, data: SegmentationData, device, batch_size: int) -> dict[st
 
 
 def _initial_spec(cfg: SegmentationConfig):
-    registry = Registry(cfg.models_dir or cfg.out, trained_roots=None if cfg.models_dir else [cfg.out])
+    # The versions the app sees plus those under --out (where a previous run of this command wrote).
+    base = Registry(cfg.models_dir or cfg.out)
+    roots = list(dict.fromkeys(p.resolve() for p in [*base.trained_roots, cfg.out]))
+    registry = Registry(base.models_dir, trained_roots=roots)
     spec = registry.check(registry.resolve(cfg.init))
     if spec.family != anatomy_unet_smp.FAMILY:
         raise DatasetError(f"--init {cfg.init}: not an {anatomy_unet_smp.FAMILY} version ({spec.family})")
@@ -214,7 +217,7 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
             **{
                 k: v
                 for k, v in asdict(cfg).items()
-                if k not in ("images", "masks", "out", "augment", "model_id", "version")
+                if k not in ("images", "masks", "out", "augment", "model_id", "version", "models_dir")
             },
             "augment": asdict(cfg.augment),
             "device": str(device),

@@ -82,6 +82,19 @@ def test_train_segmentation_smoke_writes_a_version_the_registry_and_runner_use(
     assert cli.main(argv) == 2
     assert "holds a model version already" in capsys.readouterr().err
 
+    # A warm start at another resolution keeps the architecture and says where it started from; its first
+    # epoch already does better than the first epoch from random weights.
+    warm = [*argv[:argv.index("--version")], "--version", "0.0.2", "--epochs", "1", "--size", "96",
+            "--init", "anatomy_unet_smp@0.0.1", "--no-progress", *TINY]  # fmt: skip
+    assert cli.main(warm) == 0
+    meta2 = json.loads((out / "anatomy_unet_smp" / "0.0.2" / "model.json").read_text())
+    assert meta2["arch"] == meta["arch"] and meta2["input_size"] == [96, 96]
+    assert f"anatomy_unet_smp@0.0.1 (sha256 {meta['weights_sha256']})" in meta2["source"]
+    first = json.loads((out / "anatomy_unet_smp" / "0.0.2" / "train_log.jsonl").read_text().splitlines()[0])
+    assert first["train_loss"] < history[0]["train_loss"]
+    not_smp = [*warm, "--version", "0.0.3", "--init", "cxr15_mobilenetv3"]  # the last --init wins
+    assert cli.main(not_smp) == 2 and "not an anatomy_unet_smp version" in capsys.readouterr().err
+
 
 def test_train_classification_smoke_from_the_shipped_weights(env, shared_data, tmp_path, capsys):
     nih = shared_data / "nih"
