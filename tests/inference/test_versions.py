@@ -159,7 +159,13 @@ def test_committed_models_are_listed_available_and_as_good_as_their_model_json(r
     from inference import evaluation
 
     refs = {s.ref for s in registry.available()}
-    assert {"anatomy_unet_smp@1.0.0", "cxr14_mobilenetv3_multilabel@1.0.0"} <= refs
+    assert {"anatomy_unet_smp@1.0.0", "anatomy_unet_smp@1.1.0", "cxr14_mobilenetv3_multilabel@1.0.0"} <= refs
+    newer = registry.resolve("anatomy_unet_smp")  # ID alone: the newest version
+    assert (
+        newer.version == "1.1.0"
+        and newer.input_size == (384, 384)
+        and newer.arch == registry.resolve("anatomy_unet_smp@1.0.0").arch
+    )
     seg = registry.resolve("anatomy_unet_smp@1.0.0")
     cls = registry.resolve("cxr14_mobilenetv3_multilabel@1.0.0")
     assert seg.input_size == (256, 256) and cls.activation == "sigmoid" and len(cls.thresholds) == 14
