@@ -11,8 +11,6 @@ operating threshold is its Youden point on the validation split; both are stored
 
 from __future__ import annotations
 
-import copy
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -70,10 +68,7 @@ class ClassificationConfig:
 def _initial_model(cfg: ClassificationConfig, labels: tuple[str, ...]) -> tuple[torch.nn.Module, str]:
     if cfg.init in ("", "none"):
         return family.make(len(labels), cfg.head), "random initialisation"
-    registry = Registry(cfg.models_dir or cfg.out, trained_roots=None if cfg.models_dir else [cfg.out])
-    spec = registry.check(registry.resolve(cfg.init))
-    data = registry.weights_path(spec).read_bytes()
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    spec, state = common.resolve_init(cfg.init, cfg.models_dir, cfg.out)
     if spec.builtin and spec.model_id == "cxr15_mobilenetv3":
         return family.from_single_label(state, cfg.head), f"{spec.ref} (sha256 {spec.weights_sha256})"
     if spec.family == family.FAMILY and tuple(spec.labels) == labels and spec.arch.get("head") == cfg.head:
@@ -144,7 +139,8 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
     head_epochs = min(cfg.head_epochs, cfg.epochs)
     opt, sched = optimiser(head, cfg.lr, head_epochs)
     base_auc, _ = _mean_auc(val_data.targets, _scores(model, val_data, device, cfg.batch_size))
-    best, best_state, best_epoch = base_auc, copy.deepcopy(model.state_dict()), 0
+    best = common.BestKeeper(vdir / common.CHECKPOINT_FILE, cfg.max_minutes, clock)
+    best.offer(model, base_auc, 0)  # fine-tuning has to beat the initial weights
     epoch_log({"epoch": 0, "val_mean_auc": base_auc, "note": f"initial weights: {init_from}"})
     for epoch in range(1, cfg.epochs + 1):
         if epoch == head_epochs + 1:  # fine-tune everything at a lower rate
@@ -166,26 +162,17 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
             sched.step()
             losses.append(loss.item())
         val_auc, _ = _mean_auc(val_data.targets, _scores(model, val_data, device, cfg.batch_size))
-        improved = val_auc > best
-        if improved:
-            best, best_epoch, best_state = val_auc, epoch, copy.deepcopy(model.state_dict())
-            torch.save(
-                {"epoch": epoch, "val_mean_auc": val_auc, "state_dict": best_state},
-                vdir / common.CHECKPOINT_FILE,
-            )
+        improved = best.offer(model, val_auc, epoch)
         epoch_log({
             "epoch": epoch, "phase": "head" if epoch <= head_epochs else "all",
             "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_mean_auc": val_auc,
             "best": improved, "lr": float(sched.get_last_lr()[0]), "seconds": t0.s,
         })  # fmt: skip
-        if cfg.max_minutes is not None and clock.s > cfg.max_minutes * 60:
-            common.log.warning("stopping after epoch %d: --max-minutes %.1f reached", epoch, cfg.max_minutes)
+        if best.out_of_time(epoch):
             break
     train_seconds = clock.s
 
-    model.load_state_dict(best_state)
-    model.cpu()
-    common.rounded_fp16(model)
+    best.restore(model)
     val_scores = _scores(model, val_data, "cpu", cfg.batch_size)
     thresholds = {}
     for j, label in enumerate(labels):
@@ -232,10 +219,10 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
             "augment": asdict(cfg.augment),
             "device": str(device),
             "init_from": init_from,
-            "best_epoch": best_epoch,
+            "best_epoch": best.epoch,
             "epochs_run": len(epoch_log.history) - 1,
             "val_mean_auc_initial_weights": base_auc,
-            "best_val_mean_auc": best,
+            "best_val_mean_auc": best.score,
             "pos_weight": {k: round(float(v), 3) for k, v in zip(labels, pos_weight, strict=True)},
             "loss": "binary cross-entropy with per-finding pos_weight = min(neg/pos, pos_weight_max)",
             "wall_seconds": round(train_seconds, 1),

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference.registry import MODEL_JSON, version_key
+from inference.registry import MODEL_JSON, Registry, version_key
+from inference.types import ModelSpec
 
 log = logging.getLogger("cxr_review.training")
 REPO = Path(__file__).resolve().parents[2]
@@ -178,3 +179,43 @@ class Stopwatch:
     @property
     def s(self) -> float:
         return time.perf_counter() - self.t0
+
+
+def resolve_init(ref: str, models_dir: Path | None, out: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """The usable version `ref` names and its float32 state_dict, looked up among the versions the app sees
+    (built-ins, assets/models, <models dir>/trained) plus those under --out, where earlier runs wrote."""
+    base = Registry(models_dir or out)
+    roots = list(dict.fromkeys(p.resolve() for p in [*base.trained_roots, out]))
+    registry = Registry(base.models_dir, trained_roots=roots)
+    spec = registry.check(registry.resolve(ref))
+    state = torch.load(registry.weights_path(spec), map_location="cpu", weights_only=True)
+    return spec, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+class BestKeeper:
+    """Keeps the best epoch's weights (and its checkpoint file) and says when the wall-clock budget is spent."""
+
+    def __init__(self, checkpoint: Path, max_minutes: float | None, clock: Stopwatch):
+        self.checkpoint, self.max_minutes, self.clock = checkpoint, max_minutes, clock
+        self.score, self.epoch, self.state = -1.0, 0, None
+
+    def offer(self, model: torch.nn.Module, score: float, epoch: int, **extra) -> bool:
+        """Keep the model if `score` beats the best so far; True when it did."""
+        if score <= self.score:
+            return False
+        self.score, self.epoch = score, epoch
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        torch.save({"epoch": epoch, "score": score, **extra, "state_dict": self.state}, self.checkpoint)
+        return True
+
+    def out_of_time(self, epoch: int) -> bool:
+        if self.max_minutes is None or self.clock.s <= self.max_minutes * 60:
+            return False
+        log.warning("stopping after epoch %d: --max-minutes %.1f reached", epoch, self.max_minutes)
+        return True
+
+    def restore(self, model: torch.nn.Module) -> None:
+        """Load the best weights onto the CPU, rounded through fp16 as they will be written."""
+        model.load_state_dict(self.state)
+        model.cpu()
+        rounded_fp16(model)

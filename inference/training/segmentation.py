@@ -8,7 +8,6 @@ runner at each label map's native resolution: those are the metrics stored in mo
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inference import evaluation
+from inference import evaluation, metrics
 from inference.device import resolve_device
 from inference.models import anatomy_unet_smp
 from inference.registry import MODEL_JSON, Registry
@@ -81,21 +80,9 @@ def _val_dice(model, data: SegmentationData, device, batch_size: int) -> dict[st
             x, y = data.batch(idx)
             pred = model(((x - data.mean) / data.std).to(device)).argmax(1).cpu().numpy()
             for p, t in zip(pred, y.numpy(), strict=True):
-                for c, name in CLASSES.items():
-                    denom = (p == c).sum() + (t == c).sum()
-                    scores[name].append(1.0 if denom == 0 else 2 * ((p == c) & (t == c)).sum() / denom)
+                for name, d in metrics.dice_per_class(p, t, CLASSES).items():
+                    scores[name].append(d)
     return {k: float(np.mean(v)) for k, v in scores.items()}
-
-
-def _initial_spec(cfg: SegmentationConfig):
-    # The versions the app sees plus those under --out (where a previous run of this command wrote).
-    base = Registry(cfg.models_dir or cfg.out)
-    roots = list(dict.fromkeys(p.resolve() for p in [*base.trained_roots, cfg.out]))
-    registry = Registry(base.models_dir, trained_roots=roots)
-    spec = registry.check(registry.resolve(cfg.init))
-    if spec.family != anatomy_unet_smp.FAMILY:
-        raise DatasetError(f"--init {cfg.init}: not an {anatomy_unet_smp.FAMILY} version ({spec.family})")
-    return spec, registry.weights_path(spec)
 
 
 def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
@@ -133,15 +120,18 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
     }
     init_from = "random initialisation (no pretrained weights)"
     if cfg.init:
-        start, start_weights = _initial_spec(cfg)
+        start, start_state = common.resolve_init(cfg.init, cfg.models_dir, cfg.out)
+        if start.family != anatomy_unet_smp.FAMILY:
+            raise DatasetError(
+                f"--init {cfg.init}: not an {anatomy_unet_smp.FAMILY} version ({start.family})"
+            )
         arch, mean, std = dict(start.arch), start.mean, start.std
         for d in (train_data, val_data):
             d.mean, d.std = mean, std
         init_from = f"{start.ref} (sha256 {start.weights_sha256})"
     model = anatomy_unet_smp.make(arch).to(device)
     if cfg.init:
-        state = torch.load(start_weights, map_location="cpu", weights_only=True)
-        model.load_state_dict({k: v.float() for k, v in state.items()})
+        model.load_state_dict(start_state)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(train_data) / cfg.batch_size)
     if cfg.steps_per_epoch:
@@ -149,7 +139,7 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=max(2, cfg.epochs * steps), pct_start=0.1
     )
-    best, best_state, best_epoch = -1.0, None, 0
+    best = common.BestKeeper(vdir / common.CHECKPOINT_FILE, cfg.max_minutes, clock)
     for epoch in range(1, cfg.epochs + 1):
         t0 = common.Stopwatch()
         model.train()
@@ -169,24 +159,16 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
             losses.append(loss.item())
         val = _val_dice(model, val_data, device, cfg.batch_size)
         score = float(np.mean(list(val.values())))
-        improved = score > best
-        if improved:
-            best, best_epoch = score, epoch
-            best_state = copy.deepcopy(model.state_dict())
-            torch.save({"epoch": epoch, "val_mean_dice": score, "arch": arch, "state_dict": best_state},
-                       vdir / common.CHECKPOINT_FILE)  # fmt: skip
+        improved = best.offer(model, score, epoch, arch=arch)
         epoch_log({
             "epoch": epoch, "train_loss": float(np.mean(losses)), **{f"val_dice_{k}": v for k, v in val.items()},
             "val_mean_dice": score, "best": improved, "lr": float(sched.get_last_lr()[0]), "seconds": t0.s,
         })  # fmt: skip
-        if cfg.max_minutes is not None and clock.s > cfg.max_minutes * 60:
-            common.log.warning("stopping after epoch %d: --max-minutes %.1f reached", epoch, cfg.max_minutes)
+        if best.out_of_time(epoch):
             break
     train_seconds = clock.s
 
-    model.load_state_dict(best_state)
-    model.cpu()
-    common.rounded_fp16(model)
+    best.restore(model)
     meta = common.base_meta(model_id=cfg.model_id, version=version, task="segmentation",
                             family=anatomy_unet_smp.FAMILY, argv=argv)  # fmt: skip
     meta |= {
@@ -221,9 +203,9 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
             },
             "augment": asdict(cfg.augment),
             "device": str(device),
-            "best_epoch": best_epoch,
+            "best_epoch": best.epoch,
             "epochs_run": len(epoch_log.history),
-            "best_val_mean_dice_network_resolution": best,
+            "best_val_mean_dice_network_resolution": best.score,
             "wall_seconds": round(train_seconds, 1),
             "loss": "cross-entropy + soft Dice (lungs, heart, clavicles)",
         },  # fmt: skip
