@@ -24,7 +24,7 @@ from inference.training.common import progress as _progress
 from inference.training.data import (
     DatasetError,
     LabelledImage,
-    image_files,
+    paired_files,
     read_gray,
     read_label_map,
 )
@@ -176,11 +176,7 @@ def bone_pairs(folder: Path) -> list[tuple[Path, Path]]:
     )
     if not src.is_dir() or soft is None:
         raise DatasetError(f"{folder} needs authentic/ and des/ subfolders of matching images")
-    by_stem = {p.stem: p for p in image_files(soft)}
-    pairs = [(p, by_stem[p.stem]) for p in image_files(src) if p.stem in by_stem]
-    if not pairs:
-        raise DatasetError(f"no file in {src} has a soft-tissue image of the same name in {soft}")
-    return pairs
+    return paired_files(src, soft, "a soft-tissue image")
 
 
 def evaluate_bone(runner: Runner, model: str | ModelSpec, pairs: Sequence[tuple[Path, Path]]) -> dict:

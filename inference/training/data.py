@@ -45,14 +45,14 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def paired_files(images: Path, masks: Path) -> list[tuple[Path, Path]]:
-    """(image, label map) pairs matched by file stem; images without a label map are left out."""
+def paired_files(images: Path, masks: Path, what: str = "a label map") -> list[tuple[Path, Path]]:
+    """(image, partner) pairs matched by file stem; images without `what` in `masks` are left out."""
     if not Path(masks).is_dir():
-        raise DatasetError(f"masks folder {masks} not found")
+        raise DatasetError(f"folder {masks} not found")
     by_stem = {p.stem: p for p in image_files(masks)}
     pairs = [(p, by_stem[p.stem]) for p in image_files(images) if p.stem in by_stem]
     if not pairs:
-        raise DatasetError(f"no image in {images} has a label map of the same name in {masks}")
+        raise DatasetError(f"no image in {images} has {what} of the same name in {masks}")
     return pairs
 
 
