@@ -11,7 +11,6 @@ operating threshold is its Youden point on the validation split; both are stored
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from inference import evaluation, metrics
 from inference.device import resolve_device
 from inference.models import cxr14_mobilenetv3_multilabel as family
-from inference.registry import MODEL_JSON, Registry
+from inference.registry import MODEL_JSON
 from inference.runner import Runner
 from inference.training import common
 from inference.training.data import Augment, ClassificationData, DatasetError, read_labels_csv
@@ -230,20 +229,17 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
         },  # fmt: skip
         "validation": {},
     }
-    common.write_version(vdir, model, meta)
-    runner = Runner(Registry(cfg.out, trained_roots=[cfg.out]), str(device))
-    report = evaluation.evaluate_classification(
-        runner, f"{cfg.model_id}@{version}", cfg.images, [by_file[f] for f in val_files], n_boot=1000,
-        seed=cfg.seed,
-    )  # fmt: skip
-    meta["validation"] = {
-        "n_images": report["n_images"], "mean_auc": report["mean_auc"],
-        "auc": {k: {"auc": v["auc"], "ci95": v["ci95"], "n_pos": v["n_pos"]} for k, v in report["per_finding"].items()},
-        "multi_finding": {"n_images": report["multi_finding"]["n_images"],
-                          "mean_auc": report["multi_finding"]["mean_auc"]},
-    }  # fmt: skip
-    meta["training"]["wall_seconds_with_evaluation"] = round(clock.s, 1)
-    path = common.write_version(vdir, model, meta)
-    if not cfg.keep_checkpoint:
-        (vdir / common.CHECKPOINT_FILE).unlink(missing_ok=True)
-    return json.loads(path.read_text()) | {"model_json": str(path), "history": epoch_log.history}
+
+    def evaluate(runner: Runner, ref: str) -> dict:
+        report = evaluation.evaluate_classification(
+            runner, ref, cfg.images, [by_file[f] for f in val_files], n_boot=1000, seed=cfg.seed
+        )
+        return {
+            "n_images": report["n_images"], "mean_auc": report["mean_auc"],
+            "auc": {k: {"auc": v["auc"], "ci95": v["ci95"], "n_pos": v["n_pos"]} for k, v in report["per_finding"].items()},
+            "multi_finding": {"n_images": report["multi_finding"]["n_images"],
+                              "mean_auc": report["multi_finding"]["mean_auc"]},
+        }  # fmt: skip
+
+    return common.publish(vdir, model, meta, out=cfg.out, device=device, clock=clock, evaluate=evaluate,
+                          keep_checkpoint=cfg.keep_checkpoint, history=epoch_log.history)  # fmt: skip

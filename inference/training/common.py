@@ -12,7 +12,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from inference.registry import MODEL_JSON, Registry, version_key
+from inference.runner import Runner
 from inference.types import ModelSpec
 
 log = logging.getLogger("cxr_review.training")
@@ -219,3 +220,28 @@ class BestKeeper:
         model.load_state_dict(self.state)
         model.cpu()
         rounded_fp16(model)
+
+
+def publish(
+    vdir: Path,
+    model: torch.nn.Module,
+    meta: dict,
+    *,
+    out: Path,
+    device,
+    clock: Stopwatch,
+    evaluate: Callable[[Runner, str], dict],
+    keep_checkpoint: bool,
+    history: list[dict],
+) -> dict:
+    """Write the version, measure it with `evaluate(runner, "id@version")` and write it again with those
+    validation metrics (same weights, same sha256). The stored metrics are those of the written fp16 weights,
+    run exactly as the app runs them. Returns the model.json content plus its path and the epoch history."""
+    write_version(vdir, model, meta)
+    runner = Runner(Registry(out, trained_roots=[out]), str(device))
+    meta["validation"] = evaluate(runner, f"{meta['model_id']}@{meta['version']}")
+    meta["training"]["wall_seconds_with_evaluation"] = round(clock.s, 1)
+    path = write_version(vdir, model, meta)
+    if not keep_checkpoint:
+        (vdir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    return json.loads(path.read_text()) | {"model_json": str(path), "history": history}

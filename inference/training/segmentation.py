@@ -8,7 +8,6 @@ runner at each label map's native resolution: those are the metrics stored in mo
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from inference import evaluation, metrics
 from inference.device import resolve_device
 from inference.models import anatomy_unet_smp
-from inference.registry import MODEL_JSON, Registry
+from inference.registry import MODEL_JSON
 from inference.runner import Runner
 from inference.training import common
 from inference.training.data import Augment, DatasetError, SegmentationData, paired_files
@@ -211,16 +210,12 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
         },  # fmt: skip
         "validation": {},
     }
-    common.write_version(vdir, model, meta)
-    # The stored metrics are those of the written (fp16) weights, run exactly as the app runs them.
-    runner = Runner(Registry(cfg.out, trained_roots=[cfg.out]), str(device))
-    report = evaluation.evaluate_segmentation(
-        runner, f"{cfg.model_id}@{version}", [by_name[n] for n in val_names], per_image=False,
-        progress=cfg.progress,
-    )  # fmt: skip
-    meta["validation"] = {k: report[k] for k in ("resolution", "n_images", "dice")}
-    meta["training"]["wall_seconds_with_evaluation"] = round(clock.s, 1)
-    path = common.write_version(vdir, model, meta)  # same weights, same sha256; metrics filled in
-    if not cfg.keep_checkpoint:
-        (vdir / common.CHECKPOINT_FILE).unlink(missing_ok=True)
-    return json.loads(path.read_text()) | {"model_json": str(path), "history": epoch_log.history}
+
+    def evaluate(runner: Runner, ref: str) -> dict:
+        report = evaluation.evaluate_segmentation(
+            runner, ref, [by_name[n] for n in val_names], per_image=False, progress=cfg.progress
+        )
+        return {k: report[k] for k in ("resolution", "n_images", "dice")}
+
+    return common.publish(vdir, model, meta, out=cfg.out, device=device, clock=clock, evaluate=evaluate,
+                          keep_checkpoint=cfg.keep_checkpoint, history=epoch_log.history)  # fmt: skip
