@@ -65,6 +65,7 @@ def evaluate_segmentation(
         "model": _ref(spec),
         "resolution": f"each label map's native resolution ({', '.join(shapes)}...); network input "
         f"{spec.input_size[1]}x{spec.input_size[0]}, logits upsampled bilinearly",
+        "test_time_views": len(spec.metadata.get("test_time_augmentation", {}).get("views", ())) or 1,
         "n_images": len(rows),
         "dice": {name: _summary([r[name] for r in rows]) for name in CLASSES.values()},
     }
@@ -124,6 +125,14 @@ def evaluate_classification(
     multi = [i for i, r in enumerate(rows) if len(r.findings) >= 2]
     all_table = auc_table(rows, findings, scores[:, cols], n_boot, seed)
     multi_table = auc_table([rows[i] for i in multi], findings, scores[multi][:, cols], n_boot, seed)
+    for j, label in zip(cols, findings, strict=True):
+        y = np.array([label in r.findings for r in rows])
+        entry = all_table["per_finding"][label]
+        if label in spec.thresholds:  # what the viewer's "positive" flag means on these images
+            entry["at_threshold"] = metrics.operating_point(y, scores[:, j], spec.thresholds[label])
+        if spec.activation == "sigmoid":  # probabilities: how well they match the observed rates
+            entry |= {"brier": metrics.brier(y, scores[:, j]), "mean_score": float(scores[:, j].mean()),
+                      "rate": float(y.mean())}  # fmt: skip
     return {
         "task": "classification",
         "model": _ref(spec),
@@ -133,6 +142,11 @@ def evaluate_classification(
         "mean_auc": all_table["mean_auc"],
         "per_finding": all_table["per_finding"],
         "multi_finding": {"n_images": len(multi), **multi_table},
+        **(
+            {"mean_brier": float(np.mean([all_table["per_finding"][f]["brier"] for f in findings]))}
+            if spec.activation == "sigmoid"
+            else {}
+        ),
         "bootstrap": {"resamples": n_boot, "seed": seed, "interval": "95% percentile"},
     }
 

@@ -1,5 +1,6 @@
 """Evaluation metrics in plain numpy (checked against scikit-learn and hand-made cases in
-tests/inference/test_metrics.py): Dice, ROC / AUC with bootstrap intervals, Youden points, MAE, SSIM."""
+tests/inference/test_metrics.py): Dice, ROC / AUC with bootstrap intervals, Youden points, Brier score,
+sensitivity / specificity at a threshold, MAE, SSIM."""
 
 from __future__ import annotations
 
@@ -97,6 +98,24 @@ def youden_threshold(y_true: Sequence, y_score: Sequence) -> tuple[float, float]
     j = tpr - fpr
     i = int(np.argmax(j[1:])) + 1  # skip the +inf point
     return float(thr[i]), float(j[i])
+
+
+def brier(y_true: Sequence, y_prob: Sequence) -> float:
+    """Mean squared difference between predicted probability and outcome (0 is perfect; 0.25 is a coin)."""
+    y, p = _binary(y_true, y_prob)
+    return float(np.mean((p - y) ** 2))
+
+
+def operating_point(y_true: Sequence, y_score: Sequence, threshold: float) -> dict:
+    """Sensitivity and specificity when score >= threshold is called positive (None where undefined)."""
+    y, s = _binary(y_true, y_score)
+    called = s >= threshold
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    return {
+        "threshold": float(threshold),
+        "sensitivity": float((called & y).sum() / n_pos) if n_pos else None,
+        "specificity": float((~called & ~y).sum() / n_neg) if n_neg else None,
+    }
 
 
 def auc_report(

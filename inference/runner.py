@@ -21,9 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.calibration import apply_platt
 from inference.device import resolve_device
 from inference.gradcam import grad_cam
 from inference.postprocess import clean_label_map
+from inference.preprocess import stretch_contrast
 from inference.registry import Registry
 from inference.types import (
     SCORE_KINDS,
@@ -55,6 +57,36 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _tta_log_probs(
+    model: torch.nn.Module, x: torch.Tensor, views: Sequence[dict], mean: float, std: float
+) -> torch.Tensor:
+    """Log of the class probabilities averaged over views of `x` (1, 1, H, W in [0,1]).
+
+    Each view {"scale": s, "shift": [dx, dy]} zooms the image by s about its centre and moves it by (dx, dy)
+    image widths, the kind of change the training augmentation made; the view's probabilities are warped back
+    before averaging, and pixels a view did not see do not count. No flips: the heart's side is anatomy.
+    """
+    total = weight = None
+    for view in views:
+        s = float(view.get("scale", 1.0))
+        tx, ty = (2.0 * float(v) for v in view.get("shift", (0.0, 0.0)))  # grid units span 2 per width
+        # affine_grid maps output to input coordinates: the view shows input point (p - t) / s at p ...
+        fwd = torch.tensor([[[1 / s, 0, -tx / s], [0, 1 / s, -ty / s]]], dtype=x.dtype, device=x.device)
+        # ... so image point q sits at s * q + t in the view.
+        back = torch.tensor([[[s, 0, tx], [0, s, ty]]], dtype=x.dtype, device=x.device)
+        grid = F.affine_grid(fwd, list(x.shape), align_corners=False)
+        seen = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        probs = model((seen - mean) / std).softmax(1)
+        grid = F.affine_grid(back, list(probs.shape), align_corners=False)
+        probs = F.grid_sample(probs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        cover = F.grid_sample(
+            torch.ones_like(x), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        total = probs if total is None else total + probs
+        weight = cover if weight is None else weight + cover
+    return (total / weight.clamp_min(1e-6)).clamp_min(1e-8).log()
 
 
 class _Clock:
@@ -147,11 +179,17 @@ class Runner:
         side = max(h, w)
         top, left = (side - h) // 2, (side - w) // 2
         with clock.phase("preprocess"):
+            if stretch := spec.metadata.get("contrast_stretch"):
+                img = stretch_contrast(img, *stretch["percentiles"])
             # Zero-pad to a square first (as HybridGNet does) so the anatomy keeps its aspect ratio.
             x = F.pad(self._tensor(img), (left, side - w - left, top, side - h - top))
-            x = (_resize(x, spec.input_size) - spec.mean) / spec.std
+            x = _resize(x, spec.input_size)
         with clock.phase("forward"):
-            logits = model(x)  # batch of one: the BatchNorms use per-image statistics
+            views = spec.metadata.get("test_time_augmentation", {}).get("views")
+            if views:
+                logits = _tta_log_probs(model, x, views, spec.mean, spec.std)
+            else:  # batch of one: the BatchNorms use per-image statistics
+                logits = model((x - spec.mean) / spec.std)
         with clock.phase("postprocess"):
             # Upsample logits, not labels, so boundaries stay smooth at full resolution.
             logits = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
@@ -214,8 +252,13 @@ class Runner:
             x = self._classifier_input(imgs, spec)
         with clock.phase("forward"):
             logits = model(x).float()
-            probs = torch.sigmoid(logits) if spec.activation == "sigmoid" else torch.softmax(logits, dim=1)
-            probs = probs.cpu().numpy()
+            if cal := spec.metadata.get("calibration"):  # fitted per version (inference/calibration.py)
+                intercepts = [cal["intercepts"][label] for label in spec.labels]
+                probs = apply_platt(logits.cpu().numpy(), cal["slope"], intercepts)
+            elif spec.activation == "sigmoid":
+                probs = torch.sigmoid(logits).cpu().numpy()
+            else:
+                probs = torch.softmax(logits, dim=1).cpu().numpy()
         thr = {**spec.thresholds, **(thresholds or {})}
         timings = clock.done()
         results = []

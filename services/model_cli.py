@@ -69,7 +69,8 @@ def _cmd_train_segmentation(args) -> int:
     cfg = SegmentationConfig(
         images=args.images, masks=args.masks, out=args.out or _models_dir() / "trained", device=args.device,
         keep_checkpoint=args.keep_checkpoint, progress=not args.no_progress, models_dir=_models_dir(),
-        **_overrides(args, [*_COMMON, "size", "encoder", "init"]),
+        **_overrides(args, [*_COMMON, "size", "encoder", "init", "tta"]),
+        **({"stretch": tuple(args.stretch)} if args.stretch else {}),
         **({"decoder_channels": tuple(args.decoder_channels)} if args.decoder_channels else {}),
     )  # fmt: skip
     print(json.dumps(_summary(train(cfg, getattr(args, "argv", None)))), flush=True)
@@ -83,6 +84,7 @@ def _cmd_train_classification(args) -> int:
         images=args.images, labels=args.labels, out=args.out or _models_dir() / "trained", device=args.device,
         keep_checkpoint=args.keep_checkpoint, progress=not args.no_progress, models_dir=_models_dir(),
         **_overrides(args, [*_COMMON, "init", "head", "head_epochs", "pos_weight_max"]),
+        calibrate=not args.no_calibrate,
     )  # fmt: skip
     print(json.dumps(_summary(train(cfg, getattr(args, "argv", None)))), flush=True)
     return EXIT_OK
@@ -160,6 +162,11 @@ def add_parsers(sub) -> None:
     seg.add_argument("--decoder-channels", type=int, nargs="+", metavar="N")
     seg.add_argument("--init", metavar="MODEL_ID@VERSION",
                      help="warm start from a trained version of this family (its architecture is kept)")  # fmt: skip
+    seg.add_argument("--tta", action="store_true", default=None,
+                     help="the version averages 5 shifted/zoomed views at inference (slower, more accurate)")  # fmt: skip
+    seg.add_argument("--stretch", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                     help="stretch each image's LOW..HIGH percentiles to 0..1 (training and inference), "
+                     "e.g. 0.5 99.5; with --init the start's setting is kept")  # fmt: skip
     seg.set_defaults(fn=run, handler=_cmd_train_segmentation)
 
     cls = tsub.add_parser("classification", help="multi-label NIH findings classifier (sigmoid per finding)")
@@ -172,6 +179,8 @@ def add_parsers(sub) -> None:
                      help="multi-label head (default logsoftmax: starts ranking like the shipped softmax)")  # fmt: skip
     cls.add_argument("--head-epochs", type=int, help="epochs training the head only before fine-tuning all")
     cls.add_argument("--pos-weight-max", type=float, help="cap of the per-finding positive weight (neg/pos)")
+    cls.add_argument("--no-calibrate", action="store_true",
+                     help="store raw sigmoids instead of Platt-calibrated probabilities fitted on validation")  # fmt: skip
     _add_common_train(cls, epochs=12)
     cls.set_defaults(fn=run, handler=_cmd_train_classification)
 

@@ -11,6 +11,7 @@ operating threshold is its Youden point on the validation split; both are stored
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inference import evaluation, metrics
+from inference import calibration, evaluation, metrics
 from inference.device import resolve_device
 from inference.models import cxr14_mobilenetv3_multilabel as family
 from inference.registry import MODEL_JSON
@@ -27,6 +28,8 @@ from inference.runner import Runner
 from inference.training import common
 from inference.training.data import Augment, ClassificationData, DatasetError, read_labels_csv
 from inference.types import RESEARCH_USE
+
+log = logging.getLogger("cxr_review.training")
 
 MEAN, STD = 0.485, 0.229  # the shipped classifier's normalisation; kept so the backbone sees what it knows
 
@@ -57,6 +60,7 @@ class ClassificationConfig:
     keep_checkpoint: bool = False
     progress: bool = True
     threads: int | None = None
+    calibrate: bool = True  # Platt scaling fitted on the validation split (inference/calibration.py)
     augment: Augment = field(
         default_factory=lambda: Augment(
             rotate_deg=7, scale=0.08, shift=0.05, brightness=0.08, contrast=0.15, gamma=0.2
@@ -77,14 +81,33 @@ def _initial_model(cfg: ClassificationConfig, labels: tuple[str, ...]) -> tuple[
     raise DatasetError(f"--init {cfg.init}: cannot start a {family.FAMILY} model from {spec.ref}")
 
 
-def _scores(model, data: ClassificationData, device, batch_size: int) -> np.ndarray:
+def _logits(model, data: ClassificationData, device, batch_size: int) -> np.ndarray:
+    """Raw finding logits (N x K); AUCs are the same on logits and on their sigmoids."""
     model.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
             x, _ = data.batch(range(start, min(start + batch_size, len(data))))
-            out.append(torch.sigmoid(model(((x - MEAN) / STD).to(device)).float()).cpu().numpy())
+            out.append(model(((x - MEAN) / STD).to(device)).float().cpu().numpy())
     return np.concatenate(out)
+
+
+def _calibrate(
+    logits: np.ndarray, targets: np.ndarray, labels: Sequence[str]
+) -> tuple[dict | None, np.ndarray]:
+    """(model.json "calibration" or None, calibrated validation scores); None when the fitted slope is not
+    positive, which would reverse the ranking."""
+    slope, intercepts = calibration.fit_platt(logits, targets)
+    if not slope > 0:
+        log.warning("calibration skipped: fitted slope %.3g is not positive", slope)
+        return None, 1 / (1 + np.exp(-logits))
+    meta = {
+        "method": "Platt scaling: sigmoid(slope * logit + intercept[finding]), one slope for all findings, "
+        "smoothed targets; fitted on the validation split (so calibration figures on it are optimistic)",
+        "slope": slope,
+        "intercepts": {label: float(c) for label, c in zip(labels, intercepts, strict=True)},
+    }
+    return meta, calibration.apply_platt(logits, slope, intercepts)
 
 
 def _mean_auc(targets: np.ndarray, scores: np.ndarray) -> tuple[float, dict[str, float]]:
@@ -137,7 +160,7 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
     head = model.head_parameters()
     head_epochs = min(cfg.head_epochs, cfg.epochs)
     opt, sched = optimiser(head, cfg.lr, head_epochs)
-    base_auc, _ = _mean_auc(val_data.targets, _scores(model, val_data, device, cfg.batch_size))
+    base_auc, _ = _mean_auc(val_data.targets, _logits(model, val_data, device, cfg.batch_size))
     best = common.BestKeeper(vdir / common.CHECKPOINT_FILE, cfg.max_minutes, clock)
     best.offer(model, base_auc, 0)  # fine-tuning has to beat the initial weights
     epoch_log({"epoch": 0, "val_mean_auc": base_auc, "note": f"initial weights: {init_from}"})
@@ -160,7 +183,7 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
             opt.step()
             sched.step()
             losses.append(loss.item())
-        val_auc, _ = _mean_auc(val_data.targets, _scores(model, val_data, device, cfg.batch_size))
+        val_auc, _ = _mean_auc(val_data.targets, _logits(model, val_data, device, cfg.batch_size))
         improved = best.offer(model, val_auc, epoch)
         epoch_log({
             "epoch": epoch, "phase": "head" if epoch <= head_epochs else "all",
@@ -172,7 +195,12 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
     train_seconds = clock.s
 
     best.restore(model)
-    val_scores = _scores(model, val_data, "cpu", cfg.batch_size)
+    val_logits = _logits(model, val_data, "cpu", cfg.batch_size)
+    calibrated = None
+    if cfg.calibrate:
+        calibrated, val_scores = _calibrate(val_logits, val_data.targets, labels)
+    else:
+        val_scores = 1 / (1 + np.exp(-val_logits))
     thresholds = {}
     for j, label in enumerate(labels):
         y = val_data.targets[:, j] > 0
@@ -229,6 +257,8 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
         },  # fmt: skip
         "validation": {},
     }
+    if calibrated:
+        meta["calibration"] = calibrated
 
     def evaluate(runner: Runner, ref: str) -> dict:
         report = evaluation.evaluate_classification(

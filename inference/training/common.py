@@ -119,7 +119,7 @@ class EpochLogger:
     def __call__(self, record: dict) -> None:
         self.history.append(record)
         text = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-        log.warning("epoch %s", text)  # WARNING so it shows under the CLI's default log level
+        log.info("epoch %s", text)  # `train` lets cxr_review.training log at INFO
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.preprocess import stretch_contrast
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -148,12 +150,20 @@ class SegmentationData:
     """Images resized as the runner does; label maps kept at native resolution and warped straight to the
     network size with nearest-neighbour (one resampling, not two)."""
 
-    def __init__(self, pairs: Sequence[tuple[Path, Path]], size: tuple[int, int]):
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        size: tuple[int, int],
+        stretch: tuple[float, float] | None = None,
+    ):
+        """`stretch`: percentiles for preprocess.stretch_contrast, as the runner applies them."""
         self.size = size
         self.files = [p.name for p, _ in pairs]
         self.images, self.masks, self.to_net = [], [], []
         for img_path, mask_path in pairs:
             img, mask = read_gray(img_path), read_label_map(mask_path)
+            if stretch:
+                img = stretch_contrast(img, *stretch)
             if img.shape != mask.shape:
                 raise DatasetError(f"{img_path.name}: image {img.shape} and label map {mask.shape} differ")
             h, w = img.shape

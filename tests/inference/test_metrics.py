@@ -36,6 +36,21 @@ def test_auc_by_hand():
     assert metrics.youden_threshold([1, 1, 0, 0], [0.9, 0.8, 0.5, 0.1]) == (0.8, 1.0)
 
 
+def test_brier_and_operating_point_by_hand_and_against_sklearn():
+    # (0.9-1)^2 + (0.4-1)^2 + (0.5-0)^2 + (0.1-0)^2 = 0.01 + 0.36 + 0.25 + 0.01 = 0.63 -> / 4
+    assert metrics.brier([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1]) == pytest.approx(0.1575)
+    # at 0.45: positives 0.9 called, 0.4 missed; negatives 0.5 called, 0.1 not
+    assert metrics.operating_point([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1], 0.45) == {
+        "threshold": 0.45, "sensitivity": 0.5, "specificity": 0.5,
+    }  # fmt: skip
+    assert metrics.operating_point([0, 0], [0.2, 0.7], 0.5)["sensitivity"] is None
+    from sklearn.metrics import brier_score_loss
+
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 2, 200), rng.random(200)
+    assert metrics.brier(y, p) == pytest.approx(brier_score_loss(y, p))
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_roc_and_auc_match_sklearn_with_ties(seed):
     rng = np.random.default_rng(seed)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from inference.models import anatomy_unet_smp, cxr14_mobilenetv3_multilabel
 from inference.registry import Registry, version_key
@@ -15,24 +16,24 @@ from inference.types import ANATOMY_LABELS, SCORE_KINDS, ModelRef, ModelUnavaila
 TINY_UNET = {"encoder_name": "tu-mobilenetv3_small_050", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
 
 
-def write_anatomy(root, version, created="2025-01-01T00:00:00+00:00", seed=0):
+def write_anatomy(root, version, created="2025-01-01T00:00:00+00:00", seed=0, **extra):
     torch.manual_seed(seed)
     model = anatomy_unet_smp.make(TINY_UNET)
     meta = base_meta(model_id="anatomy_unet_smp", version=version, task="segmentation",
                      family="anatomy_unet_smp", argv=["test"])  # fmt: skip
     meta |= {"created": created, "labels": list(ANATOMY_LABELS), "input_size": [64, 64], "arch": TINY_UNET,
-             "mean": 0.5, "std": 0.25, "normalisation": "test", "validation": {"dice": {"lungs": 0.5}}}  # fmt: skip
+             "mean": 0.5, "std": 0.25, "normalisation": "test", "validation": {"dice": {"lungs": 0.5}}, **extra}  # fmt: skip
     return write_version(root / "anatomy_unet_smp" / version, model, meta)
 
 
-def write_classifier(root, version="0.1.0"):
+def write_classifier(root, version="0.1.0", **extra):
     torch.manual_seed(0)
     model = cxr14_mobilenetv3_multilabel.make()
     labels = list(cxr14_mobilenetv3_multilabel.FINDINGS)
     meta = base_meta(model_id="cxr14_mobilenetv3_multilabel", version=version, task="classification",
                      family="cxr14_mobilenetv3_multilabel", argv=["test"])  # fmt: skip
     meta |= {"labels": labels, "thresholds": {k: 0.5 for k in labels}, "activation": "sigmoid",
-             "input_size": [64, 64], "mean": 0.485, "std": 0.229}  # fmt: skip
+             "input_size": [64, 64], "mean": 0.485, "std": 0.229, **extra}  # fmt: skip
     return write_version(root / "cxr14_mobilenetv3_multilabel" / version, model, meta)
 
 
@@ -148,6 +149,27 @@ def test_multilabel_classifier_scores_are_sigmoids_with_model_json_thresholds(re
     assert shipped.score_kind == SCORE_KINDS["softmax"] and shipped.model.model_id == "cxr15_mobilenetv3"
 
 
+def test_a_calibrated_classifier_reports_platt_probabilities_of_its_logits(
+    tmp_path, models_dir, read_gray, dataset
+):
+    from inference.calibration import apply_platt
+
+    labels = cxr14_mobilenetv3_multilabel.FINDINGS
+    intercepts = {label: -1.0 + 0.1 * i for i, label in enumerate(labels)}
+    write_classifier(tmp_path, "0.1.0")  # the same weights (seed 0) without and with calibration
+    write_classifier(
+        tmp_path, "0.2.0", calibration={"method": "test", "slope": 0.3, "intercepts": intercepts}
+    )
+    runner = Runner(Registry(models_dir, trained_roots=[tmp_path]), "cpu")
+    img = read_gray(next(iter(sorted((dataset("nih") / "images").glob("*.png")))))
+    raw = runner.classify(img, "cxr14_mobilenetv3_multilabel@0.1.0").probabilities
+    cal = runner.classify(img, "cxr14_mobilenetv3_multilabel@0.2.0").probabilities
+    logits = np.log([raw[k] / (1 - raw[k]) for k in labels])[None]
+    expected = apply_platt(logits, 0.3, [intercepts[k] for k in labels])[0]
+    assert [cal[k] for k in labels] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert cal != raw
+
+
 def test_model_json_carries_provenance(roots):
     meta = json.loads((roots[1] / "anatomy_unet_smp" / "1.9.0" / "model.json").read_text())
     assert meta["weights_dtype"] == "float16" and len(meta["weights_sha256"]) == 64
@@ -183,3 +205,61 @@ def test_committed_models_are_listed_available_and_as_good_as_their_model_json(r
         "version": "1.0.0",
         "weights_sha256": seg.weights_sha256,
     }
+
+
+def _blob(side=96):
+    yy, xx = np.mgrid[:side, :side] / side
+    return np.exp(-((xx - 0.35) ** 2 / 0.02 + (yy - 0.6) ** 2 / 0.05)).astype(np.float32)
+
+
+def test_test_time_views_are_warped_back_onto_the_image():
+    """A per-pixel model commutes with any warp, so averaging its shifted and zoomed views must give back its
+    plain answer; a view mapped back with the wrong sign or scale would move the blob and fail this."""
+    from inference.runner import _tta_log_probs
+
+    model = nn.Conv2d(1, 4, 1)
+    with torch.no_grad():
+        model.weight[:] = torch.tensor([-8.0, 8.0, 0.0, 0.0]).view(4, 1, 1, 1)
+        model.bias[:] = torch.tensor([4.0, -4.0, -9.0, -9.0])
+    x = torch.from_numpy(_blob())[None, None]
+    plain = model(x).argmax(1)
+    assert 0.05 < plain.float().mean() < 0.5  # the blob is class 1, the rest class 0
+    for views in ([{"shift": [0.1, -0.05]}], [{"scale": 0.8}, {"scale": 1.2, "shift": [-0.08, 0.06]}]):
+        tta = _tta_log_probs(model, x, views, mean=0.0, std=1.0).argmax(1)
+        inner = (slice(None), slice(12, -12), slice(12, -12))  # what every view saw
+        assert (tta[inner] == plain[inner]).float().mean() > 0.995, views
+    same = _tta_log_probs(model, x, [{"scale": 1.0}], 0.0, 1.0)
+    assert torch.allclose(same.exp(), model(x).softmax(1), atol=1e-5)
+
+
+def test_a_version_with_test_time_views_runs_each_view(tmp_path, models_dir, read_gray, dataset):
+    from inference.training.segmentation import TTA_VIEWS
+
+    write_anatomy(tmp_path, "2.0.0")
+    write_anatomy(tmp_path, "2.1.0", test_time_augmentation={"views": list(TTA_VIEWS)})
+    runner = Runner(Registry(models_dir, trained_roots=[tmp_path]), "cpu")
+    img = read_gray(sorted((dataset("jsrt") / "images512").glob("*.png"))[0])
+    calls = {}
+    for version in ("2.0.0", "2.1.0"):
+        module = runner.load(f"anatomy_unet_smp@{version}")
+        hook = module.register_forward_hook(
+            lambda m, i, o, v=version: calls.__setitem__(v, calls.get(v, 0) + 1)
+        )
+        result = runner.segment_anatomy(img, f"anatomy_unet_smp@{version}")
+        hook.remove()
+        assert result.label_map.shape == img.shape and result.model.version == version
+    assert calls == {"2.0.0": 1, "2.1.0": len(TTA_VIEWS)}
+
+
+def test_a_contrast_stretched_version_reads_a_washed_out_export_as_the_original(
+    tmp_path, models_dir, dataset
+):
+    from inference.training.data import read_gray
+
+    write_anatomy(tmp_path, "3.0.0", contrast_stretch={"percentiles": [0.5, 99.5]})
+    runner = Runner(Registry(models_dir, trained_roots=[tmp_path]), "cpu")
+    img = read_gray(sorted((dataset("jsrt") / "images512").glob("*.png"))[1])
+    washed = (0.94 + 0.06 * img).astype(np.float32)
+    plain = runner.segment_anatomy(img, "anatomy_unet_smp@3.0.0").label_map
+    same = runner.segment_anatomy(washed, "anatomy_unet_smp@3.0.0").label_map
+    assert (plain == same).mean() > 0.999

@@ -1,9 +1,11 @@
 """`cxr-review train` and `cxr-review eval` end to end on a handful of real shared images (short runs: the
 real training is documented in README.md and not part of the suite)."""
 
+import csv
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 
@@ -86,9 +88,18 @@ def test_train_segmentation_smoke_writes_a_version_the_registry_and_runner_use(
     # epoch already does better than the first epoch from random weights.
     warm = [*argv[:argv.index("--version")], "--version", "0.0.2", "--epochs", "1", "--size", "96",
             "--init", "anatomy_unet_smp@0.0.1", "--no-progress", *TINY]  # fmt: skip
-    assert cli.main(warm) == 0
+    assert cli.main([*warm, "--stretch", "0.5", "99.5", "--tta"]) == 0
     meta2 = json.loads((out / "anatomy_unet_smp" / "0.0.2" / "model.json").read_text())
     assert meta2["arch"] == meta["arch"] and meta2["input_size"] == [96, 96]
+    # The contrast stretch and the test-time views are part of the version, and its figures were measured
+    # with them; a version started from it keeps the stretch its weights were trained for.
+    assert meta2["contrast_stretch"] == {"percentiles": [0.5, 99.5]} and "stretched" in meta2["normalisation"]
+    assert meta2["validation"]["test_time_views"] == len(meta2["test_time_augmentation"]["views"]) == 5
+    assert meta["validation"]["test_time_views"] == 1 and "contrast_stretch" not in meta
+    again = [*warm, "--version", "0.0.4", "--init", "anatomy_unet_smp@0.0.2"]
+    assert cli.main(again) == 0
+    meta4 = json.loads((out / "anatomy_unet_smp" / "0.0.4" / "model.json").read_text())
+    assert meta4["contrast_stretch"] == meta2["contrast_stretch"] and "test_time_augmentation" not in meta4
     assert f"anatomy_unet_smp@0.0.1 (sha256 {meta['weights_sha256']})" in meta2["source"]
     first = json.loads((out / "anatomy_unet_smp" / "0.0.2" / "train_log.jsonl").read_text().splitlines()[0])
     assert first["train_loss"] < history[0]["train_loss"]
@@ -115,6 +126,20 @@ def test_train_classification_smoke_from_the_shipped_weights(env, shared_data, t
         np.full((256, 256), 0.5, np.float32), "cxr14_mobilenetv3_multilabel"
     )
     assert res.score_kind.startswith("sigmoid") and res.thresholds == meta["thresholds"]
+    # Platt calibration fitted on the validation split is part of the version: the mean calibrated score of
+    # each finding on those images is close to its observed rate there.
+    cal = meta["calibration"]
+    assert cal["slope"] > 0 and set(cal["intercepts"]) == set(meta["labels"])
+    val = meta["data"]["val_files"]
+    scores = Runner(registry, "cpu").classify_batch(
+        [cv2.imread(str(nih / "images" / f), cv2.IMREAD_GRAYSCALE) / np.float32(255) for f in val],
+        "cxr14_mobilenetv3_multilabel",
+    )
+    truth = {r["Image Index"]: r["Finding Labels"] for r in csv.DictReader(open(nih / "labels.csv"))}
+    for label in meta["labels"]:
+        rate = np.mean([label in truth[f].split("|") for f in val])
+        assert np.mean([s.probabilities[label] for s in scores]) == pytest.approx(rate, abs=0.06), label
+    assert "calibration" not in Registry(env["CXR_REVIEW_MODELS_DIR"]).resolve("cxr15_mobilenetv3").metadata
 
 
 def test_eval_segmentation_json_and_report(env, jsrt_few, tmp_path, capsys):
