@@ -1,5 +1,4 @@
 """The layer rules of DESIGN.md, checked on the source: app -> pages -> services -> {viewer, inference, db}."""
-
 import ast
 import importlib.util
 from pathlib import Path

@@ -13,9 +13,7 @@ def test_sixteen_concurrent_writers_lose_nothing_and_duplicate_nothing(ctx):
     errors = []
 
     def writer(k):
-        engine = dbe.make_engine(
-            ctx.settings.db_url
-        )  # one engine per writer, as separate processes would have
+        engine = dbe.make_engine(ctx.settings.db_url)  # one engine per writer, as separate processes would have
         try:
             for i in range(10):
                 # Every writer also races for the same shared study: exactly one row may exist for it.

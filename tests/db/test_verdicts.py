@@ -18,17 +18,8 @@ def _setup(ctx, readers=1):
     def tx(s):
         study = repo.get_or_create_study(s, "1.2.3")
         image = repo.add_image(
-            s,
-            study,
-            source_format="png",
-            file_sha256="0" * 64,
-            pixel_sha256="1" * 64,
-            file_size=1,
-            original_filename="x.png",
-            rows=512,
-            columns=512,
-            bits_stored=8,
-            photometric_interpretation="MONOCHROME2",
+            s, study, source_format="png", file_sha256="0" * 64, pixel_sha256="1" * 64, file_size=1,
+            original_filename="x.png", rows=512, columns=512, bits_stored=8, photometric_interpretation="MONOCHROME2",
         )
         return study.id, image.id
 
@@ -40,14 +31,8 @@ def _setup(ctx, readers=1):
 
 def _verdict(study_id, image_id, reader_id, key="Cardiomegaly", decision="accept", **kw):
     return repo.VerdictIn(
-        study_id=study_id,
-        image_id=image_id,
-        reader_id=reader_id,
-        item_kind="finding",
-        item_key=key,
-        decision=decision,
-        **MODEL,
-        **kw,
+        study_id=study_id, image_id=image_id, reader_id=reader_id, item_kind="finding", item_key=key,
+        decision=decision, **MODEL, **kw,
     )
 
 
@@ -57,15 +42,7 @@ def test_write_change_restart_read_back_with_history(ctx):
     dbe.write(
         ctx.engine,
         lambda s: repo.upsert_verdict(
-            s,
-            _verdict(
-                study_id,
-                image_id,
-                reader,
-                decision="reject",
-                reason_code="wrong_location",
-                reason_text="apex",
-            ),
+            s, _verdict(study_id, image_id, reader, decision="reject", reason_code="wrong_location", reason_text="apex")
         ),
     )
     ctx.engine.dispose()
@@ -90,9 +67,7 @@ def test_sixteen_concurrent_writers_lose_nothing_and_duplicate_nothing(ctx):
                     item = _verdict(study_id, image_id, reader_id, key, decision)
                     dbe.write(engine, lambda s, item=item: repo.upsert_verdict(s, item))
             # every writer also judges the first reader's item as that reader would (same natural key)
-            dbe.write(
-                engine, lambda s: repo.upsert_verdict(s, _verdict(study_id, image_id, readers[0], "Shared"))
-            )
+            dbe.write(engine, lambda s: repo.upsert_verdict(s, _verdict(study_id, image_id, readers[0], "Shared")))
         except Exception as exc:  # collected, asserted below
             errors.append(exc)
 
@@ -105,10 +80,5 @@ def test_sixteen_concurrent_writers_lose_nothing_and_duplicate_nothing(ctx):
     with dbe.read(ctx.engine) as s:
         assert s.scalar(select(func.count(Verdict.id))) == 16 * 3 + 1
         assert s.scalar(select(func.count(VerdictEvent.id))) == 16 * 3 * 3 + 16
-        finals = {
-            v.decision.value
-            for r in readers
-            for v in repo.verdicts_of(s, image_id, r)
-            if v.item_key != "Shared"
-        }
+        finals = {v.decision.value for r in readers for v in repo.verdicts_of(s, image_id, r) if v.item_key != "Shared"}
         assert finals == {"reject"}

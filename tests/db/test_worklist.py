@@ -28,18 +28,9 @@ def _fill(engine):
     ]
     images = [
         {
-            "study_id": i,
-            "source_format": "dicom",
-            "file_sha256": "0" * 64,
-            "pixel_sha256": f"{i:064d}",
-            "file_size": 1,
-            "original_filename": "x.dcm",
-            "rows": 512,
-            "columns": 512,
-            "bits_stored": 8,
-            "photometric_interpretation": "MONOCHROME2",
-            "warnings": "",
-            "imported_at": now,
+            "study_id": i, "source_format": "dicom", "file_sha256": "0" * 64, "pixel_sha256": f"{i:064d}",
+            "file_size": 1, "original_filename": "x.dcm", "rows": 512, "columns": 512, "bits_stored": 8,
+            "photometric_interpretation": "MONOCHROME2", "warnings": "", "imported_at": now,
         }
         for i in range(1, N + 1)
     ]

@@ -1,6 +1,5 @@
 """What a radiologist does, in a real Chromium against `streamlit run app.py`: sign in, upload DICOMs (one of
 them broken), find the study in the worklist, open it, change the window, mark it reviewed, sign out."""
-
 from __future__ import annotations
 
 import io
@@ -29,15 +28,11 @@ def app_url(run_streamlit, tmp_path_factory):
 
 
 def _canvas_pixels(page) -> np.ndarray:
-    shot = (
-        page.frame_locator('iframe[data-testid="stCustomComponentV1"]').locator("canvas").first.screenshot()
-    )
+    shot = page.frame_locator('iframe[data-testid="stCustomComponentV1"]').locator("canvas").first.screenshot()
     return np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float32)
 
 
-def test_sign_in_upload_worklist_view_window_review_sign_out(
-    browser, app_url, shared_data, tmp_path, record_errors
-):
+def test_sign_in_upload_worklist_view_window_review_sign_out(browser, app_url, shared_data, tmp_path, record_errors):
     page = browser.new_context(viewport={"width": 1500, "height": 1000}).new_page()
     errors = record_errors(page)
     page.goto(app_url)

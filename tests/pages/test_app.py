@@ -1,5 +1,4 @@
 """Page logic through Streamlit's AppTest: the sign-in gate, roles, worklist, import results, viewer."""
-
 from pathlib import Path
 
 import pytest
@@ -69,10 +68,7 @@ def test_roles_only_reach_their_pages(env):
 
 def test_viewer_shows_the_study_header_and_marks_it_reviewed(env, shared_data):
     (r,) = importer.import_paths(
-        env.engine,
-        env.store,
-        [shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"],
-        max_bytes=2**30,
+        env.engine, env.store, [shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"], max_bytes=2**30
     )
     at = signed_in("rad", "radiologist-pw")
     at.session_state["study_id"] = r.study_id

@@ -1,5 +1,4 @@
 """The CLI as a user runs it: a real process, JSON lines on stdout, exit codes."""
-
 import json
 import os
 import subprocess
@@ -14,9 +13,7 @@ CLI = [sys.executable, "-m", "services.cli"]
 
 
 def run(args, env, **kw):
-    return subprocess.run(
-        CLI + args, env={**os.environ, **env}, capture_output=True, text=True, timeout=300, **kw
-    )
+    return subprocess.run(CLI + args, env={**os.environ, **env}, capture_output=True, text=True, timeout=300, **kw)
 
 
 @pytest.fixture
@@ -32,9 +29,7 @@ def test_import_prints_one_json_object_per_file_and_exit_codes(migrated, shared_
     lines = [json.loads(line) for line in ok.stdout.splitlines()]
     # The SIIM MONOCHROME1 variant reuses the SOP Instance UID of its MONOCHROME2 twin with other content.
     assert [(line["status"], line["code"]) for line in lines] == [
-        ("imported", None),
-        ("imported", None),
-        ("rejected", "uid_conflict"),
+        ("imported", None), ("imported", None), ("rejected", "uid_conflict")
     ]
     assert ok.returncode == 1
     assert all({"file", "status", "reason"} <= line.keys() for line in lines)

@@ -19,23 +19,13 @@ def _import(ctx, *paths):
 def test_sample_dicoms_import_with_identity_and_header_fields(ctx, shared_data):
     results = _import(ctx, shared_data / "dicom")
     # The SIIM MONOCHROME1 variant reuses the SOP Instance UID of its MONOCHROME2 twin with other content.
-    assert [(r.status, r.code) for r in results] == [
-        ("imported", None),
-        ("imported", None),
-        ("rejected", "uid_conflict"),
-    ]
+    assert [(r.status, r.code) for r in results] == [("imported", None), ("imported", None), ("rejected", "uid_conflict")]
     assert all(r.reason is None and r.sop_instance_uid and r.study_instance_uid for r in results[:2])
     assert "same SOP Instance UID" in results[2].reason
     with dbe.read(ctx.engine) as s:
         dx = s.scalar(select(Image).where(Image.original_filename == "nih_dx_chest_1024_nofinding_nccid.dcm"))
-        assert (
-            dx.modality == "DX" and dx.rows >= 1024 and dx.pixel_spacing_row_mm is None
-        )  # none in its header
-        assert (dx.study.study_description, dx.study.patient_age_years, dx.study.patient_sex) == (
-            "No Finding",
-            81,
-            "M",
-        )
+        assert dx.modality == "DX" and dx.rows >= 1024 and dx.pixel_spacing_row_mm is None  # none in its header
+        assert (dx.study.study_description, dx.study.patient_age_years, dx.study.patient_sex) == ("No Finding", 81, "M")
         cr = s.scalar(select(Image).where(Image.modality == "CR"))
         assert (cr.pixel_spacing_row_mm, cr.view_position, cr.study.view_position) == (0.168, "PA", "PA")
         # stored once, content-addressed, byte-identical
@@ -109,10 +99,7 @@ def test_nih_metadata_csv_fills_patient_fields_of_pngs(ctx, shared_data):
     with dbe.read(ctx.engine) as s:
         study = s.get(Study, r.study_id)
         assert (study.patient_id, study.patient_age_years, study.patient_sex, study.view_position) == (
-            expected["patient_id"],
-            expected["patient_age_years"],
-            expected["patient_sex"],
-            expected["view_position"],
+            expected["patient_id"], expected["patient_age_years"], expected["patient_sex"], expected["view_position"]
         )
         assert study.view_position in {"PA", "AP"} and study.patient_sex in {"M", "F"}
 
@@ -130,6 +117,4 @@ def test_no_patient_identifier_reaches_the_logs(ctx, shared_data, tmp_path, capl
         results = _import(ctx, tmp_path / "named.dcm", tmp_path / "named-ct.dcm")
     assert [r.status for r in results] == ["imported", "rejected"]
     assert caplog.records, "the import logged nothing: this test would prove nothing"
-    assert (
-        "Doe" not in caplog.text and "MRN-12345" not in caplog.text and ds.StudyInstanceUID not in caplog.text
-    )
+    assert "Doe" not in caplog.text and "MRN-12345" not in caplog.text and ds.StudyInstanceUID not in caplog.text

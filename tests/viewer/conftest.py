@@ -1,6 +1,5 @@
 """Fixtures for the viewer tests: real files (shared data from tests/conftest.py, pydicom-data's NEMA chest CR)
 and a writer of small hand-made DICOMs for exact windowing arithmetic."""
-
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,4 @@
 """Reading real radiographs, and a catalogue of broken files made from them that must be rejected precisely."""
-
 from __future__ import annotations
 
 import datetime
@@ -67,9 +66,7 @@ def test_load_decodes_jpeg_and_jpeg2000_dicoms(shared_data, testdata):
 
 def test_pixel_hash_identifies_pixels_across_encodings(shared_data, testdata):
     unc, j2k = dicom_io.load(testdata("RG1_UNCR.dcm")), dicom_io.load(testdata("RG1_J2KR.dcm"))
-    assert dicom_io.pixel_sha256(unc) == dicom_io.pixel_sha256(
-        j2k
-    )  # same image, uncompressed vs J2K lossless
+    assert dicom_io.pixel_sha256(unc) == dicom_io.pixel_sha256(j2k)  # same image, uncompressed vs J2K lossless
     assert dicom_io.pixel_sha256(unc) != dicom_io.pixel_sha256(dicom_io.load(testdata("RG1_UNCI.dcm")))
     # Same stored bytes, opposite meaning: MONOCHROME1 must not share MONOCHROME2's inference cache entry.
     mono2, mono1 = dicom_io.load(shared_data / SIIM_MONO2), dicom_io.load(shared_data / SIIM_MONO1)
@@ -109,9 +106,7 @@ def test_png_header_and_pixels(shared_data):
 
 def test_grey_jpeg_loads(shared_data):
     img = dicom_io.load(shared_data / GREY_JPEG)
-    assert (
-        img.header.source_format == "jpeg" and img.stored.shape == (481, 610) and img.stored.dtype == np.uint8
-    )
+    assert img.header.source_format == "jpeg" and img.stored.shape == (481, 610) and img.stored.dtype == np.uint8
     assert abs(float(img.stored.mean()) - float(np.asarray(Image.open(shared_data / GREY_JPEG)).mean())) < 1
 
 
@@ -147,32 +142,18 @@ def test_body_part_other_than_chest_is_a_warning(shared_data, rewrite):
 
 def test_empty_or_malformed_optional_attributes_never_reject(make_dicom):
     path = make_dicom(
-        np.zeros((64, 64), np.uint16),
-        WindowCenter="1234",
-        WindowWidth="400",
-        PatientAge="061Y",
-        PixelSpacing="",
-        StudyDate="",
-        PatientSex="",
-        RescaleSlope="",
+        np.zeros((64, 64), np.uint16), WindowCenter="1234", WindowWidth="400", PatientAge="061Y",
+        PixelSpacing="", StudyDate="", PatientSex="", RescaleSlope="",
     )
     path.write_bytes(path.read_bytes().replace(b"1234", b"ab#d").replace(b"061Y", b"6x1Y"))
     h = dicom_io.load(path).header
-    assert (h.window_center, h.pixel_spacing_mm, h.patient_age_years, h.study_date, h.patient_sex) == (
-        None,
-    ) * 5
+    assert (h.window_center, h.pixel_spacing_mm, h.patient_age_years, h.study_date, h.patient_sex) == (None,) * 5
     assert h.warnings == ("WindowCenter/WindowWidth are malformed and were ignored",)
 
 
 def test_header_window_is_parsed(make_dicom):
-    h = dicom_io.read_header(
-        make_dicom(
-            np.zeros((64, 64), np.uint16),
-            WindowCenter=[40, 400],
-            WindowWidth=[80, 2000],
-            ImagerPixelSpacing=[0.143, 0.15],
-        )
-    )
+    h = dicom_io.read_header(make_dicom(np.zeros((64, 64), np.uint16), WindowCenter=[40, 400],
+                                        WindowWidth=[80, 2000], ImagerPixelSpacing=[0.143, 0.15]))
     assert (h.window_center, h.window_width) == (40.0, 80.0)  # first of several
     assert (h.pixel_spacing_mm, h.pixel_spacing_source) == ((0.143, 0.15), "ImagerPixelSpacing")
     assert any("ImagerPixelSpacing" in w for w in h.warnings)
@@ -242,9 +223,7 @@ def test_palette_colour_is_unsupported(shared_data, rewrite):
 
 
 def test_rgb_is_only_for_secondary_capture(testdata, rewrite):
-    path = rewrite(
-        testdata("SC_rgb.dcm"), "rgb_cr.dcm", SOPClassUID="1.2.840.10008.5.1.4.1.1.1", Modality="CR"
-    )
+    path = rewrite(testdata("SC_rgb.dcm"), "rgb_cr.dcm", SOPClassUID="1.2.840.10008.5.1.4.1.1.1", Modality="CR")
     _rejected(path, "unsupported_photometric", "RGB", "Secondary Capture")
 
 
@@ -293,7 +272,7 @@ def test_secondary_capture_of_a_ct_is_not_a_radiograph(shared_data, rewrite):
 def test_corrupt_png_fails_to_decode(shared_data, tmp_path):
     data = bytearray((shared_data / NIH_PNG).read_bytes())
     start = data.index(b"IDAT") + 1000
-    data[start : start + 400] = bytes(400)  # zeros in the middle of the compressed stream
+    data[start:start + 400] = bytes(400)  # zeros in the middle of the compressed stream
     path = tmp_path / "corrupt.png"
     path.write_bytes(bytes(data))
     dicom_io.read_header(path)  # the header chunk is intact

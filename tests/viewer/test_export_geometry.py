@@ -10,9 +10,7 @@ from viewer import dicom_io, export, geometry, windowing
 
 
 def test_png_export_is_lossless(shared_data, tmp_path):
-    picture = windowing.render(
-        dicom_io.load(shared_data / "dicom/siim_cr_chest_pa_1024_jpeg_mono1_variant.dcm")
-    )
+    picture = windowing.render(dicom_io.load(shared_data / "dicom/siim_cr_chest_pa_1024_jpeg_mono1_variant.dcm"))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(export.png_bytes(picture)))), picture)
     export.write_png(tmp_path / "out.png", picture)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), picture)

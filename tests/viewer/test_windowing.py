@@ -1,5 +1,4 @@
 """The picture a reader sees: real radiographs end to end, and the PS3.3 arithmetic on hand-made DICOMs."""
-
 from __future__ import annotations
 
 import numpy as np
@@ -17,21 +16,17 @@ def _lungs_and_mediastinum(picture: np.ndarray) -> tuple[float, float]:
     """Mean grey of both lung fields and of the mediastinum, at mid-height of a PA chest."""
     h, w = picture.shape
     rows = slice(int(h * 0.25), int(h * 0.55))
-    lungs = np.concatenate(
-        [
-            picture[rows, int(w * 0.18) : int(w * 0.35)].ravel(),
-            picture[rows, int(w * 0.62) : int(w * 0.80)].ravel(),
-        ]
-    )
-    return float(lungs.mean()), float(picture[rows, int(w * 0.46) : int(w * 0.54)].mean())
+    lungs = np.concatenate([
+        picture[rows, int(w * 0.18):int(w * 0.35)].ravel(), picture[rows, int(w * 0.62):int(w * 0.80)].ravel()
+    ])
+    return float(lungs.mean()), float(picture[rows, int(w * 0.46):int(w * 0.54)].mean())
 
 
 def _ps33_linear(x: np.ndarray, c: float, w: float) -> np.ndarray:
     """PS3.3 C.11.2.1.2.1 written out branch by branch, rounded half up to 0..255."""
     x = x.astype(np.float64)
     y = np.where(
-        x <= c - 0.5 - (w - 1) / 2,
-        0.0,
+        x <= c - 0.5 - (w - 1) / 2, 0.0,
         np.where(x > c - 0.5 + (w - 1) / 2, 255.0, ((x - (c - 0.5)) / (w - 1) + 0.5) * 255.0),
     )
     return np.floor(y + 0.5).astype(np.uint8)
@@ -42,9 +37,7 @@ def _ps33_linear(x: np.ndarray, c: float, w: float) -> np.ndarray:
 
 def test_siim_monochrome1_variant_is_the_exact_inverse(shared_data):
     mono2 = windowing.render(dicom_io.load(shared_data / "dicom/siim_cr_chest_pa_1024_jpeg_mono2.dcm"))
-    mono1 = windowing.render(
-        dicom_io.load(shared_data / "dicom/siim_cr_chest_pa_1024_jpeg_mono1_variant.dcm")
-    )
+    mono1 = windowing.render(dicom_io.load(shared_data / "dicom/siim_cr_chest_pa_1024_jpeg_mono1_variant.dcm"))
     assert mono2.shape == (1024, 1024) and mono2.dtype == np.uint8
     assert np.array_equal(mono1, 255 - mono2)
     lungs, mediastinum = _lungs_and_mediastinum(mono2)
@@ -119,9 +112,7 @@ def test_linear_window_edges(make_dicom):
 
 
 def test_rescale_slope_and_intercept(make_dicom):
-    img = dicom_io.load(
-        make_dicom(RAMP, RescaleSlope=2, RescaleIntercept=-1024, WindowCenter=0, WindowWidth=2000)
-    )
+    img = dicom_io.load(make_dicom(RAMP, RescaleSlope=2, RescaleIntercept=-1024, WindowCenter=0, WindowWidth=2000))
     values = windowing.modality_values(img)
     assert values.flat[0] == -1024 and values.flat[4095] == 2 * 4095 - 1024
     # The window is in rescaled units: 0 is stored value 512.
@@ -175,11 +166,8 @@ def test_signed_pixels(make_dicom):
 
 def test_monochrome1_and_invert_flag(make_dicom):
     mono2 = dicom_io.load(make_dicom(RAMP, name="m2.dcm", WindowCenter=2000, WindowWidth=3001))
-    mono1 = dicom_io.load(
-        make_dicom(
-            RAMP, name="m1.dcm", WindowCenter=2000, WindowWidth=3001, PhotometricInterpretation="MONOCHROME1"
-        )
-    )
+    mono1 = dicom_io.load(make_dicom(RAMP, name="m1.dcm", WindowCenter=2000, WindowWidth=3001,
+                                     PhotometricInterpretation="MONOCHROME1"))
     assert np.array_equal(windowing.render(mono1), 255 - windowing.render(mono2))
     assert np.array_equal(windowing.render(mono2, invert=True), 255 - windowing.render(mono2))
     assert np.array_equal(windowing.render(mono1, invert=True), windowing.render(mono2))
