@@ -267,7 +267,7 @@ class Runner:
             positive = {label: scores[label] >= thr[label] for label in spec.labels}
             results.append(
                 ClassificationResult(
-                    scores, thr, positive, self._ref(spec), timings, score_kind=SCORE_KINDS[spec.activation]
+                    scores, thr, positive, self._ref(spec), timings, score_kind=SCORE_KINDS[spec.score_kind]
                 )
             )
         return results

@@ -14,6 +14,7 @@ ANATOMY_LABELS = ("background", "lungs", "heart", "clavicles")
 SCORE_KINDS = {  # ClassificationResult.score_kind per ModelSpec.activation
     "softmax": "softmax (single-label training; sums to 1 over labels)",
     "sigmoid": "sigmoid (multi-label training; an independent probability per label)",
+    "calibrated": "calibrated sigmoid (multi-label; Platt-scaled on the model's validation split)",
 }
 
 
@@ -60,6 +61,11 @@ class ModelSpec:
     def ref(self) -> str:
         """ "model_id@version", the string `Registry.resolve` and `cxr-review --model` take."""
         return f"{self.model_id}@{self.version}"
+
+    @property
+    def score_kind(self) -> str:
+        """Key of SCORE_KINDS: "calibrated" when model.json carries a calibration, else the activation."""
+        return "calibrated" if self.metadata.get("calibration") else self.activation
 
     @property
     def builtin(self) -> bool:

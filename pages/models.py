@@ -104,7 +104,9 @@ with tab_cat:
                 + (" · built in" if s.builtin else f" · trained, in `{s.directory}`")
             )
             if s.task == "classification":
-                st.markdown(f"**Scores** {SCORE_KINDS[s.activation]}")
+                st.markdown(f"**Scores** {SCORE_KINDS[s.score_kind]}")
+            if views := s.metadata.get("test_time_augmentation", {}).get("views"):
+                st.markdown(f"**Test-time augmentation** {len(views)} zoomed/shifted views averaged")
             st.markdown(f"**Labels** {', '.join(s.labels)}")
             if s.metrics:
                 st.markdown("**Validation metrics**")
@@ -195,7 +197,7 @@ with tab_thr:
         spec = specs[refs.index(ref)]
         st.caption(
             f"A finding is flagged positive when its score reaches the threshold. Scores: "
-            f"{SCORE_KINDS[spec.activation]}. Changes apply at once to the viewer's positive flags and the draft "
+            f"{SCORE_KINDS[spec.score_kind]}. Changes apply at once to the viewer's positive flags and the draft "
             "report; the models are not run again."
         )
         current = models_admin.thresholds(ctx, spec)

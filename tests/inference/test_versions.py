@@ -167,6 +167,7 @@ def test_a_calibrated_classifier_reports_platt_probabilities_of_its_logits(
     logits = np.log([raw[k] / (1 - raw[k]) for k in labels])[None]
     expected = apply_platt(logits, 0.3, [intercepts[k] for k in labels])[0]
     assert [cal[k] for k in labels] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert runner.classify(img, "cxr14_mobilenetv3_multilabel@0.2.0").score_kind == SCORE_KINDS["calibrated"]
     assert cal != raw
 
 
@@ -205,6 +206,29 @@ def test_committed_models_are_listed_available_and_as_good_as_their_model_json(r
         "version": "1.0.0",
         "weights_sha256": seg.weights_sha256,
     }
+
+
+def test_the_committed_calibrated_classifier_reproduces_its_figures(registry, dataset):
+    """cxr14_mobilenetv3_multilabel@1.1.0: the 1.0.0 recipe plus Platt calibration; same ranking power, and
+    its probabilities average to each finding's rate on the images the calibration was fitted on."""
+    from inference import evaluation
+    from inference.training.data import read_labels_csv
+
+    cls = registry.resolve("cxr14_mobilenetv3_multilabel")
+    assert (
+        cls.version == "1.1.0" and cls.score_kind == "calibrated" and cls.metadata["calibration"]["slope"] > 0
+    )
+    assert all(0.005 < t < 0.6 for t in cls.thresholds.values())  # 1.0.0's went down to 1e-8
+    nih = dataset("nih")
+    val = set(cls.metadata["data"]["val_files"])
+    rows = [r for r in read_labels_csv(nih / "labels.csv", nih / "images") if r.file in val]
+    report = evaluation.evaluate_classification(Runner(registry, "cpu"), cls, nih / "images", rows, n_boot=10)
+    assert report["n_images"] == 130 and report["mean_auc"] == pytest.approx(
+        cls.metrics["mean_auc"], abs=1e-4
+    )
+    for label, entry in report["per_finding"].items():
+        assert entry["mean_score"] == pytest.approx(entry["rate"], abs=0.01), label
+        assert entry["at_threshold"]["threshold"] == cls.thresholds[label]
 
 
 def _blob(side=96):
