@@ -91,6 +91,37 @@ def bootstrap_auc_ci(
     return float(lo), float(hi)
 
 
+def paired_bootstrap_mean_auc_diff(
+    y_true: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> dict:
+    """Mean AUC over findings of A minus that of B on the same images (N x K arrays), with a 95% percentile
+    interval from resampling images (the pairing kept) and the share of resamples where A is ahead.
+
+    Findings without a positive and a negative in the full sample are left out; in a resample, the mean is
+    over the findings that still have both."""
+    y = np.asarray(y_true, bool)
+    a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+    if not (y.shape == a.shape == b.shape and y.ndim == 2):
+        raise ValueError(f"shapes differ: {y.shape}, {a.shape}, {b.shape}")
+    cols = [k for k in range(y.shape[1]) if y[:, k].any() and not y[:, k].all()]
+
+    def diff(idx: np.ndarray) -> float | None:
+        d = [roc_auc(y[idx, k], a[idx, k]) - roc_auc(y[idx, k], b[idx, k])
+             for k in cols if y[idx, k].any() and not y[idx, k].all()]  # fmt: skip
+        return float(np.mean(d)) if d else None
+
+    rng = np.random.default_rng(seed)
+    boots = [d for _ in range(n_boot) if (d := diff(rng.integers(0, y.shape[0], y.shape[0]))) is not None]
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return {
+        "difference": diff(np.arange(y.shape[0])),
+        "ci95": [float(lo), float(hi)],
+        "share_of_resamples_a_ahead": float(np.mean(np.asarray(boots) > 0)),
+        "n_findings": len(cols),
+        "resamples": len(boots),
+    }
+
+
 def youden_threshold(y_true: Sequence, y_score: Sequence) -> tuple[float, float]:
     """(threshold, J): the score threshold (predict positive when score >= threshold) maximising Youden's
     J = sensitivity + specificity - 1; the first (highest) threshold wins ties."""

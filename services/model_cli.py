@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -78,16 +79,26 @@ def _cmd_train_segmentation(args) -> int:
 
 
 def _cmd_train_classification(args) -> int:
-    from inference.training.classification import ClassificationConfig, train
+    from inference.training.classification import cross_validate, train
 
-    cfg = ClassificationConfig(
-        images=args.images, labels=args.labels, out=args.out or _models_dir() / "trained", device=args.device,
+    if args.cv:  # fold versions are scratch: they go to --out, else to a temporary folder
+        with tempfile.TemporaryDirectory(prefix="cxr-review-cv-") as tmp:
+            cfg = _classification_config(args, out=args.out or Path(tmp))
+            print(json.dumps(cross_validate(cfg, args.cv, getattr(args, "argv", None))), flush=True)
+        return EXIT_OK
+    print(json.dumps(_summary(train(_classification_config(args), getattr(args, "argv", None)))), flush=True)
+    return EXIT_OK
+
+
+def _classification_config(args, out: Path | None = None):
+    from inference.training.classification import ClassificationConfig
+
+    return ClassificationConfig(
+        images=args.images, labels=args.labels, out=out or args.out or _models_dir() / "trained", device=args.device,
         keep_checkpoint=args.keep_checkpoint, progress=not args.no_progress, models_dir=_models_dir(),
         **_overrides(args, [*_COMMON, "init", "head", "head_epochs", "pos_weight_max"]),
         calibrate=not args.no_calibrate,
     )  # fmt: skip
-    print(json.dumps(_summary(train(cfg, getattr(args, "argv", None)))), flush=True)
-    return EXIT_OK
 
 
 def _runner(args):
@@ -179,6 +190,9 @@ def add_parsers(sub) -> None:
                      help="multi-label head (default logsoftmax: starts ranking like the shipped softmax)")  # fmt: skip
     cls.add_argument("--head-epochs", type=int, help="epochs training the head only before fine-tuning all")
     cls.add_argument("--pos-weight-max", type=float, help="cap of the per-finding positive weight (neg/pos)")
+    cls.add_argument("--cv", type=int, metavar="K",
+                     help="instead of writing a version, cross-validate the recipe over K patient folds against "
+                     "its starting weights (JSON report; fold versions go to --out or a temporary folder)")  # fmt: skip
     cls.add_argument("--no-calibrate", action="store_true",
                      help="store raw sigmoids instead of Platt-calibrated probabilities fitted on validation")  # fmt: skip
     _add_common_train(cls, epochs=12)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from inference import calibration, evaluation, metrics
 from inference.device import resolve_device
 from inference.models import cxr14_mobilenetv3_multilabel as family
-from inference.registry import MODEL_JSON
+from inference.registry import MODEL_JSON, Registry
 from inference.runner import Runner
 from inference.training import common
 from inference.training.data import Augment, ClassificationData, DatasetError, read_labels_csv
@@ -61,6 +61,7 @@ class ClassificationConfig:
     progress: bool = True
     threads: int | None = None
     calibrate: bool = True  # Platt scaling fitted on the validation split (inference/calibration.py)
+    only: frozenset[str] | None = None  # train on these image files only (cross-validation folds)
     augment: Augment = field(
         default_factory=lambda: Augment(
             rotate_deg=7, scale=0.08, shift=0.05, brightness=0.08, contrast=0.15, gamma=0.2
@@ -128,6 +129,8 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
     device = resolve_device(cfg.device)
     labels = family.FINDINGS
     rows = read_labels_csv(cfg.labels, cfg.images)[: cfg.limit]
+    if cfg.only is not None:
+        rows = [r for r in rows if r.file in cfg.only]
     train_files, val_files = common.split_by_group([r.file for r in rows], [r.patient for r in rows],
                                                    cfg.val_fraction, cfg.seed)  # fmt: skip
     by_file = {r.file: r for r in rows}
@@ -241,7 +244,8 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
             **{
                 k: (str(v) if isinstance(v, Path) else v)
                 for k, v in asdict(cfg).items()
-                if k not in ("images", "labels", "out", "augment", "model_id", "version", "models_dir")
+                if k
+                not in ("images", "labels", "out", "augment", "model_id", "version", "models_dir", "only")
             },
             "augment": asdict(cfg.augment),
             "device": str(device),
@@ -273,3 +277,56 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
 
     return common.publish(vdir, model, meta, out=cfg.out, device=device, clock=clock, evaluate=evaluate,
                           keep_checkpoint=cfg.keep_checkpoint, history=epoch_log.history)  # fmt: skip
+
+
+def cross_validate(cfg: ClassificationConfig, folds: int = 5, argv: Sequence[str] | None = None) -> dict:
+    """Out-of-fold comparison of this training recipe with the weights it starts from (`cfg.init`).
+
+    Patients are dealt into `folds` groups (fixed by the seed). Each group is held out once: the recipe runs
+    on the other patients exactly as `train` does (its own patient split inside them picks the epoch and the
+    thresholds), and both the trained model and the starting weights score the held-out images. So every
+    image is scored by a model that never saw it, and no choice was made on it. Versions go to `cfg.out`
+    (scratch). Returns AUCs on all images and on those with two or more findings, and the paired difference.
+    """
+    if folds < 2:
+        raise DatasetError("--cv needs at least 2 folds")
+    rows = read_labels_csv(cfg.labels, cfg.images)[: cfg.limit]
+    patients = common.group_order([r.patient for r in rows], cfg.seed)
+    fold_of = {g: i % folds for i, g in enumerate(patients)}
+    labels = family.FINDINGS
+    ours = np.zeros((len(rows), len(labels)))
+    start = np.zeros_like(ours)
+    registry = Registry(cfg.models_dir or cfg.out, trained_roots=[cfg.out])
+    runner = Runner(registry, cfg.device)
+    fold_reports = []
+    for k in range(folds):
+        held = [i for i, r in enumerate(rows) if fold_of[r.patient] == k]
+        keep = frozenset(r.file for r in rows if fold_of[r.patient] != k)
+        result = train(replace(cfg, only=keep, version=f"0.0.{k + 1}", keep_checkpoint=False), argv)
+        held_rows = [rows[i] for i in held]
+        for target, ref in ((ours, f"{cfg.model_id}@{result['version']}"), (start, cfg.init)):
+            spec, scores = evaluation.classification_scores(
+                runner, registry.resolve(ref), cfg.images, held_rows
+            )
+            target[held] = scores[:, [spec.labels.index(label) for label in labels]]
+        fold_reports.append({"fold": k + 1, "n_held_out": len(held), "version": result["version"],
+                             "best_epoch": result["training"]["best_epoch"]})  # fmt: skip
+    y = np.array([[label in r.findings for label in labels] for r in rows])
+    multi = np.array([len(r.findings) >= 2 for r in rows])
+    out = {"task": "classification cross-validation", "folds": folds, "n_images": len(rows),
+           "n_patients": len(patients), "recipe": cfg.model_id, "start": cfg.init, "fold_runs": fold_reports}  # fmt: skip
+    for name, mask in (("all", np.ones(len(rows), bool)), ("multi_finding", multi)):
+        yy, a, b = y[mask], ours[mask], start[mask]
+        per = {
+            label: {"ours": metrics.roc_auc(yy[:, j], a[:, j]), "start": metrics.roc_auc(yy[:, j], b[:, j]),
+                    "n_pos": int(yy[:, j].sum())}
+            for j, label in enumerate(labels) if yy[:, j].any() and not yy[:, j].all()
+        }  # fmt: skip
+        out[name] = {
+            "n_images": int(mask.sum()),
+            "ours": float(np.mean([v["ours"] for v in per.values()])),
+            "start": float(np.mean([v["start"] for v in per.values()])),
+            "ours_minus_start": metrics.paired_bootstrap_mean_auc_diff(yy, a, b, seed=cfg.seed),
+            "per_finding": per,
+        }
+    return out

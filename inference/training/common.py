@@ -40,11 +40,16 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
+def group_order(groups: Iterable[str], seed: int) -> list[str]:
+    """The distinct groups in a fixed pseudo-random order: sorted by sha256(seed:group)."""
+    return sorted(set(groups), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+
+
 def split_by_group(items: Sequence[str], groups: Sequence[str], val_fraction: float, seed: int):
     """(train, val) item lists; every group (patient, or the image itself) lands wholly on one side.
 
-    Deterministic for a seed: groups are ordered by sha256(seed:group), the first val_fraction go to val."""
-    order = sorted(set(groups), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    Deterministic for a seed: groups are ordered by group_order, the first val_fraction go to val."""
+    order = group_order(groups, seed)
     n_val = max(1, round(len(order) * val_fraction))
     val_groups = set(order[:n_val])
     train = [i for i, g in zip(items, groups, strict=True) if g not in val_groups]

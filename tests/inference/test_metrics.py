@@ -108,3 +108,25 @@ def test_mae_and_ssim():
     smap = ((2 * ma * mb + C1) * (2 * cov + C2)) / ((ma**2 + mb**2 + C1) * (va + vb + C2))
     assert metrics.ssim(img, noisy) == pytest.approx(smap[5:-5, 5:-5].mean())
     assert metrics.ssim(img, noisy) < metrics.ssim(img, (img + noisy) / 2) < 1
+
+
+def test_paired_bootstrap_difference_of_mean_auc():
+    rng = np.random.default_rng(0)
+    y = rng.random((300, 3)) < 0.3
+    good = y + rng.normal(0, 0.5, y.shape)  # informative scores
+    noise = rng.random(y.shape)
+    same = metrics.paired_bootstrap_mean_auc_diff(y, good, good, n_boot=50)
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0] and same["n_findings"] == 3
+    ahead = metrics.paired_bootstrap_mean_auc_diff(y, good, noise, n_boot=200)
+    expected = np.mean(
+        [metrics.roc_auc(y[:, k], good[:, k]) - metrics.roc_auc(y[:, k], noise[:, k]) for k in range(3)]
+    )
+    assert ahead["difference"] == pytest.approx(expected)
+    assert (
+        0 < ahead["ci95"][0] < ahead["difference"] < ahead["ci95"][1]
+        and ahead["share_of_resamples_a_ahead"] == 1
+    )
+    behind = metrics.paired_bootstrap_mean_auc_diff(y, noise, good, n_boot=200)
+    assert behind["difference"] == pytest.approx(-expected) and behind["ci95"][1] < 0
+    y[:, 2] = False  # a finding without positives is left out
+    assert metrics.paired_bootstrap_mean_auc_diff(y, good, noise, n_boot=20)["n_findings"] == 2

@@ -142,6 +142,30 @@ def test_train_classification_smoke_from_the_shipped_weights(env, shared_data, t
     assert "calibration" not in Registry(env["CXR_REVIEW_MODELS_DIR"]).resolve("cxr15_mobilenetv3").metadata
 
 
+def test_cross_validation_scores_every_image_with_a_model_that_never_saw_it(
+    env, shared_data, tmp_path, capsys
+):
+    nih = shared_data / "nih"
+    argv = ["train", "classification", "--images", str(nih / "images"), "--labels", str(nih / "labels.csv"),
+            "--limit", "40", "--cv", "2", "--epochs", "1", "--head-epochs", "1", "--steps-per-epoch", "1",
+            "--out", str(tmp_path / "cv"), "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    report = _json(capsys)
+    assert report["folds"] == 2 and report["n_images"] == 40 and report["start"] == "cxr15_mobilenetv3"
+    assert sum(f["n_held_out"] for f in report["fold_runs"]) == 40
+    diff = report["all"]["ours_minus_start"]
+    assert diff["difference"] == pytest.approx(report["all"]["ours"] - report["all"]["start"], abs=1e-9)
+    assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
+    # the fold models were trained on the other fold's patients only
+    for run in report["fold_runs"]:
+        meta = json.loads(
+            (tmp_path / "cv" / "cxr14_mobilenetv3_multilabel" / run["version"] / "model.json").read_text()
+        )
+        assert meta["data"]["n_images"] == 40 - run["n_held_out"]
+    assert cli.main([*argv[: argv.index("--cv")], "--cv", "1", *argv[argv.index("--cv") + 2 :]]) == 2
+    assert "at least 2 folds" in capsys.readouterr().err
+
+
 def test_eval_segmentation_json_and_report(env, jsrt_few, tmp_path, capsys):
     report = tmp_path / "report"
     argv = ["eval", "segmentation", "--images", str(jsrt_few / "images512"), "--masks", str(jsrt_few / "masks512"),
