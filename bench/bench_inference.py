@@ -8,7 +8,7 @@ label. Timings alternate between the two in one process; peak RSS comes from one
 models loaded plus one study), so that each figure is its own. No assertions: this prints numbers, and the
 issue's goal beside those that have one:
 
-- per model latency at its input size;
+- per model latency at its input size, and of each trained anatomy version (input size, test-time views);
 - a new study to all overlays through services.analysis (decode, every model, Grad-CAM of every finding,
   boxes, PNGs into the image store, rows into a real SQLite file): goal <= 1.5 s;
 - a revisit of that study (services.analysis.analyse_cached: everything from the database): goal <= 100 ms;
@@ -42,6 +42,7 @@ from inference.runner import Runner, default_models_dir
 from viewer import dicom_io, export
 
 SEG, BONE, CLS = "anatomy_unet_jsrt", "bone_suppression_ae", "cxr15_mobilenetv3"
+SMP_SEG = "anatomy_unet_smp"  # trained by this project (assets/models)
 GOALS_MS = {"new study": 1500.0, "revisit": 100.0}
 GOAL_RSS_MIB = 1.5 * 1024
 
@@ -293,6 +294,14 @@ def timings(models_dir: Path, device: str, repeats: int) -> list[tuple[str, floa
         rows.append((name, m["fast"], m["naive"]))
     batch = median_ms({"b": lambda: runner.classify_batch([img1024] * 16)}, repeats)["b"] / 16
     rows.append(("classify_batch 16 x 1024 in, per image", batch, None))
+    # The project's trained anatomy versions, for an admin choosing one: input size and test-time views
+    # (model.json) set their cost; compare with "segment_anatomy, 512 in" above (the built-in model).
+    for spec in runner.registry.versions(SMP_SEG):
+        views = len(spec.metadata.get("test_time_augmentation", {}).get("views", ())) or 1
+        ms = median_ms({"v": lambda s=spec: runner.segment_anatomy(img512, s)}, repeats)["v"]
+        rows.append(
+            (f"segment_anatomy {spec.ref} ({spec.input_size[0]} px, {views} view(s)), 512 in", ms, None)
+        )
     return rows
 
 

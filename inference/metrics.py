@@ -92,32 +92,51 @@ def bootstrap_auc_ci(
 
 
 def paired_bootstrap_mean_auc_diff(
-    y_true: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, n_boot: int = 1000, seed: int = 0
+    y_true: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    strata: np.ndarray | None = None,
 ) -> dict:
-    """Mean AUC over findings of A minus that of B on the same images (N x K arrays), with a 95% percentile
-    interval from resampling images (the pairing kept) and the share of resamples where A is ahead.
+    """Mean AUC of A minus that of B on the same images (N x K arrays), with a 95% percentile interval from
+    resampling images (the pairing kept) and the share of resamples where A is ahead.
 
-    Findings without a positive and a negative in the full sample are left out; in a resample, the mean is
-    over the findings that still have both."""
+    With `strata` (one label per image, e.g. the cross-validation fold), AUCs are computed within each stratum
+    and images are resampled within it: scores from different fold models are never ranked against each
+    other. The mean runs over (stratum, finding) pairs that have a positive and a negative."""
     y = np.asarray(y_true, bool)
     a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
     if not (y.shape == a.shape == b.shape and y.ndim == 2):
         raise ValueError(f"shapes differ: {y.shape}, {a.shape}, {b.shape}")
-    cols = [k for k in range(y.shape[1]) if y[:, k].any() and not y[:, k].all()]
+    groups = np.zeros(y.shape[0], int) if strata is None else np.asarray(strata)
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
 
-    def diff(idx: np.ndarray) -> float | None:
-        d = [roc_auc(y[idx, k], a[idx, k]) - roc_auc(y[idx, k], b[idx, k])
-             for k in cols if y[idx, k].any() and not y[idx, k].all()]  # fmt: skip
-        return float(np.mean(d)) if d else None
+    def aucs(parts: list[np.ndarray]) -> tuple[list[float], list[float]]:
+        ra, rb = [], []
+        for idx in parts:
+            for k in range(y.shape[1]):
+                yk = y[idx, k]
+                if yk.any() and not yk.all():
+                    ra.append(roc_auc(yk, a[idx, k]))
+                    rb.append(roc_auc(yk, b[idx, k]))
+        return ra, rb
 
+    full_a, full_b = aucs(members)
     rng = np.random.default_rng(seed)
-    boots = [d for _ in range(n_boot) if (d := diff(rng.integers(0, y.shape[0], y.shape[0]))) is not None]
+    boots = []
+    for _ in range(n_boot):
+        ra, rb = aucs([m[rng.integers(0, m.size, m.size)] for m in members])
+        if ra:
+            boots.append(float(np.mean(ra) - np.mean(rb)))
     lo, hi = np.quantile(boots, [0.025, 0.975])
     return {
-        "difference": diff(np.arange(y.shape[0])),
+        "a": float(np.mean(full_a)),
+        "b": float(np.mean(full_b)),
+        "difference": float(np.mean(full_a) - np.mean(full_b)),
         "ci95": [float(lo), float(hi)],
         "share_of_resamples_a_ahead": float(np.mean(np.asarray(boots) > 0)),
-        "n_findings": len(cols),
+        "n_aucs": len(full_a),
         "resamples": len(boots),
     }
 

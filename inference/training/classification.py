@@ -122,6 +122,7 @@ def _mean_auc(targets: np.ndarray, scores: np.ndarray) -> tuple[float, dict[str,
 
 def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
     clock = common.Stopwatch()
+    code = common.code_version()  # the code this run starts with
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rng_np = np.random.default_rng(cfg.seed)
@@ -212,7 +213,7 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
         )
 
     meta = common.base_meta(model_id=cfg.model_id, version=version, task="classification",
-                            family=family.FAMILY, argv=argv)  # fmt: skip
+                            family=family.FAMILY, argv=argv, code=code)  # fmt: skip
     meta |= {
         "labels": list(labels),
         "activation": "sigmoid",
@@ -286,7 +287,9 @@ def cross_validate(cfg: ClassificationConfig, folds: int = 5, argv: Sequence[str
     on the other patients exactly as `train` does (its own patient split inside them picks the epoch and the
     thresholds), and both the trained model and the starting weights score the held-out images. So every
     image is scored by a model that never saw it, and no choice was made on it. Versions go to `cfg.out`
-    (scratch). Returns AUCs on all images and on those with two or more findings, and the paired difference.
+    (scratch). Returns mean AUCs on all images and on those with two or more findings, and their paired
+    difference with a bootstrap interval: within folds (the fair figure, each model ranks only its own
+    images) and pooled over all out-of-fold scores.
     """
     if folds < 2:
         raise DatasetError("--cv needs at least 2 folds")
@@ -315,18 +318,21 @@ def cross_validate(cfg: ClassificationConfig, folds: int = 5, argv: Sequence[str
     multi = np.array([len(r.findings) >= 2 for r in rows])
     out = {"task": "classification cross-validation", "folds": folds, "n_images": len(rows),
            "n_patients": len(patients), "recipe": cfg.model_id, "start": cfg.init, "fold_runs": fold_reports}  # fmt: skip
+    fold = np.array([fold_of[r.patient] for r in rows])
     for name, mask in (("all", np.ones(len(rows), bool)), ("multi_finding", multi)):
         yy, a, b = y[mask], ours[mask], start[mask]
-        per = {
-            label: {"ours": metrics.roc_auc(yy[:, j], a[:, j]), "start": metrics.roc_auc(yy[:, j], b[:, j]),
-                    "n_pos": int(yy[:, j].sum())}
-            for j, label in enumerate(labels) if yy[:, j].any() and not yy[:, j].all()
-        }  # fmt: skip
+        within = metrics.paired_bootstrap_mean_auc_diff(yy, a, b, seed=cfg.seed, strata=fold[mask])
+        pooled = metrics.paired_bootstrap_mean_auc_diff(yy, a, b, seed=cfg.seed)
         out[name] = {
             "n_images": int(mask.sum()),
-            "ours": float(np.mean([v["ours"] for v in per.values()])),
-            "start": float(np.mean([v["start"] for v in per.values()])),
-            "ours_minus_start": metrics.paired_bootstrap_mean_auc_diff(yy, a, b, seed=cfg.seed),
-            "per_finding": per,
-        }
+            # the headline: AUC inside each fold (one model's scores), averaged over folds and findings
+            "within_folds": {"ours": within["a"], "start": within["b"], "ours_minus_start": within},
+            # all out-of-fold scores ranked together: fold models on different scales count against "ours"
+            "pooled": {"ours": pooled["a"], "start": pooled["b"], "ours_minus_start": pooled},
+            "per_finding_pooled": {
+                label: {"ours": metrics.roc_auc(yy[:, j], a[:, j]), "start": metrics.roc_auc(yy[:, j], b[:, j]),
+                        "n_pos": int(yy[:, j].sum())}
+                for j, label in enumerate(labels) if yy[:, j].any() and not yy[:, j].all()
+            },
+        }  # fmt: skip
     return out

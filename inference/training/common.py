@@ -164,7 +164,11 @@ def write_version(version_dir: Path, model: torch.nn.Module, meta: dict) -> Path
     return version_dir / MODEL_JSON
 
 
-def base_meta(*, model_id: str, version: str, task: str, family: str, argv: Sequence[str] | None) -> dict:
+def base_meta(
+    *, model_id: str, version: str, task: str, family: str, argv: Sequence[str] | None, code: str | None = None
+) -> dict:
+    """Identity and provenance fields of model.json; `code` is code_version() taken when training began (the
+    tree may change during a long run), else taken now."""
     return {
         "format": 1,
         "model_id": model_id,
@@ -172,7 +176,7 @@ def base_meta(*, model_id: str, version: str, task: str, family: str, argv: Sequ
         "task": task,
         "family": family,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "code_version": code_version(),
+        "code_version": code or code_version(),
         "command": command_line(argv),
         "torch": torch.__version__,
     }

@@ -100,6 +100,7 @@ def _val_dice(model, data: SegmentationData, device, batch_size: int) -> dict[st
 def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
     """Train, write `<out>/<model_id>/<version>/` and return a summary (also the model.json content)."""
     clock = common.Stopwatch()
+    code = common.code_version()  # the code this run starts with
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rng_np = np.random.default_rng(cfg.seed)
@@ -187,7 +188,7 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
 
     best.restore(model)
     meta = common.base_meta(model_id=cfg.model_id, version=version, task="segmentation",
-                            family=anatomy_unet_smp.FAMILY, argv=argv)  # fmt: skip
+                            family=anatomy_unet_smp.FAMILY, argv=argv, code=code)  # fmt: skip
     meta |= {
         "labels": list(ANATOMY_LABELS),
         "thresholds": {},

@@ -116,17 +116,29 @@ def test_paired_bootstrap_difference_of_mean_auc():
     good = y + rng.normal(0, 0.5, y.shape)  # informative scores
     noise = rng.random(y.shape)
     same = metrics.paired_bootstrap_mean_auc_diff(y, good, good, n_boot=50)
-    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0] and same["n_findings"] == 3
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0] and same["n_aucs"] == 3
     ahead = metrics.paired_bootstrap_mean_auc_diff(y, good, noise, n_boot=200)
     expected = np.mean(
         [metrics.roc_auc(y[:, k], good[:, k]) - metrics.roc_auc(y[:, k], noise[:, k]) for k in range(3)]
     )
     assert ahead["difference"] == pytest.approx(expected)
-    assert (
-        0 < ahead["ci95"][0] < ahead["difference"] < ahead["ci95"][1]
-        and ahead["share_of_resamples_a_ahead"] == 1
-    )
+    assert 0 < ahead["ci95"][0] < ahead["difference"] < ahead["ci95"][1]
+    assert ahead["share_of_resamples_a_ahead"] == 1
     behind = metrics.paired_bootstrap_mean_auc_diff(y, noise, good, n_boot=200)
     assert behind["difference"] == pytest.approx(-expected) and behind["ci95"][1] < 0
-    y[:, 2] = False  # a finding without positives is left out
-    assert metrics.paired_bootstrap_mean_auc_diff(y, good, noise, n_boot=20)["n_findings"] == 2
+    y2 = y.copy()
+    y2[:, 2] = False  # a finding without positives is left out
+    assert metrics.paired_bootstrap_mean_auc_diff(y2, good, noise, n_boot=20)["n_aucs"] == 2
+
+
+def test_strata_keep_fold_models_apart():
+    """Two folds scored by models on different scales: pooled, the ranking across folds is nonsense; within
+    folds each model is perfect, so A (per-fold perfect) must not look worse than B (one model, perfect)."""
+    y = np.tile([True, False], 50)[:, None]
+    fold = np.repeat([0, 1], 50)
+    b = y.astype(float)  # one model, perfect
+    a = b - np.where(fold == 1, 10.0, 0.0)[:, None]  # perfect within each fold; fold 1's positives below fold 0's negatives
+    pooled = metrics.paired_bootstrap_mean_auc_diff(y, a, b, n_boot=20)
+    within = metrics.paired_bootstrap_mean_auc_diff(y, a, b, n_boot=20, strata=fold)
+    assert pooled["difference"] == pytest.approx(-0.25)  # pooled AUC of A: (25*50 + 25*25) / 50^2 = 0.75
+    assert within["difference"] == 0 and within["a"] == 1 and within["n_aucs"] == 2
