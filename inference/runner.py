@@ -59,6 +59,21 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+def _batch_statistics(model: torch.nn.Module) -> bool:
+    """True when a BatchNorm normalises with the batch's own statistics (the shipped anatomy model): then
+    images must go through one at a time, or they would change each other's outputs."""
+    return any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.track_running_stats
+        for m in model.modules()
+    )
+
+
+def _views_one_at_a_time(model: torch.nn.Module, device: torch.device) -> bool:
+    # On the CPU one 512 px view at a time is faster than a batch of five (674-761 ms against 1078-1092 ms
+    # for anatomy_unet_smp@1.2.0, 2 threads): the batch's activations do not stay in cache.
+    return device.type == "cpu" or _batch_statistics(model)
+
+
 def _tta_log_probs(
     model: torch.nn.Module, x: torch.Tensor, views: Sequence[dict], mean: float, std: float
 ) -> torch.Tensor:
@@ -67,26 +82,29 @@ def _tta_log_probs(
     Each view {"scale": s, "shift": [dx, dy]} zooms the image by s about its centre and moves it by (dx, dy)
     image widths, the kind of change the training augmentation made; the view's probabilities are warped back
     before averaging, and pixels a view did not see do not count. No flips: the heart's side is anatomy.
+    The views go through the network as one batch on a GPU, one at a time on the CPU or when the network's
+    BatchNorms use batch statistics.
     """
-    total = weight = None
+    fwd, back = [], []
     for view in views:
         s = float(view.get("scale", 1.0))
         tx, ty = (2.0 * float(v) for v in view.get("shift", (0.0, 0.0)))  # grid units span 2 per width
         # affine_grid maps output to input coordinates: the view shows input point (p - t) / s at p ...
-        fwd = torch.tensor([[[1 / s, 0, -tx / s], [0, 1 / s, -ty / s]]], dtype=x.dtype, device=x.device)
+        fwd.append([[1 / s, 0, -tx / s], [0, 1 / s, -ty / s]])
         # ... so image point q sits at s * q + t in the view.
-        back = torch.tensor([[[s, 0, tx], [0, s, ty]]], dtype=x.dtype, device=x.device)
-        grid = F.affine_grid(fwd, list(x.shape), align_corners=False)
-        seen = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        probs = model((seen - mean) / std).softmax(1)
-        grid = F.affine_grid(back, list(probs.shape), align_corners=False)
-        probs = F.grid_sample(probs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        cover = F.grid_sample(
-            torch.ones_like(x), grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-        total = probs if total is None else total + probs
-        weight = cover if weight is None else weight + cover
-    return (total / weight.clamp_min(1e-6)).clamp_min(1e-8).log()
+        back.append([[s, 0, tx], [0, s, ty]])
+    n = len(views)
+    fwd_t, back_t = (torch.tensor(t, dtype=x.dtype, device=x.device) for t in (fwd, back))
+    grid = F.affine_grid(fwd_t, [n, *x.shape[1:]], align_corners=False)
+    seen = (F.grid_sample(x.expand(n, -1, -1, -1), grid, padding_mode="zeros", align_corners=False) - mean) / std
+    if _views_one_at_a_time(model, x.device):
+        probs = torch.cat([model(seen[i : i + 1]).softmax(1) for i in range(n)])
+    else:
+        probs = model(seen).softmax(1)
+    grid = F.affine_grid(back_t, list(probs.shape), align_corners=False)
+    probs = F.grid_sample(probs, grid, padding_mode="zeros", align_corners=False)
+    cover = F.grid_sample(torch.ones_like(seen[:, :1]), grid, padding_mode="zeros", align_corners=False)
+    return (probs.sum(0, keepdim=True) / cover.sum(0, keepdim=True).clamp_min(1e-6)).clamp_min(1e-8).log()
 
 
 class _Clock:

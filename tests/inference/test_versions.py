@@ -254,23 +254,32 @@ def test_test_time_views_are_warped_back_onto_the_image():
     assert torch.allclose(same.exp(), model(x).softmax(1), atol=1e-5)
 
 
-def test_a_version_with_test_time_views_runs_each_view(tmp_path, models_dir, read_gray, dataset):
+def test_a_version_with_test_time_views_runs_each_view(tmp_path, models_dir, read_gray, dataset, monkeypatch):
+    from inference import runner as runner_module
     from inference.training.segmentation import TTA_VIEWS
 
     write_anatomy(tmp_path, "2.0.0")
     write_anatomy(tmp_path, "2.1.0", test_time_augmentation={"views": list(TTA_VIEWS)})
     runner = Runner(Registry(models_dir, trained_roots=[tmp_path]), "cpu")
     img = read_gray(sorted((dataset("jsrt") / "images512").glob("*.png"))[0])
-    calls = {}
+    seen = {}  # version -> batch sizes of the forward calls
+    results = {}
     for version in ("2.0.0", "2.1.0"):
         module = runner.load(f"anatomy_unet_smp@{version}")
         hook = module.register_forward_hook(
-            lambda m, i, o, v=version: calls.__setitem__(v, calls.get(v, 0) + 1)
+            lambda m, i, o, v=version: seen.setdefault(v, []).append(len(i[0]))
         )
-        result = runner.segment_anatomy(img, f"anatomy_unet_smp@{version}")
+        results[version] = runner.segment_anatomy(img, f"anatomy_unet_smp@{version}")
         hook.remove()
-        assert result.label_map.shape == img.shape and result.model.version == version
-    assert calls == {"2.0.0": 1, "2.1.0": len(TTA_VIEWS)}
+        assert results[version].label_map.shape == img.shape and results[version].model.version == version
+    # On the CPU each view is one forward call; on a GPU they go as one batch, which gives the same answer
+    # for networks whose BatchNorms use running statistics (smp), and is refused for the shipped one.
+    assert seen == {"2.0.0": [1], "2.1.0": [1] * len(TTA_VIEWS)}
+    assert runner_module._batch_statistics(runner.load("anatomy_unet_jsrt"))
+    assert not runner_module._batch_statistics(runner.load("anatomy_unet_smp@2.1.0"))
+    monkeypatch.setattr(runner_module, "_views_one_at_a_time", lambda model, device: False)
+    batched = runner.segment_anatomy(img, "anatomy_unet_smp@2.1.0").label_map
+    assert (batched == results["2.1.0"].label_map).mean() > 0.999
 
 
 def test_a_contrast_stretched_version_reads_a_washed_out_export_as_the_original(
