@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from inference import calibration, evaluation, metrics
-from inference.device import resolve_device
 from inference.models import cxr14_mobilenetv3_multilabel as family
-from inference.registry import MODEL_JSON, Registry
+from inference.registry import Registry
 from inference.runner import Runner
 from inference.training import common
 from inference.training.data import Augment, ClassificationData, DatasetError, read_labels_csv
@@ -121,13 +120,8 @@ def _mean_auc(targets: np.ndarray, scores: np.ndarray) -> tuple[float, dict[str,
 
 
 def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
-    clock = common.Stopwatch()
-    code = common.code_version()  # the code this run starts with
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    rng_np = np.random.default_rng(cfg.seed)
-    common.seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    run = common.start_run(cfg.seed, cfg.device, cfg.threads)
+    clock, rng_np, device = run.clock, run.rng, run.device
     labels = family.FINDINGS
     rows = read_labels_csv(cfg.labels, cfg.images)[: cfg.limit]
     if cfg.only is not None:
@@ -139,13 +133,7 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
     train_data = ClassificationData(cfg.images, [by_file[f] for f in train_files], labels, size)
     val_data = ClassificationData(cfg.images, [by_file[f] for f in val_files], labels, size)
 
-    version = cfg.version or common.next_version(cfg.out, cfg.model_id)
-    vdir = cfg.out / cfg.model_id / version
-    if (vdir / MODEL_JSON).exists():
-        raise FileExistsError(f"{vdir} holds a model version already; choose another --version")
-    vdir.mkdir(parents=True, exist_ok=True)
-    (vdir / common.TRAIN_LOG).unlink(missing_ok=True)
-    epoch_log = common.EpochLogger(vdir / common.TRAIN_LOG)
+    version, vdir, epoch_log = common.new_version_dir(cfg.out, cfg.model_id, cfg.version)
 
     model, init_from = _initial_model(cfg, labels)
     model.to(device)
@@ -213,7 +201,7 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
         )
 
     meta = common.base_meta(model_id=cfg.model_id, version=version, task="classification",
-                            family=family.FAMILY, argv=argv, code=code)  # fmt: skip
+                            family=family.FAMILY, argv=argv, code=run.code)  # fmt: skip
     meta |= {
         "labels": list(labels),
         "activation": "sigmoid",

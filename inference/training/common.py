@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inference.device import resolve_device
 from inference.registry import MODEL_JSON, Registry, version_key
 from inference.runner import Runner
 from inference.types import ModelSpec
@@ -31,13 +32,41 @@ CHECKPOINT_FILE = "checkpoint_best.pt"
 TRAIN_LOG = "train_log.jsonl"
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every training run starts with: its clock, the code it runs (taken now: the tree may change
+    during a long run), a generator for shuffling and augmentation, and the device."""
+
+    clock: Stopwatch
+    code: str
+    rng: np.random.Generator
+    device: torch.device
+
+
+def start_run(seed: int, device: str, threads: int | None) -> Run:
+    clock = Stopwatch()
+    if threads:
+        torch.set_num_threads(threads)
+    seed_everything(seed)
+    return Run(clock, code_version(), np.random.default_rng(seed), resolve_device(device))
+
+
+def new_version_dir(out: Path, model_id: str, version: str | None) -> tuple[str, Path, EpochLogger]:
+    """(version, its folder, the epoch logger writing into it); `version` None: the next free one. Refuses a
+    folder that already holds a finished version; a half-written one (no model.json) is reused."""
+    version = version or next_version(out, model_id)
+    vdir = out / model_id / version
+    if (vdir / MODEL_JSON).exists():
+        raise FileExistsError(f"{vdir} holds a model version already; choose another --version")
+    vdir.mkdir(parents=True, exist_ok=True)
+    (vdir / TRAIN_LOG).unlink(missing_ok=True)
+    return version, vdir, EpochLogger(vdir / TRAIN_LOG)
 
 
 def group_order(groups: Iterable[str], seed: int) -> list[str]:
@@ -167,8 +196,7 @@ def write_version(version_dir: Path, model: torch.nn.Module, meta: dict) -> Path
 def base_meta(
     *, model_id: str, version: str, task: str, family: str, argv: Sequence[str] | None, code: str | None = None
 ) -> dict:
-    """Identity and provenance fields of model.json; `code` is code_version() taken when training began (the
-    tree may change during a long run), else taken now."""
+    """Identity and provenance fields of model.json; `code`: Run.code, else code_version() now."""
     return {
         "format": 1,
         "model_id": model_id,

@@ -18,9 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from inference import evaluation, metrics
-from inference.device import resolve_device
 from inference.models import anatomy_unet_smp
-from inference.registry import MODEL_JSON
 from inference.runner import Runner
 from inference.training import common
 from inference.training.data import Augment, DatasetError, SegmentationData, paired_files
@@ -99,13 +97,8 @@ def _val_dice(model, data: SegmentationData, device, batch_size: int) -> dict[st
 
 def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
     """Train, write `<out>/<model_id>/<version>/` and return a summary (also the model.json content)."""
-    clock = common.Stopwatch()
-    code = common.code_version()  # the code this run starts with
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    rng_np = np.random.default_rng(cfg.seed)
-    common.seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    run = common.start_run(cfg.seed, cfg.device, cfg.threads)
+    clock, rng_np, device = run.clock, run.rng, run.device
     pairs = paired_files(cfg.images, cfg.masks)[: cfg.limit]
     names = [p.name for p, _ in pairs]
     train_names, val_names = common.split_by_group(names, names, cfg.val_fraction, cfg.seed)
@@ -128,13 +121,7 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
     for d in (train_data, val_data):
         d.mean, d.std = mean, std
 
-    version = cfg.version or common.next_version(cfg.out, cfg.model_id)
-    vdir = cfg.out / cfg.model_id / version
-    if (vdir / MODEL_JSON).exists():
-        raise FileExistsError(f"{vdir} holds a model version already; choose another --version")
-    vdir.mkdir(parents=True, exist_ok=True)
-    (vdir / common.TRAIN_LOG).unlink(missing_ok=True)
-    epoch_log = common.EpochLogger(vdir / common.TRAIN_LOG)
+    version, vdir, epoch_log = common.new_version_dir(cfg.out, cfg.model_id, cfg.version)
 
     arch = {
         **anatomy_unet_smp.DEFAULT_ARCH,
@@ -188,7 +175,7 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
 
     best.restore(model)
     meta = common.base_meta(model_id=cfg.model_id, version=version, task="segmentation",
-                            family=anatomy_unet_smp.FAMILY, argv=argv, code=code)  # fmt: skip
+                            family=anatomy_unet_smp.FAMILY, argv=argv, code=run.code)  # fmt: skip
     meta |= {
         "labels": list(ANATOMY_LABELS),
         "thresholds": {},
