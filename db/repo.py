@@ -373,18 +373,25 @@ class VerdictIn:
     reason_text: str | None = None
 
 
-def upsert_verdict(s: Session, v: VerdictIn) -> Verdict:
-    """One verdict per reader and item (natural key), and an append-only event for every write."""
-    row = s.scalar(
+def find_verdict(
+    s: Session, image_id: int, reader_id: int, item_kind: str, item_key: str, model_id: str, model_version: str
+) -> Verdict | None:
+    """The reader's verdict on one item (its natural key), or None."""
+    return s.scalar(
         select(Verdict).where(
-            Verdict.image_id == v.image_id,
-            Verdict.reader_id == v.reader_id,
-            Verdict.item_kind == v.item_kind,
-            Verdict.item_key == v.item_key,
-            Verdict.model_id == v.model_id,
-            Verdict.model_version == v.model_version,
+            Verdict.image_id == image_id,
+            Verdict.reader_id == reader_id,
+            Verdict.item_kind == item_kind,
+            Verdict.item_key == item_key,
+            Verdict.model_id == model_id,
+            Verdict.model_version == model_version,
         )
     )
+
+
+def upsert_verdict(s: Session, v: VerdictIn) -> Verdict:
+    """One verdict per reader and item (natural key), and an append-only event for every write."""
+    row = find_verdict(s, v.image_id, v.reader_id, v.item_kind, v.item_key, v.model_id, v.model_version)
     decision = Decision(v.decision)
     if row is None:
         row = Verdict(

@@ -10,6 +10,7 @@ from db import repo
 from inference.types import RESEARCH_USE
 from pages import _deps
 from services import analysis, reporting
+from services import verdicts as verdict_store
 from viewer import overlays
 
 DECISIONS = ["", "accept", "reject", "uncertain"]
@@ -175,21 +176,9 @@ def _move_focus(focus_key: str, n: int, step: int) -> None:
 
 def _quick_verdict(study_id: int, image_id: int, user_id: int, item: dict, decision: str, focus_key: str,
                    n: int) -> None:  # fmt: skip
-    """Button callback: store one verdict (keeping the reader's note) and move the focus to the next item."""
-
-    def tx(s):
-        old = next((v for v in repo.verdicts_of(s, image_id, user_id) if _same_item(v, item)), None)
-        if old is not None and old.decision.value == decision:
-            return False
-        repo.upsert_verdict(s, repo.VerdictIn(
-            study_id=study_id, image_id=image_id, reader_id=user_id, item_kind=item["kind"], item_key=item["key"],
-            decision=decision, model_id=item["model"]["id"], model_version=item["model"]["version"],
-            weights_sha256=item["model"]["weights_sha256"], reason_text=old.reason_text if old else None,
-        ))  # fmt: skip
-        return True
-
+    """Button callback: store one verdict (keeping the reader's reason and note) and move the focus on."""
     try:
-        written = dbe.write(_deps.ctx().engine, tx)
+        written = verdict_store.set_decision(_deps.ctx().engine, study_id, image_id, user_id, item, decision)
     except dbe.DatabaseBusy as exc:
         st.session_state["quick_verdict_msg"] = ("error", f"Verdict not saved: {exc}")
         return
@@ -271,18 +260,11 @@ def verdicts(result: analysis.Analysis, study_id: int, image: dict, user) -> Non
     ]  # fmt: skip
     if st.button(f"Save {len(changed)} verdict{'s' * (len(changed) != 1)}", type="primary", disabled=not changed,
                  key=f"save_verdicts_{image['id']}"):  # fmt: skip
-
-        def tx(s):
-            for it, row in changed:
-                repo.upsert_verdict(s, repo.VerdictIn(
-                    study_id=study_id, image_id=image["id"], reader_id=user.user_id, item_kind=it["kind"],
-                    item_key=it["key"], decision=row["Verdict"], model_id=it["model"]["id"],
-                    model_version=it["model"]["version"], weights_sha256=it["model"]["weights_sha256"],
-                    reason_code=row["Reason"] or None, reason_text=(row["Note"] or "").strip() or None,
-                ))  # fmt: skip
-
         try:
-            dbe.write(ctx.engine, tx)
+            verdict_store.save(ctx.engine, study_id, image["id"], user.user_id, [
+                (it, row["Verdict"], row["Reason"] or None, (row["Note"] or "").strip() or None)
+                for it, row in changed
+            ])  # fmt: skip
         except dbe.DatabaseBusy as exc:
             st.error(f"Verdicts not saved: {exc}")
         else:

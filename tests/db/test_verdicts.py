@@ -82,3 +82,20 @@ def test_sixteen_concurrent_writers_lose_nothing_and_duplicate_nothing(ctx):
         assert s.scalar(select(func.count(VerdictEvent.id))) == 16 * 3 * 3 + 16
         finals = {v.decision.value for r in readers for v in repo.verdicts_of(s, image_id, r) if v.item_key != "Shared"}
         assert finals == {"reject"}
+
+
+def test_a_quick_decision_keeps_the_readers_reason_and_note(ctx):
+    """The A/X/U keys and quick buttons change only the decision (services.verdicts.set_decision)."""
+    from services import verdicts
+
+    study_id, image_id, (reader,) = _setup(ctx)
+    item = {"kind": "finding", "key": "Effusion", "model": {"id": MODEL["model_id"],
+            "version": MODEL["model_version"], "weights_sha256": MODEL["weights_sha256"]}}  # fmt: skip
+    verdicts.save(ctx.engine, study_id, image_id, reader, [(item, "reject", "wrong_location", "left, not right")])
+    assert verdicts.set_decision(ctx.engine, study_id, image_id, reader, item, "accept") is True
+    assert verdicts.set_decision(ctx.engine, study_id, image_id, reader, item, "accept") is False  # unchanged
+    with dbe.read(ctx.engine) as s:
+        (v,) = repo.verdicts_of(s, image_id, reader)
+        events = s.scalar(select(func.count()).select_from(VerdictEvent).where(VerdictEvent.verdict_id == v.id))
+        assert (v.decision.value, v.reason_code, v.reason_text) == ("accept", "wrong_location", "left, not right")
+    assert events == 2  # the form's write and the key's; the unchanged second key wrote nothing
