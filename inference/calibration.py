@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow for large |z|
 
 
@@ -36,7 +36,7 @@ def fit_platt(logits: np.ndarray, targets: np.ndarray, iterations: int = 100) ->
     a, c = 1.0, np.zeros(k)
     current = loss(a, c)
     for _ in range(iterations):
-        p = _sigmoid(a * x + c)
+        p = sigmoid(a * x + c)
         r, w = p - t, p * (1 - p)
         grad = np.concatenate([[np.sum(r * x)], r.sum(0)])
         hess = np.zeros((k + 1, k + 1))
@@ -62,6 +62,6 @@ def fit_platt(logits: np.ndarray, targets: np.ndarray, iterations: int = 100) ->
 
 def apply_platt(logits: np.ndarray, slope: float, intercepts: np.ndarray) -> np.ndarray:
     """Calibrated probabilities, same shape as `logits` (N x K)."""
-    return _sigmoid(slope * np.asarray(logits, np.float64) + np.asarray(intercepts, np.float64)).astype(
+    return sigmoid(slope * np.asarray(logits, np.float64) + np.asarray(intercepts, np.float64)).astype(
         np.float32
     )

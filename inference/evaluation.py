@@ -52,18 +52,18 @@ def evaluate_segmentation(
     """Dice per class: the runner's label map (logits upsampled to the image, speckles removed) against the
     label map at its native resolution."""
     spec = runner.registry.check(model)
-    rows = []
+    rows, shapes = [], set()
     for img_path, mask_path in _progress(pairs, len(pairs), f"eval {spec.ref}", progress):
         truth = read_label_map(mask_path)
+        shapes.add(f"{truth.shape[1]}x{truth.shape[0]}")
         pred = runner.segment_anatomy(read_gray(img_path), spec).label_map
         if pred.shape != truth.shape:
             raise DatasetError(f"{img_path.name}: image {pred.shape} and label map {truth.shape} differ")
         rows.append({"file": img_path.name, **metrics.dice_per_class(pred, truth, CLASSES)})
-    shapes = sorted({"x".join(map(str, read_label_map(m).shape[::-1])) for _, m in pairs[:3]})
     out = {
         "task": "segmentation",
         "model": _ref(spec),
-        "resolution": f"each label map's native resolution ({', '.join(shapes)}...); network input "
+        "resolution": f"each label map's native resolution ({', '.join(sorted(shapes))}); network input "
         f"{spec.input_size[1]}x{spec.input_size[0]}, logits upsampled bilinearly",
         "test_time_views": len(spec.metadata.get("test_time_augmentation", {}).get("views", ())) or 1,
         "n_images": len(rows),
@@ -136,7 +136,7 @@ def evaluate_classification(
     return {
         "task": "classification",
         "model": _ref(spec),
-        "score_kind": spec.activation,
+        "score_kind": spec.score_kind,
         "n_images": len(rows),
         "n_patients": len({r.patient for r in rows}),
         "mean_auc": all_table["mean_auc"],
@@ -174,6 +174,7 @@ def evaluate_ctr(
         "n_images": len(rows),
         "unmeasured": unmeasured,
         **report,
+        # above 0.5, not at it: the viewer's and the report's cardiomegaly flag (operating_point uses >=)
         "at_ctr_0.5": {
             "sensitivity": float(above[y].mean()) if y.any() else None,
             "specificity": float((~above[~y]).mean()) if (~y).any() else None,

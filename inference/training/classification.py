@@ -100,7 +100,7 @@ def _calibrate(
     slope, intercepts = calibration.fit_platt(logits, targets)
     if not slope > 0:
         log.warning("calibration skipped: fitted slope %.3g is not positive", slope)
-        return None, 1 / (1 + np.exp(-logits))
+        return None, calibration.sigmoid(logits)
     meta = {
         "method": "Platt scaling: sigmoid(slope * logit + intercept[finding]), one slope for all findings, "
         "smoothed targets; fitted on the validation split (so calibration figures on it are optimistic)",
@@ -192,7 +192,7 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
     if cfg.calibrate:
         calibrated, val_scores = _calibrate(val_logits, val_data.targets, labels)
     else:
-        val_scores = 1 / (1 + np.exp(-val_logits))
+        val_scores = calibration.sigmoid(val_logits)
     thresholds = {}
     for j, label in enumerate(labels):
         y = val_data.targets[:, j] > 0

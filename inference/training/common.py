@@ -170,10 +170,18 @@ def progress(iterable, total: int, desc: str, enabled: bool = True):
     return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
-def write_version(version_dir: Path, model: torch.nn.Module, meta: dict) -> Path:
-    """Write fp16 weights and model.json (last, atomically: the registry never sees half a version).
+def write_model_json(version_dir: Path, meta: dict) -> Path:
+    """model.json written atomically (the registry never sees half a file); returns its path."""
+    tmp = version_dir / f".{MODEL_JSON}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, version_dir / MODEL_JSON)
+    return version_dir / MODEL_JSON
 
-    `meta` holds everything but the weight fields, which are filled in here. Returns the model.json path."""
+
+def write_version(version_dir: Path, model: torch.nn.Module, meta: dict) -> dict:
+    """Write fp16 weights, then model.json (last: the registry never sees half a version).
+
+    `meta` holds everything but the weight fields, which are filled in here. Returns the model.json content."""
     version_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(fp16_state(model.state_dict()), buf)
@@ -187,10 +195,8 @@ def write_version(version_dir: Path, model: torch.nn.Module, meta: dict) -> Path
         "weights_bytes": len(data),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    tmp = version_dir / f".{MODEL_JSON}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, version_dir / MODEL_JSON)
-    return version_dir / MODEL_JSON
+    write_model_json(version_dir, meta)
+    return meta
 
 
 def base_meta(
@@ -271,14 +277,14 @@ def publish(
     keep_checkpoint: bool,
     history: list[dict],
 ) -> dict:
-    """Write the version, measure it with `evaluate(runner, "id@version")` and write it again with those
-    validation metrics (same weights, same sha256). The stored metrics are those of the written fp16 weights,
-    run exactly as the app runs them. Returns the model.json content plus its path and the epoch history."""
-    write_version(vdir, model, meta)
+    """Write the version, measure it with `evaluate(runner, "id@version")` and rewrite its model.json with
+    those validation metrics. The stored metrics are those of the written fp16 weights, run exactly as the app
+    runs them. Returns the model.json content plus its path and the epoch history."""
+    meta = write_version(vdir, model, meta)
     runner = Runner(Registry(out, trained_roots=[out]), str(device))
     meta["validation"] = evaluate(runner, f"{meta['model_id']}@{meta['version']}")
     meta["training"]["wall_seconds_with_evaluation"] = round(clock.s, 1)
-    path = write_version(vdir, model, meta)
+    path = write_model_json(vdir, meta)
     if not keep_checkpoint:
         (vdir / CHECKPOINT_FILE).unlink(missing_ok=True)
-    return json.loads(path.read_text()) | {"model_json": str(path), "history": history}
+    return meta | {"model_json": str(path), "history": history}

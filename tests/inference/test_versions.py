@@ -23,7 +23,7 @@ def write_anatomy(root, version, created="2025-01-01T00:00:00+00:00", seed=0, **
                      family="anatomy_unet_smp", argv=["test"])  # fmt: skip
     meta |= {"created": created, "labels": list(ANATOMY_LABELS), "input_size": [64, 64], "arch": TINY_UNET,
              "mean": 0.5, "std": 0.25, "normalisation": "test", "validation": {"dice": {"lungs": 0.5}}, **extra}  # fmt: skip
-    return write_version(root / "anatomy_unet_smp" / version, model, meta)
+    write_version(root / "anatomy_unet_smp" / version, model, meta)
 
 
 def write_classifier(root, version="0.1.0", **extra):
@@ -34,7 +34,7 @@ def write_classifier(root, version="0.1.0", **extra):
                      family="cxr14_mobilenetv3_multilabel", argv=["test"])  # fmt: skip
     meta |= {"labels": labels, "thresholds": {k: 0.5 for k in labels}, "activation": "sigmoid",
              "input_size": [64, 64], "mean": 0.485, "std": 0.229, **extra}  # fmt: skip
-    return write_version(root / "cxr14_mobilenetv3_multilabel" / version, model, meta)
+    write_version(root / "cxr14_mobilenetv3_multilabel" / version, model, meta)
 
 
 @pytest.fixture(scope="module")
