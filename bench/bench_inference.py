@@ -297,7 +297,7 @@ def timings(models_dir: Path, device: str, repeats: int) -> list[tuple[str, floa
     # The project's trained anatomy versions, for an admin choosing one: input size and test-time views
     # (model.json) set their cost; compare with "segment_anatomy, 512 in" above (the built-in model).
     for spec in runner.registry.versions(SMP_SEG):
-        views = len(spec.metadata.get("test_time_augmentation", {}).get("views", ())) or 1
+        views = len(spec.test_time_views) or 1
         ms = median_ms({"v": lambda s=spec: runner.segment_anatomy(img512, s)}, repeats)["v"]
         rows.append(
             (f"segment_anatomy {spec.ref} ({spec.input_size[0]} px, {views} view(s)), 512 in", ms, None)

@@ -65,7 +65,7 @@ def evaluate_segmentation(
         "model": _ref(spec),
         "resolution": f"each label map's native resolution ({', '.join(sorted(shapes))}); network input "
         f"{spec.input_size[1]}x{spec.input_size[0]}, logits upsampled bilinearly",
-        "test_time_views": len(spec.metadata.get("test_time_augmentation", {}).get("views", ())) or 1,
+        "test_time_views": len(spec.test_time_views) or 1,
         "n_images": len(rows),
         "dice": {name: _summary([r[name] for r in rows]) for name in CLASSES.values()},
     }

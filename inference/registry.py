@@ -139,6 +139,7 @@ def spec_from_json(meta: dict, directory: Path, families: dict[str, ModuleType] 
     if not _SAFE_NAME.match(weights_file):
         raise InvalidModelJson(f"weights_file must be a plain file name, not {weights_file!r}")
     h, w = (int(v) for v in meta["input_size"])
+    stretch, views, calibration = _runner_settings(meta, labels)
     return ModelSpec(
         model_id=model_id,
         version=version,
@@ -160,7 +161,41 @@ def spec_from_json(meta: dict, directory: Path, families: dict[str, ModuleType] 
         created=str(meta.get("created", "")),
         metrics=dict(meta.get("validation") or {}),
         metadata=meta,
+        contrast_stretch=stretch,
+        test_time_views=views,
+        calibration=calibration,
     )
+
+
+def _runner_settings(meta: dict, labels: tuple[str, ...]):
+    """(contrast stretch, test-time views, calibration) of a model.json, checked here so that a bad value makes
+    the version unavailable with its reason instead of failing inside an analysis."""
+    try:
+        return _checked_settings(meta, labels)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, InvalidModelJson):
+            raise
+        raise InvalidModelJson(f"unreadable runner setting: {type(exc).__name__}: {exc}") from exc
+
+
+def _checked_settings(meta: dict, labels: tuple[str, ...]):
+    stretch = None
+    if (cs := meta.get("contrast_stretch")) is not None:
+        lo, hi = (float(v) for v in cs["percentiles"])
+        if not 0 <= lo < hi <= 100:
+            raise InvalidModelJson(f"contrast_stretch percentiles must satisfy 0 <= low < high <= 100, not {lo}, {hi}")
+        stretch = (lo, hi)
+    views = tuple(dict(v) for v in (meta.get("test_time_augmentation") or {}).get("views", ()))
+    for v in views:
+        if not float(v.get("scale", 1.0)) > 0 or len(v.get("shift", (0, 0))) != 2:
+            raise InvalidModelJson(f"test-time view {v} needs a positive scale and a shift [dx, dy]")
+    calibration = None
+    if (cal := meta.get("calibration")) is not None:
+        intercepts = {str(k): float(b) for k, b in cal["intercepts"].items()}
+        if set(intercepts) != set(labels) or not float(cal["slope"]) > 0:
+            raise InvalidModelJson("calibration needs a positive slope and one intercept per label")
+        calibration = {"slope": float(cal["slope"]), "intercepts": intercepts}
+    return stretch, views, calibration
 
 
 @lru_cache(maxsize=256)

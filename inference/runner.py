@@ -197,15 +197,14 @@ class Runner:
         side = max(h, w)
         top, left = (side - h) // 2, (side - w) // 2
         with clock.phase("preprocess"):
-            if stretch := spec.metadata.get("contrast_stretch"):
-                img = stretch_contrast(img, *stretch["percentiles"])
+            if spec.contrast_stretch:
+                img = stretch_contrast(img, *spec.contrast_stretch)
             # Zero-pad to a square first (as HybridGNet does) so the anatomy keeps its aspect ratio.
             x = F.pad(self._tensor(img), (left, side - w - left, top, side - h - top))
             x = _resize(x, spec.input_size)
         with clock.phase("forward"):
-            views = spec.metadata.get("test_time_augmentation", {}).get("views")
-            if views:
-                logits = _tta_log_probs(model, x, views, spec.mean, spec.std)
+            if spec.test_time_views:
+                logits = _tta_log_probs(model, x, spec.test_time_views, spec.mean, spec.std)
             else:  # batch of one: the BatchNorms use per-image statistics
                 logits = model((x - spec.mean) / spec.std)
         with clock.phase("postprocess"):
@@ -270,7 +269,7 @@ class Runner:
             x = self._classifier_input(imgs, spec)
         with clock.phase("forward"):
             logits = model(x).float()
-            if cal := spec.metadata.get("calibration"):  # fitted per version (inference/calibration.py)
+            if cal := spec.calibration:  # fitted per version (inference/calibration.py)
                 intercepts = [cal["intercepts"][label] for label in spec.labels]
                 probs = apply_platt(logits.cpu().numpy(), cal["slope"], intercepts)
             elif spec.activation == "sigmoid":

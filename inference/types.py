@@ -56,6 +56,12 @@ class ModelSpec:
     created: str = ""
     metrics: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+    # Parts of a trained version the runner applies (checked when model.json is read): percentiles stretched
+    # to 0..1 before the network, the zoom/shift views averaged at inference, and Platt calibration
+    # {"slope": a, "intercepts": {label: b}} of the logits.
+    contrast_stretch: tuple[float, float] | None = None
+    test_time_views: tuple[dict, ...] = ()
+    calibration: dict | None = None
 
     @property
     def ref(self) -> str:
@@ -65,7 +71,7 @@ class ModelSpec:
     @property
     def score_kind(self) -> str:
         """Key of SCORE_KINDS: "calibrated" when model.json carries a calibration, else the activation."""
-        return "calibrated" if self.metadata.get("calibration") else self.activation
+        return "calibrated" if self.calibration else self.activation
 
     @property
     def builtin(self) -> bool:

@@ -105,8 +105,8 @@ with tab_cat:
             )
             if s.task == "classification":
                 st.markdown(f"**Scores** {SCORE_KINDS[s.score_kind]}")
-            if views := s.metadata.get("test_time_augmentation", {}).get("views"):
-                st.markdown(f"**Test-time augmentation** {len(views)} zoomed/shifted views averaged")
+            if s.test_time_views:
+                st.markdown(f"**Test-time augmentation** {len(s.test_time_views)} zoomed/shifted views averaged")
             st.markdown(f"**Labels** {', '.join(s.labels)}")
             if s.metrics:
                 st.markdown("**Validation metrics**")

@@ -112,8 +112,8 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
                 f"--init {cfg.init}: not an {anatomy_unet_smp.FAMILY} version ({start.family})"
             )
     stretch = cfg.stretch
-    if start and not stretch and start.metadata.get("contrast_stretch"):
-        stretch = tuple(start.metadata["contrast_stretch"]["percentiles"])
+    if start and not stretch:
+        stretch = start.contrast_stretch
     train_data = SegmentationData([by_name[n] for n in train_names], size, stretch)
     val_data = SegmentationData([by_name[n] for n in val_names], size, stretch)
     mean = float(np.mean([i.mean() for i in train_data.images]))

@@ -121,6 +121,20 @@ def test_damaged_and_invalid_versions_are_unavailable_with_reasons(models_dir, r
     )
 
 
+def test_bad_runner_settings_make_a_version_unavailable_not_an_analysis_fail(models_dir, tmp_path):
+    labels = cxr14_mobilenetv3_multilabel.FINDINGS
+    partial = {"slope": 0.3, "intercepts": {labels[0]: 0.0}}  # one intercept for 14 findings
+    write_classifier(tmp_path, "0.1.0", calibration=partial)
+    write_anatomy(tmp_path, "3.0.0", contrast_stretch={"percentiles": [99, 1]})
+    write_anatomy(tmp_path, "3.1.0", test_time_augmentation={"views": [{"scale": 0}]})
+    write_anatomy(tmp_path, "3.2.0", contrast_stretch={"low": 1})
+    reasons = Registry(models_dir, trained_roots=[tmp_path]).unavailable()
+    assert "one intercept per label" in reasons["cxr14_mobilenetv3_multilabel@0.1.0"]
+    assert "0 <= low < high <= 100" in reasons["anatomy_unet_smp@3.0.0"]
+    assert "positive scale" in reasons["anatomy_unet_smp@3.1.0"]
+    assert "unreadable runner setting: KeyError" in reasons["anatomy_unet_smp@3.2.0"]
+
+
 def test_runner_runs_the_exact_version_and_caches_per_version(reg, read_gray, dataset):
     runner = Runner(reg, "cpu")
     img = read_gray(next(iter(sorted((dataset("jsrt") / "images512").glob("*.png")))))
