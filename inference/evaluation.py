@@ -33,10 +33,6 @@ from inference.types import ModelSpec
 CLASSES = {1: "lungs", 2: "heart", 3: "clavicles"}
 
 
-def _ref(spec: ModelSpec) -> dict:
-    return {"id": spec.model_id, "version": spec.version, "weights_sha256": spec.weights_sha256}
-
-
 def _summary(values: Sequence[float]) -> dict:
     v = np.asarray(values, np.float64)
     return {"mean": float(v.mean()), "min": float(v.min()), "median": float(np.median(v)), "n": int(v.size)}
@@ -62,7 +58,7 @@ def evaluate_segmentation(
         rows.append({"file": img_path.name, **metrics.dice_per_class(pred, truth, CLASSES)})
     out = {
         "task": "segmentation",
-        "model": _ref(spec),
+        "model": spec.provenance(),
         "resolution": f"each label map's native resolution ({', '.join(sorted(shapes))}); network input "
         f"{spec.input_size[1]}x{spec.input_size[0]}, logits upsampled bilinearly",
         "test_time_views": len(spec.test_time_views) or 1,
@@ -135,7 +131,7 @@ def evaluate_classification(
                       "rate": float(y.mean())}  # fmt: skip
     return {
         "task": "classification",
-        "model": _ref(spec),
+        "model": spec.provenance(),
         "score_kind": spec.score_kind,
         "n_images": len(rows),
         "n_patients": len({r.patient for r in rows}),
@@ -169,7 +165,7 @@ def evaluate_ctr(
     above = ratios > 0.5
     return {
         "task": "ctr",
-        "model": _ref(spec),
+        "model": spec.provenance(),
         "finding": "Cardiomegaly",
         "n_images": len(rows),
         "unmeasured": unmeasured,
@@ -209,7 +205,7 @@ def evaluate_bone(runner: Runner, model: str | ModelSpec, pairs: Sequence[tuple[
         })  # fmt: skip
     return {
         "task": "bone_suppression",
-        "model": _ref(spec),
+        "model": spec.provenance(),
         "n_pairs": len(rows),
         "mae": _summary([r["mae"] for r in rows]),
         "ssim": _summary([r["ssim"] for r in rows]),

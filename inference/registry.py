@@ -72,7 +72,7 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     """ "ID" -> (ID, None); "ID@VERSION" -> (ID, VERSION)."""
     model_id, sep, version = ref.strip().partition("@")
     if not model_id or (sep and not version):
-        raise KeyError(f"model reference {ref!r} is not ID or ID@VERSION")
+        raise UnknownModel(f"model reference {ref!r} is not ID or ID@VERSION")
     return model_id, (version if sep else None)
 
 
@@ -97,6 +97,10 @@ def _discover() -> tuple[dict[str, ModuleType], dict[str, ModuleType]]:
             raise RuntimeError(f"{spec.model_id}: classification specs need one threshold per label")
         builtins[spec.model_id] = module
     return builtins, families
+
+
+class UnknownModel(KeyError):
+    """A model reference the registry cannot resolve (a KeyError, so existing `except KeyError` still work)."""
 
 
 class InvalidModelJson(ValueError):
@@ -271,7 +275,7 @@ class Registry:
         """Every version of one model, newest first (KeyError for an unknown id)."""
         found = [s for s in self._all() if s.model_id == model_id]
         if not found:
-            raise KeyError(f"unknown model id {model_id!r}; known: {self.model_ids()}")
+            raise UnknownModel(f"unknown model id {model_id!r}; known: {self.model_ids()}")
         return _newest_first(found)
 
     def get(self, model_id: str, version: str | None = None) -> ModelSpec:
@@ -285,7 +289,7 @@ class Registry:
             if spec.version == version:
                 return spec
         reason = self._scan()[1].get(f"{model_id}@{version}")
-        raise KeyError(
+        raise UnknownModel(
             f"{model_id} has no usable version {version!r}"
             + (f" ({reason})" if reason else "")
             + f"; known versions: {[s.version for s in versions]}"

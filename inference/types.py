@@ -68,6 +68,10 @@ class ModelSpec:
         """ "model_id@version", the string `Registry.resolve` and `cxr-review --model` take."""
         return f"{self.model_id}@{self.version}"
 
+    def provenance(self) -> dict:
+        """{"id", "version", "weights_sha256"}: how stored results and reports name the model."""
+        return {"id": self.model_id, "version": self.version, "weights_sha256": self.weights_sha256}
+
     @property
     def score_kind(self) -> str:
         """Key of SCORE_KINDS: "calibrated" when model.json carries a calibration, else the activation."""

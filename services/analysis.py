@@ -56,10 +56,6 @@ def model_input(img: dicom_io.DecodedImage) -> np.ndarray:
     return windowing.render(img).astype(np.float32) / 255.0
 
 
-def _ref(spec: ModelSpec) -> dict:
-    return {"id": spec.model_id, "version": spec.version, "weights_sha256": spec.weights_sha256}
-
-
 def _png(arr: np.ndarray) -> bytes:
     return export.png_bytes(arr)
 
@@ -116,7 +112,7 @@ def run_task(
     if task == "segmentation":
         res = runner.segment_anatomy(x, spec)
         return {
-            "model": _ref(spec),
+            "model": spec.provenance(),
             "timings_ms": with_total(res.timings_ms),
             "label_map": put(_png(res.label_map)),
             **anatomy_summary(res.label_map),
@@ -124,7 +120,7 @@ def run_task(
     if task == "bone_suppression":
         res = runner.suppress_bones(x, spec)
         return {
-            "model": _ref(spec),
+            "model": spec.provenance(),
             "timings_ms": with_total(res.timings_ms),
             "soft_tissue": put(_png(np.round(res.soft_tissue * 255).astype(np.uint8))),
         }
@@ -132,7 +128,7 @@ def run_task(
     cams, boxes, cam_ms = heatmaps_and_boxes(runner, x, spec, lungs)
     heatmaps = {label: put(_png(np.round(cam * 255).astype(np.uint8))) for label, cam in cams.items()}
     return {
-        "model": _ref(spec),
+        "model": spec.provenance(),
         "timings_ms": with_total(res.timings_ms, gradcam_and_boxes=cam_ms),
         "score_kind": res.score_kind,
         "probabilities": res.probabilities,

@@ -153,14 +153,7 @@ def infer_image(
     timings: dict[str, float] = {}
 
     def ran(spec: ModelSpec, ms: dict[str, float]) -> None:
-        doc["models"].append(
-            {
-                "id": spec.model_id,
-                "version": spec.version,
-                "weights_sha256": spec.weights_sha256,
-                "task": spec.task,
-            }
-        )
+        doc["models"].append(spec.provenance() | {"task": spec.task})
         timings[spec.model_id] = ms["total"]
 
     lungs = None

@@ -117,7 +117,9 @@ def _val_files(runner, ref: str | None) -> set[str] | None:
     spec = runner.registry.resolve(ref)
     files = (spec.metadata.get("data") or {}).get("val_files")
     if not files:
-        raise KeyError(f"{spec.ref} records no validation files (built-in models have none)")
+        from inference.training.data import DatasetError
+
+        raise DatasetError(f"{spec.ref} records no validation files (built-in models have none)")
     return set(files)
 
 
@@ -233,6 +235,7 @@ def add_parsers(sub) -> None:
 def run(args) -> int:
     """Dispatch with the errors of these commands turned into one clear line and exit status 2."""
     from inference.device import DeviceUnavailable
+    from inference.registry import UnknownModel
     from inference.training.data import DatasetError
     from inference.types import ModelUnavailable
 
@@ -241,7 +244,7 @@ def run(args) -> int:
         return args.handler(args)
     except (DatasetError, DeviceUnavailable, FileExistsError) as exc:
         print(f"cxr-review: error: {exc}", file=sys.stderr)
-    except KeyError as exc:
+    except UnknownModel as exc:  # only the registry's: any other KeyError is a bug and keeps its traceback
         print(f"cxr-review: error: {exc.args[0]}", file=sys.stderr)
     except ModelUnavailable as exc:
         print(f"cxr-review: error: model {exc}", file=sys.stderr)

@@ -70,10 +70,11 @@ def _user_names(s) -> dict[int, str]:
     return {u.id: u.username for u in repo.list_users(s)}
 
 
-def pins(ctx: Context) -> dict[str, Pin]:
-    """The stored choice per task (tasks without one run the registry's default)."""
+def pins(ctx: Context, names: bool = True) -> dict[str, Pin]:
+    """The stored choice per task (tasks without one run the registry's default); `names`: also who chose it
+    (reads the users; the analysis path does not need it)."""
     with dbe.read(ctx.engine) as s:
-        names = _user_names(s)
+        names = _user_names(s) if names else {}
         return {
             task: Pin(task, r.model_id, r.model_version, r.weights_sha256, names.get(r.set_by_id), r.set_at)
             for task, r in repo.active_models(s).items()
@@ -105,7 +106,7 @@ def active_specs(
     default) and {model or task: reason} for what cannot run, as `analysis.specs_for` returns them. A choice
     that cannot be honoured is reported under its "id@version" so the viewer says why another version ran."""
     chosen, unavailable = {}, {}
-    stored = pins(ctx)
+    stored = pins(ctx, names=False)
     for task in tasks:
         pin = stored.get(task)
         prefer = None
