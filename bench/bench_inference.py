@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 import torch
 
+from inference.device import resolve_device
 from inference.postprocess import LUNGS, cardiothoracic_ratio, clean_label_map, clip_to_mask, heatmap_boxes
 from inference.registry import Registry
 from inference.runner import Runner, default_models_dir
@@ -176,8 +177,7 @@ def analysis_timings(models_dir: Path, device: str, repeats: int) -> list[tuple[
     from sqlalchemy import delete
 
     from db import engine as dbe
-    from db import repo
-    from db.models import Prediction
+    from db.models import Image, Prediction
     from services import analysis, context, importer, settings
 
     src = default_models_dir().parent / "data" / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"
@@ -192,7 +192,7 @@ def analysis_timings(models_dir: Path, device: str, repeats: int) -> list[tuple[
         ctx = context.build(s)
         res = importer.import_file(ctx.engine, ctx.store, src, max_bytes=1 << 30)
         with dbe.read(ctx.engine) as sess:
-            row = repo.image_by_pixel_hash(sess, dicom_io.pixel_sha256(dicom_io.load(src)))
+            row = sess.get(Image, res.image_id)
             image = {"id": res.image_id, "pixel_sha256": row.pixel_sha256, "file_sha256": row.file_sha256}
         runner, naive = Runner(Registry(models_dir), device), Naive(models_dir)
         for model_id in (SEG, BONE, CLS):
@@ -228,8 +228,11 @@ def analysis_timings(models_dir: Path, device: str, repeats: int) -> list[tuple[
 def throughput(models_dir: Path, device: str, batch: int, repeats: int) -> list[tuple]:
     """Studies/s with the batched runner calls (`batch` studies at a time) against the naive reference one
     study at a time. The anatomy model uses per-image batch statistics, so it runs image by image."""
+    from services.analysis import BOX_THRESHOLD, heatmaps_and_boxes
+
     runner, naive = Runner(Registry(models_dir), device), Naive(models_dir)
-    labels = [label for label in runner.registry.get(CLS).labels if label != "No Finding"]
+    cls = runner.registry.get(CLS)
+    labels = [label for label in cls.labels if label != "No Finding"]
     imgs = [chest_image(1024) for _ in range(batch)]
 
     def fast() -> None:
@@ -237,8 +240,7 @@ def throughput(models_dir: Path, device: str, batch: int, repeats: int) -> list[
         runner.suppress_bones_batch(imgs)
         runner.classify_batch(imgs)
         for img, label_map in zip(imgs, maps, strict=True):
-            for cam in runner.gradcams(img, labels).values():
-                heatmap_boxes(clip_to_mask(cam, label_map == LUNGS))
+            heatmaps_and_boxes(runner, img, cls, label_map == LUNGS)
             cardiothoracic_ratio(label_map)
 
     def slow() -> None:
@@ -247,7 +249,7 @@ def throughput(models_dir: Path, device: str, batch: int, repeats: int) -> list[
         naive.bone(img)
         naive.classify(img)
         for label in labels:
-            heatmap_boxes(clip_to_mask(naive.gradcam(img, label), label_map == LUNGS))
+            heatmap_boxes(clip_to_mask(naive.gradcam(img, label), label_map == LUNGS), BOX_THRESHOLD)
         cardiothoracic_ratio(label_map)
 
     m = median_ms({"fast": fast, "naive": slow}, max(1, repeats // 2))
@@ -354,7 +356,7 @@ def main() -> None:
         rss[variant] = [float(v) for v in out.split()]
     rows.append(("peak RSS MiB, all models + 1 study", rss["fast"][0], rss["naive"][0], GOAL_RSS_MIB))
     rows.append(("  of which above the imports (torch...)", rss["fast"][1], rss["naive"][1], None))
-    batch = args.batch or (16 if Runner(Registry(args.models_dir), args.device).device.type == "cuda" else 4)
+    batch = args.batch or (16 if resolve_device(args.device).type == "cuda" else 4)
     speed = throughput(args.models_dir, args.device, batch, args.repeats)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, median of "
