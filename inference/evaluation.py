@@ -28,9 +28,9 @@ from inference.training.data import (
     read_gray,
     read_label_map,
 )
-from inference.types import ModelSpec
+from inference.types import ANATOMY_LABELS, ModelSpec
 
-CLASSES = {1: "lungs", 2: "heart", 3: "clavicles"}
+CLASSES = {i: name for i, name in enumerate(ANATOMY_LABELS) if i}  # label-map value -> name, no background
 
 
 def _summary(values: Sequence[float]) -> dict:

@@ -24,7 +24,7 @@ from inference.training import common
 from inference.training.data import Augment, DatasetError, SegmentationData, paired_files
 from inference.types import ANATOMY_LABELS, RESEARCH_USE
 
-CLASSES = {1: "lungs", 2: "heart", 3: "clavicles"}
+CLASSES = evaluation.CLASSES
 # Test-time views (see runner._tta_log_probs): zooms and shifts inside the training augmentation's range.
 # On anatomy_unet_smp@1.1.0's validation images they added about +0.005 clavicle and +0.003 heart Dice.
 TTA_VIEWS = (
