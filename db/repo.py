@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session, aliased
 
 from db.models import (
@@ -281,16 +281,12 @@ def set_threshold(
 
 def reset_thresholds(s: Session, model_id: str, version: str) -> int:
     """Drop the edited thresholds of a model version (its defaults apply again); returns how many there were."""
-    rows = list(
-        s.scalars(
-            select(ModelThreshold).where(
-                ModelThreshold.model_id == model_id, ModelThreshold.model_version == version
-            )
+    result = s.execute(
+        delete(ModelThreshold).where(
+            ModelThreshold.model_id == model_id, ModelThreshold.model_version == version
         )
     )
-    for row in rows:
-        s.delete(row)
-    return len(rows)
+    return result.rowcount
 
 
 # --- active model per task ------------------------------------------------------------------------------------
@@ -343,10 +339,13 @@ def active_model_history(s: Session, task: str) -> list[ActiveModelEvent]:
     )
 
 
-def rollback_active_model(s: Session, task: str, user_id: int) -> ActiveModelEvent | None:
+def rollback_active_model(
+    s: Session, task: str, user_id: int, history: list[ActiveModelEvent] | None = None
+) -> ActiveModelEvent | None:
     """Restore the choice made before the current one (the registry's default when there was none); the
-    rollback is itself a new event. Returns the event restored, or None when there is nothing to roll back."""
-    history = active_model_history(s, task)
+    rollback is itself a new event. Returns the event restored, or None when there is nothing to roll back.
+    `history`: the task's history as read in this transaction, when the caller has it already."""
+    history = active_model_history(s, task) if history is None else history
     if not history:
         return None
     previous = history[1] if len(history) > 1 else None
@@ -374,7 +373,13 @@ class VerdictIn:
 
 
 def find_verdict(
-    s: Session, image_id: int, reader_id: int, item_kind: str, item_key: str, model_id: str, model_version: str
+    s: Session,
+    image_id: int,
+    reader_id: int,
+    item_kind: str,
+    item_key: str,
+    model_id: str,
+    model_version: str,
 ) -> Verdict | None:
     """The reader's verdict on one item (its natural key), or None."""
     return s.scalar(

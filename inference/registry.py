@@ -187,7 +187,9 @@ def _checked_settings(meta: dict, labels: tuple[str, ...]):
     if (cs := meta.get("contrast_stretch")) is not None:
         lo, hi = (float(v) for v in cs["percentiles"])
         if not 0 <= lo < hi <= 100:
-            raise InvalidModelJson(f"contrast_stretch percentiles must satisfy 0 <= low < high <= 100, not {lo}, {hi}")
+            raise InvalidModelJson(
+                f"contrast_stretch percentiles must satisfy 0 <= low < high <= 100, not {lo}, {hi}"
+            )
         stretch = (lo, hi)
     views = tuple(dict(v) for v in (meta.get("test_time_augmentation") or {}).get("views", ()))
     for v in views:
@@ -353,7 +355,11 @@ class Registry:
     def unavailable(self) -> dict[str, str]:
         """{model id (built-in) or "id@version" (trained): reason}, unreadable model.json folders included."""
         out = {self._key(s): r for s in self.specs() if (r := self.problem(s)) is not None}
-        return out | self._scan()[1]
+        return out | self.unreadable()
+
+    def unreadable(self) -> dict[str, str]:
+        """{"id@version": reason} for trained-model folders whose model.json cannot describe a usable version."""
+        return self._scan()[1]
 
     def for_task(self, task: str, prefer: tuple[str, str] | None = None) -> ModelSpec:
         """The model version to run for a task.

@@ -98,7 +98,7 @@ def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int]) -> 
 
     if result.findings:
         f = result.findings
-        thr = analysis.thresholds(_deps.ctx(), f)
+        thr = result.thresholds
         ranked = sorted(f["probabilities"].items(), key=lambda kv: -kv[1])
         labels = [label for label, _ in ranked if label in f["heatmaps"]]
         label = st.selectbox(
@@ -122,7 +122,7 @@ def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int]) -> 
 
 def findings_table(result: analysis.Analysis) -> None:
     f = result.findings
-    thr = analysis.thresholds(_deps.ctx(), f)
+    thr = result.thresholds
     rows = [
         {"Finding": label, "Score": p, "Threshold": thr[label], "Positive": p >= thr[label]}
         for label, p in sorted(f["probabilities"].items(), key=lambda kv: -kv[1])
@@ -139,7 +139,7 @@ def _items(result: analysis.Analysis) -> list[dict]:
     items = []
     if result.findings:
         f = result.findings
-        thr = analysis.thresholds(_deps.ctx(), f)
+        thr = result.thresholds
         for label, p in sorted(f["probabilities"].items(), key=lambda kv: -kv[1]):
             items.append({"kind": "finding", "key": label, "says": f"{p:.3f}" + (" positive" if p >= thr[label] else ""),
                           "model": f["model"]})  # fmt: skip
@@ -187,7 +187,14 @@ def _quick_verdict(study_id: int, image_id: int, user_id: int, item: dict, decis
     _move_focus(focus_key, n, 1)
 
 
-def quick_verdict(result: analysis.Analysis, study_id: int, image: dict, user) -> None:
+def my_verdicts(image: dict, user) -> list:
+    """The reader's stored verdicts on this image, read once per rerun and passed to the panels below (a
+    verdict written by a callback or a save is in place before the rerun that reads it)."""
+    with dbe.read(_deps.ctx().engine) as s:
+        return repo.verdicts_of(s, image["id"], user.user_id)
+
+
+def quick_verdict(result: analysis.Analysis, study_id: int, image: dict, user, mine_all: list) -> None:
     """The focused AI statement with accept / reject / uncertain buttons, each with a keyboard shortcut; the
     focus moves on after a verdict, and J / K move it by hand."""
     items = _items(result)
@@ -196,9 +203,7 @@ def quick_verdict(result: analysis.Analysis, study_id: int, image: dict, user) -
     focus_key = f"ai_focus_{image['id']}"
     i = min(st.session_state.get(focus_key, 0), len(items) - 1)
     it = items[i]
-    with dbe.read(_deps.ctx().engine) as s:
-        mine = next((v.decision.value for v in repo.verdicts_of(s, image["id"], user.user_id) if _same_item(v, it)),
-                    None)  # fmt: skip
+    mine = next((v.decision.value for v in mine_all if _same_item(v, it)), None)
     args = (study_id, image["id"], user.user_id, it)
     n = len(items)
     with st.container(border=True, key="quick_verdict"):
@@ -229,15 +234,14 @@ def quick_verdict(result: analysis.Analysis, study_id: int, image: dict, user) -
         )
 
 
-def verdicts(result: analysis.Analysis, study_id: int, image: dict, user) -> None:
+def verdicts(result: analysis.Analysis, study_id: int, image: dict, user, mine_all: list) -> None:
     """One row per AI statement: accept / reject / uncertain with a reason; saved in one transaction."""
     ctx = _deps.ctx()
     items = _items(result)
-    with dbe.read(ctx.engine) as s:
-        current = {
-            (v.item_kind, v.item_key, v.model_id, v.model_version): (v.decision.value, v.reason_code or "", v.reason_text or "")
-            for v in repo.verdicts_of(s, image["id"], user.user_id)
-        }  # fmt: skip
+    current = {
+        (v.item_kind, v.item_key, v.model_id, v.model_version): (v.decision.value, v.reason_code or "", v.reason_text or "")
+        for v in mine_all
+    }  # fmt: skip
     rows = []
     for it in items:
         d, r, t = current.get(
@@ -275,12 +279,12 @@ def verdicts(result: analysis.Analysis, study_id: int, image: dict, user) -> Non
         st.success(f"Saved {saved} verdict{'s' * (saved != 1)}.")
 
 
-def report(result: analysis.Analysis, study_id: int, image: dict, user) -> None:
+def report(result: analysis.Analysis, study_id: int, image: dict, user, mine_all: list) -> None:
     ctx = _deps.ctx()
     with dbe.read(ctx.engine) as s:
         saved = repo.get_report(s, study_id, user.user_id)
-        accepted = reporting.accepted(repo.verdicts_of(s, image["id"], user.user_id), result)
         saved_text = saved.text if saved else None
+    accepted = reporting.accepted(mine_all, result)
     draft = reporting.draft(result, accepted, image.get("view"))
     gen = st.session_state.get(f"report_gen_{study_id}", 0)
     text = st.text_area("Draft report (from your accepted findings and measurements; edit freely)",

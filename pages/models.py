@@ -49,12 +49,10 @@ def _done(message: str) -> None:
     st.rerun()
 
 
-rows = models_admin.catalogue(ctx, registry)
 pins = models_admin.pins(ctx)
-running, _ = models_admin.active_specs(ctx, registry)
-# registry.unavailable() also names model folders that could not be read at all (no row above)
-listed = {r.spec.ref for r in rows} | {r.spec.model_id for r in rows if r.spec.builtin}
-broken = {k: v for k, v in registry.unavailable().items() if k not in listed}
+running, _ = models_admin.active_specs(ctx, registry, stored=pins)
+rows = models_admin.catalogue(registry, running)
+broken = registry.unreadable()  # model folders that could not be read at all (no row above)
 
 tab_cat, tab_active, tab_thr = st.tabs(
     ["Catalogue", "Active versions", "Thresholds"], key="models_tab", on_change="rerun"
@@ -106,7 +104,9 @@ with tab_cat:
             if s.task == "classification":
                 st.markdown(f"**Scores** {SCORE_KINDS[s.score_kind]}")
             if s.test_time_views:
-                st.markdown(f"**Test-time augmentation** {len(s.test_time_views)} zoomed/shifted views averaged")
+                st.markdown(
+                    f"**Test-time augmentation** {len(s.test_time_views)} zoomed/shifted views averaged"
+                )
             st.markdown(f"**Labels** {', '.join(s.labels)}")
             if s.metrics:
                 st.markdown("**Validation metrics**")

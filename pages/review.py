@@ -203,7 +203,8 @@ with view_col:
                          view_height=560)  # fmt: skip
             st.caption("Bone-suppressed (soft-tissue) image · :orange[Research use only]")
     if ai is not None:
-        _ai_panel.quick_verdict(ai, study_id, ai_image, user)
+        mine = _ai_panel.my_verdicts(ai_image, user)
+        _ai_panel.quick_verdict(ai, study_id, ai_image, user, mine)
 
 with side:
     measurements = (value or {}).get("measurements") or []
@@ -229,6 +230,6 @@ if ai is not None:
     if ai.findings:
         _ai_panel.findings_table(ai)
     st.markdown("**Your verdicts** (one per AI statement; changes are kept in the audit trail)")
-    _ai_panel.verdicts(ai, study_id, ai_image, user)
-    _ai_panel.report(ai, study_id, ai_image, user)
+    _ai_panel.verdicts(ai, study_id, ai_image, user, mine)
+    _ai_panel.report(ai, study_id, ai_image, user, mine)
 _keys.enable()  # after a click on a checkbox or list, the shortcuts work again

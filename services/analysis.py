@@ -38,6 +38,9 @@ class Analysis:
     findings: dict | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     computed_now: list[str] = field(default_factory=list)
+    # The operating point per finding label in force now (an admin's edit, else the model's default), read
+    # with the stored results so that one rerun of the viewer reads it once.
+    thresholds: dict[str, float] = field(default_factory=dict)
 
     @property
     def models(self) -> list[dict]:
@@ -181,6 +184,8 @@ def analyse(
             )
             if row is not None:
                 cached[task] = json.loads(row.result)
+        if (cls := chosen.get("classification")) is not None:
+            out.thresholds = models_admin.thresholds_in_force(s, cls)
     if not compute and set(cached) != set(chosen):
         return None
     x = lungs = None
@@ -228,11 +233,3 @@ def stored_png(ctx: Context, key: str) -> np.ndarray:
 
 def label_map(ctx: Context, anatomy: dict) -> np.ndarray:
     return stored_png(ctx, anatomy["label_map"])
-
-
-def thresholds(ctx: Context, findings: dict) -> dict[str, float]:
-    """The operating point per label: an admin's value when set, else the model's default."""
-    m = findings["model"]
-    with dbe.read(ctx.engine) as s:
-        edited = repo.thresholds(s, m["id"], m["version"])
-    return {**findings["default_thresholds"], **edited}

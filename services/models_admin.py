@@ -100,13 +100,13 @@ def pin_problem(registry: Registry, pin: Pin) -> str | None:
 
 
 def active_specs(
-    ctx: Context, registry: Registry, tasks: tuple[str, ...] = TASKS
+    ctx: Context, registry: Registry, tasks: tuple[str, ...] = TASKS, stored: dict[str, Pin] | None = None
 ) -> tuple[dict[str, ModelSpec], dict[str, str]]:
     """The model version that runs per task (the admin's choice where it can be honoured, else the registry's
     default) and {model or task: reason} for what cannot run, as `analysis.specs_for` returns them. A choice
     that cannot be honoured is reported under its "id@version" so the viewer says why another version ran."""
     chosen, unavailable = {}, {}
-    stored = pins(ctx, names=False)
+    stored = pins(ctx, names=False) if stored is None else stored  # a page that shows the pins passes them
     for task in tasks:
         pin = stored.get(task)
         prefer = None
@@ -123,9 +123,9 @@ def active_specs(
     return chosen, unavailable
 
 
-def catalogue(ctx: Context, registry: Registry) -> list[VersionRow]:
-    """Every version of every model the registry knows, with its availability and whether it runs now."""
-    running, _ = active_specs(ctx, registry)
+def catalogue(registry: Registry, running: dict[str, ModelSpec]) -> list[VersionRow]:
+    """Every version of every model the registry knows, with its availability and whether it runs now
+    (`running`: what `active_specs` chose)."""
     now = {(s.model_id, s.version) for s in running.values()}
     return [
         VersionRow(spec=s, problem=registry.problem(s), active=(s.model_id, s.version) in now)
@@ -172,9 +172,10 @@ def rollback(ctx: Context, registry: Registry, task: str, user_id: int) -> str |
     back. Refused when the earlier version cannot run any more."""
 
     def tx(s):
-        if not repo.active_model_history(s, task):
+        history = repo.active_model_history(s, task)
+        if not history:
             return None
-        previous = repo.rollback_active_model(s, task, user_id)
+        previous = repo.rollback_active_model(s, task, user_id, history)
         if previous is None or previous.model_id is None:
             return DEFAULT
         pin = Pin(task, previous.model_id, previous.model_version, previous.weights_sha256, None, previous.at)
@@ -188,11 +189,15 @@ def rollback(ctx: Context, registry: Registry, task: str, user_id: int) -> str |
     return restored
 
 
-def thresholds(ctx: Context, spec: ModelSpec) -> dict[str, float]:
+def thresholds_in_force(s, spec: ModelSpec) -> dict[str, float]:
     """The operating point per label of a classification version: an admin's value, else the default."""
+    edited = repo.thresholds(s, spec.model_id, spec.version)
+    return {label: edited.get(label, spec.thresholds[label]) for label in spec.thresholds}
+
+
+def thresholds(ctx: Context, spec: ModelSpec) -> dict[str, float]:
     with dbe.read(ctx.engine) as s:
-        edited = repo.thresholds(s, spec.model_id, spec.version)
-    return {label: edited.get(label, spec.thresholds[label]) for label in spec.labels}
+        return thresholds_in_force(s, spec)
 
 
 def save_thresholds(ctx: Context, spec: ModelSpec, values: dict[str, float], user_id: int) -> int:

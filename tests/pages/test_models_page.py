@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from db import engine as dbe
 from db import repo
 from inference.registry import Registry
-from services import analysis, auth, context, models_admin, settings
+from services import auth, context, models_admin, settings
 from tests.conftest import TEST_MODEL
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -93,11 +93,12 @@ def test_an_edited_threshold_persists_and_is_what_the_viewer_flags_with(env):
     assert [s.value for s in at.success] == [f"Saved 1 threshold of {BUILTIN}."]
     with dbe.read(ctx.engine) as s:
         assert repo.thresholds(s, "cxr15_mobilenetv3", "1.0.0") == {"Cardiomegaly": pytest.approx(0.123)}
-    # what the viewer's positive flags use, from stored results, without running a model again
+    # what the viewer's positive flags use: read with the stored results
     spec = registry.resolve(BUILTIN)
-    stored = {"model": {"id": spec.model_id, "version": spec.version}, "default_thresholds": spec.thresholds}
-    assert analysis.thresholds(ctx, stored)["Cardiomegaly"] == pytest.approx(0.123)
-    assert analysis.thresholds(ctx, stored)["Effusion"] == spec.thresholds["Effusion"]
+    with dbe.read(ctx.engine) as s:
+        in_force = models_admin.thresholds_in_force(s, spec)
+    assert in_force["Cardiomegaly"] == pytest.approx(0.123)
+    assert in_force["Effusion"] == spec.thresholds["Effusion"]
 
     at = models_page()  # a new session shows the stored value
     at.selectbox(key="thr_model").select(BUILTIN).run()

@@ -18,7 +18,7 @@ from services import analysis, context, importer, reporting, settings
 from viewer import dicom_io
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = Path(os.environ.get("CXR_REVIEW_MODELS_DIR", REPO.parent / "shared" / "models"))
+MODELS = Path(os.environ.get("CXR_REVIEW_MODELS_DIR", REPO.parent / "shared" / "models")).resolve()
 MODEL_IDS = ("anatomy_unet_jsrt", "bone_suppression_ae", "cxr15_mobilenetv3")
 
 
@@ -103,6 +103,20 @@ def test_second_visit_computes_nothing_and_returns_the_same(ctx, runner, first, 
     assert again.timings_ms == first.timings_ms
     # analyse() itself finds everything stored too.
     assert analysis.analyse(ctx, runner, study["image"]).computed_now == [] and _count(ctx) == before
+
+
+def test_the_thresholds_in_force_come_with_the_stored_results(ctx, runner, first, study, reader):
+    m = first.findings["model"]
+    assert first.thresholds == first.findings["default_thresholds"]
+    dbe.write(ctx.engine, lambda s: repo.set_threshold(s, m["id"], m["version"], "Effusion", 0.321, reader))
+    try:
+        again = analysis.analyse_cached(ctx, runner, study["image"])
+        assert again.thresholds["Effusion"] == pytest.approx(0.321)
+        assert {k: v for k, v in again.thresholds.items() if k != "Effusion"} == {
+            k: v for k, v in first.findings["default_thresholds"].items() if k != "Effusion"
+        }
+    finally:
+        dbe.write(ctx.engine, lambda s: repo.reset_thresholds(s, m["id"], m["version"]))
 
 
 def test_overlays_are_at_full_resolution_and_boxes_inside_the_image(ctx, first, study):

@@ -38,7 +38,7 @@ def test_the_chosen_version_runs_until_its_weights_go_then_the_default_runs_and_
     chosen, unavailable = models_admin.active_specs(ctx, registry)
     assert chosen["classification"].ref == "cxr15_mobilenetv3@1.0.0"
     assert "sha256 mismatch" in unavailable[TRAINED]
-    assert [r.active for r in models_admin.catalogue(ctx, registry) if r.spec.ref == TRAINED] == [False]
+    assert [r.active for r in models_admin.catalogue(registry, chosen) if r.spec.ref == TRAINED] == [False]
 
 
 def test_unusable_or_wrong_task_versions_are_refused_and_nothing_is_stored(setup):
