@@ -70,7 +70,7 @@ def _cmd_train_segmentation(args) -> int:
     cfg = SegmentationConfig(
         images=args.images, masks=args.masks, out=args.out or _models_dir() / "trained", device=args.device,
         keep_checkpoint=args.keep_checkpoint, progress=not args.no_progress, models_dir=_models_dir(),
-        **_overrides(args, [*_COMMON, "size", "encoder", "init", "tta"]),
+        **_overrides(args, [*_COMMON, "size", "encoder", "init", "tta", "swa_from"]),
         **({"stretch": tuple(args.stretch)} if args.stretch else {}),
         **({"decoder_channels": tuple(args.decoder_channels)} if args.decoder_channels else {}),
     )  # fmt: skip
@@ -180,6 +180,9 @@ def add_parsers(sub) -> None:
     seg.add_argument("--stretch", type=float, nargs=2, metavar=("LOW", "HIGH"),
                      help="stretch each image's LOW..HIGH percentiles to 0..1 (training and inference), "
                      "e.g. 0.5 99.5; with --init the start's setting is kept")  # fmt: skip
+    seg.add_argument("--swa-from", type=int, metavar="EPOCH",
+                     help="stochastic weight averaging: constant --lr, and the weights of every epoch from EPOCH "
+                     "on are averaged (BatchNorm recomputed); the average competes for the checkpoint")  # fmt: skip
     seg.set_defaults(fn=run, handler=_cmd_train_segmentation)
 
     cls = tsub.add_parser("classification", help="multi-label NIH findings classifier (sigmoid per finding)")

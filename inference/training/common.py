@@ -243,7 +243,7 @@ class BestKeeper:
         self.checkpoint, self.max_minutes, self.clock = checkpoint, max_minutes, clock
         self.score, self.epoch, self.state = -1.0, 0, None
 
-    def offer(self, model: torch.nn.Module, score: float, epoch: int, **extra) -> bool:
+    def offer(self, model: torch.nn.Module, score: float, epoch: int | str, **extra) -> bool:
         """Keep the model if `score` beats the best so far; True when it did."""
         if score <= self.score:
             return False

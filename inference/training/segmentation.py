@@ -67,6 +67,10 @@ class SegmentationConfig:
     # Percentiles of preprocess.stretch_contrast applied to every image in training and by the runner
     # (stored in model.json); None keeps the pixels as read. With --init the start's setting is kept.
     stretch: tuple[float, float] | None = None
+    # Stochastic weight averaging: from this epoch on the learning rate stays at --lr (after a one-epoch
+    # warm-up) and the weights at the end of each epoch are averaged; the average, with BatchNorm statistics
+    # recomputed on the training images, competes with the single epochs for the checkpoint.
+    swa_from: int | None = None
     augment: Augment = field(default_factory=Augment)
 
 
@@ -93,6 +97,26 @@ def _val_dice(model, data: SegmentationData, device, batch_size: int) -> dict[st
                 for name, d in metrics.dice_per_class(p, t, CLASSES).items():
                     scores[name].append(d)
     return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def _recompute_batchnorm(model, data: SegmentationData, mean, std, device, batch_size: int, rng, aug) -> None:
+    """BatchNorm running statistics of averaged weights, as a cumulative mean over one pass of augmented
+    training batches (the statistics of the averaged epochs do not belong to the averaged weights)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    order = rng.permutation(len(data))
+    with torch.no_grad():
+        for i in range(0, len(order), batch_size):
+            x, _ = data.batch(order[i : i + batch_size], rng, aug)
+            model(((x - mean) / std).to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
 
 
 def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
@@ -141,9 +165,14 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
     steps = math.ceil(len(train_data) / cfg.batch_size)
     if cfg.steps_per_epoch:
         steps = min(steps, cfg.steps_per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=max(2, cfg.epochs * steps), pct_start=0.1
-    )
+    if cfg.swa_from:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / steps))
+        swa = torch.optim.swa_utils.AveragedModel(model)
+    else:
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=max(2, cfg.epochs * steps), pct_start=0.1
+        )
+        swa = None
     best = common.BestKeeper(vdir / common.CHECKPOINT_FILE, cfg.max_minutes, clock)
     for epoch in range(1, cfg.epochs + 1):
         t0 = common.Stopwatch()
@@ -169,8 +198,23 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
             "epoch": epoch, "train_loss": float(np.mean(losses)), **{f"val_dice_{k}": v for k, v in val.items()},
             "val_mean_dice": score, "best": improved, "lr": float(sched.get_last_lr()[0]), "seconds": t0.s,
         })  # fmt: skip
+        if swa is not None and epoch >= cfg.swa_from:
+            swa.update_parameters(model)
         if best.out_of_time(epoch):
             break
+    if swa is not None and swa.n_averaged.item() > 0:
+        t0 = common.Stopwatch()
+        averaged = swa.module
+        _recompute_batchnorm(averaged, train_data, mean, std, device, cfg.batch_size, rng_np, cfg.augment)
+        val = _val_dice(averaged, val_data, device, cfg.batch_size)
+        score = float(np.mean(list(val.values())))
+        n_avg = int(swa.n_averaged.item())
+        improved = best.offer(averaged, score, f"average of epochs {cfg.swa_from}..{cfg.swa_from + n_avg - 1}",
+                              arch=arch)  # fmt: skip
+        epoch_log({
+            "epoch": "swa", "epochs_averaged": n_avg, **{f"val_dice_{k}": v for k, v in val.items()},
+            "val_mean_dice": score, "best": improved, "seconds": t0.s,
+        })  # fmt: skip
     train_seconds = clock.s
 
     best.restore(model)
@@ -209,7 +253,7 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
             "augment": asdict(cfg.augment),
             "device": str(device),
             "best_epoch": best.epoch,
-            "epochs_run": len(epoch_log.history),
+            "epochs_run": epoch,
             "best_val_mean_dice_network_resolution": best.score,
             "wall_seconds": round(train_seconds, 1),
             "loss": "cross-entropy + soft Dice (lungs, heart, clavicles)",

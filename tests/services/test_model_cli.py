@@ -100,6 +100,18 @@ def test_train_segmentation_smoke_writes_a_version_the_registry_and_runner_use(
     assert cli.main(again) == 0
     meta4 = json.loads((out / "anatomy_unet_smp" / "0.0.4" / "model.json").read_text())
     assert meta4["contrast_stretch"] == meta2["contrast_stretch"] and "test_time_augmentation" not in meta4
+    # Weight averaging: the average of the epochs from --swa-from on competes with them for the checkpoint.
+    assert cli.main([*warm, "--version", "0.0.5", "--epochs", "2", "--swa-from", "1"]) == 0
+    vdir5 = out / "anatomy_unet_smp" / "0.0.5"
+    log5 = [json.loads(line) for line in (vdir5 / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log5] == [1, 2, "swa"] and log5[-1]["epochs_averaged"] == 2
+    training5 = json.loads((vdir5 / "model.json").read_text())["training"]
+    assert training5["swa_from"] == 1 and training5["epochs_run"] == 2
+    best_row = max(log5, key=lambda r: r["val_mean_dice"])
+    assert training5["best_val_mean_dice_network_resolution"] == best_row["val_mean_dice"]
+    assert training5["best_epoch"] == (
+        best_row["epoch"] if best_row["epoch"] != "swa" else "average of epochs 1..2"
+    )
     assert f"anatomy_unet_smp@0.0.1 (sha256 {meta['weights_sha256']})" in meta2["source"]
     first = json.loads((out / "anatomy_unet_smp" / "0.0.2" / "train_log.jsonl").read_text().splitlines()[0])
     assert first["train_loss"] < history[0]["train_loss"]
