@@ -52,11 +52,37 @@ def as_image(img: np.ndarray) -> np.ndarray:
     return a
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of (N, C, H, W); antialiased like PIL's bilinear, which the README's figures used."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def verified_state_dict(registry: Registry, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """The weights of a version as stored (fp16 stays fp16), from bytes whose sha256 is checked against the
+    spec: hashing the very bytes deserialised means a file swapped after the registry's check cannot slip in."""
+    data = registry.weights_path(spec).read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != spec.weights_sha256:
+        raise ModelUnavailable(
+            spec.model_id if spec.builtin else spec.ref,
+            f"sha256 mismatch: expected {spec.weights_sha256}, got {actual}",
+        )
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def square_offsets(h: int, w: int) -> tuple[int, int, int]:
+    """(side, top, left) of an h x w image centred in the square it is zero-padded to."""
+    side = max(h, w)
+    return side, (side - h) // 2, (side - w) // 2
+
+
+def pad_square(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(N, C, H, W) zero-padded to a centred square, with the (top, left) offset of the original in it."""
+    h, w = x.shape[-2:]
+    side, top, left = square_offsets(h, w)
+    return F.pad(x, (left, side - w - left, top, side - h - top)), top, left
 
 
 def _batch_statistics(model: torch.nn.Module) -> bool:
@@ -96,7 +122,9 @@ def _tta_log_probs(
     n = len(views)
     fwd_t, back_t = (torch.tensor(t, dtype=x.dtype, device=x.device) for t in (fwd, back))
     grid = F.affine_grid(fwd_t, [n, *x.shape[1:]], align_corners=False)
-    seen = (F.grid_sample(x.expand(n, -1, -1, -1), grid, padding_mode="zeros", align_corners=False) - mean) / std
+    seen = (
+        F.grid_sample(x.expand(n, -1, -1, -1), grid, padding_mode="zeros", align_corners=False) - mean
+    ) / std
     if _views_one_at_a_time(model, x.device):
         probs = torch.cat([model(seen[i : i + 1]).softmax(1) for i in range(n)])
     else:
@@ -147,16 +175,8 @@ class Runner:
         # Built outside inference mode even when called from it: Grad-CAM needs autograd through the weights.
         with self._lock, torch.inference_mode(False):
             if key not in self._loaded:
-                # Hash the very bytes we deserialise, so a file swapped after the registry check cannot slip in.
-                data = self.registry.weights_path(spec).read_bytes()
-                actual = hashlib.sha256(data).hexdigest()
-                if actual != spec.weights_sha256:
-                    raise ModelUnavailable(
-                        spec.model_id if spec.builtin else spec.ref,
-                        f"sha256 mismatch: expected {spec.weights_sha256}, got {actual}",
-                    )
                 module = self.registry.builder(spec)()
-                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+                state = verified_state_dict(self.registry, spec)
                 # Trained versions may ship fp16 weights: load_state_dict copies them into the float32
                 # parameters the builder made.
                 module.load_state_dict(state, strict=True)
@@ -194,14 +214,13 @@ class Runner:
         clock = _Clock(self.device)
         spec, model = self._prepare("segmentation", model_id, clock, version)
         h, w = img.shape
-        side = max(h, w)
-        top, left = (side - h) // 2, (side - w) // 2
+        side = max(h, w)  # pad_square's side
         with clock.phase("preprocess"):
             if spec.contrast_stretch:
                 img = stretch_contrast(img, *spec.contrast_stretch)
             # Zero-pad to a square first (as HybridGNet does) so the anatomy keeps its aspect ratio.
-            x = F.pad(self._tensor(img), (left, side - w - left, top, side - h - top))
-            x = _resize(x, spec.input_size)
+            x, top, left = pad_square(self._tensor(img))
+            x = resize(x, spec.input_size)
         with clock.phase("forward"):
             if spec.test_time_views:
                 logits = _tta_log_probs(model, x, spec.test_time_views, spec.mean, spec.std)
@@ -226,13 +245,13 @@ class Runner:
         clock = _Clock(self.device)
         spec, model = self._prepare("bone_suppression", model_id, clock, version)
         with clock.phase("preprocess"):
-            x = torch.cat([_resize(self._tensor(i), spec.input_size) for i in imgs])
+            x = torch.cat([resize(self._tensor(i), spec.input_size) for i in imgs])
             x = (x - spec.mean) / spec.std
         with clock.phase("forward"):
             out = model(x)
         with clock.phase("postprocess"):
             soft = [
-                _resize(o[None], i.shape).clamp_(0, 1)[0, 0].cpu().numpy()
+                resize(o[None], i.shape).clamp_(0, 1)[0, 0].cpu().numpy()
                 for o, i in zip(out, imgs, strict=True)
             ]
         timings = clock.done()
@@ -244,7 +263,7 @@ class Runner:
         return self.suppress_bones_batch([img], model_id, version)[0]
 
     def _classifier_input(self, imgs: Sequence[np.ndarray], spec: ModelSpec) -> torch.Tensor:
-        x = torch.cat([_resize(self._tensor(i), spec.input_size) for i in imgs])
+        x = torch.cat([resize(self._tensor(i), spec.input_size) for i in imgs])
         return (x - spec.mean) / spec.std
 
     @torch.inference_mode()

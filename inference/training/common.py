@@ -22,7 +22,7 @@ import torch
 
 from inference.device import resolve_device
 from inference.registry import MODEL_JSON, Registry, version_key
-from inference.runner import Runner
+from inference.runner import Runner, verified_state_dict
 from inference.types import ModelSpec
 
 log = logging.getLogger("cxr_review.training")
@@ -232,7 +232,7 @@ def resolve_init(ref: str, models_dir: Path | None, out: Path) -> tuple[ModelSpe
     roots = list(dict.fromkeys(p.resolve() for p in [*base.trained_roots, out]))
     registry = Registry(base.models_dir, trained_roots=roots)
     spec = registry.check(registry.resolve(ref))
-    state = torch.load(registry.weights_path(spec), map_location="cpu", weights_only=True)
+    state = verified_state_dict(registry, spec)
     return spec, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from inference import runner
 from inference.preprocess import stretch_contrast
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -95,13 +95,8 @@ def resize_like_runner(img: np.ndarray, size: tuple[int, int], pad_square: bool 
     bilinear resize (torch), so that training sees exactly the inference preprocessing."""
     x = torch.from_numpy(np.ascontiguousarray(img, np.float32))[None, None]
     if pad_square:
-        h, w = img.shape
-        side = max(h, w)
-        top, left = (side - h) // 2, (side - w) // 2
-        x = F.pad(x, (left, side - w - left, top, side - h - top))
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x[0, 0].numpy()
+        x = runner.pad_square(x)[0]
+    return runner.resize(x, size)[0, 0].numpy()
 
 
 @dataclass(frozen=True)
@@ -166,9 +161,7 @@ class SegmentationData:
                 img = stretch_contrast(img, *stretch)
             if img.shape != mask.shape:
                 raise DatasetError(f"{img_path.name}: image {img.shape} and label map {mask.shape} differ")
-            h, w = img.shape
-            side = max(h, w)
-            top, left = (side - h) // 2, (side - w) // 2
+            side, top, left = runner.square_offsets(*img.shape)
             self.images.append(resize_like_runner(img, size, pad_square=True))
             self.masks.append(mask)
             # native pixel -> padded square -> network pixel (pixel centres: x' = (x + 0.5) * s - 0.5)

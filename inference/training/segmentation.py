@@ -140,24 +140,22 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
         stretch = start.contrast_stretch
     train_data = SegmentationData([by_name[n] for n in train_names], size, stretch)
     val_data = SegmentationData([by_name[n] for n in val_names], size, stretch)
-    mean = float(np.mean([i.mean() for i in train_data.images]))
-    std = float(np.mean([i.std() for i in train_data.images]))
-    for d in (train_data, val_data):
-        d.mean, d.std = mean, std
-
     version, vdir, epoch_log = common.new_version_dir(cfg.out, cfg.model_id, cfg.version)
 
-    arch = {
-        **anatomy_unet_smp.DEFAULT_ARCH,
-        "encoder_name": cfg.encoder,
-        "decoder_channels": list(cfg.decoder_channels),
-    }
-    init_from = "random initialisation (no pretrained weights)"
-    if start:
+    if start:  # a warm start keeps the architecture and normalisation its weights were trained with
         arch, mean, std = dict(start.arch), start.mean, start.std
-        for d in (train_data, val_data):
-            d.mean, d.std = mean, std
         init_from = f"{start.ref} (sha256 {start.weights_sha256})"
+    else:
+        arch = {
+            **anatomy_unet_smp.DEFAULT_ARCH,
+            "encoder_name": cfg.encoder,
+            "decoder_channels": list(cfg.decoder_channels),
+        }
+        mean = float(np.mean([i.mean() for i in train_data.images]))
+        std = float(np.mean([i.std() for i in train_data.images]))
+        init_from = "random initialisation (no pretrained weights)"
+    for d in (train_data, val_data):
+        d.mean, d.std = mean, std
     model = anatomy_unet_smp.make(arch).to(device)
     if start:
         model.load_state_dict(start_state)
