@@ -60,18 +60,13 @@ def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int]) -> 
         ctr = result.anatomy["ctr"]
         if ctr and st.checkbox("Cardiothoracic ratio", key=f"ai_ctr_{key}"):
             shapes += overlays.ctr_shapes(ctr)
-            view = (image.get("view") or "").upper()
             flag = ctr["ratio"] > analysis.CTR_LIMIT
             text = f"CTR **{ctr['ratio']:.2f}**" + (
                 " · :red[cardiomegaly range (> 0.50)]" if flag else " · within 0.50"
             )
             st.markdown(text)
-            if view == "AP":
-                st.caption(
-                    "AP view: the heart is magnified, so the ratio overstates its size; less reliable than PA."
-                )
-            elif view != "PA":
-                st.caption("View not recorded as PA: the 0.50 limit applies to PA films.")
+            if note := analysis.ctr_note(image.get("view")):
+                st.caption(note)
             st.caption(provenance(result.anatomy))
 
     if result.bone:

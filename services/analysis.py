@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 LUNGS, HEART, CLAVICLES = 1, 2, 3
 BOX_THRESHOLD = 0.6  # Grad-CAM level that outlines a box; fixed per release, shown with the boxes
 CTR_LIMIT = 0.5
+AP_NOTE = "AP view: the heart is magnified, so the ratio overstates its size; less reliable than PA."
+NO_VIEW_NOTE = "View not recorded as PA: the 0.50 limit applies to PA films."
+
+
+def ctr_note(view: str | None) -> str | None:
+    """The caveat shown with a cardiothoracic ratio for this View Position (None for PA: the 0.50 limit holds)."""
+    view = (view or "").upper()
+    return None if view == "PA" else AP_NOTE if view == "AP" else NO_VIEW_NOTE
 
 
 @dataclass

@@ -15,8 +15,6 @@ in the viewer (services.analysis.model_input). Per input, in the output folder:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -29,10 +27,8 @@ from inference.registry import Registry
 from inference.runner import Runner
 from inference.types import ANATOMY_LABELS, RESEARCH_USE, ModelSpec, ModelUnavailable
 from services import analysis, importer
+from services.store import write_atomic  # 0o644: outputs are for sharing
 from viewer import dicom_io, export
-
-AP_NOTE = "AP view: the heart is magnified, so the ratio overstates its size; less reliable than PA."
-NO_VIEW_NOTE = "View not recorded as PA: the 0.50 limit applies to PA films."
 
 
 class InferUsageError(Exception):
@@ -85,24 +81,6 @@ class _Stems:
             candidate = f"{stem}-{n}"
         self._used.add(candidate.lower())
         return candidate
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write then rename: an interrupted run never leaves a half-written file under the final name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _ctr_note(view: str | None) -> str | None:
-    view = (view or "").upper()
-    return None if view == "PA" else AP_NOTE if view == "AP" else NO_VIEW_NOTE
 
 
 def infer_image(
@@ -164,7 +142,7 @@ def infer_image(
             unavailable[exc.model_id] = exc.reason
         else:
             name = f"{stem}.anatomy.png"
-            _write_atomic(out_dir / name, export.png_bytes(res.label_map))
+            write_atomic(out_dir / name, export.png_bytes(res.label_map))
             summary = analysis.anatomy_summary(res.label_map)
             ctr = summary["ctr"]
             lungs = res.label_map == postprocess.LUNGS
@@ -173,7 +151,7 @@ def infer_image(
                 "area_fraction": summary["area_fraction"],
                 "ctr": None if ctr is None else ctr["ratio"],
                 "ctr_lines": ctr,
-                "ctr_note": None if ctr is None else _ctr_note(view),
+                "ctr_note": None if ctr is None else analysis.ctr_note(view),
             }
             ran(spec, analysis.with_total(res.timings_ms))
 
@@ -185,7 +163,7 @@ def infer_image(
         else:
             name = f"{stem}.bone_suppressed.png"
             soft16 = np.round(res.soft_tissue * 65535).astype(np.uint16)
-            _write_atomic(out_dir / name, export.png_bytes(soft16))
+            write_atomic(out_dir / name, export.png_bytes(soft16))
             doc["bone_suppressed"] = name
             ran(spec, analysis.with_total(res.timings_ms))
 
@@ -253,9 +231,10 @@ def infer_paths(
             continue
         view = None
         if img.header.source_format != "dicom" and metadata:
+            # Only the view: it changes what the CTR means; the patient fields stay out of the outputs.
             view = metadata.get(path.name, {}).get("view_position")
         stem = stems.take(path)
         doc = infer_image(runner, chosen, unavailable, img, str(path), out_dir, stem, view)
         target = out_dir / f"{stem}.json"
-        _write_atomic(target, (json.dumps(doc, indent=2) + "\n").encode())
+        write_atomic(target, (json.dumps(doc, indent=2) + "\n").encode())
         yield InferLine(file=str(path), status="done", out=str(target))

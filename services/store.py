@@ -8,6 +8,22 @@ import tempfile
 from pathlib import Path
 
 
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, fsync: bool = False) -> None:
+    """Write then rename: a crash or an interrupted run never leaves a half-written file under `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class ImageStore:
     def __init__(self, root: Path):
         self.root = Path(root) / "objects"
@@ -21,16 +37,5 @@ class ImageStore:
         if target.exists():
             return sha
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: a crash never leaves a half-written object under a valid name.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, data, mode=0o444, fsync=True)  # objects never change
         return sha
