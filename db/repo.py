@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from db.models import (
@@ -17,6 +17,7 @@ from db.models import (
     Prediction,
     Report,
     Role,
+    SignInSession,
     Study,
     StudyStatus,
     User,
@@ -33,6 +34,42 @@ def count_users(s: Session) -> int:
 
 def get_user_by_name(s: Session, username: str) -> User | None:
     return s.scalar(select(User).where(User.username == username))
+
+
+def add_sign_in_session(s: Session, token_sha256: str, user_id: int, expires_at: dt.datetime) -> None:
+    s.add(SignInSession(token_sha256=token_sha256, user_id=user_id, expires_at=expires_at))
+
+
+def session_user(s: Session, token_sha256: str, now: dt.datetime) -> User | None:
+    """The active user of a session that has not ended or expired, else None."""
+    return s.scalar(
+        select(User)
+        .join(SignInSession, SignInSession.user_id == User.id)
+        .where(
+            SignInSession.token_sha256 == token_sha256,
+            SignInSession.ended_at.is_(None),
+            SignInSession.expires_at > now,
+            User.is_active.is_(True),
+        )
+    )
+
+
+def end_sign_in_sessions(
+    s: Session,
+    now: dt.datetime,
+    token_sha256: str | None = None,
+    user_id: int | None = None,
+    except_token_sha256: str | None = None,
+) -> int:
+    """End one session (by token) or every open session of a user (but one); returns how many were open."""
+    query = update(SignInSession).where(SignInSession.ended_at.is_(None))
+    if token_sha256 is not None:
+        query = query.where(SignInSession.token_sha256 == token_sha256)
+    if user_id is not None:
+        query = query.where(SignInSession.user_id == user_id)
+    if except_token_sha256 is not None:
+        query = query.where(SignInSession.token_sha256 != except_token_sha256)
+    return s.execute(query.values(ended_at=now)).rowcount
 
 
 def list_users(s: Session) -> list[User]:

@@ -7,15 +7,37 @@ import logging
 import streamlit as st
 
 from db.engine import DatabaseBusy, DatabaseUnavailable
-from pages import _deps
+from pages import _deps, _session_cookie
 from services import auth
 
 log = logging.getLogger(__name__)
 USER_KEY = "signed_in"
+TOKEN_KEY = "session_token"
+SIGNED_OUT_KEY = "signed_out"
+
+
+def _resume() -> auth.SignedIn | None:
+    """The user of the sign-in cookie this browser sent, when its session is still open (a page reload)."""
+    token = _session_cookie.token()
+    if not token:
+        return None
+    if st.session_state.get(SIGNED_OUT_KEY):  # the cookie sent with this tab's page load was signed out
+        _session_cookie.write(None)
+        return None
+    try:
+        user = auth.resume_session(_deps.ctx().engine, token)
+    except (DatabaseUnavailable, DatabaseBusy):
+        return None  # the form below says what is wrong with the database when the reader signs in
+    if user is None:
+        _session_cookie.write(None)  # ended or expired: the browser forgets it
+        return None
+    st.session_state[USER_KEY], st.session_state[TOKEN_KEY] = user, token
+    log.info("session resumed (user id %d)", user.user_id)
+    return user
 
 
 def require_user() -> auth.SignedIn:
-    user = st.session_state.get(USER_KEY)
+    user = st.session_state.get(USER_KEY) or _resume()
     if user is not None:
         return user
     # Only the form renders; the page menu is drawn by sidebar() for signed-in users only
@@ -38,8 +60,14 @@ def require_user() -> auth.SignedIn:
             log.info("failed sign-in")
             st.error("Wrong user name or password.")
         else:
-            st.session_state[USER_KEY] = user
+            try:
+                token = auth.start_session(_deps.ctx().engine, user)
+            except (DatabaseUnavailable, DatabaseBusy) as exc:
+                st.error(f"Cannot sign in: {exc}")
+                st.stop()
+            st.session_state[USER_KEY], st.session_state[TOKEN_KEY] = user, token
             st.session_state.pop("signin_password", None)
+            st.session_state.pop(SIGNED_OUT_KEY, None)
             st.rerun()
     st.stop()
 
@@ -52,9 +80,17 @@ def sidebar(user: auth.SignedIn, pages: list) -> None:
         st.divider()
         st.markdown(f"**{user.username}** · {user.role}")
         st.button("Sign out", key="sign_out", icon=":material/logout:", on_click=_sign_out)
+        if token := st.session_state.get(TOKEN_KEY):
+            # Rendered on every run with the same arguments, so the frame writes the cookie once.
+            _session_cookie.write(token, auth.SESSION_HOURS * 3600)
 
 
 def _sign_out() -> None:
     # In a callback, so the run that follows already has no session and renders only the sign-in form.
+    try:
+        auth.end_session(_deps.ctx().engine, st.session_state.get(TOKEN_KEY))
+    except (DatabaseUnavailable, DatabaseBusy) as exc:
+        log.warning("sign-out could not end the stored session: %s", exc)
     for key in list(st.session_state.keys()):
         del st.session_state[key]
+    st.session_state[SIGNED_OUT_KEY] = True

@@ -1,7 +1,7 @@
 import streamlit as st
 
 from pages import _deps
-from pages._signin import USER_KEY
+from pages._signin import TOKEN_KEY, USER_KEY
 from services import auth
 
 user = st.session_state[USER_KEY]
@@ -15,7 +15,7 @@ with st.form("change_password", clear_on_submit=True):
             st.error("The two passwords differ.")
         else:
             try:
-                auth.set_password(_deps.ctx().engine, user.username, new)
-                st.success("Password changed.")
+                auth.set_password(_deps.ctx().engine, user.username, new, st.session_state.get(TOKEN_KEY))
+                st.success("Password changed. Your other signed-in browsers are signed out.")
             except auth.AuthError as exc:
                 st.error(str(exc).capitalize() + ".")

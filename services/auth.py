@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import secrets
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ _hasher = PasswordHasher()
 # Verified against when the user does not exist, so a wrong name costs the same time as a wrong password.
 _DUMMY_HASH = _hasher.hash("not-a-password")
 MIN_PASSWORD_LENGTH = 10
+SESSION_HOURS = 12.0  # a reading shift; after that the reader signs in again
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,15 @@ def authenticate(engine: Engine, username: str, password: str) -> SignedIn | Non
     if found is None:
         return None
     if _hasher.check_needs_rehash(stored):
-        set_password(engine, found[1], password)
+        set_password(engine, found[1], password, end_sessions=False)
     return SignedIn(*found)
 
 
-def set_password(engine: Engine, username: str, password: str) -> None:
+def set_password(
+    engine: Engine, username: str, password: str, keep_session: str | None = None, end_sessions: bool = True
+) -> None:
+    """A new password; with `end_sessions`, every other signed-in session of the user ends with the old one
+    (`keep_session`: the token of the session that made the change, which stays open)."""
     _check_password(password)
     hashed = _hasher.hash(password)
 
@@ -93,5 +100,37 @@ def set_password(engine: Engine, username: str, password: str) -> None:
         if user is None:
             raise AuthError(f"user {username!r} does not exist")
         user.password_hash = hashed
+        if end_sessions:
+            keep = _token_sha256(keep_session) if keep_session else None
+            repo.end_sign_in_sessions(s, dt.datetime.now(dt.UTC), user_id=user.id, except_token_sha256=keep)
 
     dbe.write(engine, tx)
+
+
+def _token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(engine: Engine, user: SignedIn, hours: float = SESSION_HOURS) -> str:
+    """A new sign-in session for `user`; returns its random token (the database keeps only its sha256)."""
+    token = secrets.token_urlsafe(32)
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours)
+    dbe.write(engine, lambda s: repo.add_sign_in_session(s, _token_sha256(token), user.user_id, expires))
+    return token
+
+
+def resume_session(engine: Engine, token: str | None) -> SignedIn | None:
+    """The user of a session token that is open, unexpired and whose account is active (with the account's
+    role now, so a role change applies at the next reload), else None."""
+    if not token or len(token) > 128:
+        return None
+    with dbe.read(engine) as s:
+        user = repo.session_user(s, _token_sha256(token), dt.datetime.now(dt.UTC))
+        return None if user is None else SignedIn(user.id, user.username, user.role.value)
+
+
+def end_session(engine: Engine, token: str | None) -> None:
+    """Sign-out: the token no longer resumes a session (a no-op for an unknown or ended token)."""
+    if token:
+        now = dt.datetime.now(dt.UTC)
+        dbe.write(engine, lambda s: repo.end_sign_in_sessions(s, now, token_sha256=_token_sha256(token)))

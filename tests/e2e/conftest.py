@@ -17,6 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
+# The viewer's frames only (the sidebar also holds the zero-height sign-in cookie frame).
+VIEWER_FRAME = 'iframe[data-testid="stCustomComponentV1"][title$="cxr_canvas"]'
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

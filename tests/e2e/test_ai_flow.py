@@ -17,7 +17,7 @@ from db import engine as dbe
 from db import repo
 from db.models import Prediction
 from tests.conftest import SHARED
-from tests.e2e.conftest import ARTIFACTS, REPO
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "radiologist-pw"
@@ -57,7 +57,7 @@ def _shot(page, name: str, top: bool = False) -> None:
 
 
 def _viewer_pixels(page, index: int = 0) -> np.ndarray:
-    frame = page.frame_locator('iframe[data-testid="stCustomComponentV1"]').nth(index)
+    frame = page.frame_locator(VIEWER_FRAME).nth(index)
     shot = frame.locator("canvas").first.screenshot()
     return np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), dtype=np.float32)
 
@@ -84,7 +84,7 @@ def _sign_in_and_open_the_study(page, url: str) -> None:
     box = grid.bounding_box()
     page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row's selection cell
     page.get_by_role("button", name="Mark reviewed").wait_for(timeout=60_000)
-    page.frame_locator('iframe[data-testid="stCustomComponentV1"]').first.locator("canvas").first.wait_for(
+    page.frame_locator(VIEWER_FRAME).first.locator("canvas").first.wait_for(
         timeout=60_000
     )
 
@@ -138,7 +138,7 @@ def test_ai_overlays_keyboard_verdicts_survive_a_reload(browser, app, record_err
     page.locator("label").filter(has_text="side by side").click()
     page.get_by_text("Bone-suppressed (soft-tissue) image").wait_for(timeout=30_000)
     _settle(page, 2500)
-    assert page.locator('iframe[data-testid="stCustomComponentV1"]').count() == 2
+    assert page.locator(VIEWER_FRAME).count() == 2
     soft = _viewer_pixels(page, 1)
     assert soft.std() > 10  # a picture, not a blank frame
     _shot(page, "03-bone-side-by-side", top=True)

@@ -1,5 +1,6 @@
 """What a radiologist does, in a real Chromium against `streamlit run app.py`: sign in, upload DICOMs (one of
-them broken), find the study in the worklist, open it, change the window, mark it reviewed, sign out."""
+them broken), find the study in the worklist, open it, change the window, mark it reviewed, reload the page
+(still signed in), sign out (a reload or a copied token does not sign back in)."""
 from __future__ import annotations
 
 import io
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import ARTIFACTS, REPO
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "radiologist-pw"
@@ -28,7 +29,7 @@ def app_url(run_streamlit, tmp_path_factory):
 
 
 def _canvas_pixels(page) -> np.ndarray:
-    shot = page.frame_locator('iframe[data-testid="stCustomComponentV1"]').locator("canvas").first.screenshot()
+    shot = page.frame_locator(VIEWER_FRAME).locator("canvas").first.screenshot()
     return np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float32)
 
 
@@ -70,7 +71,7 @@ def test_sign_in_upload_worklist_view_window_review_sign_out(browser, app_url, s
 
     page.get_by_role("button", name="Mark reviewed").wait_for(timeout=30_000)
     page.get_by_text("Pixel spacing 0.168 × 0.168 mm (PixelSpacing)").wait_for()
-    frame = page.frame_locator('iframe[data-testid="stCustomComponentV1"]')
+    frame = page.frame_locator(VIEWER_FRAME)
     frame.locator("canvas").first.wait_for(timeout=30_000)
     page.wait_for_timeout(1500)
     before = _canvas_pixels(page)
@@ -92,8 +93,24 @@ def test_sign_in_upload_worklist_view_window_review_sign_out(browser, app_url, s
     page.get_by_text("1 study ·").wait_for(timeout=30_000)
     page.screenshot(path=ARTIFACTS / "app-06-worklist-reviewed.png")
 
+    # A reload keeps the reader signed in: the browser holds a random session token in a cookie.
+    cookie = {c["name"]: c for c in page.context.cookies()}["cxr_review_session"]
+    assert cookie["sameSite"] == "Strict" and len(cookie["value"]) >= 40
+    page.reload()
+    page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
+    page.get_by_text("1 study ·").wait_for(timeout=30_000)
+    assert page.get_by_role("button", name="Sign in").count() == 0
+
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("button", name="Sign in").wait_for(timeout=30_000)
     page.get_by_role("link", name="Worklist").wait_for(state="detached", timeout=10_000)
+    # Signed out for good: the cookie is gone and a reload (or the old token) does not sign back in.
+    page.wait_for_timeout(1000)
+    assert "cxr_review_session" not in {c["name"] for c in page.context.cookies()}
+    page.context.add_cookies([cookie])  # a copy of the token taken before
+    page.reload()
+    page.get_by_role("button", name="Sign in").wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    assert page.get_by_role("link", name="Worklist").count() == 0
     assert "Traceback" not in page.content()
     assert errors == []

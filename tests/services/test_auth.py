@@ -1,7 +1,9 @@
 import pytest
+from sqlalchemy import select
 
 from db import engine as dbe
 from db import repo
+from db.models import Role, SignInSession
 from services import auth
 
 
@@ -44,3 +46,51 @@ def test_duplicate_user_is_refused(ctx):
     auth.add_user(ctx.engine, "ann", "annotator", "long-enough-pw")
     with pytest.raises(auth.AuthError, match="already exists"):
         auth.add_user(ctx.engine, "ann", "researcher", "long-enough-pw")
+
+
+# --- sign-in sessions (a page reload keeps the reader signed in) ---------------------------------------------
+def _stored_tokens(ctx) -> list[str]:
+    with dbe.read(ctx.engine) as s:
+        return list(s.scalars(select(SignInSession.token_sha256)))
+
+
+def test_a_session_token_resumes_its_user_until_signed_out(ctx):
+    auth.add_user(ctx.engine, "rad2", "radiologist", "long-enough-pw")
+    user = auth.authenticate(ctx.engine, "rad2", "long-enough-pw")
+    token = auth.start_session(ctx.engine, user)
+    assert len(token) >= 40 and token not in _stored_tokens(ctx)  # only its sha256 is kept
+    assert auth.resume_session(ctx.engine, token) == user
+    assert auth.resume_session(ctx.engine, token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert auth.resume_session(ctx.engine, None) is None and auth.resume_session(ctx.engine, "") is None
+    auth.end_session(ctx.engine, token)
+    assert auth.resume_session(ctx.engine, token) is None
+    auth.end_session(ctx.engine, token)  # twice is harmless
+
+
+def test_an_expired_session_or_a_disabled_account_does_not_resume(ctx):
+    auth.add_user(ctx.engine, "rad3", "radiologist", "long-enough-pw")
+    user = auth.authenticate(ctx.engine, "rad3", "long-enough-pw")
+    assert auth.resume_session(ctx.engine, auth.start_session(ctx.engine, user, hours=-0.01)) is None
+    token = auth.start_session(ctx.engine, user)
+
+    def change(s, **fields):
+        row = repo.get_user_by_name(s, "rad3")
+        for k, v in fields.items():
+            setattr(row, k, v)
+
+    dbe.write(ctx.engine, lambda s: change(s, role=Role.researcher))
+    assert auth.resume_session(ctx.engine, token).role == "researcher"  # the account's role now
+    dbe.write(ctx.engine, lambda s: change(s, is_active=False))
+    assert auth.resume_session(ctx.engine, token) is None
+
+
+def test_a_new_password_ends_the_other_sessions_of_that_user_only(ctx):
+    for name in ("rad4", "rad5"):
+        auth.add_user(ctx.engine, name, "radiologist", "long-enough-pw")
+    rad4 = auth.authenticate(ctx.engine, "rad4", "long-enough-pw")
+    rad5 = auth.authenticate(ctx.engine, "rad5", "long-enough-pw")
+    here, elsewhere, other_user = (auth.start_session(ctx.engine, u) for u in (rad4, rad4, rad5))
+    auth.set_password(ctx.engine, "rad4", "a-new-password-1", keep_session=here)
+    assert auth.resume_session(ctx.engine, here) == rad4
+    assert auth.resume_session(ctx.engine, elsewhere) is None
+    assert auth.resume_session(ctx.engine, other_user) == rad5

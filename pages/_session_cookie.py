@@ -1,0 +1,28 @@
+"""The sign-in cookie, set and cleared from the browser: Streamlit can read cookies (`st.context.cookies`, sent
+with the websocket handshake) but not set them, so a zero-height component frame of the same origin writes
+`document.cookie` (pages/_session_cookie/index.html). The cookie holds a random token only; the server keeps
+its sha256 with the user and the expiry (services.auth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+import streamlit.components.v1 as components
+
+COOKIE = "cxr_review_session"
+_component = components.declare_component(
+    "cxr_session_cookie", path=str(Path(__file__).with_name("_session_cookie"))
+)
+
+
+def token() -> str | None:
+    """The session token this browser sent when the page was loaded (None without one)."""
+    return st.context.cookies.get(COOKIE)
+
+
+def write(value: str | None, max_age_s: float = 0) -> None:
+    """Set the cookie to `value` for `max_age_s` seconds, or clear it (None)."""
+    secure = str(getattr(st.context, "url", "") or "").startswith("https:")
+    _component(name=COOKIE, value=value, max_age=max_age_s, secure=secure, key=f"{COOKIE}_{bool(value)}",
+               default=None, height=0)  # fmt: skip
