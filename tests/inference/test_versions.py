@@ -196,7 +196,7 @@ def test_committed_models_are_listed_available_and_as_good_as_their_model_json(r
     from inference import evaluation
 
     refs = {s.ref for s in registry.available()}
-    committed = {f"anatomy_unet_smp@1.{i}.0" for i in range(3)} | {"cxr14_mobilenetv3_multilabel@1.0.0"}
+    committed = {f"anatomy_unet_smp@1.{i}.0" for i in range(4)} | {"cxr14_mobilenetv3_multilabel@1.0.0"}
     assert committed <= refs
     old = registry.resolve("anatomy_unet_smp@1.0.0")
     assert old.input_size == (256, 256) and "contrast_stretch" not in old.metadata
