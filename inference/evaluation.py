@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from inference import metrics
-from inference.postprocess import cardiothoracic_ratio
+from inference.postprocess import anatomy_problems, cardiothoracic_ratio
 from inference.runner import Runner
 from inference.training.common import progress as _progress
 from inference.training.data import (
@@ -154,14 +154,20 @@ def evaluate_ctr(
     """AUC of the cardiothoracic ratio (from this anatomy model's label map) for the Cardiomegaly label.
     Images where no ratio can be measured get ratio 0 (counted, not dropped)."""
     spec = runner.registry.check(model)
-    ratios, unmeasured = [], 0
+    ratios, unmeasured, implausible = [], 0, {}
     for r in _progress(rows, len(rows), f"ctr {spec.ref}", progress):
-        ctr = cardiothoracic_ratio(runner.segment_anatomy(read_gray(images / r.file), spec).label_map)
+        label_map = runner.segment_anatomy(read_gray(images / r.file), spec).label_map
+        ctr = cardiothoracic_ratio(label_map)
+        if problems := anatomy_problems(label_map, ctr):
+            implausible[r.file] = problems
         unmeasured += ctr is None
         ratios.append(0.0 if ctr is None else ctr.ratio)
     y = np.array(["Cardiomegaly" in r.findings for r in rows])
     ratios = np.asarray(ratios)
     report = metrics.auc_report(y, ratios, n_boot=n_boot, seed=seed)
+    # What the viewer reports: the ratio only where the outlines pass postprocess.anatomy_problems.
+    shown = np.array([r.file not in implausible for r in rows])
+    plausible = metrics.auc_report(y[shown], ratios[shown], n_boot=n_boot, seed=seed)
     above = ratios > 0.5
     return {
         "task": "ctr",
@@ -175,8 +181,11 @@ def evaluate_ctr(
             "sensitivity": float(above[y].mean()) if y.any() else None,
             "specificity": float((~above[~y]).mean()) if (~y).any() else None,
         },
+        "plausible_only": {"n_images": int(shown.sum()), "n_pos": int(y[shown].sum()),
+                           "auc": plausible["auc"], "ci95": plausible["ci95"]},
+        "implausible": implausible,
         "ctr": {r.file: round(float(v), 4) for r, v in zip(rows, ratios, strict=True)},
-    }
+    }  # fmt: skip
 
 
 def bone_pairs(folder: Path) -> list[tuple[Path, Path]]:

@@ -66,6 +66,57 @@ def cardiothoracic_ratio(label_map: np.ndarray) -> CtrResult | None:
     )  # fmt: skip
 
 
+# Limits of a plausible frontal chest label map. The 196 JSRT reference maps lie well inside them (lung fields
+# 18-46 % of the image, heart 5.8-13 %, CTR 0.35-0.63, smaller lung field >= 56 % of the larger, heart centre
+# 60-85 % down the lungs' height); they are set wide so that only gross failures trip them: a lateral or
+# non-chest image, a paediatric film in a large frame, a white-out, an inverted image.
+PLAUSIBLE = {
+    "lung_fraction": (0.05, 0.65),
+    "heart_fraction": (0.01, 0.25),
+    "ctr": (0.25, 0.80),
+    "lung_balance": 0.2,  # smaller lung field / larger one
+    "heart_depth": (0.4, 1.05),  # heart centre's row within the lungs' rows, 0 = apex, 1 = lowest lung row
+}
+
+
+def anatomy_problems(label_map: np.ndarray, ctr: CtrResult | None) -> list[str]:
+    """Why a label map does not look like the anatomy of a frontal chest radiograph (empty when it does).
+
+    A model asked to outline lungs and heart on an image unlike its training images still returns outlines; a
+    CTR measured on them is a number with no meaning. These checks catch the gross failures so that the
+    measurement is withheld with the reason instead of being shown as if it were valid."""
+    lim = PLAUSIBLE
+    lungs = (label_map == LUNGS) | (label_map == CLAVICLES)  # clavicles cut the apices off the lung fields
+    heart = label_map == HEART
+    problems = []
+    lung_fraction, heart_fraction = float(lungs.mean()), float(heart.mean())
+    if not lim["lung_fraction"][0] <= lung_fraction <= lim["lung_fraction"][1]:
+        problems.append(f"lung fields cover {lung_fraction:.0%} of the image")
+    if not lim["heart_fraction"][0] <= heart_fraction <= lim["heart_fraction"][1]:
+        problems.append(f"heart covers {heart_fraction:.1%} of the image")
+    count, _, stats, centroids = cv2.connectedComponentsWithStats(lungs.astype(np.uint8), connectivity=8)
+    order = np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1] + 1
+    if count < 3:
+        problems.append("one lung field only")
+    else:
+        big, small = order[0], order[1]
+        balance = stats[small, cv2.CC_STAT_AREA] / stats[big, cv2.CC_STAT_AREA]
+        if balance < lim["lung_balance"]:
+            problems.append(f"the smaller lung field is {balance:.0%} of the larger (joined or one missing)")
+        if heart.any():
+            hx = float(np.nonzero(heart)[1].mean())
+            lo, hi = sorted((centroids[big][0], centroids[small][0]))
+            if not lo <= hx <= hi:
+                problems.append("the heart is not between the lung fields")
+    if heart.any() and (rows := np.flatnonzero((label_map == LUNGS).any(axis=1))).size:
+        depth = (float(np.nonzero(heart)[0].mean()) - rows[0]) / max(1, rows[-1] - rows[0])
+        if not lim["heart_depth"][0] <= depth <= lim["heart_depth"][1]:
+            problems.append("the heart is not in the lower chest")
+    if ctr is not None and not lim["ctr"][0] <= ctr.ratio <= lim["ctr"][1]:
+        problems.append(f"CTR {ctr.ratio:.2f} is outside {lim['ctr'][0]:.2f}-{lim['ctr'][1]:.2f}")
+    return problems
+
+
 def clip_to_mask(heatmap: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Heatmap zeroed outside `mask` (nonzero = inside), e.g. `label_map == LUNGS`; values are not rescaled."""
     if heatmap.shape != mask.shape:

@@ -57,7 +57,13 @@ def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int]) -> 
             png = _deps.anatomy_png(result.anatomy["label_map"], style)
             layers.append({"name": "anatomy", "png": png, "opacity": opacity})
             st.caption(f"Blue lungs · red heart · yellow clavicles · {provenance(result.anatomy)}")
-        ctr = result.anatomy["ctr"]
+        if problems := result.anatomy.get("problems"):
+            st.warning(
+                "The anatomy outlines do not look like a frontal chest radiograph ("
+                + "; ".join(problems)
+                + "): the cardiothoracic ratio is not reported. Check the outlines before relying on them."
+            )
+        ctr = analysis.ctr_shown(result.anatomy)
         if ctr and st.checkbox("Cardiothoracic ratio", key=f"ai_ctr_{key}"):
             shapes += overlays.ctr_shapes(ctr)
             flag = ctr["ratio"] > analysis.CTR_LIMIT
@@ -150,8 +156,8 @@ def _items(result: analysis.Analysis) -> list[dict]:
                 "model": result.anatomy["model"],
             }
         )
-        if result.anatomy["ctr"]:
-            items.append({"kind": "ctr", "key": "ctr", "says": f"CTR {result.anatomy['ctr']['ratio']:.2f}",
+        if ctr := analysis.ctr_shown(result.anatomy):
+            items.append({"kind": "ctr", "key": "ctr", "says": f"CTR {ctr['ratio']:.2f}",
                           "model": result.anatomy["model"]})  # fmt: skip
     if result.bone:
         items.append({"kind": "bone_suppression", "key": "bone_suppression", "says": "soft-tissue image",

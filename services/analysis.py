@@ -31,6 +31,13 @@ AP_NOTE = "AP view: the heart is magnified, so the ratio overstates its size; le
 NO_VIEW_NOTE = "View not recorded as PA: the 0.50 limit applies to PA films."
 
 
+def ctr_shown(anatomy: dict | None) -> dict | None:
+    """The CTR to show, report and judge: None when unmeasured or when the outlines are implausible."""
+    if not anatomy or anatomy.get("problems"):
+        return None
+    return anatomy["ctr"]
+
+
 def ctr_note(view: str | None) -> str | None:
     """The caveat shown with a cardiothoracic ratio for this View Position (None for PA: the 0.50 limit holds)."""
     view = (view or "").upper()
@@ -80,10 +87,12 @@ def with_total(runner_ms: dict[str, float], **extra_ms: float) -> dict[str, floa
 
 
 def anatomy_summary(label_map: np.ndarray) -> dict:
-    """Area fraction per structure and the cardiothoracic ratio with its measurement lines (None when heart or
-    lungs are missing)."""
+    """Area fraction per structure, the cardiothoracic ratio with its measurement lines (None when heart or
+    lungs are missing) and `problems`: why the outlines do not look like a frontal chest (then the CTR is
+    withheld from the reader and the report)."""
     ctr = postprocess.cardiothoracic_ratio(label_map)
     return {
+        "problems": postprocess.anatomy_problems(label_map, ctr),
         "area_fraction": {
             name: float((label_map == i).mean()) for i, name in ((LUNGS, "lungs"), (HEART, "heart"), (CLAVICLES, "clavicles"))
         },
@@ -224,6 +233,9 @@ def analyse(
             cached[task] = result
             out.computed_now.append(spec.model_id)
             log.info("computed %s %s in %.0f ms", spec.model_id, spec.version, result["timings_ms"]["total"])
+    if (anatomy := cached.get("segmentation")) is not None and "problems" not in anatomy:
+        # stored before the plausibility checks existed: checked now on the stored label map
+        anatomy["problems"] = anatomy_summary(label_map(ctx, anatomy))["problems"]
     out.anatomy, out.bone, out.findings = (
         cached.get("segmentation"),
         cached.get("bone_suppression"),

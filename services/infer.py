@@ -120,6 +120,7 @@ def infer_image(
         "ctr_lines": None,
         "view_position": view,
         "ctr_note": None,
+        "anatomy_problems": None,
         "bone_suppressed": None,
         "findings": None,
         "score_kind": None,
@@ -152,7 +153,10 @@ def infer_image(
                 "ctr": None if ctr is None else ctr["ratio"],
                 "ctr_lines": ctr,
                 "ctr_note": None if ctr is None else analysis.ctr_note(view),
+                "anatomy_problems": summary["problems"],
             }
+            if summary["problems"] and ctr is not None:
+                doc["ctr_note"] = "not a valid measurement: the outlines are implausible"
             ran(spec, analysis.with_total(res.timings_ms))
 
     if spec := chosen.get("bone_suppression"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from services.analysis import CTR_LIMIT, Analysis
+from services.analysis import CTR_LIMIT, Analysis, ctr_shown
 
 # NIH finding -> (section, sentence). Sections in reporting order.
 SECTIONS = ("Lungs", "Pleura", "Heart and mediastinum", "Other")
@@ -43,7 +43,7 @@ def draft(result: Analysis, accepted: set[tuple[str, str]], view_position: str |
     for label, (section, sentence) in SENTENCES.items():
         if ("finding", label) in accepted:
             by_section[section].append(sentence)
-    ctr = result.anatomy["ctr"] if result.anatomy else None
+    ctr = ctr_shown(result.anatomy)
     if ctr and ("ctr", "ctr") in accepted:
         view = (view_position or "").upper()
         caveat = " (AP projection: overestimates heart size)" if view == "AP" else ""

@@ -7,6 +7,7 @@ from inference.postprocess import (
     CLAVICLES,
     HEART,
     LUNGS,
+    anatomy_problems,
     cardiothoracic_ratio,
     clean_label_map,
     clip_to_mask,
@@ -64,6 +65,57 @@ def test_cardiothoracic_ratio_is_none_without_heart_or_lungs():
     lm[:] = 0
     lm[4:6, 4:6] = HEART
     assert cardiothoracic_ratio(lm) is None
+
+
+def _chest() -> np.ndarray:
+    """A plausible frontal chest map: two lung fields, a clavicle over each apex, the heart low and left."""
+    lm = np.zeros((400, 400), np.uint8)
+    lm[60:330, 60:180] = LUNGS
+    lm[60:330, 220:340] = LUNGS
+    lm[70:85, 70:190] = CLAVICLES
+    lm[70:85, 210:330] = CLAVICLES
+    lm[200:310, 170:270] = HEART
+    return lm
+
+
+def test_a_plausible_chest_has_no_anatomy_problems():
+    lm = _chest()
+    assert anatomy_problems(lm, cardiothoracic_ratio(lm)) == []
+    mirrored = lm[:, ::-1].copy()  # situs inversus is anatomy too
+    assert anatomy_problems(mirrored, cardiothoracic_ratio(mirrored)) == []
+
+
+def test_every_jsrt_reference_map_is_plausible(dataset):
+    from inference.evaluation import read_label_map
+
+    maps = sorted((dataset("jsrt") / "masks512").glob("*.png"))
+    assert len(maps) == 196
+    for path in maps:
+        lm = read_label_map(path)
+        assert anatomy_problems(lm, cardiothoracic_ratio(lm)) == [], path.name
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda lm: lm.__setitem__((slice(None), slice(200, 400)), np.where(lm[:, 200:] == HEART, HEART, 0)),
+         "one lung field only"),
+        (lambda lm: lm.__setitem__((slice(60, 330), slice(240, 340)), 0), "% of the larger"),
+        (lambda lm: lm.__setitem__((slice(0, 400), slice(0, 400)), np.where(lm == HEART, HEART, LUNGS)),
+         "lung fields cover"),
+        (lambda lm: lm.__setitem__(lm == HEART, 0) or lm.__setitem__((slice(200, 210), slice(200, 210)), HEART),
+         "heart covers 0.1%"),
+        (lambda lm: lm.__setitem__(lm == HEART, 0) or lm.__setitem__((slice(200, 310), slice(20, 60)), HEART),
+         "the heart is not between the lung fields"),
+        (lambda lm: lm.__setitem__(slice(None), lm[::-1].copy()), "the heart is not in the lower chest"),
+        (lambda lm: lm.__setitem__((slice(200, 310), slice(80, 330)), HEART), "CTR 0.89"),
+    ],
+)  # fmt: skip
+def test_gross_failures_are_named(change, expected):
+    lm = _chest()
+    change(lm)
+    problems = anatomy_problems(lm, cardiothoracic_ratio(lm))
+    assert any(expected in p for p in problems), problems
 
 
 def test_heatmap_boxes_from_blobs():

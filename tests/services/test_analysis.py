@@ -1,6 +1,8 @@
 """services.analysis on a real imported study, a real SQLite file and the real models; services.reporting on the
 verdicts a reader stores. The models run once per module (about a second on CPU)."""
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -215,3 +217,24 @@ def test_report_of_a_normal_study_and_of_no_accepted_statement(ctx, first, study
         )
 
     assert reporting.accepted([V()], first) == set()
+
+
+def test_implausible_outlines_withhold_the_ctr_from_the_report(ctx, runner, first, study, reader):
+    assert first.anatomy["problems"] == [] and analysis.ctr_shown(first.anatomy) == first.anatomy["ctr"]
+    accepted = {("ctr", "ctr")}
+    assert "Cardiothoracic ratio" in reporting.draft(first, accepted, "PA")
+    bad = dataclasses.replace(first, anatomy=first.anatomy | {"problems": ["one lung field only"]})
+    assert analysis.ctr_shown(bad.anatomy) is None
+    assert "Cardiothoracic ratio" not in reporting.draft(bad, accepted, "PA")
+
+
+def test_results_stored_before_the_plausibility_checks_get_them_on_reading(ctx, runner, first, study):
+    def drop_problems(s):
+        row = s.scalars(select(Prediction).where(Prediction.model_id == first.anatomy["model"]["id"])).one()
+        stored = json.loads(row.result)
+        del stored["problems"]
+        row.result = json.dumps(stored)
+
+    dbe.write(ctx.engine, drop_problems)
+    again = analysis.analyse_cached(ctx, runner, study["image"])
+    assert again.anatomy["problems"] == [] and again.computed_now == []

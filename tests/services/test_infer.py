@@ -27,7 +27,7 @@ README_SHA256 = {
 BONE_WEIGHTS = "bone_suppression_kalisz_ae_torch.pt"
 FIELDS = {
     "models", "findings", "anatomy_mask", "bone_suppressed", "ctr", "view_position", "ctr_note", "boxes",
-    "timings_ms", "research_use", "input", "unavailable",
+    "timings_ms", "research_use", "input", "unavailable", "anatomy_problems",
 }  # fmt: skip
 
 
@@ -131,7 +131,7 @@ def test_anatomy_mask_at_full_resolution_with_sane_lungs_and_ctr(result, inputs)
         bone = cv2.imread(str(result["out"] / doc["bone_suppressed"]), cv2.IMREAD_UNCHANGED)
         assert bone.shape == mask.shape and bone.dtype in (np.uint8, np.uint16) and bone.std() > 0
     dx = result["docs"][str(inputs["dx"])]
-    assert 0.35 <= dx["ctr"] <= 0.65
+    assert 0.35 <= dx["ctr"] <= 0.65 and dx["anatomy_problems"] == []
     assert dx["view_position"] is None and "PA" in dx["ctr_note"]  # the DX header records no view
     png = result["docs"][str(inputs["png"])]
     assert png["view_position"] == "PA" and png["ctr_note"] is None  # from the NIH labels.csv

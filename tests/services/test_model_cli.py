@@ -234,6 +234,9 @@ def test_eval_classification_ctr_and_bone(env, shared_data, tmp_path, capsys):
     ctr = _json(capsys)
     assert ctr["n_pos"] == 5 and 0 <= ctr["auc"] <= 1 and len(ctr["ctr"]) == 20
     assert all(0.2 < v < 0.8 for v in ctr["ctr"].values())
+    # the viewer withholds a ratio measured on implausible outlines; the report says which and the AUC without
+    assert ctr["plausible_only"]["n_images"] == 20 - len(ctr["implausible"])
+    assert all(isinstance(p, list) and p for p in ctr["implausible"].values())
 
     pairs = tmp_path / "pairs"
     for sub in ("authentic", "des"):
