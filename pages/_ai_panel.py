@@ -188,14 +188,13 @@ def _quick_verdict(study_id: int, image_id: int, user_id: int, item: dict, decis
     _move_focus(focus_key, n, 1)
 
 
-def my_verdicts(image: dict, user) -> list:
+def my_verdicts(image: dict, user) -> list[verdict_store.Mine]:
     """The reader's stored verdicts on this image, read once per rerun and passed to the panels below (a
     verdict written by a callback or a save is in place before the rerun that reads it)."""
-    with dbe.read(_deps.ctx().engine) as s:
-        return repo.verdicts_of(s, image["id"], user.user_id)
+    return verdict_store.of_reader(_deps.ctx().engine, image["id"], user.user_id)
 
 
-def quick_verdict(result: analysis.Analysis, study_id: int, image: dict, user, mine_all: list) -> None:
+def quick_verdict(result: analysis.Analysis, study_id: int, image: dict, user, mine_all: list[verdict_store.Mine]) -> None:
     """The focused AI statement with accept / reject / uncertain buttons, each with a keyboard shortcut; the
     focus moves on after a verdict, and J / K move it by hand."""
     items = _items(result)
@@ -204,7 +203,7 @@ def quick_verdict(result: analysis.Analysis, study_id: int, image: dict, user, m
     focus_key = f"ai_focus_{image['id']}"
     i = min(st.session_state.get(focus_key, 0), len(items) - 1)
     it = items[i]
-    mine = next((v.decision.value for v in mine_all if _same_item(v, it)), None)
+    mine = next((v.decision for v in mine_all if _same_item(v, it)), None)
     args = (study_id, image["id"], user.user_id, it)
     n = len(items)
     with st.container(border=True, key="quick_verdict"):
@@ -235,12 +234,12 @@ def quick_verdict(result: analysis.Analysis, study_id: int, image: dict, user, m
         )
 
 
-def verdicts(result: analysis.Analysis, study_id: int, image: dict, user, mine_all: list) -> None:
+def verdicts(result: analysis.Analysis, study_id: int, image: dict, user, mine_all: list[verdict_store.Mine]) -> None:
     """One row per AI statement: accept / reject / uncertain with a reason; saved in one transaction."""
     ctx = _deps.ctx()
     items = _items(result)
     current = {
-        (v.item_kind, v.item_key, v.model_id, v.model_version): (v.decision.value, v.reason_code or "", v.reason_text or "")
+        (v.item_kind, v.item_key, v.model_id, v.model_version): (v.decision, v.reason_code or "", v.reason_text or "")
         for v in mine_all
     }  # fmt: skip
     rows = []
@@ -280,7 +279,7 @@ def verdicts(result: analysis.Analysis, study_id: int, image: dict, user, mine_a
         st.success(f"Saved {saved} verdict{'s' * (saved != 1)}.")
 
 
-def report(result: analysis.Analysis, study_id: int, image: dict, user, mine_all: list) -> None:
+def report(result: analysis.Analysis, study_id: int, image: dict, user, mine_all: list[verdict_store.Mine]) -> None:
     ctx = _deps.ctx()
     with dbe.read(ctx.engine) as s:
         saved = repo.get_report(s, study_id, user.user_id)

@@ -17,8 +17,10 @@ _component = components.declare_component(
 
 
 def token() -> str | None:
-    """The session token this browser sent when the page was loaded (None without one)."""
-    return st.context.cookies.get(COOKIE)
+    """The session token this browser sent when the page was loaded (None without one, and outside a browser
+    session, e.g. under streamlit.testing, where the cookie mapping holds no strings)."""
+    value = st.context.cookies.get(COOKIE)
+    return value if isinstance(value, str) and value else None
 
 
 def write(value: str | None, max_age_s: float = 0) -> None:

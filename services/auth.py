@@ -122,7 +122,7 @@ def start_session(engine: Engine, user: SignedIn, hours: float = SESSION_HOURS) 
 def resume_session(engine: Engine, token: str | None) -> SignedIn | None:
     """The user of a session token that is open, unexpired and whose account is active (with the account's
     role now, so a role change applies at the next reload), else None."""
-    if not token or len(token) > 128:
+    if not isinstance(token, str) or not token or len(token) > 128:
         return None
     with dbe.read(engine) as s:
         user = repo.session_user(s, _token_sha256(token), dt.datetime.now(dt.UTC))

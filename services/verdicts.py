@@ -4,11 +4,35 @@ place the review screen writes them."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
 from db import engine as dbe
 from db import repo
+
+
+@dataclass(frozen=True)
+class Mine:
+    """One of the reader's stored verdicts, as plain values (safe to keep after the session closes)."""
+
+    item_kind: str
+    item_key: str
+    model_id: str
+    model_version: str
+    decision: str
+    reason_code: str | None
+    reason_text: str | None
+
+
+def of_reader(engine: Engine, image_id: int, reader_id: int) -> list[Mine]:
+    """The reader's verdicts on one image."""
+    with dbe.read(engine) as s:
+        return [
+            Mine(v.item_kind, v.item_key, v.model_id, v.model_version, v.decision.value, v.reason_code,
+                 v.reason_text)  # fmt: skip
+            for v in repo.verdicts_of(s, image_id, reader_id)
+        ]
 
 
 def _verdict_in(study_id: int, image_id: int, reader_id: int, item: dict, decision: str,

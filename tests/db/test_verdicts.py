@@ -99,3 +99,9 @@ def test_a_quick_decision_keeps_the_readers_reason_and_note(ctx):
         events = s.scalar(select(func.count()).select_from(VerdictEvent).where(VerdictEvent.verdict_id == v.id))
         assert (v.decision.value, v.reason_code, v.reason_text) == ("accept", "wrong_location", "left, not right")
     assert events == 2  # the form's write and the key's; the unchanged second key wrote nothing
+    # What the review screen reads once per rerun: plain values it can use after the session has closed
+    # (ORM rows would be expired by then).
+    (mine,) = verdicts.of_reader(ctx.engine, image_id, reader)
+    assert (mine.item_kind, mine.item_key, mine.decision, mine.reason_code, mine.reason_text) == (
+        "finding", "Effusion", "accept", "wrong_location", "left, not right"
+    )  # fmt: skip

@@ -1,6 +1,6 @@
 """The AI part of a review in a real Chromium against `streamlit run app.py`: switch the AI on, show every overlay
 (anatomy, bone-suppressed image, Grad-CAM heatmap with boxes, cardiothoracic ratio), accept one finding with
-the keyboard and reject another with the button, reload, sign in again and find the verdicts still there."""
+the keyboard and reject another with the button, reload (still signed in) and find the verdicts still there."""
 
 from __future__ import annotations
 
@@ -79,6 +79,10 @@ def _sign_in(page, url: str, username: str = "rad") -> None:
 
 def _sign_in_and_open_the_study(page, url: str) -> None:
     _sign_in(page, url)
+    _open_the_study(page)
+
+
+def _open_the_study(page) -> None:
     page.get_by_text("1 study ·").wait_for(timeout=60_000)
     grid = page.locator("[data-testid='stDataFrame']").first
     box = grid.bounding_box()
@@ -196,9 +200,12 @@ def test_ai_overlays_keyboard_verdicts_survive_a_reload(browser, app, record_err
         saved = {(v.item_key, v.decision.value) for v in repo.verdicts_of(s, image_id, reader)}
     assert saved == {(first, "accept"), (second, "reject")}
 
-    # A reload starts a new session: sign in again, open the study, the verdicts are still there.
+    # A reload keeps the reader signed in (the session cookie); open the study: the verdicts are still there.
     page.reload()
-    _sign_in_and_open_the_study(page, url)
+    page.get_by_text("rad · radiologist").wait_for(timeout=60_000)
+    assert page.get_by_role("button", name="Sign in").count() == 0
+    page.locator("[data-testid='stSidebar']").get_by_role("link", name="Worklist").click()
+    _open_the_study(page)
     _ai_on(page)  # stored results: no model runs again
     assert page.get_by_text("AI results ready").count() == 0
     _wait_focused(page, first, "your verdict: accept")
