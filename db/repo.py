@@ -54,6 +54,10 @@ def session_user(s: Session, token_sha256: str, now: dt.datetime) -> User | None
     )
 
 
+def session_expiry(s: Session, token_sha256: str) -> dt.datetime | None:
+    return s.scalar(select(SignInSession.expires_at).where(SignInSession.token_sha256 == token_sha256))
+
+
 def end_sign_in_sessions(
     s: Session,
     now: dt.datetime,

@@ -5,6 +5,7 @@ its sha256 with the user and the expiry (services.auth)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import streamlit as st
@@ -23,8 +24,10 @@ def token() -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def write(value: str | None, max_age_s: float = 0) -> None:
-    """Set the cookie to `value` for `max_age_s` seconds, or clear it (None)."""
+def write(value: str | None, expires: dt.datetime | None = None) -> None:
+    """Set the cookie to `value` until `expires` (the session's own expiry), or clear it (None). The arguments
+    stay the same from run to run, so the frame writes the cookie once."""
     secure = str(getattr(st.context, "url", "") or "").startswith("https:")
-    _component(name=COOKIE, value=value, max_age=max_age_s, secure=secure, key=f"{COOKIE}_{bool(value)}",
+    expires_ms = int(expires.timestamp() * 1000) if value and expires else 0
+    _component(name=COOKIE, value=value, expires_ms=expires_ms, secure=secure, key=f"{COOKIE}_{bool(value)}",
                default=None, height=0)  # fmt: skip

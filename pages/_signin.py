@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 USER_KEY = "signed_in"
 TOKEN_KEY = "session_token"
 SIGNED_OUT_KEY = "signed_out"
+EXPIRES_KEY = "session_expires"
 
 
 def _resume() -> auth.SignedIn | None:
@@ -26,12 +27,14 @@ def _resume() -> auth.SignedIn | None:
         return None
     try:
         user = auth.resume_session(_deps.ctx().engine, token)
+        expires = auth.session_expiry(_deps.ctx().engine, token) if user else None
     except (DatabaseUnavailable, DatabaseBusy):
         return None  # the form below says what is wrong with the database when the reader signs in
     if user is None:
         _session_cookie.write(None)  # ended or expired: the browser forgets it
         return None
     st.session_state[USER_KEY], st.session_state[TOKEN_KEY] = user, token
+    st.session_state[EXPIRES_KEY] = expires
     log.info("session resumed (user id %d)", user.user_id)
     return user
 
@@ -62,6 +65,7 @@ def require_user() -> auth.SignedIn:
         else:
             try:
                 token = auth.start_session(_deps.ctx().engine, user)
+                st.session_state[EXPIRES_KEY] = auth.session_expiry(_deps.ctx().engine, token)
             except (DatabaseUnavailable, DatabaseBusy) as exc:
                 st.error(f"Cannot sign in: {exc}")
                 st.stop()
@@ -81,8 +85,7 @@ def sidebar(user: auth.SignedIn, pages: list) -> None:
         st.markdown(f"**{user.username}** · {user.role}")
         st.button("Sign out", key="sign_out", icon=":material/logout:", on_click=_sign_out)
         if token := st.session_state.get(TOKEN_KEY):
-            # Rendered on every run with the same arguments, so the frame writes the cookie once.
-            _session_cookie.write(token, auth.SESSION_HOURS * 3600)
+            _session_cookie.write(token, st.session_state.get(EXPIRES_KEY))
 
 
 def _sign_out() -> None:

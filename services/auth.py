@@ -129,6 +129,12 @@ def resume_session(engine: Engine, token: str | None) -> SignedIn | None:
         return None if user is None else SignedIn(user.id, user.username, user.role.value)
 
 
+def session_expiry(engine: Engine, token: str) -> dt.datetime | None:
+    """When the session of this token expires (None for an unknown token); the cookie expires with it."""
+    with dbe.read(engine) as s:
+        return repo.session_expiry(s, _token_sha256(token))
+
+
 def end_session(engine: Engine, token: str | None) -> None:
     """Sign-out: the token no longer resumes a session (a no-op for an unknown or ended token)."""
     if token:

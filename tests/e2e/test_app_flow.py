@@ -4,6 +4,7 @@ them broken), find the study in the worklist, open it, change the window, mark i
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -96,10 +97,14 @@ def test_sign_in_upload_worklist_view_window_review_sign_out(browser, app_url, s
     # A reload keeps the reader signed in: the browser holds a random session token in a cookie.
     cookie = {c["name"]: c for c in page.context.cookies()}["cxr_review_session"]
     assert cookie["sameSite"] == "Strict" and len(cookie["value"]) >= 40
+    assert abs(cookie["expires"] - (time.time() + 12 * 3600)) < 600  # with the session, 12 hours
     page.reload()
     page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
     page.get_by_text("1 study ·").wait_for(timeout=30_000)
     assert page.get_by_role("button", name="Sign in").count() == 0
+    page.wait_for_timeout(1000)
+    again = {c["name"]: c for c in page.context.cookies()}["cxr_review_session"]
+    assert again["value"] == cookie["value"] and abs(again["expires"] - cookie["expires"]) < 2  # not extended
 
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("button", name="Sign in").wait_for(timeout=30_000)

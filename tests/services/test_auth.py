@@ -1,3 +1,5 @@
+import datetime as dt
+
 import pytest
 from sqlalchemy import select
 
@@ -60,6 +62,11 @@ def test_a_session_token_resumes_its_user_until_signed_out(ctx):
     token = auth.start_session(ctx.engine, user)
     assert len(token) >= 40 and token not in _stored_tokens(ctx)  # only its sha256 is kept
     assert auth.resume_session(ctx.engine, token) == user
+    left = auth.session_expiry(ctx.engine, token) - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(hours=auth.SESSION_HOURS) - dt.timedelta(minutes=1) < left <= dt.timedelta(
+        hours=auth.SESSION_HOURS
+    )
+    assert auth.session_expiry(ctx.engine, "unknown") is None
     assert auth.resume_session(ctx.engine, token[:-1] + ("A" if token[-1] != "A" else "B")) is None
     assert auth.resume_session(ctx.engine, None) is None and auth.resume_session(ctx.engine, "") is None
     auth.end_session(ctx.engine, token)
