@@ -298,7 +298,7 @@ def timings(models_dir: Path, device: str, repeats: int) -> list[tuple[str, floa
     rows.append(("classify_batch 16 x 1024 in, per image", batch, None))
     # The project's trained anatomy versions, for an admin choosing one: input size and test-time views
     # (model.json) set their cost; compare with "segment_anatomy, 512 in" above (the built-in model).
-    for spec in runner.registry.versions(SMP_SEG):
+    for spec in [s for s in runner.registry.available() if s.model_id == SMP_SEG]:  # usable ones only
         views = len(spec.test_time_views) or 1
         ms = median_ms({"v": lambda s=spec: runner.segment_anatomy(img512, s)}, repeats)["v"]
         rows.append(

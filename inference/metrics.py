@@ -123,6 +123,9 @@ def paired_bootstrap_mean_auc_diff(
         return ra, rb
 
     full_a, full_b = aucs(members)
+    if not full_a:  # no finding has both a positive and a negative (in any stratum): nothing to compare
+        return {"a": None, "b": None, "difference": None, "ci95": None, "share_of_resamples_a_ahead": None,
+                "n_aucs": 0, "note": "needs positives and negatives"}  # fmt: skip
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):

@@ -214,12 +214,12 @@ class Runner:
         clock = _Clock(self.device)
         spec, model = self._prepare("segmentation", model_id, clock, version)
         h, w = img.shape
-        side = max(h, w)  # pad_square's side
         with clock.phase("preprocess"):
             if spec.contrast_stretch:
                 img = stretch_contrast(img, *spec.contrast_stretch)
             # Zero-pad to a square first (as HybridGNet does) so the anatomy keeps its aspect ratio.
             x, top, left = pad_square(self._tensor(img))
+            side = x.shape[-1]
             x = resize(x, spec.input_size)
         with clock.phase("forward"):
             if spec.test_time_views:

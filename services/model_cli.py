@@ -179,7 +179,7 @@ def add_parsers(sub) -> None:
                      help="the version averages 5 shifted/zoomed views at inference (slower, more accurate)")  # fmt: skip
     seg.add_argument("--stretch", type=float, nargs=2, metavar=("LOW", "HIGH"),
                      help="stretch each image's LOW..HIGH percentiles to 0..1 (training and inference), "
-                     "e.g. 0.5 99.5; with --init the start's setting is kept")  # fmt: skip
+                     "e.g. 0.5 99.5; without it, --init keeps the start's setting (its mean/std are kept either way)")  # fmt: skip
     seg.add_argument("--swa-from", type=int, metavar="EPOCH",
                      help="stochastic weight averaging: constant --lr, and the weights of every epoch from EPOCH "
                      "on are averaged (BatchNorm recomputed); the average competes for the checkpoint")  # fmt: skip

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from inference import calibration, evaluation, metrics
 from inference.models import cxr14_mobilenetv3_multilabel as family
-from inference.registry import Registry
 from inference.runner import Runner
 from inference.training import common
 from inference.training.data import Augment, ClassificationData, DatasetError, read_labels_csv
@@ -287,7 +286,10 @@ def cross_validate(cfg: ClassificationConfig, folds: int = 5, argv: Sequence[str
     labels = family.FINDINGS
     ours = np.zeros((len(rows), len(labels)))
     start = np.zeros_like(ours)
-    registry = Registry(cfg.models_dir or cfg.out, trained_roots=[cfg.out])
+    if not cfg.init or cfg.init.lower() == "none":
+        raise DatasetError("--cv compares the recipe with its starting weights: it needs --init ID[@VERSION]")
+    registry = common.registry_with(cfg.models_dir, cfg.out)
+    start_spec = registry.check(registry.resolve(cfg.init))  # before any fold trains: a bad --init fails now
     runner = Runner(registry, cfg.device)
     fold_reports = []
     for k in range(folds):
@@ -295,10 +297,11 @@ def cross_validate(cfg: ClassificationConfig, folds: int = 5, argv: Sequence[str
         keep = frozenset(r.file for r in rows if fold_of[r.patient] != k)
         result = train(replace(cfg, only=keep, version=f"0.0.{k + 1}", keep_checkpoint=False), argv)
         held_rows = [rows[i] for i in held]
-        for target, ref in ((ours, f"{cfg.model_id}@{result['version']}"), (start, cfg.init)):
-            spec, scores = evaluation.classification_scores(
-                runner, registry.resolve(ref), cfg.images, held_rows
-            )
+        for target, model in (
+            (ours, registry.resolve(f"{cfg.model_id}@{result['version']}")),
+            (start, start_spec),
+        ):
+            spec, scores = evaluation.classification_scores(runner, model, cfg.images, held_rows)
             target[held] = scores[:, [spec.labels.index(label) for label in labels]]
         fold_reports.append({"fold": k + 1, "n_held_out": len(held), "version": result["version"],
                              "best_epoch": result["training"]["best_epoch"]})  # fmt: skip

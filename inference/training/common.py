@@ -225,12 +225,17 @@ class Stopwatch:
         return time.perf_counter() - self.t0
 
 
+def registry_with(models_dir: Path | None, out: Path) -> Registry:
+    """The versions the app sees (built-ins, assets/models, <models dir>/trained) plus those under --out."""
+    base = Registry(models_dir or out)
+    roots = list(dict.fromkeys(p.resolve() for p in [*base.trained_roots, out]))
+    return Registry(base.models_dir, trained_roots=roots)
+
+
 def resolve_init(ref: str, models_dir: Path | None, out: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     """The usable version `ref` names and its float32 state_dict, looked up among the versions the app sees
     (built-ins, assets/models, <models dir>/trained) plus those under --out, where earlier runs wrote."""
-    base = Registry(models_dir or out)
-    roots = list(dict.fromkeys(p.resolve() for p in [*base.trained_roots, out]))
-    registry = Registry(base.models_dir, trained_roots=roots)
+    registry = registry_with(models_dir, out)
     spec = registry.check(registry.resolve(ref))
     state = verified_state_dict(registry, spec)
     return spec, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

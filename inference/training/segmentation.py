@@ -65,7 +65,8 @@ class SegmentationConfig:
     models_dir: Path | None = None
     tta: bool = False  # store TTA_VIEWS in model.json: the runner then averages them (5x the forward time)
     # Percentiles of preprocess.stretch_contrast applied to every image in training and by the runner
-    # (stored in model.json); None keeps the pixels as read. With --init the start's setting is kept.
+    # (stored in model.json); None keeps the pixels as read (with --init: the start's setting;
+    # the start's mean/std stay in any case, so a new stretch is learnt by fine-tuning, as 1.2.0 was).
     stretch: tuple[float, float] | None = None
     # Stochastic weight averaging: from this epoch on the learning rate stays at --lr (after a one-epoch
     # warm-up) and the weights at the end of each epoch are averaged; the average, with BatchNorm statistics
@@ -102,21 +103,12 @@ def _val_dice(model, data: SegmentationData, device, batch_size: int) -> dict[st
 def _recompute_batchnorm(model, data: SegmentationData, mean, std, device, batch_size: int, rng, aug) -> None:
     """BatchNorm running statistics of averaged weights, as a cumulative mean over one pass of augmented
     training batches (the statistics of the averaged epochs do not belong to the averaged weights)."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    model.train()
     order = rng.permutation(len(data))
-    with torch.no_grad():
-        for i in range(0, len(order), batch_size):
-            x, _ = data.batch(order[i : i + batch_size], rng, aug)
-            model(((x - mean) / std).to(device))
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
+    batches = (
+        (data.batch(order[i : i + batch_size], rng, aug)[0] - mean) / std
+        for i in range(0, len(order), batch_size)
+    )
+    torch.optim.swa_utils.update_bn(batches, model, device)
 
 
 def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
@@ -251,7 +243,7 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
             "augment": asdict(cfg.augment),
             "device": str(device),
             "best_epoch": best.epoch,
-            "epochs_run": epoch,
+            "epochs_run": sum(row["epoch"] != "swa" for row in epoch_log.history),
             "best_val_mean_dice_network_resolution": best.score,
             "wall_seconds": round(train_seconds, 1),
             "loss": "cross-entropy + soft Dice (lungs, heart, clavicles)",

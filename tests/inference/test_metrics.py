@@ -129,6 +129,9 @@ def test_paired_bootstrap_difference_of_mean_auc():
     y2 = y.copy()
     y2[:, 2] = False  # a finding without positives is left out
     assert metrics.paired_bootstrap_mean_auc_diff(y2, good, noise, n_boot=20)["n_aucs"] == 2
+    # nothing scorable (no finding has both classes): a clear empty answer, not an IndexError
+    empty = metrics.paired_bootstrap_mean_auc_diff(np.zeros_like(y), good, noise, n_boot=20)
+    assert empty["n_aucs"] == 0 and empty["difference"] is None and empty["ci95"] is None
 
 
 def test_strata_keep_fold_models_apart():

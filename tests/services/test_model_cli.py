@@ -178,6 +178,9 @@ def test_cross_validation_scores_every_image_with_a_model_that_never_saw_it(
         assert meta["data"]["n_images"] == 40 - run["n_held_out"]
     assert cli.main([*argv[: argv.index("--cv")], "--cv", "1", *argv[argv.index("--cv") + 2 :]]) == 2
     assert "at least 2 folds" in capsys.readouterr().err
+    # without starting weights there is nothing to compare with: refused before any fold trains
+    assert cli.main([*argv, "--init", "none"]) == 2
+    assert "needs --init" in capsys.readouterr().err
 
 
 def test_eval_segmentation_json_and_report(env, jsrt_few, tmp_path, capsys):
