@@ -40,10 +40,10 @@ def add_sign_in_session(s: Session, token_sha256: str, user_id: int, expires_at:
     s.add(SignInSession(token_sha256=token_sha256, user_id=user_id, expires_at=expires_at))
 
 
-def session_user(s: Session, token_sha256: str, now: dt.datetime) -> User | None:
-    """The active user of a session that has not ended or expired, else None."""
-    return s.scalar(
-        select(User)
+def session_user(s: Session, token_sha256: str, now: dt.datetime) -> tuple[User, dt.datetime] | None:
+    """The active user of a session that has not ended or expired, with the session's expiry; else None."""
+    row = s.execute(
+        select(User, SignInSession.expires_at)
         .join(SignInSession, SignInSession.user_id == User.id)
         .where(
             SignInSession.token_sha256 == token_sha256,
@@ -51,11 +51,8 @@ def session_user(s: Session, token_sha256: str, now: dt.datetime) -> User | None
             SignInSession.expires_at > now,
             User.is_active.is_(True),
         )
-    )
-
-
-def session_expiry(s: Session, token_sha256: str) -> dt.datetime | None:
-    return s.scalar(select(SignInSession.expires_at).where(SignInSession.token_sha256 == token_sha256))
+    ).first()
+    return None if row is None else (row[0], row[1])
 
 
 def end_sign_in_sessions(
@@ -66,6 +63,8 @@ def end_sign_in_sessions(
     except_token_sha256: str | None = None,
 ) -> int:
     """End one session (by token) or every open session of a user (but one); returns how many were open."""
+    if token_sha256 is None and user_id is None:
+        raise ValueError("end_sign_in_sessions needs a token or a user, never every session at once")
     query = update(SignInSession).where(SignInSession.ended_at.is_(None))
     if token_sha256 is not None:
         query = query.where(SignInSession.token_sha256 == token_sha256)

@@ -22,17 +22,19 @@ def _resume() -> auth.SignedIn | None:
     token = _session_cookie.token()
     if not token:
         return None
-    if st.session_state.get(SIGNED_OUT_KEY):  # the cookie sent with this tab's page load was signed out
+    if st.session_state.get(SIGNED_OUT_KEY):  # the cookie this tab's page load sent is signed out or stale
         _session_cookie.write(None)
         return None
     try:
-        user = auth.resume_session(_deps.ctx().engine, token)
-        expires = auth.session_expiry(_deps.ctx().engine, token) if user else None
+        resumed = auth.resume_session(_deps.ctx().engine, token)
     except (DatabaseUnavailable, DatabaseBusy):
         return None  # the form below says what is wrong with the database when the reader signs in
-    if user is None:
-        _session_cookie.write(None)  # ended or expired: the browser forgets it
+    if resumed is None:
+        # Ended or expired: the browser forgets it, and this tab (whose page load sent it) stops asking.
+        st.session_state[SIGNED_OUT_KEY] = True
+        _session_cookie.write(None)
         return None
+    user, expires = resumed
     st.session_state[USER_KEY], st.session_state[TOKEN_KEY] = user, token
     st.session_state[EXPIRES_KEY] = expires
     log.info("session resumed (user id %d)", user.user_id)
@@ -64,8 +66,7 @@ def require_user() -> auth.SignedIn:
             st.error("Wrong user name or password.")
         else:
             try:
-                token = auth.start_session(_deps.ctx().engine, user)
-                st.session_state[EXPIRES_KEY] = auth.session_expiry(_deps.ctx().engine, token)
+                token, st.session_state[EXPIRES_KEY] = auth.start_session(_deps.ctx().engine, user)
             except (DatabaseUnavailable, DatabaseBusy) as exc:
                 st.error(f"Cannot sign in: {exc}")
                 st.stop()

@@ -16,6 +16,8 @@ with st.form("change_password", clear_on_submit=True):
         else:
             try:
                 auth.set_password(_deps.ctx().engine, user.username, new, st.session_state.get(TOKEN_KEY))
-                st.success("Password changed. Your other signed-in browsers are signed out.")
+                st.success(
+                    "Password changed. Your other browsers must sign in again at their next page load."
+                )
             except auth.AuthError as exc:
                 st.error(str(exc).capitalize() + ".")

@@ -181,6 +181,7 @@ with side:
     ai_image = {"id": im["id"], "pixel_sha256": im["pixel_sha"], "file_sha256": im["sha"], "view": im["view"]}
     if ai_on:
         ai = _ai_panel.load(ai_image)
+        mine = _ai_panel.my_verdicts(ai_image, user)
         layers, shapes, bone_view = _ai_panel.controls(ai, ai_image, (img.header.rows, img.header.columns))
 
 with view_col:
@@ -203,7 +204,6 @@ with view_col:
                          view_height=560)  # fmt: skip
             st.caption("Bone-suppressed (soft-tissue) image · :orange[Research use only]")
     if ai is not None:
-        mine = _ai_panel.my_verdicts(ai_image, user)
         _ai_panel.quick_verdict(ai, study_id, ai_image, user, mine)
 
 with side:

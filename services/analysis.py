@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -234,8 +235,8 @@ def analyse(
             out.computed_now.append(spec.model_id)
             log.info("computed %s %s in %.0f ms", spec.model_id, spec.version, result["timings_ms"]["total"])
     if (anatomy := cached.get("segmentation")) is not None and "problems" not in anatomy:
-        # stored before the plausibility checks existed: checked now on the stored label map
-        anatomy["problems"] = anatomy_summary(label_map(ctx, anatomy))["problems"]
+        # stored before the plausibility checks existed: checked on the stored label map, once per map
+        anatomy["problems"] = list(_stored_map_problems(str(ctx.store.path_for(anatomy["label_map"]))))
     out.anatomy, out.bone, out.findings = (
         cached.get("segmentation"),
         cached.get("bone_suppression"),
@@ -244,6 +245,13 @@ def analyse(
     if progress:
         progress("Done", 1.0)
     return out
+
+
+@lru_cache(maxsize=256)
+def _stored_map_problems(path: str) -> list[str]:
+    # Keyed by the content-addressed path, so a cached answer can never belong to other pixels.
+    lm = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    return postprocess.anatomy_problems(lm, postprocess.cardiothoracic_ratio(lm))
 
 
 def stored_png(ctx: Context, key: str) -> np.ndarray:

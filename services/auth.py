@@ -111,28 +111,26 @@ def _token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def start_session(engine: Engine, user: SignedIn, hours: float = SESSION_HOURS) -> str:
-    """A new sign-in session for `user`; returns its random token (the database keeps only its sha256)."""
+def start_session(engine: Engine, user: SignedIn, hours: float = SESSION_HOURS) -> tuple[str, dt.datetime]:
+    """A new sign-in session for `user`: (its random token, when it expires). The database keeps only the
+    token's sha256; the browser's cookie expires with the session."""
     token = secrets.token_urlsafe(32)
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours)
     dbe.write(engine, lambda s: repo.add_sign_in_session(s, _token_sha256(token), user.user_id, expires))
-    return token
+    return token, expires
 
 
-def resume_session(engine: Engine, token: str | None) -> SignedIn | None:
-    """The user of a session token that is open, unexpired and whose account is active (with the account's
-    role now, so a role change applies at the next reload), else None."""
+def resume_session(engine: Engine, token: str | None) -> tuple[SignedIn, dt.datetime] | None:
+    """(user, expiry) of a session token that is open, unexpired and whose account is active (with the
+    account's role now, so a role change applies at the next reload), else None."""
     if not isinstance(token, str) or not token or len(token) > 128:
         return None
     with dbe.read(engine) as s:
-        user = repo.session_user(s, _token_sha256(token), dt.datetime.now(dt.UTC))
-        return None if user is None else SignedIn(user.id, user.username, user.role.value)
-
-
-def session_expiry(engine: Engine, token: str) -> dt.datetime | None:
-    """When the session of this token expires (None for an unknown token); the cookie expires with it."""
-    with dbe.read(engine) as s:
-        return repo.session_expiry(s, _token_sha256(token))
+        found = repo.session_user(s, _token_sha256(token), dt.datetime.now(dt.UTC))
+        if found is None:
+            return None
+        user, expires = found
+        return SignedIn(user.id, user.username, user.role.value), expires
 
 
 def end_session(engine: Engine, token: str | None) -> None:

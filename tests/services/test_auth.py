@@ -59,14 +59,15 @@ def _stored_tokens(ctx) -> list[str]:
 def test_a_session_token_resumes_its_user_until_signed_out(ctx):
     auth.add_user(ctx.engine, "rad2", "radiologist", "long-enough-pw")
     user = auth.authenticate(ctx.engine, "rad2", "long-enough-pw")
-    token = auth.start_session(ctx.engine, user)
+    token, expires = auth.start_session(ctx.engine, user)
     assert len(token) >= 40 and token not in _stored_tokens(ctx)  # only its sha256 is kept
-    assert auth.resume_session(ctx.engine, token) == user
-    left = auth.session_expiry(ctx.engine, token) - dt.datetime.now(dt.UTC)
-    assert dt.timedelta(hours=auth.SESSION_HOURS) - dt.timedelta(minutes=1) < left <= dt.timedelta(
-        hours=auth.SESSION_HOURS
+    assert auth.resume_session(ctx.engine, token) == (user, expires)  # the stored expiry, not a new one
+    left = expires - dt.datetime.now(dt.UTC)
+    assert (
+        dt.timedelta(hours=auth.SESSION_HOURS) - dt.timedelta(minutes=1)
+        < left
+        <= dt.timedelta(hours=auth.SESSION_HOURS)
     )
-    assert auth.session_expiry(ctx.engine, "unknown") is None
     assert auth.resume_session(ctx.engine, token[:-1] + ("A" if token[-1] != "A" else "B")) is None
     assert auth.resume_session(ctx.engine, None) is None and auth.resume_session(ctx.engine, "") is None
     auth.end_session(ctx.engine, token)
@@ -77,8 +78,8 @@ def test_a_session_token_resumes_its_user_until_signed_out(ctx):
 def test_an_expired_session_or_a_disabled_account_does_not_resume(ctx):
     auth.add_user(ctx.engine, "rad3", "radiologist", "long-enough-pw")
     user = auth.authenticate(ctx.engine, "rad3", "long-enough-pw")
-    assert auth.resume_session(ctx.engine, auth.start_session(ctx.engine, user, hours=-0.01)) is None
-    token = auth.start_session(ctx.engine, user)
+    assert auth.resume_session(ctx.engine, auth.start_session(ctx.engine, user, hours=-0.01)[0]) is None
+    token, _ = auth.start_session(ctx.engine, user)
 
     def change(s, **fields):
         row = repo.get_user_by_name(s, "rad3")
@@ -86,7 +87,7 @@ def test_an_expired_session_or_a_disabled_account_does_not_resume(ctx):
             setattr(row, k, v)
 
     dbe.write(ctx.engine, lambda s: change(s, role=Role.researcher))
-    assert auth.resume_session(ctx.engine, token).role == "researcher"  # the account's role now
+    assert auth.resume_session(ctx.engine, token)[0].role == "researcher"  # the account's role now
     dbe.write(ctx.engine, lambda s: change(s, is_active=False))
     assert auth.resume_session(ctx.engine, token) is None
 
@@ -96,8 +97,10 @@ def test_a_new_password_ends_the_other_sessions_of_that_user_only(ctx):
         auth.add_user(ctx.engine, name, "radiologist", "long-enough-pw")
     rad4 = auth.authenticate(ctx.engine, "rad4", "long-enough-pw")
     rad5 = auth.authenticate(ctx.engine, "rad5", "long-enough-pw")
-    here, elsewhere, other_user = (auth.start_session(ctx.engine, u) for u in (rad4, rad4, rad5))
+    here, elsewhere, other_user = (auth.start_session(ctx.engine, u)[0] for u in (rad4, rad4, rad5))
     auth.set_password(ctx.engine, "rad4", "a-new-password-1", keep_session=here)
-    assert auth.resume_session(ctx.engine, here) == rad4
+    assert auth.resume_session(ctx.engine, here)[0] == rad4
     assert auth.resume_session(ctx.engine, elsewhere) is None
-    assert auth.resume_session(ctx.engine, other_user) == rad5
+    assert auth.resume_session(ctx.engine, other_user)[0] == rad5
+    with dbe.read(ctx.engine) as s, pytest.raises(ValueError, match="never every session"):
+        repo.end_sign_in_sessions(s, dt.datetime.now(dt.UTC))
