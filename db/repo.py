@@ -40,6 +40,11 @@ def add_sign_in_session(s: Session, token_sha256: str, user_id: int, expires_at:
     s.add(SignInSession(token_sha256=token_sha256, user_id=user_id, expires_at=expires_at))
 
 
+def prune_sign_in_sessions(s: Session, expired_before: dt.datetime) -> int:
+    """Delete sessions that expired before `expired_before` (ended ones included); returns how many."""
+    return s.execute(delete(SignInSession).where(SignInSession.expires_at < expired_before)).rowcount
+
+
 def session_user(s: Session, token_sha256: str, now: dt.datetime) -> tuple[User, dt.datetime] | None:
     """The active user of a session that has not ended or expired, with the session's expiry; else None."""
     row = s.execute(

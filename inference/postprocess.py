@@ -89,6 +89,7 @@ def anatomy_problems(label_map: np.ndarray, ctr: CtrResult | None) -> list[str]:
     lungs = (label_map == LUNGS) | (label_map == CLAVICLES)  # clavicles cut the apices off the lung fields
     heart = label_map == HEART
     problems = []
+    heart_yx = np.nonzero(heart)
     lung_fraction, heart_fraction = float(lungs.mean()), float(heart.mean())
     if not lim["lung_fraction"][0] <= lung_fraction <= lim["lung_fraction"][1]:
         problems.append(f"lung fields cover {lung_fraction:.0%} of the image")
@@ -104,12 +105,12 @@ def anatomy_problems(label_map: np.ndarray, ctr: CtrResult | None) -> list[str]:
         if balance < lim["lung_balance"]:
             problems.append(f"the smaller lung field is {balance:.0%} of the larger (joined or one missing)")
         if heart.any():
-            hx = float(np.nonzero(heart)[1].mean())
+            hx = float(heart_yx[1].mean())
             lo, hi = sorted((centroids[big][0], centroids[small][0]))
             if not lo <= hx <= hi:
                 problems.append("the heart is not between the lung fields")
     if heart.any() and (rows := np.flatnonzero((label_map == LUNGS).any(axis=1))).size:
-        depth = (float(np.nonzero(heart)[0].mean()) - rows[0]) / max(1, rows[-1] - rows[0])
+        depth = (float(heart_yx[0].mean()) - rows[0]) / max(1, rows[-1] - rows[0])
         if not lim["heart_depth"][0] <= depth <= lim["heart_depth"][1]:
             problems.append("the heart is not in the lower chest")
     if ctr is not None and not lim["ctr"][0] <= ctr.ratio <= lim["ctr"][1]:

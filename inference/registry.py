@@ -191,12 +191,19 @@ def _checked_settings(meta: dict, labels: tuple[str, ...]):
                 f"contrast_stretch percentiles must satisfy 0 <= low < high <= 100, not {lo}, {hi}"
             )
         stretch = (lo, hi)
-    views = tuple(dict(v) for v in (meta.get("test_time_augmentation") or {}).get("views", ()))
-    for v in views:
-        if not float(v.get("scale", 1.0)) > 0 or len(v.get("shift", (0, 0))) != 2:
-            raise InvalidModelJson(f"test-time view {v} needs a positive scale and a shift [dx, dy]")
+    views = []
+    for v in (meta.get("test_time_augmentation") or {}).get("views", ()):
+        scale, shift = float(v.get("scale", 1.0)), [float(d) for d in v.get("shift", (0, 0))]
+        if not (scale > 0 and len(shift) == 2 and all(abs(d) < 1 for d in shift)):
+            raise InvalidModelJson(
+                f"test-time view {v} needs a positive scale and a shift [dx, dy] within ±1"
+            )
+        views.append({**v, "scale": scale, "shift": shift})
+    views = tuple(views)
     calibration = None
     if (cal := meta.get("calibration")) is not None:
+        if meta.get("activation", "softmax") != "sigmoid":
+            raise InvalidModelJson("calibration (Platt per label) applies to sigmoid models only")
         intercepts = {str(k): float(b) for k, b in cal["intercepts"].items()}
         if set(intercepts) != set(labels) or not float(cal["slope"]) > 0:
             raise InvalidModelJson("calibration needs a positive slope and one intercept per label")

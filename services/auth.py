@@ -20,6 +20,7 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("not-a-password")
 MIN_PASSWORD_LENGTH = 10
 SESSION_HOURS = 12.0  # a reading shift; after that the reader signs in again
+SESSION_KEEP_DAYS = 30  # expired sessions older than this are deleted at the next sign-in
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,16 @@ def start_session(engine: Engine, user: SignedIn, hours: float = SESSION_HOURS) 
     """A new sign-in session for `user`: (its random token, when it expires). The database keeps only the
     token's sha256; the browser's cookie expires with the session."""
     token = secrets.token_urlsafe(32)
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours)
-    dbe.write(engine, lambda s: repo.add_sign_in_session(s, _token_sha256(token), user.user_id, expires))
+    now = dt.datetime.now(dt.UTC)
+    expires = now + dt.timedelta(hours=hours)
+
+    def tx(s):
+        # Sessions are kept a while after they expire (who was signed in when), then dropped here, so the
+        # table stays as small as the recent sign-ins.
+        repo.prune_sign_in_sessions(s, now - dt.timedelta(days=SESSION_KEEP_DAYS))
+        repo.add_sign_in_session(s, _token_sha256(token), user.user_id, expires)
+
+    dbe.write(engine, tx)
     return token, expires
 
 

@@ -8,6 +8,7 @@ same JSON and HTML plots there. Progress bars and per-epoch log lines go to stde
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -70,7 +71,7 @@ def _cmd_train_segmentation(args) -> int:
     cfg = SegmentationConfig(
         images=args.images, masks=args.masks, out=args.out or _models_dir() / "trained", device=args.device,
         keep_checkpoint=args.keep_checkpoint, progress=not args.no_progress, models_dir=_models_dir(),
-        **_overrides(args, [*_COMMON, "size", "encoder", "init", "tta", "swa_from"]),
+        **_overrides(args, [*_COMMON, "size", "encoder", "init", "tta", "swa_from", "dice_per_image"]),
         **({"stretch": tuple(args.stretch)} if args.stretch else {}),
         **({"decoder_channels": tuple(args.decoder_channels)} if args.decoder_channels else {}),
     )  # fmt: skip
@@ -82,8 +83,13 @@ def _cmd_train_classification(args) -> int:
     from inference.training.classification import cross_validate, train
 
     if args.cv:  # fold versions are scratch: they go to --out, else to a temporary folder
-        with tempfile.TemporaryDirectory(prefix="cxr-review-cv-") as tmp:
-            cfg = _classification_config(args, out=args.out or Path(tmp))
+        scratch = (
+            contextlib.nullcontext(args.out)
+            if args.out
+            else tempfile.TemporaryDirectory(prefix="cxr-review-cv-")
+        )
+        with scratch as out:
+            cfg = _classification_config(args, out=Path(out))
             print(json.dumps(cross_validate(cfg, args.cv, getattr(args, "argv", None))), flush=True)
         return EXIT_OK
     print(json.dumps(_summary(train(_classification_config(args), getattr(args, "argv", None)))), flush=True)
@@ -183,6 +189,8 @@ def add_parsers(sub) -> None:
     seg.add_argument("--swa-from", type=int, metavar="EPOCH",
                      help="stochastic weight averaging: constant --lr, and the weights of every epoch from EPOCH "
                      "on are averaged (BatchNorm recomputed); the average competes for the checkpoint")  # fmt: skip
+    seg.add_argument("--dice-per-image", action="store_true", default=None,
+                     help="soft Dice loss per image (as the validation metric averages it) instead of per batch")  # fmt: skip
     seg.set_defaults(fn=run, handler=_cmd_train_segmentation)
 
     cls = tsub.add_parser("classification", help="multi-label NIH findings classifier (sigmoid per finding)")

@@ -70,11 +70,11 @@ def _user_names(s) -> dict[int, str]:
     return {u.id: u.username for u in repo.list_users(s)}
 
 
-def pins(ctx: Context, names: bool = True) -> dict[str, Pin]:
-    """The stored choice per task (tasks without one run the registry's default); `names`: also who chose it
-    (reads the users; the analysis path does not need it)."""
+def pins(ctx: Context, with_names: bool = True) -> dict[str, Pin]:
+    """The stored choice per task (tasks without one run the registry's default); `with_names`: also who chose
+    it (reads the users; the analysis path does not need it)."""
     with dbe.read(ctx.engine) as s:
-        names = _user_names(s) if names else {}
+        names = _user_names(s) if with_names else {}
         return {
             task: Pin(task, r.model_id, r.model_version, r.weights_sha256, names.get(r.set_by_id), r.set_at)
             for task, r in repo.active_models(s).items()
@@ -106,7 +106,8 @@ def active_specs(
     default) and {model or task: reason} for what cannot run, as `analysis.specs_for` returns them. A choice
     that cannot be honoured is reported under its "id@version" so the viewer says why another version ran."""
     chosen, unavailable = {}, {}
-    stored = pins(ctx, names=False) if stored is None else stored  # a page that shows the pins passes them
+    # A page that shows the pins passes them.
+    stored = pins(ctx, with_names=False) if stored is None else stored
     for task in tasks:
         pin = stored.get(task)
         prefer = None

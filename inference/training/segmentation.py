@@ -72,17 +72,22 @@ class SegmentationConfig:
     # warm-up) and the weights at the end of each epoch are averaged; the average, with BatchNorm statistics
     # recomputed on the training images, competes with the single epochs for the checkpoint.
     swa_from: int | None = None
+    # Soft Dice per image (the validation metric is a mean of per-image Dice, so small or hard hearts count
+    # as much as large ones) instead of over the whole batch.
+    dice_per_image: bool = False
     augment: Augment = field(default_factory=Augment)
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, classes: Sequence[int], per_image: bool = False
+) -> torch.Tensor:
     probs = logits.softmax(1)
     onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-    dims = (0, 2, 3)
+    dims = (2, 3) if per_image else (0, 2, 3)
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
     dice = (2 * inter + 1) / (denom + 1)
-    return 1 - dice[list(classes)].mean()
+    return 1 - dice[..., list(classes)].mean()
 
 
 def _val_dice(model, data: SegmentationData, device, batch_size: int) -> dict[str, float]:
@@ -175,7 +180,7 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
             x, y = train_data.batch(idx, rng_np, cfg.augment)
             x, y = ((x - mean) / std).to(device), y.to(device)
             logits = model(x)
-            loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y, list(CLASSES))
+            loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y, list(CLASSES), cfg.dice_per_image)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -246,7 +251,8 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
             "epochs_run": sum(row["epoch"] != "swa" for row in epoch_log.history),
             "best_val_mean_dice_network_resolution": best.score,
             "wall_seconds": round(train_seconds, 1),
-            "loss": "cross-entropy + soft Dice (lungs, heart, clavicles)",
+            "loss": "cross-entropy + soft Dice (lungs, heart, clavicles; "
+            + ("per image)" if cfg.dice_per_image else "over each batch)"),
         },  # fmt: skip
         "validation": {},
     }

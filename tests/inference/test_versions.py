@@ -128,7 +128,14 @@ def test_bad_runner_settings_make_a_version_unavailable_not_an_analysis_fail(mod
     write_anatomy(tmp_path, "3.0.0", contrast_stretch={"percentiles": [99, 1]})
     write_anatomy(tmp_path, "3.1.0", test_time_augmentation={"views": [{"scale": 0}]})
     write_anatomy(tmp_path, "3.2.0", contrast_stretch={"low": 1})
+    write_anatomy(tmp_path, "3.3.0", test_time_augmentation={"views": [{"shift": ["left", 0]}]})
+    write_anatomy(tmp_path, "3.4.0", test_time_augmentation={"views": [{"shift": [3, 0]}]})
+    full = {"slope": 0.3, "intercepts": {k: 0.0 for k in labels}}
+    write_classifier(tmp_path, "0.2.0", calibration=full, activation="softmax")  # Platt is per sigmoid label
     reasons = Registry(models_dir, trained_roots=[tmp_path]).unavailable()
+    assert "unreadable runner setting: ValueError" in reasons["anatomy_unet_smp@3.3.0"]
+    assert "within ±1" in reasons["anatomy_unet_smp@3.4.0"]
+    assert "sigmoid models only" in reasons["cxr14_mobilenetv3_multilabel@0.2.0"]
     assert "one intercept per label" in reasons["cxr14_mobilenetv3_multilabel@0.1.0"]
     assert "0 <= low < high <= 100" in reasons["anatomy_unet_smp@3.0.0"]
     assert "positive scale" in reasons["anatomy_unet_smp@3.1.0"]

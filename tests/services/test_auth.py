@@ -104,3 +104,15 @@ def test_a_new_password_ends_the_other_sessions_of_that_user_only(ctx):
     assert auth.resume_session(ctx.engine, other_user)[0] == rad5
     with dbe.read(ctx.engine) as s, pytest.raises(ValueError, match="never every session"):
         repo.end_sign_in_sessions(s, dt.datetime.now(dt.UTC))
+
+
+def test_sessions_long_expired_are_deleted_at_the_next_sign_in_and_recent_ones_kept(ctx):
+    auth.add_user(ctx.engine, "rad6", "radiologist", "long-enough-pw")
+    user = auth.authenticate(ctx.engine, "rad6", "long-enough-pw")
+    now = dt.datetime.now(dt.UTC)
+    keep = dt.timedelta(days=auth.SESSION_KEEP_DAYS)
+    expired = {"old": now - keep - dt.timedelta(hours=1), "recent": now - keep + dt.timedelta(hours=1)}
+    for name, when in expired.items():
+        dbe.write(ctx.engine, lambda s, n=name, w=when: repo.add_sign_in_session(s, n, user.user_id, w))
+    token, _ = auth.start_session(ctx.engine, user)
+    assert sorted(_stored_tokens(ctx)) == sorted(["recent", auth._token_sha256(token)])
