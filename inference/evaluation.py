@@ -33,9 +33,10 @@ from inference.types import ANATOMY_LABELS, ModelSpec
 CLASSES = {i: name for i, name in enumerate(ANATOMY_LABELS) if i}  # label-map value -> name, no background
 
 
-def _summary(values: Sequence[float]) -> dict:
+def _summary(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> dict:
     v = np.asarray(values, np.float64)
-    return {"mean": float(v.mean()), "min": float(v.min()), "median": float(np.median(v)), "n": int(v.size)}
+    return {"mean": float(v.mean()), "ci95": list(metrics.bootstrap_mean_ci(v, n_boot, seed=seed)),
+            "min": float(v.min()), "median": float(np.median(v)), "n": int(v.size)}  # fmt: skip
 
 
 def evaluate_segmentation(
@@ -44,9 +45,23 @@ def evaluate_segmentation(
     pairs: Sequence[tuple[Path, Path]],
     per_image: bool = True,
     progress: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+    against: str | ModelSpec | None = None,
 ) -> dict:
     """Dice per class: the runner's label map (logits upsampled to the image, speckles removed) against the
-    label map at its native resolution."""
+    label map at its native resolution; the mean with a 95% bootstrap interval over images. `against`: another
+    version on the same images, and the paired difference of the mean Dice per class (model minus it)."""
+    if against is not None:
+        report = evaluate_segmentation(runner, model, pairs, True, progress, n_boot, seed)
+        other = evaluate_segmentation(runner, against, pairs, True, progress, n_boot, seed)
+        report["against"] = {"model": other["model"], "dice": other["dice"], "model_minus_against": {
+            name: metrics.paired_bootstrap_mean_diff([r[name] for r in report["per_image"]],
+                                                     [r[name] for r in other["per_image"]], n_boot, seed)
+            for name in CLASSES.values()}}  # fmt: skip
+        if not per_image:
+            del report["per_image"]
+        return report
     spec = runner.registry.check(model)
     rows, shapes = [], set()
     for img_path, mask_path in _progress(pairs, len(pairs), f"eval {spec.ref}", progress):
@@ -63,7 +78,8 @@ def evaluate_segmentation(
         f"{spec.input_size[1]}x{spec.input_size[0]}, logits upsampled bilinearly",
         "test_time_views": len(spec.test_time_views) or 1,
         "n_images": len(rows),
-        "dice": {name: _summary([r[name] for r in rows]) for name in CLASSES.values()},
+        "dice": {name: _summary([r[name] for r in rows], n_boot, seed) for name in CLASSES.values()},
+        "bootstrap": {"resamples": n_boot, "seed": seed, "interval": "95% percentile, images resampled"},
     }
     if per_image:
         out["per_image"] = rows
@@ -112,9 +128,12 @@ def evaluate_classification(
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = False,
+    against: str | ModelSpec | None = None,
 ) -> dict:
     """AUC per finding (the model's labels except "No Finding"; softmax scores as they are for single-label
-    models) on all listed images and on the multi-finding subset (images with two or more findings)."""
+    models) on all listed images and on the multi-finding subset (images with two or more findings).
+    `against`: another version on the same images, and the paired difference of the mean AUC over the
+    findings both score (model minus it)."""
     spec, scores = classification_scores(runner, model, images, rows, progress=progress)
     findings = [label for label in spec.labels if label != "No Finding"]
     cols = [spec.labels.index(label) for label in findings]
@@ -129,6 +148,16 @@ def evaluate_classification(
         if spec.activation == "sigmoid":  # probabilities: how well they match the observed rates
             entry |= {"brier": metrics.brier(y, scores[:, j]), "mean_score": float(scores[:, j].mean()),
                       "rate": float(y.mean())}  # fmt: skip
+    if against is not None:
+        other, other_scores = classification_scores(runner, against, images, rows, progress=progress)
+        both = [label for label in findings if label in other.labels]
+        y = np.array([[label in r.findings for label in both] for r in rows])
+        a = scores[:, [spec.labels.index(label) for label in both]]
+        b = other_scores[:, [other.labels.index(label) for label in both]]
+        compared = {"model": other.provenance(), "findings": both, "model_minus_against": {
+            "all": metrics.paired_bootstrap_mean_auc_diff(y, a, b, n_boot, seed),
+            "multi_finding": metrics.paired_bootstrap_mean_auc_diff(y[multi], a[multi], b[multi], n_boot, seed),
+        }}  # fmt: skip
     return {
         "task": "classification",
         "model": spec.provenance(),
@@ -144,16 +173,12 @@ def evaluate_classification(
             else {}
         ),
         "bootstrap": {"resamples": n_boot, "seed": seed, "interval": "95% percentile"},
+        **({"against": compared} if against is not None else {}),
     }
 
 
-def evaluate_ctr(
-    runner: Runner, model: str | ModelSpec, images: Path, rows: Sequence[LabelledImage],
-    n_boot: int = 1000, seed: int = 0, progress: bool = False,
-) -> dict:  # fmt: skip
-    """AUC of the cardiothoracic ratio (from this anatomy model's label map) for the Cardiomegaly label.
-    Images where no ratio can be measured get ratio 0 (counted, not dropped)."""
-    spec = runner.registry.check(model)
+def _ctr_ratios(runner: Runner, spec: ModelSpec, images: Path, rows: Sequence[LabelledImage], progress: bool):
+    """(ratios with 0 where none can be measured, how many those are, {file: anatomy problems})."""
     ratios, unmeasured, implausible = [], 0, {}
     for r in _progress(rows, len(rows), f"ctr {spec.ref}", progress):
         label_map = runner.segment_anatomy(read_gray(images / r.file), spec).label_map
@@ -162,13 +187,33 @@ def evaluate_ctr(
             implausible[r.file] = problems
         unmeasured += ctr is None
         ratios.append(0.0 if ctr is None else ctr.ratio)
+    return np.asarray(ratios), unmeasured, implausible
+
+
+def evaluate_ctr(
+    runner: Runner, model: str | ModelSpec, images: Path, rows: Sequence[LabelledImage],
+    n_boot: int = 1000, seed: int = 0, progress: bool = False, against: str | ModelSpec | None = None,
+) -> dict:  # fmt: skip
+    """AUC of the cardiothoracic ratio (from this anatomy model's label map) for the Cardiomegaly label.
+    Images where no ratio can be measured get ratio 0 (counted, not dropped). `against`: another anatomy
+    version on the same images, and the paired AUC difference (model minus it)."""
+    spec = runner.registry.check(model)
+    ratios, unmeasured, implausible = _ctr_ratios(runner, spec, images, rows, progress)
     y = np.array(["Cardiomegaly" in r.findings for r in rows])
-    ratios = np.asarray(ratios)
     report = metrics.auc_report(y, ratios, n_boot=n_boot, seed=seed)
     # What the viewer reports: the ratio only where the outlines pass postprocess.anatomy_problems.
     shown = np.array([r.file not in implausible for r in rows])
     plausible = metrics.auc_report(y[shown], ratios[shown], n_boot=n_boot, seed=seed)
     above = ratios > 0.5
+    compared = {}
+    if against is not None:
+        other = runner.registry.check(against)
+        other_ratios = _ctr_ratios(runner, other, images, rows, progress)[0]
+        other_auc = metrics.auc_report(y, other_ratios, n_boot=n_boot, seed=seed)
+        paired = metrics.paired_bootstrap_mean_auc_diff(y[:, None], ratios[:, None], other_ratios[:, None],
+                                                         n_boot, seed)  # fmt: skip
+        compared = {"against": {"model": other.provenance(), "auc": other_auc["auc"], "ci95": other_auc["ci95"],
+                                "model_minus_against": paired}}  # fmt: skip
     return {
         "task": "ctr",
         "model": spec.provenance(),
@@ -184,6 +229,7 @@ def evaluate_ctr(
         "plausible_only": {"n_images": int(shown.sum()), "n_pos": int(y[shown].sum()),
                            "auc": plausible["auc"], "ci95": plausible["ci95"]},
         "implausible": implausible,
+        **compared,
         "ctr": {r.file: round(float(v), 4) for r, v in zip(rows, ratios, strict=True)},
     }  # fmt: skip
 
@@ -222,5 +268,6 @@ def evaluate_bone(runner: Runner, model: str | ModelSpec, pairs: Sequence[tuple[
             "mae": _summary([r["input_mae"] for r in rows]),
             "ssim": _summary([r["input_ssim"] for r in rows]),
         },
+        "bootstrap": {"resamples": 1000, "seed": 0, "interval": "95% percentile, pairs resampled"},
         "per_image": rows,
     }

@@ -83,7 +83,12 @@ def write(report: dict, folder: Path) -> list[Path]:
     elif task == "segmentation":
         names = list(report["dice"])
         fig = go.Figure()
-        fig.add_trace(go.Bar(x=names, y=[report["dice"][n]["mean"] for n in names], name="mean"))
+        dice = report["dice"]
+        mean = [dice[n]["mean"] for n in names]
+        ci = [dice[n].get("ci95") or [dice[n]["mean"]] * 2 for n in names]  # reports written before intervals
+        fig.add_trace(go.Bar(x=names, y=mean, name="mean (95% interval)", error_y={
+            "type": "data", "array": [c[1] - m for m, c in zip(mean, ci, strict=True)],
+            "arrayminus": [m - c[0] for m, c in zip(mean, ci, strict=True)]}))  # fmt: skip
         fig.add_trace(go.Bar(x=names, y=[report["dice"][n]["min"] for n in names], name="min"))
         fig.update_layout(
             title=f"Dice per class — {title}", yaxis_range=[0, 1], barmode="group", width=800, height=500

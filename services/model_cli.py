@@ -145,10 +145,12 @@ def _cmd_eval(args) -> int:
     runner = _runner(args)
     keep = _val_files(runner, args.val_of)
     progress = not args.no_progress
+    against = runner.registry.resolve(args.against) if getattr(args, "against", None) else None
     if args.eval_task == "segmentation":
         pairs = [p for p in paired_files(args.images, args.masks) if keep is None or p[0].name in keep]
         report = evaluation.evaluate_segmentation(runner, runner.registry.resolve(args.model), pairs,
-                                                  progress=progress)  # fmt: skip
+                                                  progress=progress, n_boot=args.bootstrap, seed=args.seed,
+                                                  against=against)  # fmt: skip
     elif args.eval_task in ("classification", "ctr"):
         rows = [r for r in read_labels_csv(args.labels, args.images) if keep is None or r.file in keep]
         fn = (
@@ -157,7 +159,7 @@ def _cmd_eval(args) -> int:
             else evaluation.evaluate_ctr
         )
         report = fn(runner, runner.registry.resolve(args.model), args.images, rows, n_boot=args.bootstrap,
-                    seed=args.seed, progress=progress)  # fmt: skip
+                    seed=args.seed, progress=progress, against=against)  # fmt: skip
     else:
         pairs = evaluation.bone_pairs(args.pairs)
         report = evaluation.evaluate_bone(runner, runner.registry.resolve(args.model), pairs)
@@ -214,7 +216,8 @@ def add_parsers(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a model version; JSON on stdout")
     esub = ev.add_subparsers(dest="eval_task", required=True)
     specs = {
-        "segmentation": "Dice per class (mean, min, per image) at the label maps' resolution",
+        "segmentation": "Dice per class (mean with 95%% bootstrap interval, min, per image) at the label maps' "
+        "resolution",
         "classification": "AUC per finding with 95%% bootstrap intervals and ROC points",
         "ctr": "AUC of the cardiothoracic ratio of an anatomy model for Cardiomegaly",
         "bone": "MAE and SSIM against dual-energy soft-tissue images",
@@ -227,8 +230,12 @@ def add_parsers(sub) -> None:
         elif name in ("classification", "ctr"):
             e.add_argument("--images", required=True, type=Path, metavar="DIR")
             e.add_argument("--labels", required=True, type=Path, metavar="CSV")
+        if name != "bone":
             e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
             e.add_argument("--seed", type=int, default=0)
+            e.add_argument("--against", metavar="ID[@VERSION]",
+                           help="also evaluate this version on the same images and report the paired difference "
+                           "(--model minus it) with a 95%% bootstrap interval")  # fmt: skip
         else:
             e.add_argument("--pairs", required=True, type=Path, metavar="DIR",
                            help="folder with authentic/ and des/ images of matching names")  # fmt: skip

@@ -88,6 +88,38 @@ def test_bootstrap_interval_brackets_the_auc_and_is_reproducible():
     assert metrics.auc_report([0, 0], [0.1, 0.2])["auc"] is None
 
 
+def test_bootstrap_interval_of_a_mean_matches_scipy_and_the_normal_approximation():
+    from scipy import stats
+
+    v = np.random.default_rng(1).normal(0.95, 0.02, 400)
+    lo, hi = metrics.bootstrap_mean_ci(v, n_boot=4000, seed=2)
+    assert lo < v.mean() < hi and metrics.bootstrap_mean_ci(v, n_boot=4000, seed=2) == (lo, hi)
+    half = 1.96 * v.std(ddof=1) / np.sqrt(v.size)  # about 0.002 here
+    assert (lo, hi) == pytest.approx((v.mean() - half, v.mean() + half), abs=half * 0.1)
+    ref = stats.bootstrap((v,), np.mean, n_resamples=4000, method="percentile", random_state=5)
+    ref_ci = ref.confidence_interval
+    assert (lo, hi) == pytest.approx((ref_ci.low, ref_ci.high), abs=half * 0.1)
+    assert metrics.bootstrap_mean_ci([0.9] * 5) == pytest.approx((0.9, 0.9))  # no spread, no interval
+    assert all(np.isnan(metrics.bootstrap_mean_ci([])))
+
+
+def test_paired_difference_of_means_resamples_cases_together():
+    rng = np.random.default_rng(4)
+    b = rng.normal(0.94, 0.03, 39)  # e.g. one model's Dice on 39 images
+    shifted = metrics.paired_bootstrap_mean_diff(b + 0.01, b, n_boot=200)
+    # A constant per-case gain: every resample sees exactly it, though B alone varies a lot between resamples.
+    assert shifted["difference"] == pytest.approx(0.01) and shifted["ci95"] == pytest.approx([0.01, 0.01])
+    assert shifted["share_of_resamples_a_ahead"] == 1 and shifted["n"] == 39
+    a = b + rng.normal(0.002, 0.01, 39)
+    d = metrics.paired_bootstrap_mean_diff(a, b, n_boot=500, seed=7)
+    r = np.random.default_rng(7)  # the same resamples by hand
+    means = [(a - b)[r.integers(0, 39, 39)].mean() for _ in range(500)]
+    assert d["ci95"] == pytest.approx(list(np.quantile(means, [0.025, 0.975])))
+    assert d["share_of_resamples_a_ahead"] == pytest.approx(np.mean(np.array(means) > 0))
+    with pytest.raises(ValueError, match="same, non-zero number"):
+        metrics.paired_bootstrap_mean_diff(a, b[:-1])
+
+
 def test_mae_and_ssim():
     a = np.zeros((32, 32))
     assert metrics.mae(a, a + 0.25) == pytest.approx(0.25)

@@ -194,8 +194,19 @@ def test_eval_segmentation_json_and_report(env, jsrt_few, tmp_path, capsys):
     # The shipped model on images it was trained on: the README's 0.979 / 0.965 / 0.926 over all 196.
     assert out["dice"]["lungs"]["mean"] > 0.96 and out["dice"]["heart"]["mean"] > 0.92
     assert out["dice"]["clavicles"]["min"] <= out["dice"]["clavicles"]["mean"] < 1
+    for d in out["dice"].values():  # the mean's bootstrap interval over the 6 images
+        assert d["min"] <= d["ci95"][0] <= d["mean"] <= d["ci95"][1] <= 1
+    assert out["bootstrap"]["resamples"] == 1000
     assert {p.name for p in report.iterdir()} >= {"report.json", "dice_per_class.html", "plotly.min.js"}
     assert json.loads((report / "report.json").read_text())["dice"] == out["dice"]
+    # Two versions on the same images: the paired difference of mean Dice, per class, with its interval.
+    assert cli.main([*argv[:-3], "--against", "anatomy_unet_smp@1.0.0", "--no-progress"]) == 0
+    paired = _json(capsys)
+    assert paired["dice"] == out["dice"] and paired["against"]["model"]["version"] == "1.0.0"
+    for name, d in paired["against"]["model_minus_against"].items():
+        ours, theirs = paired["dice"][name]["mean"], paired["against"]["dice"][name]["mean"]
+        assert d["difference"] == pytest.approx(ours - theirs) and d["n"] == 6
+        assert d["ci95"][0] <= d["difference"] <= d["ci95"][1] and 0 <= d["share_of_resamples_a_ahead"] <= 1
 
 
 def test_eval_classification_ctr_and_bone(env, shared_data, tmp_path, capsys):
@@ -232,6 +243,14 @@ def test_eval_classification_ctr_and_bone(env, shared_data, tmp_path, capsys):
     )
     assert "No Finding" not in out["per_finding"] and out["score_kind"] == "softmax"
     assert (tmp_path / "r" / "roc.html").is_file() and (tmp_path / "r" / "auc_per_finding.html").is_file()
+    # The shipped softmax model against our multi-label version on the same 20 images, paired.
+    assert cli.main(["eval", "classification", *args, "--model", "cxr15_mobilenetv3",
+                     "--against", "cxr14_mobilenetv3_multilabel@1.1.0"]) == 0  # fmt: skip
+    vs = _json(capsys)["against"]
+    assert len(vs["findings"]) == 14 and vs["model"]["id"] == "cxr14_mobilenetv3_multilabel"
+    diff = vs["model_minus_against"]["all"]
+    assert diff["a"] == pytest.approx(out["mean_auc"]) and diff["difference"] == pytest.approx(diff["a"] - diff["b"])
+    assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
 
     assert cli.main(["eval", "ctr", *args, "--model", "anatomy_unet_jsrt"]) == 0
     ctr = _json(capsys)
@@ -240,6 +259,9 @@ def test_eval_classification_ctr_and_bone(env, shared_data, tmp_path, capsys):
     # the viewer withholds a ratio measured on implausible outlines; the report says which and the AUC without
     assert ctr["plausible_only"]["n_images"] == 20 - len(ctr["implausible"])
     assert all(isinstance(p, list) and p for p in ctr["implausible"].values())
+    assert cli.main(["eval", "ctr", *args, "--model", "anatomy_unet_jsrt", "--against", "anatomy_unet_smp@1.0.0"]) == 0
+    vs = _json(capsys)["against"]
+    assert vs["model_minus_against"]["difference"] == pytest.approx(ctr["auc"] - vs["auc"])
 
     pairs = tmp_path / "pairs"
     for sub in ("authentic", "des"):
