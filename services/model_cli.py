@@ -129,6 +129,22 @@ def _val_files(runner, ref: str | None) -> set[str] | None:
     return set(files)
 
 
+_EVAL_NEEDS = {"segmentation": "segmentation", "ctr": "segmentation", "classification": "classification",
+               "bone": "bone_suppression"}  # fmt: skip
+
+
+def _model_for(runner, ref: str, eval_task: str):
+    """The spec of `ref`, refused up front when it is a model of another task (instead of failing mid-run)."""
+    spec = runner.registry.resolve(ref)
+    if spec.task != _EVAL_NEEDS[eval_task]:
+        from inference.training.data import DatasetError
+
+        raise DatasetError(
+            f"{spec.ref} is a {spec.task} model; eval {eval_task} needs a {_EVAL_NEEDS[eval_task]} model"
+        )
+    return spec
+
+
 def _emit(report: dict, args) -> int:
     if args.report:
         from services import eval_report
@@ -145,10 +161,11 @@ def _cmd_eval(args) -> int:
     runner = _runner(args)
     keep = _val_files(runner, args.val_of)
     progress = not args.no_progress
-    against = runner.registry.resolve(args.against) if getattr(args, "against", None) else None
+    model = _model_for(runner, args.model, args.eval_task)
+    against = _model_for(runner, args.against, args.eval_task) if getattr(args, "against", None) else None
     if args.eval_task == "segmentation":
         pairs = [p for p in paired_files(args.images, args.masks) if keep is None or p[0].name in keep]
-        report = evaluation.evaluate_segmentation(runner, runner.registry.resolve(args.model), pairs,
+        report = evaluation.evaluate_segmentation(runner, model, pairs,
                                                   progress=progress, n_boot=args.bootstrap, seed=args.seed,
                                                   against=against)  # fmt: skip
     elif args.eval_task in ("classification", "ctr"):
@@ -158,11 +175,11 @@ def _cmd_eval(args) -> int:
             if args.eval_task == "classification"
             else evaluation.evaluate_ctr
         )
-        report = fn(runner, runner.registry.resolve(args.model), args.images, rows, n_boot=args.bootstrap,
+        report = fn(runner, model, args.images, rows, n_boot=args.bootstrap,
                     seed=args.seed, progress=progress, against=against)  # fmt: skip
     else:
         pairs = evaluation.bone_pairs(args.pairs)
-        report = evaluation.evaluate_bone(runner, runner.registry.resolve(args.model), pairs)
+        report = evaluation.evaluate_bone(runner, model, pairs)
     if args.val_of:
         report["subset"] = f"validation files of {args.val_of}"
     return _emit(report, args)

@@ -287,3 +287,8 @@ def test_eval_usage_errors(env, jsrt_few, capsys):
     assert "known versions: ['1.0.0']" in capsys.readouterr().err
     assert cli.main([*base, "--model", "anatomy_unet_jsrt", "--val-of", "anatomy_unet_jsrt"]) == 2
     assert "records no validation files" in capsys.readouterr().err
+    # A model of another task is refused before anything runs, for --model and for --against.
+    assert cli.main([*base, "--model", "cxr15_mobilenetv3"]) == 2
+    assert "cxr15_mobilenetv3@1.0.0 is a classification model; eval segmentation needs" in capsys.readouterr().err
+    assert cli.main([*base, "--model", "anatomy_unet_jsrt", "--against", "bone_suppression_ae"]) == 2
+    assert "is a bone_suppression model" in capsys.readouterr().err
