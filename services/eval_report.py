@@ -10,9 +10,13 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 
+def _ref(model: dict) -> str:
+    return f"{model['id']}@{model['version']}"
+
+
 def _title(report: dict) -> str:
-    m = report["model"]
-    return f"{m['id']}@{m['version']} · {report['task']} · research use only"
+    vs = f" against {_ref(report['against']['model'])}" if report.get("against") else ""
+    return f"{_ref(report['model'])}{vs} · {report['task']} · research use only"
 
 
 def _write(fig: go.Figure, path: Path) -> Path:
@@ -83,16 +87,19 @@ def write(report: dict, folder: Path) -> list[Path]:
     elif task == "segmentation":
         names = list(report["dice"])
         fig = go.Figure()
-        dice = report["dice"]
-        mean = [dice[n]["mean"] for n in names]
-        ci = [dice[n].get("ci95") or [dice[n]["mean"]] * 2 for n in names]  # reports written before intervals
-        fig.add_trace(go.Bar(x=names, y=mean, name="mean (95% interval)", error_y={
-            "type": "data", "array": [c[1] - m for m, c in zip(mean, ci, strict=True)],
-            "arrayminus": [m - c[0] for m, c in zip(mean, ci, strict=True)]}))  # fmt: skip
-        fig.add_trace(go.Bar(x=names, y=[report["dice"][n]["min"] for n in names], name="min"))
-        fig.update_layout(
-            title=f"Dice per class — {title}", yaxis_range=[0, 1], barmode="group", width=800, height=500
-        )
+        versions = [(_ref(report["model"]), report["dice"])]
+        if against := report.get("against"):  # --against: the other version's bars beside, same images
+            versions.append((_ref(against["model"]), against["dice"]))
+        for ref, dice in versions:
+            mean = [dice[n]["mean"] for n in names]
+            # reports written before intervals existed have none: a zero-width bar
+            ci = [dice[n].get("ci95") or [dice[n]["mean"]] * 2 for n in names]
+            fig.add_trace(go.Bar(x=names, y=mean, name=f"{ref} mean (95% interval)", error_y={
+                "type": "data", "array": [c[1] - m for m, c in zip(mean, ci, strict=True)],
+                "arrayminus": [m - c[0] for m, c in zip(mean, ci, strict=True)]}))  # fmt: skip
+            fig.add_trace(go.Bar(x=names, y=[dice[n]["min"] for n in names], name=f"{ref} min"))
+        fig.update_layout(title={"text": f"Dice per class — {title}", "font": {"size": 14}}, yaxis_range=[0, 1],
+                          barmode="group", width=900, height=540, legend={"orientation": "h", "y": -0.12})  # fmt: skip
         out.append(_write(fig, folder / "dice_per_class.html"))
         if report.get("per_image"):
             box = go.Figure([go.Box(y=[r[n] for r in report["per_image"]], name=n, boxpoints="all",

@@ -200,8 +200,11 @@ def test_eval_segmentation_json_and_report(env, jsrt_few, tmp_path, capsys):
     assert {p.name for p in report.iterdir()} >= {"report.json", "dice_per_class.html", "plotly.min.js"}
     assert json.loads((report / "report.json").read_text())["dice"] == out["dice"]
     # Two versions on the same images: the paired difference of mean Dice, per class, with its interval.
-    assert cli.main([*argv[:-3], "--against", "anatomy_unet_smp@1.0.0", "--no-progress"]) == 0
+    both = tmp_path / "both"
+    assert cli.main([*argv[:-3], "--against", "anatomy_unet_smp@1.0.0", "--report", str(both), "--no-progress"]) == 0
     paired = _json(capsys)
+    bars = (both / "dice_per_class.html").read_text()
+    assert "anatomy_unet_jsrt@1.0.0 mean (95% interval)" in bars and "anatomy_unet_smp@1.0.0 min" in bars
     assert paired["dice"] == out["dice"] and paired["against"]["model"]["version"] == "1.0.0"
     for name, d in paired["against"]["model_minus_against"].items():
         ours, theirs = paired["dice"][name]["mean"], paired["against"]["dice"][name]["mean"]
