@@ -15,6 +15,7 @@ USER_KEY = "signed_in"
 TOKEN_KEY = "session_token"
 SIGNED_OUT_KEY = "signed_out"
 EXPIRES_KEY = "session_expires"
+ENDED_KEY = "session_ended"  # this tab's session was ended elsewhere: the form says so
 
 
 def _resume() -> auth.SignedIn | None:
@@ -41,14 +42,42 @@ def _resume() -> auth.SignedIn | None:
     return user
 
 
+def _still_open(user: auth.SignedIn) -> auth.SignedIn | None:
+    """This tab's user as the database has it now (role included), or None when the session was ended
+    elsewhere: signed out in another tab, a new password, a disabled account, or expired. One indexed
+    query per rerun, so an open tab loses access at its next click instead of at its next reload."""
+    token = st.session_state.get(TOKEN_KEY)
+    if not token:
+        return user
+    try:
+        resumed = auth.resume_session(_deps.ctx().engine, token)
+    except (DatabaseUnavailable, DatabaseBusy):
+        return user  # a busy database does not sign the reader out; the page says what is wrong
+    if resumed is None:
+        log.info("session ended elsewhere (user id %d)", user.user_id)
+        for key in list(st.session_state.keys()):
+            del st.session_state[key]
+        st.session_state[SIGNED_OUT_KEY] = st.session_state[ENDED_KEY] = True
+        _session_cookie.write(None)
+        return None
+    st.session_state[USER_KEY] = resumed[0]
+    return resumed[0]
+
+
 def require_user() -> auth.SignedIn:
-    user = st.session_state.get(USER_KEY) or _resume()
+    user = st.session_state.get(USER_KEY)
+    user = _still_open(user) if user is not None else _resume()
     if user is not None:
         return user
     # Only the form renders; the page menu is drawn by sidebar() for signed-in users only
     # (client.showSidebarNavigation is off, so Streamlit never lists pages/ on its own).
     st.title("CXR Review")
     st.caption("Chest X-ray review workstation · Research use only")
+    if st.session_state.get(ENDED_KEY):
+        st.warning(
+            "Your session ended: signed out in another tab or browser, a new password, the account was "
+            f"disabled, or its {auth.SESSION_HOURS:g} hours ran out. Sign in again."
+        )
     with st.form("sign_in", clear_on_submit=False):
         username = st.text_input("User name", key="signin_username", autocomplete="username")
         password = st.text_input(
@@ -73,6 +102,7 @@ def require_user() -> auth.SignedIn:
             st.session_state[USER_KEY], st.session_state[TOKEN_KEY] = user, token
             st.session_state.pop("signin_password", None)
             st.session_state.pop(SIGNED_OUT_KEY, None)
+            st.session_state.pop(ENDED_KEY, None)
             st.rerun()
     st.stop()
 

@@ -17,7 +17,7 @@ with st.form("change_password", clear_on_submit=True):
             try:
                 auth.set_password(_deps.ctx().engine, user.username, new, st.session_state.get(TOKEN_KEY))
                 st.success(
-                    "Password changed. Your other browsers must sign in again at their next page load."
+                    "Password changed. Your other browsers and tabs are signed out at their next action."
                 )
             except auth.AuthError as exc:
                 st.error(str(exc).capitalize() + ".")

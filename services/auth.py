@@ -131,7 +131,8 @@ def start_session(engine: Engine, user: SignedIn, hours: float = SESSION_HOURS) 
 
 def resume_session(engine: Engine, token: str | None) -> tuple[SignedIn, dt.datetime] | None:
     """(user, expiry) of a session token that is open, unexpired and whose account is active (with the
-    account's role now, so a role change applies at the next reload), else None."""
+    account's role now: the pages check it at every rerun, so a role change applies at the next action),
+    else None."""
     if not isinstance(token, str) or not token or len(token) > 128:
         return None
     with dbe.read(engine) as s:

@@ -78,3 +78,31 @@ def test_viewer_shows_the_study_header_and_marks_it_reviewed(env, shared_data):
     assert any("in review" in c.value for c in at.caption)
     at.button(key="mark_reviewed").click().run()
     assert any("reviewed** by rad" in c.value for c in at.caption)
+
+
+def test_an_open_tab_loses_its_session_at_the_next_action_when_it_ends_elsewhere(env):
+    from db import engine as dbe
+    from db import repo
+    from db.models import Role
+
+    rad = auth.authenticate(env.engine, "rad", "radiologist-pw")
+
+    def open_tab(token):  # a tab signed in earlier: its session state holds the user and the token
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.session_state["signed_in"], at.session_state["session_token"] = rad, token
+        return at.run()
+
+    token, _ = auth.start_session(env.engine, rad)
+    at = open_tab(token)
+    assert at.title[0].value == "Worklist" and not at.warning
+    auth.end_session(env.engine, token)  # e.g. signed out in another tab
+    at = open_tab(token)
+    assert [t.label for t in at.text_input] == ["User name", "Password"] and len(at.sidebar.button) == 0
+    assert "Your session ended" in at.warning[0].value and "session_token" not in at.session_state
+    # A role change applies at the next action, not at the next sign-in.
+    token, _ = auth.start_session(env.engine, rad)
+    dbe.write(env.engine, lambda s: setattr(repo.get_user_by_name(s, "rad"), "role", Role.researcher))
+    at = open_tab(token)
+    assert at.session_state["signed_in"].role == "researcher"
+    links = [link.label for link in at.sidebar.get("page_link")]
+    assert links == ["Worklist", "Viewer", "Account"]  # a researcher has no Import
