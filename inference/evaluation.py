@@ -33,7 +33,10 @@ from inference.types import ANATOMY_LABELS, ModelSpec
 CLASSES = {i: name for i, name in enumerate(ANATOMY_LABELS) if i}  # label-map value -> name, no background
 
 
-def _summary(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> dict:
+N_BOOT = 1000  # bootstrap resamples unless a caller asks for others
+
+
+def _summary(values: Sequence[float], n_boot: int = N_BOOT, seed: int = 0) -> dict:
     v = np.asarray(values, np.float64)
     return {"mean": float(v.mean()), "ci95": list(metrics.bootstrap_mean_ci(v, n_boot, seed=seed)),
             "min": float(v.min()), "median": float(np.median(v)), "n": int(v.size)}  # fmt: skip
@@ -268,6 +271,6 @@ def evaluate_bone(runner: Runner, model: str | ModelSpec, pairs: Sequence[tuple[
             "mae": _summary([r["input_mae"] for r in rows]),
             "ssim": _summary([r["input_ssim"] for r in rows]),
         },
-        "bootstrap": {"resamples": 1000, "seed": 0, "interval": "95% percentile, pairs resampled"},
+        "bootstrap": {"resamples": N_BOOT, "seed": 0, "interval": "95% percentile, pairs resampled"},
         "per_image": rows,
     }

@@ -55,9 +55,7 @@ def _still_open(user: auth.SignedIn) -> auth.SignedIn | None:
         return user  # a busy database does not sign the reader out; the page says what is wrong
     if resumed is None:
         log.info("session ended elsewhere (user id %d)", user.user_id)
-        for key in list(st.session_state.keys()):
-            del st.session_state[key]
-        st.session_state[SIGNED_OUT_KEY] = st.session_state[ENDED_KEY] = True
+        _forget_tab(ended=True)
         _session_cookie.write(None)
         return None
     st.session_state[USER_KEY] = resumed[0]
@@ -125,6 +123,14 @@ def _sign_out() -> None:
         auth.end_session(_deps.ctx().engine, st.session_state.get(TOKEN_KEY))
     except (DatabaseUnavailable, DatabaseBusy) as exc:
         log.warning("sign-out could not end the stored session: %s", exc)
+    _forget_tab()
+
+
+def _forget_tab(ended: bool = False) -> None:
+    """This tab's session state dropped; it no longer resumes from the cookie its page load sent, and with
+    `ended` the sign-in form says that the session was ended elsewhere."""
     for key in list(st.session_state.keys()):
         del st.session_state[key]
     st.session_state[SIGNED_OUT_KEY] = True
+    if ended:
+        st.session_state[ENDED_KEY] = True
