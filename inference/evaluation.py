@@ -89,6 +89,29 @@ def evaluate_segmentation(
     return out
 
 
+def lowest_dice_cases(
+    runner: Runner, specs: Sequence[ModelSpec], pairs: Sequence[tuple[Path, Path]], report: dict, k: int = 4
+) -> list[dict]:
+    """Per class ({"class", "value", "cases"}), the `k` images with the lowest Dice in `report` (evaluate_segmentation's, with per_image) and
+    what the failure gallery draws: the radiograph, its true label map, each version's label map and Dice.
+
+    Only these images are segmented again (at most 3k), so the evaluation itself keeps no label maps."""
+    rows = report["per_image"]
+    worst = {name: [r["file"] for r in sorted(rows, key=lambda r: r[name])[:k]] for name in CLASSES.values()}
+    paths = {img.name: (img, mask) for img, mask in pairs}
+    seen: dict[str, dict] = {}
+    for name in dict.fromkeys(f for files in worst.values() for f in files):
+        img_path, mask_path = paths[name]
+        image, truth = read_gray(img_path), read_label_map(mask_path)
+        maps = [runner.segment_anatomy(image, spec).label_map for spec in specs]
+        seen[name] = {"file": name, "image": image, "truth": truth, "predictions": maps,
+                      "dice": [metrics.dice_per_class(m, truth, CLASSES) for m in maps]}  # fmt: skip
+    return [
+        {"class": name, "value": value, "cases": [seen[f] for f in worst[name]]}
+        for value, name in CLASSES.items()
+    ]
+
+
 def classification_scores(
     runner: Runner, model: str | ModelSpec, images: Path, rows: Sequence[LabelledImage], batch: int = 16,
     progress: bool = False,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import plotly.graph_objects as go
 
 
@@ -55,8 +57,58 @@ def _auc_bars(per: dict, title: str) -> go.Figure:
     return fig
 
 
-def write(report: dict, folder: Path) -> list[Path]:
-    """Write report.json and the plots of one evaluation; returns the files written."""
+# BGR outline colours of the failure gallery: the reference, then each version in turn (magenta against green
+# stays apart for red-green colour blindness).
+_TRUTH = (0, 200, 0)
+_VERSIONS = ((255, 0, 255), (0, 165, 255))
+_TILE = 360  # gallery tile width in px
+
+
+def _put(canvas: np.ndarray, text: str, x: int, y: int, colour=(255, 255, 255), scale: float = 0.45) -> None:
+    cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
+def _tile(case: dict, value: int, name: str) -> np.ndarray:
+    """One radiograph at tile width with the true outline of class `value` and each version's."""
+    h, w = case["image"].shape
+    f = _TILE / w
+    img = cv2.resize(
+        (case["image"] * 255).astype(np.uint8), (_TILE, round(h * f)), interpolation=cv2.INTER_AREA
+    )
+    tile = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    for label_map, colour in ((case["truth"], _TRUTH), *zip(case["predictions"], _VERSIONS, strict=False)):
+        contours, _ = cv2.findContours((label_map == value).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_NONE)  # fmt: skip
+        # Outlines found at full resolution and scaled, so they stay thin and exact on the small tile.
+        scaled = [np.round(c.astype(np.float32) * f).astype(np.int32) for c in contours]
+        cv2.polylines(tile, scaled, True, colour, 1, cv2.LINE_AA)
+    caption = np.zeros((22 * (1 + len(case["predictions"])), _TILE, 3), np.uint8)
+    _put(caption, case["file"], 6, 16)
+    for i, (dice, colour) in enumerate(zip(case["dice"], _VERSIONS, strict=False)):
+        _put(caption, f"Dice {dice[name]:.3f}", 6, 38 + 22 * i, colour)
+    return np.vstack([tile, caption])
+
+
+def _gallery(report: dict, cases: list[dict], value: int, name: str) -> np.ndarray:
+    """The lowest-Dice images of one class side by side under a title and a colour key."""
+    tiles = [_tile(c, value, name) for c in cases]
+    height = max(t.shape[0] for t in tiles)
+    row = np.hstack([np.pad(t, ((0, height - t.shape[0]), (0, 4), (0, 0))) for t in tiles])
+    refs = [_ref(report["model"])] + ([_ref(report["against"]["model"])] if report.get("against") else [])
+    head = np.zeros((70, max(row.shape[1], 760), 3), np.uint8)
+    _put(head, f"Lowest Dice, {name}: {len(cases)} of {report['n_images']} images. Research use only", 6, 20,
+         scale=0.55)  # fmt: skip
+    _put(head, "reference outline", 6, 44, _TRUTH)
+    for i, (ref, colour) in enumerate(zip(refs, _VERSIONS, strict=False)):
+        _put(head, ref, 160 + 260 * i, 44, colour)
+    _put(head, "ordered by the first version's Dice", 6, 64, (180, 180, 180))
+    row = np.pad(row, ((0, 0), (0, head.shape[1] - row.shape[1]), (0, 0)))
+    return np.vstack([head, row])
+
+
+def write(report: dict, folder: Path, cases: list[dict] | None = None) -> list[Path]:
+    """Write report.json and the plots of one evaluation; returns the files written. `cases`: a segmentation's
+    lowest-Dice images per class (evaluation.lowest_dice_cases), drawn as lowest_dice_<class>.png."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = [folder / "report.json"]
@@ -106,6 +158,10 @@ def write(report: dict, folder: Path) -> list[Path]:
                                     text=[r["file"] for r in report["per_image"]]) for n in names])  # fmt: skip
             box.update_layout(title=f"Dice per image — {title}", width=800, height=500)
             out.append(_write(box, folder / "dice_per_image.html"))
+        for c in cases or []:
+            path = folder / f"lowest_dice_{c['class']}.png"
+            if c["cases"] and cv2.imwrite(str(path), _gallery(report, c["cases"], c["value"], c["class"])):
+                out.append(path)
     elif task == "bone_suppression":
         rows = report["per_image"]
         fig = go.Figure()

@@ -145,11 +145,11 @@ def _model_for(runner, ref: str, eval_task: str):
     return spec
 
 
-def _emit(report: dict, args) -> int:
+def _emit(report: dict, args, cases: list[dict] | None = None) -> int:
     if args.report:
         from services import eval_report
 
-        report["report_files"] = [str(p) for p in eval_report.write(report, args.report)]
+        report["report_files"] = [str(p) for p in eval_report.write(report, args.report, cases)]
     print(json.dumps(report), flush=True)
     return EXIT_OK
 
@@ -159,7 +159,7 @@ def _cmd_eval(args) -> int:
     from inference.training.data import paired_files, read_labels_csv
 
     runner = _runner(args)
-    keep = _val_files(runner, args.val_of)
+    keep, cases = _val_files(runner, args.val_of), None
     progress = not args.no_progress
     model = _model_for(runner, args.model, args.eval_task)
     against = _model_for(runner, args.against, args.eval_task) if getattr(args, "against", None) else None
@@ -168,6 +168,10 @@ def _cmd_eval(args) -> int:
         report = evaluation.evaluate_segmentation(runner, model, pairs,
                                                   progress=progress, n_boot=args.bootstrap, seed=args.seed,
                                                   against=against)  # fmt: skip
+        if args.report and args.worst > 0:
+            specs = [model] if against is None else [model, against]
+            cases = evaluation.lowest_dice_cases(runner, specs, pairs, report, args.worst)
+            report["lowest_dice"] = {c["class"]: [x["file"] for x in c["cases"]] for c in cases}
     elif args.eval_task in ("classification", "ctr"):
         rows = [r for r in read_labels_csv(args.labels, args.images) if keep is None or r.file in keep]
         fn = (
@@ -182,7 +186,7 @@ def _cmd_eval(args) -> int:
         report = evaluation.evaluate_bone(runner, model, pairs)
     if args.val_of:
         report["subset"] = f"validation files of {args.val_of}"
-    return _emit(report, args)
+    return _emit(report, args, cases)
 
 
 def add_parsers(sub) -> None:
@@ -244,6 +248,9 @@ def add_parsers(sub) -> None:
         if name == "segmentation":
             e.add_argument("--images", required=True, type=Path, metavar="DIR")
             e.add_argument("--masks", required=True, type=Path, metavar="DIR")
+            e.add_argument("--worst", type=int, default=4, metavar="K",
+                           help="with --report: draw the K lowest-Dice images per class, reference and predicted "
+                           "outlines, as lowest_dice_<class>.png (default 4; 0: none)")  # fmt: skip
         elif name in ("classification", "ctr"):
             e.add_argument("--images", required=True, type=Path, metavar="DIR")
             e.add_argument("--labels", required=True, type=Path, metavar="CSV")

@@ -199,11 +199,24 @@ def test_eval_segmentation_json_and_report(env, jsrt_few, tmp_path, capsys):
     assert out["bootstrap"]["resamples"] == 1000
     assert {p.name for p in report.iterdir()} >= {"report.json", "dice_per_class.html", "plotly.min.js"}
     assert json.loads((report / "report.json").read_text())["dice"] == out["dice"]
+    # The failure gallery: the 4 lowest-Dice images per class, reference (green) and predicted (magenta) outlines.
+    for name in ("lungs", "heart", "clavicles"):
+        lowest = sorted(out["per_image"], key=lambda r: r[name])[:4]
+        assert out["lowest_dice"][name] == [r["file"] for r in lowest]
+        png = report / f"lowest_dice_{name}.png"
+        assert str(png) in out["report_files"]
+        gallery = cv2.imread(str(png))
+        assert gallery.shape[1] >= 4 * 360 and gallery.shape[0] > 360
+        green = (gallery[..., 1] > 150) & (gallery[..., 0] < 80) & (gallery[..., 2] < 80)
+        magenta = (gallery[..., 0] > 200) & (gallery[..., 2] > 200) & (gallery[..., 1] < 80)
+        assert green.sum() > 200 and magenta.sum() > 200
     # Two versions on the same images: the paired difference of mean Dice, per class, with its interval.
     both = tmp_path / "both"
     assert cli.main([*argv[:-3], "--against", "anatomy_unet_smp@1.0.0", "--report", str(both), "--no-progress"]) == 0
     paired = _json(capsys)
     bars = (both / "dice_per_class.html").read_text()
+    orange = cv2.imread(str(both / "lowest_dice_heart.png"))  # the second version's outline
+    assert ((orange[..., 2] > 200) & (abs(orange[..., 1].astype(int) - 165) < 40) & (orange[..., 0] < 80)).sum() > 200
     assert "anatomy_unet_jsrt@1.0.0 mean (95% interval)" in bars and "anatomy_unet_smp@1.0.0 min" in bars
     assert paired["dice"] == out["dice"] and paired["against"]["model"]["version"] == "1.0.0"
     for name, d in paired["against"]["model_minus_against"].items():
