@@ -117,6 +117,7 @@ def infer_image(
         "anatomy_labels": dict(enumerate(ANATOMY_LABELS)),
         "area_fraction": None,
         "ctr": None,
+        "ctr_measured": None,
         "ctr_lines": None,
         "view_position": view,
         "ctr_note": None,
@@ -150,13 +151,16 @@ def infer_image(
             doc |= {
                 "anatomy_mask": name,
                 "area_fraction": summary["area_fraction"],
-                "ctr": None if ctr is None else ctr["ratio"],
+                # `ctr` is the figure the viewer shows: null when the outlines are implausible; the ratio
+                # measured on them anyway stays in `ctr_measured` for research on those cases.
+                "ctr": None if analysis.ctr_shown(summary) is None else ctr["ratio"],
+                "ctr_measured": None if ctr is None else ctr["ratio"],
                 "ctr_lines": ctr,
                 "ctr_note": None if ctr is None else analysis.ctr_note(view),
                 "anatomy_problems": summary["problems"],
             }
             if summary["problems"] and ctr is not None:
-                doc["ctr_note"] = "not a valid measurement: the outlines are implausible"
+                doc["ctr_note"] = "withheld, not a valid measurement: the outlines are implausible"
             ran(spec, analysis.with_total(res.timings_ms))
 
     if spec := chosen.get("bone_suppression"):

@@ -27,7 +27,7 @@ README_SHA256 = {
 BONE_WEIGHTS = "bone_suppression_kalisz_ae_torch.pt"
 FIELDS = {
     "models", "findings", "anatomy_mask", "bone_suppressed", "ctr", "view_position", "ctr_note", "boxes",
-    "timings_ms", "research_use", "input", "unavailable", "anatomy_problems",
+    "timings_ms", "research_use", "input", "unavailable", "anatomy_problems", "ctr_measured",
 }  # fmt: skip
 
 
@@ -166,6 +166,20 @@ def test_changed_weights_make_one_model_unavailable_and_the_others_still_run(inp
     assert doc["bone_suppressed"] is None and "bone_suppression_ae" not in doc["timings_ms"]
     assert [m["id"] for m in doc["models"]] == ["anatomy_unet_jsrt", "cxr15_mobilenetv3"]
     assert (out / doc["anatomy_mask"]).is_file() and len(doc["findings"]) == 15 and doc["ctr"] is not None
+
+
+def test_implausible_outlines_withhold_the_ctr_and_keep_the_measured_ratio(inputs, result, tmp_path):
+    # An inverted radiograph (as a MONOCHROME1 image shown as MONOCHROME2 would look) gives outlines that do not
+    # look like a chest: `ctr` is null as in the viewer, the ratio measured on them stays in `ctr_measured`.
+    inverted = tmp_path / "inverted.png"
+    cv2.imwrite(str(inverted), 255 - cv2.imread(str(inputs["png"]), cv2.IMREAD_GRAYSCALE))
+    runner = Runner(Registry(MODELS, trained_roots=[]), "cpu")
+    [line] = infer.infer_paths(runner, [inverted], tmp_path / "out", max_bytes=50 * 2**20)
+    doc = json.loads(Path(line.out).read_text())
+    assert doc["anatomy_problems"] and doc["ctr"] is None
+    assert doc["ctr_measured"] == doc["ctr_lines"]["ratio"] and "withheld" in doc["ctr_note"]
+    dx = result["docs"][str(inputs["dx"])]  # plausible outlines: both figures are the same
+    assert dx["ctr"] == dx["ctr_measured"] == dx["ctr_lines"]["ratio"]
 
 
 def test_outputs_inside_an_input_folder_are_not_read_back_as_inputs(inputs, tmp_path):
