@@ -146,6 +146,17 @@ def auc_table(
     }
 
 
+def _hardest(rows: Sequence[LabelledImage], y: np.ndarray, score: np.ndarray, k: int) -> dict:
+    """The k positives scored lowest and the k negatives scored highest: the images that cost the AUC most."""
+
+    def case(i: int) -> dict:
+        return {"file": rows[i].file, "score": float(score[i]), "findings": sorted(rows[i].findings)}
+
+    order = np.argsort(score, kind="stable")
+    return {"missed": [case(i) for i in order if y[i]][:k],
+            "false_alarms": [case(i) for i in order[::-1] if not y[i]][:k]}  # fmt: skip
+
+
 def evaluate_classification(
     runner: Runner,
     model: str | ModelSpec,
@@ -155,11 +166,13 @@ def evaluate_classification(
     seed: int = 0,
     progress: bool = False,
     against: str | ModelSpec | None = None,
+    hardest: int = 0,
 ) -> dict:
     """AUC per finding (the model's labels except "No Finding"; softmax scores as they are for single-label
     models) on all listed images and on the multi-finding subset (images with two or more findings).
     `against`: another version on the same images, and the paired difference of the mean AUC over the
-    findings both score (model minus it)."""
+    findings both score (model minus it). `hardest`: per finding, that many of the lowest-scored positives
+    ("missed") and highest-scored negatives ("false_alarms"), with their labelled findings."""
     spec, scores = classification_scores(runner, model, images, rows, progress=progress)
     findings = [label for label in spec.labels if label != "No Finding"]
     cols = [spec.labels.index(label) for label in findings]
@@ -171,6 +184,8 @@ def evaluate_classification(
         entry = all_table["per_finding"][label]
         if label in spec.thresholds:  # what the viewer's "positive" flag means on these images
             entry["at_threshold"] = metrics.operating_point(y, scores[:, j], spec.thresholds[label])
+        if hardest > 0:
+            entry["hardest"] = _hardest(rows, y, scores[:, j], hardest)
         if spec.activation == "sigmoid":  # probabilities: how well they match the observed rates
             entry |= {"brier": metrics.brier(y, scores[:, j]), "mean_score": float(scores[:, j].mean()),
                       "rate": float(y.mean())}  # fmt: skip

@@ -174,13 +174,13 @@ def _cmd_eval(args) -> int:
             report["lowest_dice"] = {c["class"]: [x["file"] for x in c["cases"]] for c in cases}
     elif args.eval_task in ("classification", "ctr"):
         rows = [r for r in read_labels_csv(args.labels, args.images) if keep is None or r.file in keep]
-        fn = (
-            evaluation.evaluate_classification
-            if args.eval_task == "classification"
-            else evaluation.evaluate_ctr
-        )
-        report = fn(runner, model, args.images, rows, n_boot=args.bootstrap,
-                    seed=args.seed, progress=progress, against=against)  # fmt: skip
+        if args.eval_task == "classification":
+            report = evaluation.evaluate_classification(runner, model, args.images, rows, n_boot=args.bootstrap,
+                                                        seed=args.seed, progress=progress, against=against,
+                                                        hardest=args.hardest)  # fmt: skip
+        else:
+            report = evaluation.evaluate_ctr(runner, model, args.images, rows, n_boot=args.bootstrap,
+                                             seed=args.seed, progress=progress, against=against)  # fmt: skip
     else:
         pairs = evaluation.bone_pairs(args.pairs)
         report = evaluation.evaluate_bone(runner, model, pairs)
@@ -254,6 +254,10 @@ def add_parsers(sub) -> None:
         elif name in ("classification", "ctr"):
             e.add_argument("--images", required=True, type=Path, metavar="DIR")
             e.add_argument("--labels", required=True, type=Path, metavar="CSV")
+            if name == "classification":
+                e.add_argument("--hardest", type=int, default=5, metavar="K",
+                               help="per finding, list the K lowest-scored positives and K highest-scored "
+                               "negatives with their labelled findings (default 5; 0: none)")  # fmt: skip
         if name != "bone":
             e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
             e.add_argument("--seed", type=int, default=0)

@@ -258,6 +258,13 @@ def test_eval_classification_ctr_and_bone(env, shared_data, tmp_path, capsys):
         card["roc"]["tpr"]
     )
     assert "No Finding" not in out["per_finding"] and out["score_kind"] == "softmax"
+    # The cases that cost the AUC: the lowest-scored positives and the highest-scored negatives, by default 5.
+    missed, alarms = card["hardest"]["missed"], card["hardest"]["false_alarms"]
+    assert len(missed) == 5 and len(alarms) == 5
+    assert all("Cardiomegaly" in c["findings"] for c in missed) and not any("Cardiomegaly" in c["findings"] for c in alarms)
+    assert [c["score"] for c in missed] == sorted(c["score"] for c in missed)
+    assert [c["score"] for c in alarms] == sorted((c["score"] for c in alarms), reverse=True)
+    assert {c["file"] for c in missed} == {ln.split(",")[0] for ln in cardio}  # all 5 positives, lowest first
     assert (tmp_path / "r" / "roc.html").is_file() and (tmp_path / "r" / "auc_per_finding.html").is_file()
     # The shipped softmax model against our multi-label version on the same 20 images, paired.
     assert cli.main(["eval", "classification", *args, "--model", "cxr15_mobilenetv3",
