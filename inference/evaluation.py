@@ -92,8 +92,9 @@ def evaluate_segmentation(
 def lowest_dice_cases(
     runner: Runner, specs: Sequence[ModelSpec], pairs: Sequence[tuple[Path, Path]], report: dict, k: int = 4
 ) -> list[dict]:
-    """Per class ({"class", "value", "cases"}), the `k` images with the lowest Dice in `report` (evaluate_segmentation's, with per_image) and
-    what the failure gallery draws: the radiograph, its true label map, each version's label map and Dice.
+    """Per class ({"class", "value", "cases"}), the `k` images with the lowest Dice in `report` (from
+    evaluate_segmentation, with per_image), each with what the failure gallery draws: the radiograph, its true
+    label map, and each version's label map and Dice.
 
     Only these images are segmented again (at most 3k), so the evaluation itself keeps no label maps."""
     rows = report["per_image"]
