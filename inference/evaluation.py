@@ -48,7 +48,7 @@ def evaluate_segmentation(
     pairs: Sequence[tuple[Path, Path]],
     per_image: bool = True,
     progress: bool = False,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     against: str | ModelSpec | None = None,
 ) -> dict:
@@ -131,7 +131,7 @@ def auc_table(
     rows: Sequence[LabelledImage],
     labels: Sequence[str],
     scores: np.ndarray,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> dict:
     """{"per_finding": {label: auc_report}, "mean_auc": mean over findings with positives and negatives}."""
@@ -163,7 +163,7 @@ def evaluate_classification(
     model: str | ModelSpec,
     images: Path,
     rows: Sequence[LabelledImage],
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     progress: bool = False,
     against: str | ModelSpec | None = None,
@@ -234,7 +234,7 @@ def _ctr_ratios(runner: Runner, spec: ModelSpec, images: Path, rows: Sequence[La
 
 def evaluate_ctr(
     runner: Runner, model: str | ModelSpec, images: Path, rows: Sequence[LabelledImage],
-    n_boot: int = 1000, seed: int = 0, progress: bool = False, against: str | ModelSpec | None = None,
+    n_boot: int = N_BOOT, seed: int = 0, progress: bool = False, against: str | ModelSpec | None = None,
 ) -> dict:  # fmt: skip
     """AUC of the cardiothoracic ratio (from this anatomy model's label map) for the Cardiomegaly label.
     Images where no ratio can be measured get ratio 0 (counted, not dropped). `against`: another anatomy

@@ -254,7 +254,7 @@ def train(cfg: ClassificationConfig, argv: Sequence[str] | None = None) -> dict:
 
     def evaluate(runner: Runner, ref: str) -> dict:
         report = evaluation.evaluate_classification(
-            runner, ref, cfg.images, [by_file[f] for f in val_files], n_boot=1000, seed=cfg.seed
+            runner, ref, cfg.images, [by_file[f] for f in val_files], n_boot=evaluation.N_BOOT, seed=cfg.seed
         )
         return {
             "n_images": report["n_images"], "mean_auc": report["mean_auc"],
