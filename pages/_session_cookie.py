@@ -24,10 +24,14 @@ def token() -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def write(value: str | None, expires: dt.datetime | None = None) -> None:
+def write(value: str | None, expires: dt.datetime | None = None, confirm: bool = False) -> bool:
     """Set the cookie to `value` until `expires` (the session's own expiry), or clear it (None). The arguments
-    stay the same from run to run, so the frame writes the cookie once."""
+    stay the same from run to run, so the frame writes the cookie once.
+
+    `confirm`: the frame reports back once it has written the cookie (one rerun); returns True from then on.
+    Without it nothing reruns and the result is False."""
     secure = str(getattr(st.context, "url", "") or "").startswith("https:")
     expires_ms = int(expires.timestamp() * 1000) if value and expires else 0
-    _component(name=COOKIE, value=value, expires_ms=expires_ms, secure=secure, key=f"{COOKIE}_{bool(value)}",
-               default=None, height=0)  # fmt: skip
+    key = f"{COOKIE}_{bool(value)}" + ("_confirm" if confirm else "")
+    return bool(_component(name=COOKIE, value=value, expires_ms=expires_ms, secure=secure, confirm=confirm,
+                           key=key, default=False, height=0))  # fmt: skip

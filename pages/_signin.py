@@ -16,6 +16,7 @@ TOKEN_KEY = "session_token"
 SIGNED_OUT_KEY = "signed_out"
 EXPIRES_KEY = "session_expires"
 ENDED_KEY = "session_ended"  # this tab's session was ended elsewhere: the form says so
+COOKIE_PENDING_KEY = "session_cookie_pending"  # signed in, the browser has not confirmed the cookie yet
 
 
 def _resume() -> auth.SignedIn | None:
@@ -66,6 +67,8 @@ def require_user() -> auth.SignedIn:
     user = st.session_state.get(USER_KEY)
     user = _still_open(user) if user is not None else _resume()
     if user is not None:
+        if st.session_state.get(COOKIE_PENDING_KEY):
+            _await_cookie()
         return user
     # Only the form renders; the page menu is drawn by sidebar() for signed-in users only
     # (client.showSidebarNavigation is off, so Streamlit never lists pages/ on its own).
@@ -101,8 +104,22 @@ def require_user() -> auth.SignedIn:
             st.session_state.pop("signin_password", None)
             st.session_state.pop(SIGNED_OUT_KEY, None)
             st.session_state.pop(ENDED_KEY, None)
+            st.session_state[COOKIE_PENDING_KEY] = True
             st.rerun()
     st.stop()
+
+
+def _await_cookie() -> None:
+    """Right after sign-in, the first page waits until the browser has stored the session cookie (the frame
+    that writes it loads a moment after the page; without the wait, a reload in that moment signed out)."""
+    st.title("CXR Review")
+    st.caption("Signing in…")
+    if not _session_cookie.write(
+        st.session_state[TOKEN_KEY], st.session_state.get(EXPIRES_KEY), confirm=True
+    ):
+        st.stop()  # the frame's confirmation reruns the page
+    del st.session_state[COOKIE_PENDING_KEY]
+    st.rerun()
 
 
 def sidebar(user: auth.SignedIn, pages: list) -> None:

@@ -83,3 +83,18 @@ def versioned_models(tmp_path) -> Path:
         }  # fmt: skip
         (d / "model.json").write_text(json.dumps(meta))
     return root
+
+
+def sign_in_through_the_form(username: str, password: str):
+    """app.py under AppTest, signed in through the form. AppTest runs no component frames, so the browser's
+    confirmation that it stored the session cookie is given the way the frame gives it (its component value)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    at.text_input(key="signin_username").input(username)
+    at.text_input(key="signin_password").input(password)
+    at.button[0].click().run()
+    if "session_cookie_pending" in at.session_state:  # signed in: the first page waits for the cookie
+        at.session_state["cxr_review_session_True_confirm"] = True
+        at.run()
+    return at

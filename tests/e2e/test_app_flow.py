@@ -48,6 +48,11 @@ def test_sign_in_upload_worklist_view_window_review_sign_out(browser, app_url, s
     page.get_by_role("textbox", name="Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
+    # The first page shows only once the browser holds the session cookie: a reload at once stays signed in.
+    assert "cxr_review_session" in {c["name"] for c in page.context.cookies()}
+    page.reload()
+    page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
+    assert page.get_by_role("button", name="Sign in").count() == 0
     page.get_by_text("0 studies ·").wait_for()
 
     # Upload a real DICOM and a broken one together.

@@ -6,6 +6,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from services import auth, importer
+from tests.conftest import sign_in_through_the_form
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
@@ -23,17 +24,28 @@ def env(ctx, app_env, monkeypatch):
 
 
 def signed_in(username, password):
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    at.text_input(key="signin_username").input(username)
-    at.text_input(key="signin_password").input(password)
-    at.button[0].click().run()
-    return at
+    return sign_in_through_the_form(username, password)
 
 
 def test_without_a_session_only_the_sign_in_form_renders(env):
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert [t.label for t in at.text_input] == ["User name", "Password"]
     assert len(at.dataframe) == 0 and len(at.sidebar.button) == 0
+    assert not at.exception
+
+
+def test_the_first_page_after_sign_in_waits_until_the_browser_stored_the_session_cookie(env):
+    # Without the wait, a reload in the moment before the cookie frame had run showed the form again.
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.text_input(key="signin_username").input("rad")
+    at.text_input(key="signin_password").input("radiologist-pw")
+    at.button[0].click().run()
+    assert [c.value for c in at.caption] == ["Signing in…"] and not at.dataframe and not at.sidebar.get("page_link")
+    at.run()  # nothing moves until the frame confirms
+    assert [c.value for c in at.caption] == ["Signing in…"]
+    at.session_state["cxr_review_session_True_confirm"] = True  # what the frame sends once the cookie is set
+    at.run()
+    assert at.title[0].value == "Worklist" and "session_cookie_pending" not in at.session_state
     assert not at.exception
 
 

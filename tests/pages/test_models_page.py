@@ -1,19 +1,15 @@
 """The admin's Models page through AppTest: who reaches it, what it lists, thresholds and the active version per
 task (set, roll back, back to default) persisting in the database with their history."""
 
-from pathlib import Path
-
 import pytest
 import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 from db import engine as dbe
 from db import repo
 from inference.registry import Registry
 from services import auth, context, models_admin, settings
-from tests.conftest import TEST_MODEL
+from tests.conftest import TEST_MODEL, sign_in_through_the_form
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 BUILTIN = "cxr15_mobilenetv3@1.0.0"
 TRAINED = f"{TEST_MODEL}@0.1.0"
 
@@ -39,18 +35,11 @@ def frame(at, column: str):
 
 
 def models_page(username="boss", password="admin-password"):
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    at.text_input(key="signin_username").input(username)
-    at.text_input(key="signin_password").input(password)
-    at.button[0].click().run()
-    return at.switch_page("pages/models.py").run()
+    return sign_in_through_the_form(username, password).switch_page("pages/models.py").run()
 
 
 def test_only_an_admin_reaches_the_models_page_which_lists_every_version(env):
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    at.text_input(key="signin_username").input("rad")
-    at.text_input(key="signin_password").input("radiologist-pw")
-    at.button[0].click().run()
+    at = sign_in_through_the_form("rad", "radiologist-pw")
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         at.switch_page("pages/models.py")
 
