@@ -47,6 +47,13 @@ def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int]) -> 
     st.markdown("**AI overlays** · :orange[Research use only]")
     for model_id, reason in result.unavailable.items():
         st.warning(f"{model_id} unavailable: {reason}")
+    if result.anatomy and result.anatomy.get("inverted_grey_scale"):
+        st.error(
+            "This image looks stored with an inverted grey scale (air bright, bone dark): the anatomy model "
+            "finds a plausible chest only on the inverted picture. Every AI result here (findings, heatmaps, "
+            "outlines, bone suppression) was computed on the inverted picture and is not valid. The image's "
+            "Photometric Interpretation, or its export, is likely wrong."
+        )
 
     if result.anatomy:
         if st.checkbox("Anatomy (lungs, heart, clavicles)", key=f"ai_anat_{key}"):

@@ -122,6 +122,7 @@ def infer_image(
         "view_position": view,
         "ctr_note": None,
         "anatomy_problems": None,
+        "inverted_grey_scale": None,
         "bone_suppressed": None,
         "findings": None,
         "score_kind": None,
@@ -139,15 +140,14 @@ def infer_image(
     lungs = None
     if spec := chosen.get("segmentation"):
         try:
-            res = runner.segment_anatomy(x, spec)
+            label_map, summary, seg_ms = analysis.checked_anatomy(runner, x, spec)
         except ModelUnavailable as exc:
             unavailable[exc.model_id] = exc.reason
         else:
             name = f"{stem}.anatomy.png"
-            write_atomic(out_dir / name, export.png_bytes(res.label_map))
-            summary = analysis.anatomy_summary(res.label_map)
+            write_atomic(out_dir / name, export.png_bytes(label_map))
             ctr = summary["ctr"]
-            lungs = res.label_map == postprocess.LUNGS
+            lungs = label_map == postprocess.LUNGS
             doc |= {
                 "anatomy_mask": name,
                 "area_fraction": summary["area_fraction"],
@@ -158,10 +158,11 @@ def infer_image(
                 "ctr_lines": ctr,
                 "ctr_note": None if ctr is None else analysis.ctr_note(view),
                 "anatomy_problems": summary["problems"],
+                "inverted_grey_scale": summary["inverted_grey_scale"],
             }
             if summary["problems"] and ctr is not None:
                 doc["ctr_note"] = "withheld, not a valid measurement: the outlines are implausible"
-            ran(spec, analysis.with_total(res.timings_ms))
+            ran(spec, seg_ms)
 
     if spec := chosen.get("bone_suppression"):
         try:

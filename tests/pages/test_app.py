@@ -92,6 +92,21 @@ def test_viewer_shows_the_study_header_and_marks_it_reviewed(env, shared_data):
     assert any("reviewed** by rad" in c.value for c in at.caption)
 
 
+def test_the_ai_panel_says_when_an_image_is_stored_with_an_inverted_grey_scale(env, shared_data):
+    # A real NIH sample image stored inverted (bright air, dark bone): the models' results on it are not valid.
+    (r,) = importer.import_paths(
+        env.engine, env.store, [shared_data / "nih" / "images" / "00017625_000.png"], max_bytes=2**30
+    )
+    at = signed_in("rad", "radiologist-pw")
+    at.session_state["study_id"] = r.study_id
+    at.switch_page("pages/review.py").run()
+    assert not at.error
+    at.toggle(key=f"ai_on_{r.study_id}").set_value(True).run(timeout=180)
+    assert not at.exception
+    assert ["inverted grey scale" in e.value for e in at.error] == [True]
+    assert any("Research use only" in m.value for m in at.markdown)
+
+
 def test_an_open_tab_loses_its_session_at_the_next_action_when_it_ends_elsewhere(env):
     from db import engine as dbe
     from db import repo

@@ -238,3 +238,17 @@ def test_results_stored_before_the_plausibility_checks_get_them_on_reading(ctx, 
     dbe.write(ctx.engine, drop_problems)
     again = analysis.analyse_cached(ctx, runner, study["image"])
     assert again.anatomy["problems"] == [] and again.computed_now == []
+
+
+def test_an_image_stored_with_an_inverted_grey_scale_is_recognised(runner, shared_data):
+    # A real NIH sample image stored inverted (bright air, dark bone): its outlines are implausible and become
+    # plausible on the inverted grey scale. The same image the right way round passes with no second run.
+    spec = runner.registry.check("anatomy_unet_jsrt")
+    x = analysis.model_input(dicom_io.load(shared_data / "nih" / "images" / "00017625_000.png"))
+    label_map, summary, ms = analysis.checked_anatomy(runner, x, spec)
+    assert summary["problems"] and summary["inverted_grey_scale"] is True
+    assert label_map.shape == x.shape and ms["total"] > ms["inversion_check"] > 0  # the second run is counted
+    label_map, summary, ms = analysis.checked_anatomy(runner, 1.0 - x, spec)
+    assert (
+        summary["problems"] == [] and summary["inverted_grey_scale"] is False and "inversion_check" not in ms
+    )

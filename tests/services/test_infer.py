@@ -28,6 +28,7 @@ BONE_WEIGHTS = "bone_suppression_kalisz_ae_torch.pt"
 FIELDS = {
     "models", "findings", "anatomy_mask", "bone_suppressed", "ctr", "view_position", "ctr_note", "boxes",
     "timings_ms", "research_use", "input", "unavailable", "anatomy_problems", "ctr_measured",
+    "inverted_grey_scale",
 }  # fmt: skip
 
 
@@ -176,10 +177,10 @@ def test_implausible_outlines_withhold_the_ctr_and_keep_the_measured_ratio(input
     runner = Runner(Registry(MODELS, trained_roots=[]), "cpu")
     [line] = infer.infer_paths(runner, [inverted], tmp_path / "out", max_bytes=50 * 2**20)
     doc = json.loads(Path(line.out).read_text())
-    assert doc["anatomy_problems"] and doc["ctr"] is None
+    assert doc["anatomy_problems"] and doc["ctr"] is None and doc["inverted_grey_scale"] is True
     assert doc["ctr_measured"] == doc["ctr_lines"]["ratio"] and "withheld" in doc["ctr_note"]
     dx = result["docs"][str(inputs["dx"])]  # plausible outlines: both figures are the same
-    assert dx["ctr"] == dx["ctr_measured"] == dx["ctr_lines"]["ratio"]
+    assert dx["ctr"] == dx["ctr_measured"] == dx["ctr_lines"]["ratio"] and dx["inverted_grey_scale"] is False
 
 
 def test_outputs_inside_an_input_folder_are_not_read_back_as_inputs(inputs, tmp_path):
