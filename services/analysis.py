@@ -118,10 +118,14 @@ def checked_anatomy(
     inverted, extra_ms = False, {}
     if summary["problems"]:
         t0 = time.perf_counter()
-        flipped = runner.segment_anatomy(1.0 - x, spec).label_map
-        inverted = not postprocess.anatomy_problems(flipped, postprocess.cardiothoracic_ratio(flipped))
+        inverted = _plausible_inverted(runner, x, spec)
         extra_ms["inversion_check"] = (time.perf_counter() - t0) * 1000
     return res.label_map, summary | {"inverted_grey_scale": inverted}, with_total(res.timings_ms, **extra_ms)
+
+
+def _plausible_inverted(runner: Runner, x: np.ndarray, spec: ModelSpec) -> bool:
+    flipped = runner.segment_anatomy(1.0 - x, spec).label_map
+    return not postprocess.anatomy_problems(flipped, postprocess.cardiothoracic_ratio(flipped))
 
 
 def heatmaps_and_boxes(
@@ -257,6 +261,11 @@ def analyse(
     if (anatomy := cached.get("segmentation")) is not None and "problems" not in anatomy:
         # stored before the plausibility checks existed: checked on the stored label map, once per map
         anatomy["problems"] = list(_stored_map_problems(str(ctx.store.path_for(anatomy["label_map"]))))
+    if anatomy is not None and "inverted_grey_scale" not in anatomy:
+        # stored before the inversion check: only implausible outlines need it, so plausible ones cost nothing
+        anatomy["inverted_grey_scale"] = bool(anatomy["problems"]) and _inverted_on_reading(
+            ctx, runner, image, chosen["segmentation"], x
+        )
     out.anatomy, out.bone, out.findings = (
         cached.get("segmentation"),
         cached.get("bone_suppression"),
@@ -265,6 +274,23 @@ def analyse(
     if progress:
         progress("Done", 1.0)
     return out
+
+
+_INVERTED_ON_READING: dict[
+    tuple[str, str], bool
+] = {}  # (pixel sha256, weights sha256): implausible images only
+
+
+def _inverted_on_reading(
+    ctx: Context, runner: Runner, image: dict, spec: ModelSpec, x: np.ndarray | None
+) -> bool:
+    """The inversion check of a result stored before it existed: run once per process and image."""
+    key = (image["pixel_sha256"], spec.weights_sha256)
+    if key not in _INVERTED_ON_READING:
+        if x is None:
+            x = model_input(dicom_io.load(ctx.store.path_for(image["file_sha256"])))
+        _INVERTED_ON_READING[key] = _plausible_inverted(runner, x, spec)
+    return _INVERTED_ON_READING[key]
 
 
 @lru_cache(maxsize=256)

@@ -238,6 +238,7 @@ def test_results_stored_before_the_plausibility_checks_get_them_on_reading(ctx, 
     dbe.write(ctx.engine, drop_problems)
     again = analysis.analyse_cached(ctx, runner, study["image"])
     assert again.anatomy["problems"] == [] and again.computed_now == []
+    assert again.anatomy["inverted_grey_scale"] is False  # plausible outlines: nothing to check again
 
 
 def test_an_image_stored_with_an_inverted_grey_scale_is_recognised(runner, shared_data):
@@ -252,3 +253,29 @@ def test_an_image_stored_with_an_inverted_grey_scale_is_recognised(runner, share
     assert (
         summary["problems"] == [] and summary["inverted_grey_scale"] is False and "inversion_check" not in ms
     )
+
+
+def test_inverted_images_are_flagged_when_analysed_and_in_results_stored_before_the_check(
+    runner, tmp_path, shared_data
+):
+    s = settings.load({"CXR_REVIEW_DATA_DIR": str(tmp_path), "CXR_REVIEW_MODELS_DIR": str(MODELS),
+                       "CXR_REVIEW_SETTINGS": ""})  # fmt: skip
+    dbe.upgrade(s.db_url)
+    own = context.build(s)
+    png = shared_data / "nih" / "images" / "00017625_000.png"
+    res = importer.import_file(own.engine, own.store, png, max_bytes=2**30)
+    with dbe.read(own.engine) as db:
+        im = repo.image_by_sop(db, res.sop_instance_uid)
+        image = {"id": im.id, "pixel_sha256": im.pixel_sha256, "file_sha256": im.file_sha256, "view": None}
+    assert analysis.analyse(own, runner, image).anatomy["inverted_grey_scale"] is True
+
+    def drop_flag(db):
+        row = db.scalars(select(Prediction).where(Prediction.task == "segmentation")).one()
+        row.result = json.dumps(
+            {k: v for k, v in json.loads(row.result).items() if k != "inverted_grey_scale"}
+        )
+
+    dbe.write(own.engine, drop_flag)
+    analysis._INVERTED_ON_READING.clear()
+    again = analysis.analyse_cached(own, runner, image)
+    assert again.computed_now == [] and again.anatomy["inverted_grey_scale"] is True
