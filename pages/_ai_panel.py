@@ -21,7 +21,10 @@ KEYS = {"accept": "A", "reject": "X", "uncertain": "U"}  # Streamlit reserves C 
 
 
 def provenance(result: dict) -> str:
-    m = result["model"]
+    return model_text(result["model"])
+
+
+def model_text(m: dict) -> str:
     return f"{m['id']} {m['version']} · sha256 {m['weights_sha256'][:12]}…"
 
 
@@ -54,6 +57,7 @@ def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int]) -> 
             "outlines, bone suppression) was computed on the inverted picture and is not valid. The image's "
             "Photometric Interpretation, or its export, is likely wrong."
         )
+        st.caption("Inversion checked with " + ", ".join(map(model_text, result.anatomy["inversion_checked_with"])))
 
     if result.anatomy:
         if st.checkbox("Anatomy (lungs, heart, clavicles)", key=f"ai_anat_{key}"):

@@ -4,6 +4,7 @@ or changed are reported with the reason; the others still run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -107,25 +108,41 @@ def anatomy_summary(label_map: np.ndarray) -> dict:
 def checked_anatomy(
     runner: Runner, x: np.ndarray, spec: ModelSpec
 ) -> tuple[np.ndarray, dict, dict[str, float]]:
-    """(label map, anatomy_summary with `inverted_grey_scale`, timings) of x (float in [0,1]).
-
-    Outlines that do not look like a chest are segmented once more on the inverted grey scale: plausible
-    there means the image itself is stored inverted (bright air, dark bone), so every AI result on it is
-    computed on the wrong picture. Images with plausible outlines pay nothing extra. On the 435 NIH sample
-    images the built-in anatomy model flags exactly the two stored inverted, and 411 of them inverted by hand."""
+    """(label map, anatomy_summary with the inversion check's fields, timings) of x (float in [0,1]).
+    Images with plausible outlines pay nothing for the check."""
     res = runner.segment_anatomy(x, spec)
     summary = anatomy_summary(res.label_map)
-    inverted, extra_ms = False, {}
+    check, extra_ms = _not_checked(), {}
     if summary["problems"]:
         t0 = time.perf_counter()
-        inverted = _plausible_inverted(runner, x, spec)
+        check = inversion_check(runner, x, spec)
         extra_ms["inversion_check"] = (time.perf_counter() - t0) * 1000
-    return res.label_map, summary | {"inverted_grey_scale": inverted}, with_total(res.timings_ms, **extra_ms)
+    return res.label_map, summary | check, with_total(res.timings_ms, **extra_ms)
 
 
-def _plausible_inverted(runner: Runner, x: np.ndarray, spec: ModelSpec) -> bool:
-    flipped = runner.segment_anatomy(1.0 - x, spec).label_map
-    return not postprocess.anatomy_problems(flipped, postprocess.cardiothoracic_ratio(flipped))
+def _not_checked() -> dict:
+    return {"inverted_grey_scale": False, "inversion_checked_with": []}  # plausible outlines need no check
+
+
+def inversion_check(runner: Runner, x: np.ndarray, spec: ModelSpec) -> dict:
+    """For outlines that do not look like a chest: does the inverted picture show a plausible one? Then the
+    image itself is stored inverted (bright air, dark bone) and every AI result on it is computed on the wrong
+    picture. Asked of `spec`, then, where it sees no chest either way, of the registry's default anatomy
+    model: on the two NIH sample images stored inverted (a paediatric and an adult AP portable) our
+    anatomy_unet_smp@1.3.0 finds no plausible chest either way, the shipped model does. Returns
+    {"inverted_grey_scale", "inversion_checked_with": provenance of each model asked}."""
+    asked = [spec]
+    with contextlib.suppress(ModelUnavailable):
+        if (default := runner.registry.for_task("segmentation")).ref != spec.ref:
+            asked.append(default)
+    for n, model in enumerate(asked, start=1):
+        flipped = runner.segment_anatomy(1.0 - x, model).label_map
+        if not postprocess.anatomy_problems(flipped, postprocess.cardiothoracic_ratio(flipped)):
+            return {
+                "inverted_grey_scale": True,
+                "inversion_checked_with": [m.provenance() for m in asked[:n]],
+            }
+    return {"inverted_grey_scale": False, "inversion_checked_with": [m.provenance() for m in asked]}
 
 
 def heatmaps_and_boxes(
@@ -263,8 +280,10 @@ def analyse(
         anatomy["problems"] = list(_stored_map_problems(str(ctx.store.path_for(anatomy["label_map"]))))
     if anatomy is not None and "inverted_grey_scale" not in anatomy:
         # stored before the inversion check: only implausible outlines need it, so plausible ones cost nothing
-        anatomy["inverted_grey_scale"] = bool(anatomy["problems"]) and _inverted_on_reading(
-            ctx, runner, image, chosen["segmentation"], x
+        anatomy |= (
+            _inverted_on_reading(ctx, runner, image, chosen["segmentation"], x)
+            if anatomy["problems"]
+            else _not_checked()
         )
     out.anatomy, out.bone, out.findings = (
         cached.get("segmentation"),
@@ -276,20 +295,18 @@ def analyse(
     return out
 
 
-_INVERTED_ON_READING: dict[
-    tuple[str, str], bool
-] = {}  # (pixel sha256, weights sha256): implausible images only
+_INVERTED_ON_READING: dict[tuple[str, str], dict] = {}  # (pixel, weights sha256): implausible images only
 
 
 def _inverted_on_reading(
     ctx: Context, runner: Runner, image: dict, spec: ModelSpec, x: np.ndarray | None
-) -> bool:
+) -> dict:
     """The inversion check of a result stored before it existed: run once per process and image."""
     key = (image["pixel_sha256"], spec.weights_sha256)
     if key not in _INVERTED_ON_READING:
         if x is None:
             x = model_input(dicom_io.load(ctx.store.path_for(image["file_sha256"])))
-        _INVERTED_ON_READING[key] = _plausible_inverted(runner, x, spec)
+        _INVERTED_ON_READING[key] = inversion_check(runner, x, spec)
     return _INVERTED_ON_READING[key]
 
 

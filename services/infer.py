@@ -123,6 +123,7 @@ def infer_image(
         "ctr_note": None,
         "anatomy_problems": None,
         "inverted_grey_scale": None,
+        "inversion_checked_with": None,
         "bone_suppressed": None,
         "findings": None,
         "score_kind": None,
@@ -159,6 +160,7 @@ def infer_image(
                 "ctr_note": None if ctr is None else analysis.ctr_note(view),
                 "anatomy_problems": summary["problems"],
                 "inverted_grey_scale": summary["inverted_grey_scale"],
+                "inversion_checked_with": summary["inversion_checked_with"],
             }
             if summary["problems"] and ctr is not None:
                 doc["ctr_note"] = "withheld, not a valid measurement: the outlines are implausible"

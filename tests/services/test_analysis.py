@@ -248,11 +248,17 @@ def test_an_image_stored_with_an_inverted_grey_scale_is_recognised(runner, share
     x = analysis.model_input(dicom_io.load(shared_data / "nih" / "images" / "00017625_000.png"))
     label_map, summary, ms = analysis.checked_anatomy(runner, x, spec)
     assert summary["problems"] and summary["inverted_grey_scale"] is True
+    assert summary["inversion_checked_with"] == [spec.provenance()]  # the model itself saw the chest
     assert label_map.shape == x.shape and ms["total"] > ms["inversion_check"] > 0  # the second run is counted
     label_map, summary, ms = analysis.checked_anatomy(runner, 1.0 - x, spec)
-    assert (
-        summary["problems"] == [] and summary["inverted_grey_scale"] is False and "inversion_check" not in ms
-    )
+    assert summary["problems"] == [] and summary["inverted_grey_scale"] is False
+    assert summary["inversion_checked_with"] == [] and "inversion_check" not in ms
+    # Our 1.3.0 sees no chest in this paediatric AP film either way; the registry's default anatomy model,
+    # asked next, does, and the result names both.
+    ours = runner.registry.check("anatomy_unet_smp@1.3.0")
+    summary = analysis.checked_anatomy(runner, x, ours)[1]
+    assert summary["inverted_grey_scale"] is True
+    assert summary["inversion_checked_with"] == [ours.provenance(), spec.provenance()]
 
 
 def test_inverted_images_are_flagged_when_analysed_and_in_results_stored_before_the_check(
