@@ -52,12 +52,13 @@ def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int]) -> 
         st.warning(f"{model_id} unavailable: {reason}")
     if result.anatomy and result.anatomy.get("inverted_grey_scale"):
         st.error(
-            "This image looks stored with an inverted grey scale (air bright, bone dark): an anatomy model (named below) "
-            "finds a plausible chest only on the inverted picture. Every AI result here (findings, heatmaps, "
-            "outlines, bone suppression) was computed on the inverted picture and is not valid. The image's "
-            "Photometric Interpretation, or its export, is likely wrong."
+            "This image looks stored with an inverted grey scale (air bright, bone dark): an anatomy model "
+            "(named below) finds a plausible chest only on the inverted picture. Every AI result here (findings, "
+            "heatmaps, outlines, bone suppression) was computed on the inverted picture and is not valid. The "
+            "image's Photometric Interpretation, or its export, is likely wrong."
         )
-        st.caption("Inversion checked with " + ", ".join(map(model_text, result.anatomy["inversion_checked_with"])))
+        checked = result.anatomy["inversion_checked_with"]
+        st.caption("Inversion checked with " + ", ".join(map(model_text, checked)))
 
     if result.anatomy:
         if st.checkbox("Anatomy (lungs, heart, clavicles)", key=f"ai_anat_{key}"):
