@@ -20,13 +20,27 @@ What is accepted, and the `ImageRejected.code` of everything else:
   - "unsupported_transfer_syntax": see `SUPPORTED_TRANSFER_SYNTAXES`; also rejected when pydicom has no
     installed decoder for it (pylibjpeg / gdcm missing).
   - "truncated": native (uncompressed) PixelData shorter than Rows x Columns x SamplesPerPixel x BitsAllocated.
-  Then decoding; any decoder failure is "decode_failed".
+  - Compressed PixelData: the frame's own header (viewer.codestream: JPEG SOF, JPEG-LS SOF55, JPEG 2000 / HTJ2K
+    SIZ, the RLE segment table), read from the first FRAME_HEADER_BYTES of the frame, is what decoders size
+    their output from. "frame_size_mismatch": its rows, columns or components differ from Rows / Columns /
+    SamplesPerPixel, its precision exceeds BitsAllocated, or RLE has other than SamplesPerPixel x
+    BitsAllocated / 8 segments. "decode_failed": no such header, or a malformed one.
+  - "decode_limit": a deflated dataset that inflates past MAX_INFLATED_BYTES (checked before pydicom inflates
+    it, in bounded steps).
+  Then decoding. load() runs these checks, then the decoding, in a worker process (viewer.sandbox) limited by
+  DecodeLimits: over its memory or time, "decode_limit"; any other decoder failure, "decode_failed".
 - PNG / JPEG: dimensions from the IHDR / SOF (PIL, lazily) with the same size caps, then cv2.imdecode (16-bit
-  PNG kept). Colour is converted to grey, with a warning only when the channels actually differ; alpha is
-  dropped. Undecodable data: "decode_failed".
+  PNG kept) in the same workers. Colour is converted to grey, with a warning only when the channels actually
+  differ; alpha is dropped. Undecodable data: "decode_failed".
 
 Non-fatal findings go into `ImageHeader.warnings`: BodyPartExamined other than CHEST/THORAX/LUNG, colour
-converted to grey, unusable PixelSpacing or WindowWidth, spacing taken from ImagerPixelSpacing.
+converted to grey, spacing taken from ImagerPixelSpacing, what a decoder reported ("Corrupt JPEG data: ...",
+from gdcm's libjpeg, the decoder pydicom tries first), and header values that were not used, with what
+replaced them: RescaleSlope / RescaleIntercept that are not finite or out of range (1 and 0 instead),
+PixelSpacing / ImagerPixelSpacing outside SPACING_MIN_MM..SPACING_MAX_MM (lengths in pixels instead),
+WindowCenter / WindowWidth not finite, invalid for the VOI LUT function or not overlapping the values the
+image can hold (full range instead), and a malformed Modality LUT or VOI LUT Sequence (rescale / window
+instead).
 
 Messages are PHI-free: they name attributes, UIDs of transfer syntaxes and SOP classes, sizes and coded
 values (CS), never names, ids, dates or free text, and never the text of a parser exception (pydicom's
@@ -36,9 +50,14 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import io
+import logging
+import math
 import os
 import re
 import struct
+import warnings
+import zlib
 from dataclasses import dataclass, replace
 
 import cv2
@@ -52,9 +71,18 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
+from viewer import codestream, sandbox
+
+# pydicom quotes header values in its log records and warnings ("Invalid value for VR UI: '<the UID>'"); logs
+# and the server's stderr never carry header values, so both stop here (decode workers import this module too).
+logging.getLogger("pydicom").addHandler(logging.NullHandler())
+logging.getLogger("pydicom").propagate = False
+warnings.filterwarnings("ignore", module="pydicom")
+
 REJECTION_CODES = frozenset({
     "not_an_image", "truncated", "no_pixel_data", "unsupported_photometric", "unsupported_transfer_syntax",
     "absurd_dimensions", "unsupported_bits", "multiframe", "not_radiograph", "decode_failed", "empty_file",
+    "frame_size_mismatch", "decode_limit",
 })
 
 
@@ -67,6 +95,9 @@ class ImageRejected(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+    def __reduce__(self):  # rebuilt from both arguments when it comes back from a decode worker
+        return type(self), (self.code, self.message)
 
 
 DicomRejected = ImageRejected  # the name DESIGN.md uses
@@ -97,6 +128,44 @@ _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US
 _CS_RE = re.compile(r"[A-Z0-9 _]{1,16}")
 # Elements larger than this are not read by read_header (pixel data, big private blobs).
 _DEFER_BYTES = 4096
+_JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+_JPEG_2000 = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+              "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+_RLE = "1.2.840.10008.1.2.5"
+FRAME_HEADER_BYTES = 1 << 20  # of a frame read for its header: room for large APPn segments before a SOF
+MAX_INFLATED_BYTES = 256 << 20  # an 80 Mpixel 16-bit image and its header fit
+SPACING_MIN_MM, SPACING_MAX_MM = 0.01, 10.0  # a pixel of a radiograph, detector or digitised film
+RESCALE_SLOPE_MIN, RESCALE_MAX = 1e-6, 1e6  # |slope| and |intercept|; beyond, values lose all meaning
+WINDOW_MAX_WIDTH_FACTOR = 16.0  # a window this many times wider than all possible values is near flat grey
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What reading one file may cost in its worker (viewer.sandbox): address space beyond the worker's own,
+    and wall-clock time. First the header, whose size is not known yet (a header of millions of elements takes
+    pydicom minutes and gigabytes); then the pixels, with limits that grow with the image, so that the largest
+    accepted image (80 Mpixel) decodes while a small hostile one is stopped early."""
+
+    header_memory_base_bytes: int = MAX_INFLATED_BYTES + (64 << 20)  # a deflated dataset is inflated whole
+    header_seconds: float = 1.0  # real headers parse in milliseconds
+    memory_base_bytes: int = 160 << 20
+    memory_per_pixel: int = 32  # JPEG 2000 via gdcm / openjpeg: 14 to 25 bytes per grey 16-bit pixel
+    memory_per_file_byte: int = 3  # the file read whole, and its frame copied out of it
+    seconds_base: float = 1.5
+    seconds_per_mpixel: float = 0.25  # JPEG 2000 lossless decodes at ~0.11 s per Mpixel on this 2-core CPU
+
+    def header_memory_bytes(self, file_size: int) -> int:
+        return self.header_memory_base_bytes + self.memory_per_file_byte * file_size
+
+    def memory_bytes(self, header: ImageHeader, file_size: int) -> int:
+        return (self.memory_base_bytes + self.memory_per_pixel * header.rows * header.columns
+                + self.memory_per_file_byte * file_size)
+
+    def seconds(self, header: ImageHeader) -> float:
+        return self.seconds_base + self.seconds_per_mpixel * header.rows * header.columns / 1e6
+
+
+DECODE_LIMITS = DecodeLimits()
 
 
 @dataclass(frozen=True)
@@ -125,6 +194,8 @@ class ImageHeader:
     pixel_spacing_source: str | None = None  # "PixelSpacing" | "ImagerPixelSpacing" | None
     window_center: float | None = None
     window_width: float | None = None
+    rescale_slope: float = 1.0  # as used: 1 and 0 when the header's are missing or unusable
+    rescale_intercept: float = 0.0
     warnings: tuple[str, ...] = ()
 
 
@@ -169,38 +240,41 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
     return _raster_header(path, kind)
 
 
-def load(path: str | os.PathLike) -> DecodedImage:
-    """read_header's checks, then decode; every parser/decoder failure is an ImageRejected."""
-    header = read_header(path)
-    if header.source_format != "dicom":
-        return _load_raster(path, header)
-    ds = _read_dicom(path)
+def load(path: str | os.PathLike, limits: DecodeLimits = DECODE_LIMITS) -> DecodedImage:
+    """read_header's checks, then decoding, each in a worker process under `limits`; every parser/decoder
+    failure is an ImageRejected."""
+    path, size = os.fspath(path), os.path.getsize(path)
+    header = _in_worker(read_header, path, memory=limits.header_memory_bytes(size), seconds=limits.header_seconds,
+                        what="reading the header")
+    decode = _decode_dicom if header.source_format == "dicom" else _decode_raster
+    img = _in_worker(decode, path, header, memory=limits.memory_bytes(header, size), seconds=limits.seconds(header),
+                     what=f"decoding the {header.rows} x {header.columns} pixels")
+    return replace(img, stored=_readonly(img.stored))
+
+
+def _in_worker(fn, *args, memory: int, seconds: float, what: str):
     try:
-        arr = ds.pixel_array  # pydicom converts YBR to RGB here (as_rgb default)
-    except Exception as exc:
-        name = UID(header.transfer_syntax_uid).name
-        raise ImageRejected("decode_failed", f"{name} pixel data could not be decoded ({type(exc).__name__})") from exc
-    if arr.ndim == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
-    if arr.shape != (header.rows, header.columns):
-        raise ImageRejected(
-            "decode_failed",
-            f"decoded pixel array is {arr.shape}, header says {header.rows} x {header.columns}",
-        )
+        return sandbox.run(fn, *args, memory_bytes=memory, seconds=seconds)
+    except sandbox.LimitExceeded as exc:
+        limit = f"{memory / 2**20:.0f} MB of memory" if exc.kind == "memory" else f"{seconds:.3g} s"
+        raise ImageRejected("decode_limit", f"{what} needed more than its limit of {limit}") from exc
+    except sandbox.WorkerFailed as exc:
+        raise ImageRejected("decode_failed", f"{what} failed: {exc}") from exc
+
+
+def plausible_spacing(row_mm, col_mm) -> bool:
+    """Whether a (row, column) pixel spacing in mm can be a radiograph's: both finite and within
+    SPACING_MIN_MM..SPACING_MAX_MM. For values imported before the header checks existed, too."""
     try:
-        return DecodedImage(
-            header=header,
-            stored=_readonly(arr),
-            voi_lut=_lut(ds.VOILUTSequence[0], ds) if ds.get("VOILUTSequence") else None,
-            modality_lut=_lut(ds.ModalityLUTSequence[0], ds) if ds.get("ModalityLUTSequence") else None,
-            rescale_slope=float(ds.get("RescaleSlope") or 1.0),
-            rescale_intercept=float(ds.get("RescaleIntercept") or 0.0),
-            voi_lut_function=_voi_lut_function(ds),
-        )
-    except Exception as exc:  # a malformed LUT descriptor or rescale value
-        raise ImageRejected(
-            "decode_failed", f"the Modality LUT / VOI LUT / rescale attributes could not be read ({type(exc).__name__})"
-        ) from exc
+        return all(SPACING_MIN_MM <= float(v) <= SPACING_MAX_MM for v in (row_mm, col_mm))
+    except (TypeError, ValueError):
+        return False
+
+
+def usable_rescale(slope: float, intercept: float) -> bool:
+    """Whether RescaleSlope / RescaleIntercept give meaningful values: finite, slope not 0, magnitudes within
+    RESCALE_SLOPE_MIN..RESCALE_MAX."""
+    return RESCALE_SLOPE_MIN <= abs(slope) <= RESCALE_MAX and abs(intercept) <= RESCALE_MAX
 
 
 def header_elements(path: str | os.PathLike) -> list[tuple[str, str, str, str]]:
@@ -255,8 +329,11 @@ def _sniff(path) -> str:
 
 
 def _read_dicom(path, **options) -> Dataset:
+    _check_inflated_size(path)
     try:
         return pydicom.dcmread(os.fspath(path), force=False, **options)
+    except MemoryError:  # over a decode worker's limit: the worker says so
+        raise
     except InvalidDicomError as exc:
         raise ImageRejected(
             "not_an_image",
@@ -266,6 +343,33 @@ def _read_dicom(path, **options) -> Dataset:
         raise ImageRejected("truncated", "the file ends inside the DICOM header") from exc
     except Exception as exc:
         raise ImageRejected("decode_failed", f"the DICOM header could not be parsed ({type(exc).__name__})") from exc
+
+
+def _check_inflated_size(path) -> None:
+    """pydicom inflates a deflated dataset whole, in one call: count its size first, in bounded steps and
+    without keeping the output, and refuse a deflate bomb."""
+    try:
+        with open(path, "rb") as f:
+            pydicom.filereader.read_preamble(f, False)
+            # pydicom's own file meta reader, so that the dataset starts exactly where dcmread inflates from
+            meta = pydicom.filereader._read_file_meta_info(f)
+            if meta.get("TransferSyntaxUID") != _DEFLATED:
+                return
+            inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+            while (chunk := f.read(1 << 20)) and not inflater.eof:
+                while chunk:
+                    total += len(inflater.decompress(chunk, 1 << 24))
+                    if total > MAX_INFLATED_BYTES:
+                        raise ImageRejected(
+                            "decode_limit",
+                            f"the deflated dataset inflates to more than {MAX_INFLATED_BYTES >> 20} MB, more than "
+                            "any accepted image needs",
+                        )
+                    chunk = inflater.unconsumed_tail
+    except ImageRejected:
+        raise
+    except Exception:  # not DICOM, or a broken stream: dcmread says which
+        return
 
 
 def _dicom_header(ds: Dataset, path) -> ImageHeader:
@@ -324,7 +428,9 @@ def _checked_dicom_header(ds: Dataset, path) -> ImageHeader:
         )
 
     _check_transfer_syntax(ts)
-    if not ts.is_compressed:
+    if ts.is_compressed:
+        _check_frame_header(path, ds, ts, rows, cols, samples, bits_allocated)
+    else:
         expected = (rows * cols * samples * bits_allocated + 7) // 8
         length = ds.get_item(_PIXEL_DATA, keep_deferred=True).length
         if length < expected:
@@ -337,7 +443,9 @@ def _checked_dicom_header(ds: Dataset, path) -> ImageHeader:
     if body_part and body_part.upper() not in CHEST_BODY_PARTS:
         warns.append(f"BodyPartExamined is {_quote_cs(body_part)}, not CHEST")
     spacing, spacing_source = _pixel_spacing(ds, warns)
-    center, width = _window(ds, warns)
+    slope, intercept = _rescale(ds, warns)
+    modality_lut, _ = _luts(ds, warns)
+    center, width = _window(ds, warns, _value_range(ds, bits_stored, modality_lut, slope, intercept))
     study_date = _date(ds, "StudyDate")
     return ImageHeader(
         source_format="dicom",
@@ -364,6 +472,8 @@ def _checked_dicom_header(ds: Dataset, path) -> ImageHeader:
         pixel_spacing_source=spacing_source,
         window_center=center,
         window_width=width,
+        rescale_slope=slope,
+        rescale_intercept=intercept,
         warnings=tuple(warns),
     )
 
@@ -392,6 +502,54 @@ def _check_truncation(ds: Dataset, path, ts: UID | None) -> None:
                 raise ImageRejected(
                     "truncated", "the file is cut short inside the pixel data (end of file before its last fragment)"
                 )
+
+
+def _check_frame_header(path, ds: Dataset, ts: UID, rows: int, cols: int, samples: int, bits_allocated: int) -> None:
+    """The frame's own header against the DICOM header (module docstring), before any decoder sees it."""
+    try:
+        data = _frame_start(path, ds.get_item(_PIXEL_DATA, keep_deferred=True))
+        if ts == _RLE:
+            segments, expected = codestream.rle_segments(data), samples * max(1, bits_allocated // 8)
+            if segments != expected:
+                raise ImageRejected(
+                    "frame_size_mismatch",
+                    f"the RLE frame has {segments} segment(s); {samples} sample(s) of {bits_allocated} bits need {expected}",
+                )
+            return
+        if ts in _JPEG_2000:
+            info = codestream.jpeg2000(data)
+        else:
+            info = codestream.jpeg(data, codestream.JPEG_LS_FRAME_MARKERS if ts in _JPEG_LS else codestream.JPEG_FRAME_MARKERS)
+    except codestream.CodestreamError as exc:
+        raise ImageRejected("decode_failed", f"{ts.name} pixel data: {exc}") from exc
+    if (info.rows, info.columns, info.components) != (rows, cols, samples) or info.precision > bits_allocated:
+        raise ImageRejected(
+            "frame_size_mismatch",
+            f"the {ts.name} frame header says {info.rows} x {info.columns} pixels of {info.components} "
+            f"component(s) at {info.precision} bits; the DICOM header says {rows} x {cols} pixels of {samples} "
+            f"sample(s) in {bits_allocated} bits",
+        )
+
+
+def _frame_start(path, raw) -> bytes:
+    """The first FRAME_HEADER_BYTES of the (single) frame: the fragments after the Basic Offset Table item
+    (PS3.5 A.4), read from the file where pydicom deferred the PixelData, or from the value when it is small."""
+    parts, size = [], 0
+    with io.BytesIO(raw.value) if raw.value is not None else open(path, "rb") as f:
+        if raw.value is None:
+            f.seek(raw.value_tell)
+        items = 0
+        while size < FRAME_HEADER_BYTES and len(head := f.read(8)) == 8:
+            group, element, length = struct.unpack("<HHI", head)
+            if (group, element) != (0xFFFE, 0xE000):  # the sequence delimiter, or not an item at all
+                break
+            items += 1
+            if items == 1:  # the Basic Offset Table
+                f.seek(length, io.SEEK_CUR)
+                continue
+            parts.append(f.read(min(length, FRAME_HEADER_BYTES - size)))
+            size += len(parts[-1])
+    return b"".join(parts)
 
 
 def _check_dimensions(rows, cols) -> None:
@@ -463,16 +621,34 @@ def _pixel_spacing(ds: Dataset, warns: list[str]) -> tuple[tuple[float, float] |
         try:
             row, col = (float(v) for v in value)
         except (TypeError, ValueError):
-            row = col = 0.0
-        if row > 0 and col > 0:
+            row = col = math.nan
+        if plausible_spacing(row, col):
             if keyword == "ImagerPixelSpacing":
                 warns.append("pixel spacing from ImagerPixelSpacing (at the detector, not corrected for magnification)")
             return (row, col), keyword
-        warns.append(f"{keyword} is not two positive numbers and was ignored")
+        warns.append(
+            f"{keyword} is not two numbers from {SPACING_MIN_MM} to {SPACING_MAX_MM} mm and was ignored: "
+            "lengths are measured in pixels"
+        )
     return None, None
 
 
-def _window(ds: Dataset, warns: list[str]) -> tuple[float | None, float | None]:
+def _rescale(ds: Dataset, warns: list[str]) -> tuple[float, float]:
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    try:  # absent or empty: the identity
+        slope, intercept = (float(default if v in (None, "") else v) for v, default in ((slope, 1.0), (intercept, 0.0)))
+    except (TypeError, ValueError):
+        slope = intercept = math.nan
+    if usable_rescale(slope, intercept):
+        return slope, intercept
+    warns.append(
+        f"RescaleSlope / RescaleIntercept are not finite with {RESCALE_SLOPE_MIN:g} <= |slope| <= {RESCALE_MAX:g} "
+        f"and |intercept| <= {RESCALE_MAX:g}: ignored, slope 1 and intercept 0 used"
+    )
+    return 1.0, 0.0
+
+
+def _window(ds: Dataset, warns: list[str], value_range: tuple[float, float]) -> tuple[float | None, float | None]:
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center is None or width is None:  # absent or empty
         return None, None
@@ -481,11 +657,29 @@ def _window(ds: Dataset, warns: list[str]) -> tuple[float | None, float | None]:
     except (TypeError, ValueError, IndexError):
         warns.append("WindowCenter/WindowWidth are malformed and were ignored")
         return None, None
+    if not (math.isfinite(center) and math.isfinite(width)):
+        warns.append("WindowCenter/WindowWidth are not finite numbers and were ignored: the full range is shown")
+        return None, None
     # PS3.3 C.11.2.1.2: width >= 1 for LINEAR, > 0 for LINEAR_EXACT and SIGMOID.
     if not (width >= 1 if _voi_lut_function(ds) == "LINEAR" else width > 0):
         warns.append(f"WindowWidth {width:g} is not valid and was ignored")
         return None, None
+    lo, hi = value_range
+    if center + width / 2 <= lo or center - width / 2 >= hi + 1 or width > WINDOW_MAX_WIDTH_FACTOR * (hi - lo + 1):
+        warns.append(
+            f"WindowCenter/WindowWidth {center:g}/{width:g} do not fit the values this image can hold "
+            f"({lo:g} to {hi:g}) and were ignored: the full range is shown"
+        )
+        return None, None
     return center, width
+
+
+def _value_range(ds: Dataset, bits_stored: int, modality_lut: Lut | None, slope: float, intercept: float):
+    """The smallest and largest modality value the stored bits can give."""
+    if modality_lut is not None:
+        return float(modality_lut.table.min()), float(modality_lut.table.max())
+    lo, hi = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if ds.get("PixelRepresentation") == 1 else (0, 2**bits_stored - 1)
+    return min(lo * slope, hi * slope) + intercept, max(lo * slope, hi * slope) + intercept
 
 
 def _voi_lut_function(ds: Dataset) -> str:
@@ -493,15 +687,41 @@ def _voi_lut_function(ds: Dataset) -> str:
     return function if function in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR"
 
 
+def _luts(ds: Dataset, warns: list[str]) -> tuple[Lut | None, Lut | None]:
+    """The first items of the Modality LUT and VOI LUT Sequences; a malformed one is None, with a warning.
+    The header checks and the decode worker call this alike, so both use the same tables."""
+    luts = []
+    for keyword, fallback in (("ModalityLUTSequence", "rescale"), ("VOILUTSequence", "window")):
+        try:
+            sequence = ds.get(keyword)
+            luts.append(_lut(sequence[0], ds) if sequence else None)
+        except Exception as exc:  # what pydicom raises on a malformed item, or ours below
+            reason = exc.args[0] if isinstance(exc, _BadLut) else type(exc).__name__
+            warns.append(f"{keyword} is malformed ({reason}) and was ignored: {fallback} used instead")
+            luts.append(None)
+    return luts[0], luts[1]
+
+
+class _BadLut(ValueError):
+    """A LUT that parses but cannot be used; the message names the problem, without values."""
+
+
 def _lut(item: Dataset, ds: Dataset) -> Lut:
-    entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    descriptor, data = item.get("LUTDescriptor"), item.get("LUTData")
+    if descriptor is None or data is None or len(descriptor) != 3:
+        raise _BadLut("no LUTDescriptor of 3 values, or no LUTData")
+    entries, first, bits = (int(v) for v in descriptor)
     entries = entries or 65536  # 0 means 2**16 (PS3.3 C.11.1.1)
+    if not 1 <= bits <= 16:
+        raise _BadLut(f"{bits} bits per entry; 1 to 16 are possible")
     if ds.get("PixelRepresentation") == 1 and first >= 32768:  # first mapped value is SS for signed pixels
         first -= 65536
-    data = item.LUTData
     if isinstance(data, bytes):  # OW: words in the dataset's byte order
-        data = np.frombuffer(data, dtype="<u2" if ds.original_encoding[1] is not False else ">u2")
-    return Lut(first_mapped=first, table=np.asarray(data, dtype=np.float64)[:entries], bits=bits)
+        data = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2" if ds.original_encoding[1] is not False else ">u2")
+    table = np.asarray(data, dtype=np.float64).ravel()
+    if table.size < entries:
+        raise _BadLut(f"LUTData holds {table.size} entries, LUTDescriptor says {entries}")
+    return Lut(first_mapped=first, table=table[:entries], bits=bits)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -525,8 +745,11 @@ def _raster_header(path, kind: str) -> ImageHeader:
                        photometric_interpretation="MONOCHROME2")
 
 
-def _load_raster(path, header: ImageHeader) -> DecodedImage:
-    arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+def _decode_raster(path: str, header: ImageHeader) -> DecodedImage:
+    """In a decode worker: the pixels of a PNG / JPEG whose header passed read_header."""
+    with sandbox.captured_output() as output:
+        arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    header = replace(header, warnings=(*header.warnings, *_decoder_warnings(output)))
     what = header.source_format.upper()
     if arr is None or arr.dtype not in (np.uint8, np.uint16):
         raise ImageRejected("decode_failed", f"the {what} data could not be decoded (corrupt or truncated)")
@@ -540,7 +763,49 @@ def _load_raster(path, header: ImageHeader) -> DecodedImage:
         else:
             arr = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
             header = replace(header, warnings=(*header.warnings, "colour image converted to grey"))
-    return DecodedImage(header=header, stored=_readonly(arr))
+    return DecodedImage(header=header, stored=arr)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoding (in a worker process, see load)
+
+
+def _decode_dicom(path: str, header: ImageHeader) -> DecodedImage:
+    """In a decode worker: the pixels and lookup tables of a DICOM whose header passed read_header."""
+    ds = _read_dicom(path)
+    try:
+        with sandbox.captured_output() as output:  # only the decoder: pydicom's own warnings may quote values
+            arr = ds.pixel_array  # pydicom converts YBR to RGB here (as_rgb default)
+    except Exception as exc:  # over the memory limit too: the worker finds MemoryError in the chain
+        name = UID(header.transfer_syntax_uid).name
+        raise ImageRejected("decode_failed", f"{name} pixel data could not be decoded ({type(exc).__name__})") from exc
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
+    if arr.shape != (header.rows, header.columns):
+        raise ImageRejected(
+            "decode_failed",
+            f"decoded pixel array is {arr.shape}, header says {header.rows} x {header.columns}",
+        )
+    modality_lut, voi_lut = _luts(ds, [])  # read_header warned already
+    return DecodedImage(
+        header=replace(header, warnings=(*header.warnings, *_decoder_warnings(output))),
+        stored=arr,
+        voi_lut=voi_lut,
+        modality_lut=modality_lut,
+        rescale_slope=header.rescale_slope,
+        rescale_intercept=header.rescale_intercept,
+        voi_lut_function=_voi_lut_function(ds),
+    )
+
+
+def _decoder_warnings(output: list[str]) -> tuple[str, ...]:
+    """What a decoder printed or warned ("Corrupt JPEG data: premature end of data segment"): printable ASCII,
+    each line once, at most three. Lines that quote something are left out: that is how pydicom's own warnings
+    cite header values, which never go into a stored warning."""
+    lines = dict.fromkeys(
+        text for line in output if (text := re.sub(r"[^ -~]", "", line).strip()[:160]) and not re.search("['\"`]", text)
+    )
+    return tuple(f"the decoder reported: {text}" for text in list(lines)[:3])
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:

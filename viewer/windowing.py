@@ -7,14 +7,18 @@ that dense tissue is always bright -> optional user inversion.
 Stored data are always integers of at most 16 bits (dicom_io guarantees it), so the whole pipeline is computed
 once over every value the stored dtype can hold (256 or 65536 entries, in float64 on the original bit depth)
 and the image is mapped with a single table lookup: no float copy of the image is ever made for display.
+
+Nothing here raises on a DecodedImage, whatever its header said: an unusable rescale is the identity (as
+dicom_io decides), and a window that is not finite or not positive is replaced by the full range.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from viewer.dicom_io import DecodedImage
+from viewer.dicom_io import DecodedImage, usable_rescale
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def default_window(img: DecodedImage) -> Window | None:
     if img.voi_lut is not None:
         return None
     h = img.header
-    if h.window_center is not None and h.window_width is not None:
+    if h.window_center is not None and h.window_width is not None and _usable(Window(h.window_center, h.window_width)):
         return Window(h.window_center, h.window_width)
     if h.source_format != "dicom":
         return _span(0.0, float(2**h.bits_stored - 1))
@@ -85,9 +89,9 @@ def render(img: DecodedImage, window: Window | None = None, invert: bool = False
     """
     domain = _modality(img, _domain(img.stored).astype(np.float64))
     if window is None and img.voi_lut is not None:
-        y = img.voi_lut(domain) / (2**img.voi_lut.bits - 1)
+        y = img.voi_lut(domain) / max(1, 2**img.voi_lut.bits - 1)
     else:
-        y = _voi(domain, window or default_window(img), img.voi_lut_function)
+        y = _voi(domain, window if window is not None and _usable(window) else _default_or_full(img), img.voi_lut_function)
     lut = np.floor(np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)  # round half up
     if img.monochrome1 != invert:
         lut = 255 - lut  # on the 8-bit table, so inverse pictures are exact complements
@@ -101,9 +105,20 @@ def _domain(stored: np.ndarray) -> np.ndarray:
     return np.arange(2**bits, dtype=f"uint{bits}").view(stored.dtype)
 
 
+def _default_or_full(img: DecodedImage) -> Window:
+    """default_window, or the full range where the default is the VOI LUT (a user window that is unusable)."""
+    return default_window(img) or _span(*_value_range(img))
+
+
+def _usable(window: Window) -> bool:
+    return math.isfinite(window.center) and math.isfinite(window.width) and window.width > 0
+
+
 def _modality(img: DecodedImage, x: np.ndarray) -> np.ndarray:
     if img.modality_lut is not None:
         return img.modality_lut(x)
+    if not usable_rescale(img.rescale_slope, img.rescale_intercept):
+        return x
     return x * img.rescale_slope + img.rescale_intercept
 
 
@@ -121,8 +136,6 @@ def _span(lo: float, hi: float) -> Window:
 def _voi(x: np.ndarray, window: Window, function: str) -> np.ndarray:
     """PS3.3 C.11.2.1.2 / C.11.2.1.3 window functions, output in [0, 1] (clipping gives the edge cases)."""
     c, w = window.center, window.width
-    if not w > 0:
-        raise ValueError(f"window width must be positive, got {w}")
     if function == "SIGMOID":
         return 0.5 * (1.0 + np.tanh(2.0 * (x - c) / w))  # == 1 / (1 + exp(-4 (x - c) / w)), without overflow
     if function == "LINEAR_EXACT":

@@ -1,8 +1,9 @@
 """The picture a reader sees: real radiographs end to end, and the PS3.3 arithmetic on hand-made DICOMs."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
-import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
@@ -182,7 +183,9 @@ def test_no_header_window_means_full_range(make_dicom):
     assert (picture.flat[0], picture.flat[-1]) == (0, 255)
 
 
-def test_window_width_must_be_positive(make_dicom):
-    img = dicom_io.load(make_dicom(RAMP))
-    with pytest.raises(ValueError, match="width"):
-        windowing.render(img, Window(100, 0))
+def test_an_unusable_window_shows_the_full_range(make_dicom):
+    img = dicom_io.load(make_dicom(RAMP // 4 + 100))
+    full = windowing.render(img)
+    assert (full.flat[0], full.flat[-1]) == (0, 255)
+    for window in (Window(100, 0), Window(100, -5), Window(math.nan, 400), Window(100, math.inf)):
+        assert np.array_equal(windowing.render(img, window), full), window
