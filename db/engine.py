@@ -4,7 +4,9 @@ any SQLAlchemy URL works, PostgreSQL included."""
 from __future__ import annotations
 
 import logging
+import os
 import random
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,28 +22,56 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 5000
+# A unit that lost a race is run again, with a growing, jittered pause (capped below). SQLite waits for the
+# lock itself (busy_timeout) before it reports one; PostgreSQL reports a conflict at once, and many writers
+# on one row can lose several times running.
+SQLITE_ATTEMPTS, WRITE_ATTEMPTS = 5, 30
+RETRY_PAUSE_MIN_S, RETRY_PAUSE_CAP_S = 0.01, 1.0
+# Why a write unit lost, from the driver's error: SQLite's lock, or PostgreSQL's SQLSTATE.
+_CONFLICTS = {
+    "locked": "the database is locked by another process",
+    "40001": "it conflicted with other users' concurrent saves (PostgreSQL serialization failure, SQLSTATE 40001)",
+    "40P01": "it deadlocked with other users' concurrent saves (PostgreSQL deadlock, SQLSTATE 40P01)",
+}
+retries = {kind: 0 for kind in _CONFLICTS}  # units run again since start, per cause (read by tests and logs)
 
 
 class DatabaseBusy(Exception):
-    """The database stayed locked by another writer; nothing was saved."""
+    """A write unit kept losing to other writers (a lock, or a serialization failure); nothing was saved."""
 
-    def __init__(self, attempts: int):
-        super().__init__(
-            f"The database is locked by another process (tried {attempts} times); "
-            "nothing was saved. Try again."
-        )
+    def __init__(self, attempts: int, cause: str = "locked"):
+        self.cause = cause
+        reason = _CONFLICTS[cause]
+        if cause == "locked":
+            text = f"The database is locked by another process (tried {attempts} times); nothing was saved."
+        else:
+            text = f"Nothing was saved: {reason}, {attempts} times in a row."
+        super().__init__(text + " Try again.")
 
 
 class DatabaseUnavailable(Exception):
     """The database cannot be opened or is not at the current schema."""
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """The database holds patient data: its folder 0700 when we create it, the file (and SQLite's -wal and
+    -shm, which SQLite creates with the file's mode) 0600."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if p.exists() and stat.S_IMODE(p.stat().st_mode) != 0o600:
+                os.chmod(p, 0o600)
+    except PermissionError:  # another user's file: not ours to change
+        log.warning("cannot make the database file private")
+
+
 def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     u = make_url(url)
     if u.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
-    if u.database and u.database != ":memory:":
-        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+    if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
+        _private_sqlite_file(Path(u.database))
     engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
 
     @event.listens_for(engine, "connect")
@@ -64,17 +94,20 @@ def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     return engine
 
 
-def _is_locked(exc: OperationalError) -> bool:
-    # PostgreSQL: a serialization failure or a deadlock; the unit lost a race with another writer.
-    if getattr(exc.orig, "sqlstate", None) in ("40001", "40P01"):
-        return True
+def _conflict(exc: OperationalError) -> str | None:
+    """Why the unit lost a race with another writer ("locked", "40001", "40P01"), or None for other errors."""
+    if (state := getattr(exc.orig, "sqlstate", None)) in _CONFLICTS:
+        return state
     text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
-    return "locked" in text or "busy" in text
+    return "locked" if "locked" in text or "busy" in text else None
 
 
-def write(engine: Engine, fn: Callable[[Session], T], *, attempts: int = 5) -> T:
-    """Run fn in one write transaction; retry the whole unit when SQLite reports it is locked (or, elsewhere,
-    when it lost a race with another writer)."""
+def write(engine: Engine, fn: Callable[[Session], T], *, attempts: int | None = None) -> T:
+    """Run fn in one write transaction; run the whole unit again when it lost a race with another writer:
+    SQLite's lock, or on PostgreSQL a serialization failure or a deadlock. Raises DatabaseBusy, naming the
+    cause, when it lost `attempts` times."""
+    attempts = attempts or (SQLITE_ATTEMPTS if engine.dialect.name == "sqlite" else WRITE_ATTEMPTS)
+    pause = RETRY_PAUSE_MIN_S
     for attempt in range(1, attempts + 1):
         try:
             with Session(engine, expire_on_commit=False) as s, s.begin():
@@ -84,11 +117,18 @@ def write(engine: Engine, fn: Callable[[Session], T], *, attempts: int = 5) -> T
                     s.connection(execution_options={"isolation_level": "SERIALIZABLE"})
                 return fn(s)
         except OperationalError as exc:
-            if not _is_locked(exc):
+            cause = _conflict(exc)
+            if cause is None:
                 raise
-            log.warning("database locked (attempt %d/%d)", attempt, attempts)
-            time.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))  # jitter: racers do not meet again
-    raise DatabaseBusy(attempts)
+            if attempt == attempts:
+                raise DatabaseBusy(attempts, cause) from exc
+            retries[cause] += 1
+            log.info("write unit lost a race (%s), run again (attempt %d/%d)", cause, attempt, attempts)
+            # Growing pauses with "decorrelated" jitter (each drawn up to 3x the last), so that the racers spread
+            # out instead of meeting again; capped so that a save under load still answers within seconds.
+            pause = min(RETRY_PAUSE_CAP_S, random.uniform(RETRY_PAUSE_MIN_S, 3 * pause))
+            time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 @contextmanager
@@ -113,7 +153,7 @@ def upgrade(url: str) -> None:
 
     u = make_url(url)
     if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
-        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        _private_sqlite_file(Path(u.database))  # before Alembic's engine creates it with the umask's mode
     command.upgrade(alembic_config(url), "head")
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -70,6 +71,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[Role] = mapped_column(Enum(Role, name="role", native_enum=False, length=16))
     is_active: Mapped[bool] = mapped_column(default=True)
+    # A password someone else chose or the system generated (shown once): changed at the next sign-in.
+    must_change_password: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -85,6 +88,40 @@ class SignInSession(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Idle timeout: the session ends when nothing happened for a while (updated at most once a minute).
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The address that signed in; a cookie replayed from another address does not resume the session.
+    client_address: Mapped[str | None] = mapped_column(String(64))
+
+
+class SignInThrottle(Base):
+    """Failed sign-ins per typed user name (existing or not, so a lockout tells nothing about which names
+    exist): the failures since `window_start`, and the lockout they caused. Deleted by a successful sign-in
+    or an admin's unlock."""
+
+    __tablename__ = "sign_in_throttle"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditEvent(Base):
+    """Append-only security and administration audit (database triggers refuse UPDATE and DELETE): sign-ins
+    and failures, lockouts, account changes, imports, exports, model and threshold changes. `details` is
+    PHI-free JSON (hashed UIDs, codes, counts)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    target_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    target: Mapped[str | None] = mapped_column(String(200))
+    details: Mapped[str] = mapped_column(Text, default="{}")
+    client_address: Mapped[str | None] = mapped_column(String(64))
 
 
 class Study(Base):

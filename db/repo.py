@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session, aliased
 
 from db.models import (
@@ -16,8 +16,6 @@ from db.models import (
     ModelThreshold,
     Prediction,
     Report,
-    Role,
-    SignInSession,
     Study,
     StudyStatus,
     User,
@@ -25,70 +23,6 @@ from db.models import (
     VerdictEvent,
     utcnow,
 )
-
-
-# --- users -------------------------------------------------------------------------------------------------
-def count_users(s: Session) -> int:
-    return s.scalar(select(func.count(User.id))) or 0
-
-
-def get_user_by_name(s: Session, username: str) -> User | None:
-    return s.scalar(select(User).where(User.username == username))
-
-
-def add_sign_in_session(s: Session, token_sha256: str, user_id: int, expires_at: dt.datetime) -> None:
-    s.add(SignInSession(token_sha256=token_sha256, user_id=user_id, expires_at=expires_at))
-
-
-def prune_sign_in_sessions(s: Session, expired_before: dt.datetime) -> int:
-    """Delete sessions that expired before `expired_before` (ended ones included); returns how many."""
-    return s.execute(delete(SignInSession).where(SignInSession.expires_at < expired_before)).rowcount
-
-
-def session_user(s: Session, token_sha256: str, now: dt.datetime) -> tuple[User, dt.datetime] | None:
-    """The active user of a session that has not ended or expired, with the session's expiry; else None."""
-    row = s.execute(
-        select(User, SignInSession.expires_at)
-        .join(SignInSession, SignInSession.user_id == User.id)
-        .where(
-            SignInSession.token_sha256 == token_sha256,
-            SignInSession.ended_at.is_(None),
-            SignInSession.expires_at > now,
-            User.is_active.is_(True),
-        )
-    ).first()
-    return None if row is None else (row[0], row[1])
-
-
-def end_sign_in_sessions(
-    s: Session,
-    now: dt.datetime,
-    token_sha256: str | None = None,
-    user_id: int | None = None,
-    except_token_sha256: str | None = None,
-) -> int:
-    """End one session (by token) or every open session of a user (but one); returns how many were open."""
-    if token_sha256 is None and user_id is None:
-        raise ValueError("end_sign_in_sessions needs a token or a user, never every session at once")
-    query = update(SignInSession).where(SignInSession.ended_at.is_(None))
-    if token_sha256 is not None:
-        query = query.where(SignInSession.token_sha256 == token_sha256)
-    if user_id is not None:
-        query = query.where(SignInSession.user_id == user_id)
-    if except_token_sha256 is not None:
-        query = query.where(SignInSession.token_sha256 != except_token_sha256)
-    return s.execute(query.values(ended_at=now)).rowcount
-
-
-def list_users(s: Session) -> list[User]:
-    return list(s.scalars(select(User).order_by(User.username)))
-
-
-def add_user(s: Session, username: str, password_hash: str, role: Role) -> User:
-    user = User(username=username, password_hash=password_hash, role=role)
-    s.add(user)
-    s.flush()
-    return user
 
 
 # --- studies and images --------------------------------------------------------------------------------------

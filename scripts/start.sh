@@ -16,4 +16,4 @@ if [ -d "$SHARED/data" ]; then
 else
   echo "no sample data at $SHARED/data (set CXR_REVIEW_SHARED_DIR); starting with an empty worklist"
 fi
-exec .venv/bin/streamlit run app.py --server.address "${CXR_REVIEW_ADDRESS:-127.0.0.1}" --server.port "${CXR_REVIEW_PORT:-8501}"
+exec .venv/bin/streamlit run asgi.py --server.address "${CXR_REVIEW_ADDRESS:-127.0.0.1}" --server.port "${CXR_REVIEW_PORT:-8501}"

@@ -67,14 +67,74 @@ def _cmd_users_add(args) -> int:
 
 
 def _cmd_users_list(args) -> int:
+    from db import accounts
     from db import engine as dbe
-    from db import repo
-    from services import context
+    from services import auth, context
 
     ctx = context.build()
+    locked = auth.locked_names(ctx.engine)
     with dbe.read(ctx.engine) as s:
-        for u in repo.list_users(s):
-            print(f"{u.username}\t{u.role.value}\t{'active' if u.is_active else 'disabled'}")
+        for u in accounts.list_users(s):
+            state = ["active" if u.is_active else "disabled"]
+            if u.username in locked:
+                state.append(f"locked until {locked[u.username].astimezone():%H:%M %Z}")
+            if u.must_change_password:
+                state.append("must change password")
+            print(f"{u.username}\t{u.role.value}\t{', '.join(state)}")
+    return EXIT_OK
+
+
+def _cmd_users_change(args) -> int:
+    """disable | enable | role | reset | unlock: an admin's account changes, audited as made on the command
+    line (the audit has no signed-in actor for them)."""
+    from services import auth, context
+
+    ctx = context.build()
+    try:
+        if args.users_command in ("disable", "enable"):
+            auth.set_active(ctx.engine, args.name, args.users_command == "enable")
+            print(f"{args.name!r} {args.users_command}d")
+        elif args.users_command == "role":
+            auth.set_role(ctx.engine, args.name, args.role)
+            print(f"{args.name!r} is now {args.role}")
+        elif args.users_command == "reset":
+            given = os.environ.get(args.password_env) if args.password_env else None
+            if args.password_env and not given:
+                print(f"cxr-review: error: environment variable {args.password_env} is empty", file=sys.stderr)
+                return EXIT_USAGE
+            password = auth.reset_password(ctx.engine, args.name, password=given)
+            print(f"{args.name!r}: new one-time password (to be changed at the next sign-in)"
+                  + ("" if given else f": {password}"))  # fmt: skip
+        else:
+            unlocked = auth.unlock(ctx.engine, args.name)
+            print(f"{args.name!r} unlocked" if unlocked else f"{args.name!r} was not locked")
+    except auth.AuthError as exc:
+        print(f"cxr-review: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _cmd_audit(args) -> int:
+    import datetime as dt
+
+    from services import audit_log, context
+
+    ctx = context.build()
+    try:
+        since = dt.date.fromisoformat(args.since) if args.since else None
+    except ValueError:
+        print("cxr-review: error: --since must be a date, YYYY-MM-DD", file=sys.stderr)
+        return EXIT_USAGE
+    found = audit_log.rows(ctx.engine, actions=tuple(args.action), user=args.user, since=since)
+    data = audit_log.to_csv(found)
+    if args.out:
+        from services.store import write_atomic
+
+        write_atomic(args.out, data)
+        audit_log.record_export(ctx.engine, None, args.out.name, len(found))
+        print(f"{len(found)} audit rows written to {args.out}")
+    else:
+        sys.stdout.write(data.decode())
     return EXIT_OK
 
 
@@ -91,9 +151,12 @@ def _cmd_import(args) -> int:
     results = importer.import_paths(
         ctx.engine, ctx.store, args.paths, max_bytes=ctx.settings.max_upload_bytes, metadata=metadata
     )
+    done = []
     for result in results:
         rejected += result.status == "rejected"
+        done.append(result)
         print(json.dumps(result.to_json()), flush=True)
+    importer.record_batch(ctx.engine, done, actor_id=None, via="command line")
     return EXIT_SOME_REJECTED if rejected else EXIT_OK
 
 
@@ -125,19 +188,28 @@ def _cmd_infer(args) -> int:
 
 
 def _cmd_render(args) -> int:
-    from viewer import dicom_io, export, windowing
+    import math
 
-    try:
-        img = dicom_io.load(args.file)
-    except dicom_io.ImageRejected as exc:
-        print(f"cxr-review: {args.file}: rejected ({exc.code}): {exc.message}", file=sys.stderr)
-        return EXIT_SOME_REJECTED
+    from services import importer, settings
+    from viewer import export, windowing
+
     window = windowing.Window(*args.window) if args.window else None
-    if window is not None and window.width <= 0:
-        print("cxr-review: error: window width must be positive", file=sys.stderr)
+    if window is not None and not (math.isfinite(window.center) and math.isfinite(window.width) and window.width > 0):
+        print("cxr-review: error: --window needs a finite centre and a finite positive width", file=sys.stderr)
         return EXIT_USAGE
+    try:  # the checks and limits of import: size cap, header checks, decoding in a limited worker
+        img = importer.load_checked(args.file, max_bytes=settings.load().max_upload_bytes)
+    except importer.FileRejected as exc:
+        print(f"cxr-review: {args.file}: rejected ({exc.code}): {exc.reason}", file=sys.stderr)
+        return EXIT_SOME_REJECTED
+    for warning in img.header.warnings:  # values that were not used, and what replaced them
+        print(f"cxr-review: {args.file}: warning: {warning}", file=sys.stderr)
     out = windowing.render(img, window)
-    export.write_png(args.out, out)
+    try:
+        export.write_png(args.out, out)
+    except OSError as exc:
+        print(f"cxr-review: error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     print(
         json.dumps(
             {"file": str(args.file), "out": str(args.out), "rows": out.shape[0], "columns": out.shape[1]}
@@ -149,7 +221,7 @@ def _cmd_render(args) -> int:
 def _cmd_serve(args) -> int:
     from streamlit.web import cli as stcli
 
-    app = Path(__file__).resolve().parent.parent / "app.py"
+    app = Path(__file__).resolve().parent.parent / "asgi.py"  # the app with its session-cookie endpoint
     sys.argv = [
         "streamlit",
         "run",
@@ -185,7 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--role", required=True, choices=["radiologist", "annotator", "researcher", "admin"])
     add.add_argument("--password-env", metavar="VAR", help="read the password from this environment variable")
     add.set_defaults(fn=_cmd_users_add)
-    users.add_parser("list", help="list accounts").set_defaults(fn=_cmd_users_list)
+    users.add_parser("list", help="list accounts, with their state").set_defaults(fn=_cmd_users_list)
+    for verb, text in (
+        ("disable", "disable an account (its sessions end at once)"),
+        ("enable", "enable a disabled account"),
+        ("role", "change an account's role"),
+        ("reset", "give an account a new one-time password (printed unless --password-env; ends its sessions)"),
+        ("unlock", "lift the lockout of a user name after failed sign-ins"),
+    ):
+        change = users.add_parser(verb, help=text)
+        change.add_argument("name")
+        if verb == "role":
+            change.add_argument("role", choices=["radiologist", "annotator", "researcher", "admin"])
+        if verb == "reset":
+            change.add_argument("--password-env", metavar="VAR", help="read the password from this variable")
+        change.set_defaults(fn=_cmd_users_change)
+
+    aud = sub.add_parser("audit", help="the audit as CSV (all rows, newest first), on stdout or --out")
+    aud.add_argument("--since", metavar="YYYY-MM-DD", help="rows from this UTC day on")
+    aud.add_argument("--user", help="rows where this account acted or was acted upon")
+    aud.add_argument("--action", action="append", default=[], help="only this action; repeatable")
+    aud.add_argument("--out", type=Path, metavar="CSV", help="write here (readable by this user only)")
+    aud.set_defaults(fn=_cmd_audit)
 
     imp = sub.add_parser(
         "import", help="import DICOM/PNG/JPEG files or folders (recursive); JSON lines on stdout"

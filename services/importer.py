@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,8 +14,8 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
+from db import audit, repo
 from db import engine as dbe
-from db import repo
 from services.store import ImageStore
 from viewer import dicom_io
 
@@ -67,6 +68,16 @@ class FileRejected(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+def size_rejection(name: str, size: int, max_bytes: int) -> ImportResult | None:
+    """The rejection of a file over the size cap, before anything reads it; None when it is within the cap."""
+    if size <= max_bytes:
+        return None
+    return _rejected(
+        name, "too_large",
+        f"file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB import limit (CXR_REVIEW_MAX_UPLOAD_MB)",
+    )  # fmt: skip
 
 
 def load_checked(path: Path, *, max_bytes: int) -> dicom_io.DecodedImage:
@@ -218,6 +229,26 @@ def _duplicate(name: str, existing) -> ImportResult:
         study_instance_uid=existing.study.study_instance_uid,
         sop_instance_uid=existing.sop_instance_uid,
     )
+
+
+def record_batch(
+    engine: Engine, results: list[ImportResult], *, actor_id: int | None, client: str | None = None,
+    via: str = "browser",
+) -> None:
+    """One audit row per import batch: counts by status and by rejection code, and the stored image ids (no
+    file names or UIDs: they can identify a patient)."""
+    if not results:
+        return
+    counts = Counter(r.status for r in results)
+    codes = Counter(r.code for r in results if r.status == "rejected")
+    details = {
+        "via": via, "files": len(results), **{k: counts.get(k, 0) for k in ("imported", "duplicate", "rejected")},
+        "rejection_codes": dict(codes), "image_ids": [r.image_id for r in results if r.status == "imported"][:1000],
+    }  # fmt: skip
+    try:
+        dbe.write(engine, lambda s: audit.add(s, "import", actor_id=actor_id, details=details, client_address=client))
+    except dbe.DatabaseBusy:
+        log.warning("the import's audit row could not be written: the database is busy")
 
 
 def import_paths(

@@ -27,8 +27,10 @@ from inference.registry import Registry
 from inference.runner import Runner
 from inference.types import ANATOMY_LABELS, RESEARCH_USE, ModelSpec, ModelUnavailable
 from services import analysis, importer
-from services.store import write_atomic  # 0o644: outputs are for sharing
+from services.store import write_atomic
 from viewer import dicom_io, export
+
+OUT_MODE = 0o644  # infer's outputs go to a folder the user chose, for sharing (the image store is private)
 
 
 class InferUsageError(Exception):
@@ -146,7 +148,7 @@ def infer_image(
             unavailable[exc.model_id] = exc.reason
         else:
             name = f"{stem}.anatomy.png"
-            write_atomic(out_dir / name, export.png_bytes(label_map))
+            write_atomic(out_dir / name, export.png_bytes(label_map), mode=OUT_MODE)
             ctr = summary["ctr"]
             lungs = label_map == postprocess.LUNGS
             doc |= {
@@ -174,7 +176,7 @@ def infer_image(
         else:
             name = f"{stem}.bone_suppressed.png"
             soft16 = np.round(res.soft_tissue * 65535).astype(np.uint16)
-            write_atomic(out_dir / name, export.png_bytes(soft16))
+            write_atomic(out_dir / name, export.png_bytes(soft16), mode=OUT_MODE)
             doc["bone_suppressed"] = name
             ran(spec, analysis.with_total(res.timings_ms))
 
@@ -247,5 +249,5 @@ def infer_paths(
         stem = stems.take(path)
         doc = infer_image(runner, chosen, unavailable, img, str(path), out_dir, stem, view)
         target = out_dir / f"{stem}.json"
-        write_atomic(target, (json.dumps(doc, indent=2) + "\n").encode())
+        write_atomic(target, (json.dumps(doc, indent=2) + "\n").encode(), mode=OUT_MODE)
         yield InferLine(file=str(path), status="done", out=str(target))

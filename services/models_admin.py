@@ -12,8 +12,8 @@ import logging
 import math
 from dataclasses import dataclass
 
+from db import accounts, audit, repo
 from db import engine as dbe
-from db import repo
 from inference.registry import TASKS, Registry
 from inference.types import ModelSpec, ModelUnavailable
 from services.context import Context
@@ -67,7 +67,7 @@ class VersionRow:
 
 
 def _user_names(s) -> dict[int, str]:
-    return {u.id: u.username for u in repo.list_users(s)}
+    return {u.id: u.username for u in accounts.list_users(s)}
 
 
 def pins(ctx: Context, with_names: bool = True) -> dict[str, Pin]:
@@ -154,17 +154,25 @@ def set_active(ctx: Context, registry: Registry, task: str, ref: str, user_id: i
         raise ModelChoiceRefused(f"{spec.ref} is a {spec.task} model, not {task}")
     if (reason := registry.problem(spec)) is not None:
         raise ModelChoiceRefused(f"{spec.ref} is unavailable: {reason}")
-    dbe.write(
-        ctx.engine,
-        lambda s: repo.set_active_model(s, task, spec.model_id, spec.version, spec.weights_sha256, user_id),
-    )
+
+    def tx(s):
+        repo.set_active_model(s, task, spec.model_id, spec.version, spec.weights_sha256, user_id)
+        audit.add(s, "model_activated", actor_id=user_id, target=spec.ref,
+                  details={"task": task, "weights_sha256": spec.weights_sha256})  # fmt: skip
+
+    dbe.write(ctx.engine, tx)
     log.info("active %s model set to %s", task, spec.ref)
     return spec
 
 
 def use_default(ctx: Context, task: str, user_id: int) -> None:
     """Drop the choice for `task`: the registry's default runs again (recorded in the history)."""
-    dbe.write(ctx.engine, lambda s: repo.clear_active_model(s, task, user_id))
+
+    def tx(s):
+        repo.clear_active_model(s, task, user_id)
+        audit.add(s, "model_default", actor_id=user_id, target=task, details={"task": task})
+
+    dbe.write(ctx.engine, tx)
 
 
 def rollback(ctx: Context, registry: Registry, task: str, user_id: int) -> str | None:
@@ -178,11 +186,14 @@ def rollback(ctx: Context, registry: Registry, task: str, user_id: int) -> str |
             return None
         previous = repo.rollback_active_model(s, task, user_id, history)
         if previous is None or previous.model_id is None:
-            return DEFAULT
-        pin = Pin(task, previous.model_id, previous.model_version, previous.weights_sha256, None, previous.at)
-        if (problem := pin_problem(registry, pin)) is not None:
-            raise ModelChoiceRefused(f"cannot roll back: {problem}")  # the transaction is rolled back
-        return pin.ref
+            restored = DEFAULT
+        else:
+            pin = Pin(task, previous.model_id, previous.model_version, previous.weights_sha256, None, previous.at)
+            if (problem := pin_problem(registry, pin)) is not None:
+                raise ModelChoiceRefused(f"cannot roll back: {problem}")  # the transaction is rolled back
+            restored = pin.ref
+        audit.add(s, "model_rollback", actor_id=user_id, target=restored, details={"task": task})
+        return restored
 
     restored = dbe.write(ctx.engine, tx)
     if restored is not None:
@@ -221,12 +232,22 @@ def save_thresholds(ctx: Context, spec: ModelSpec, values: dict[str, float], use
     def tx(s):
         for label, value in changed.items():
             repo.set_threshold(s, spec.model_id, spec.version, label, value, user_id)
+        audit.add(s, "thresholds_changed", actor_id=user_id, target=spec.ref,
+                  details={"from": {k: current[k] for k in changed}, "to": changed})  # fmt: skip
 
     if changed:
         dbe.write(ctx.engine, tx)
     return len(changed)
 
 
-def reset_thresholds(ctx: Context, spec: ModelSpec) -> int:
+def reset_thresholds(ctx: Context, spec: ModelSpec, user_id: int) -> int:
     """Back to the model's default thresholds; returns how many edited values were dropped."""
-    return dbe.write(ctx.engine, lambda s: repo.reset_thresholds(s, spec.model_id, spec.version))
+
+    def tx(s):
+        n = repo.reset_thresholds(s, spec.model_id, spec.version)
+        if n:
+            audit.add(s, "thresholds_changed", actor_id=user_id, target=spec.ref,
+                      details={"reset_to_defaults": n})  # fmt: skip
+        return n
+
+    return dbe.write(ctx.engine, tx)

@@ -8,7 +8,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+MAX_UPLOAD_MB_CAP = 4096
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,18 @@ def load(env: dict[str, str] | None = None) -> Settings:
         max_upload_mb = int(get("max_upload_mb", "200"))
     except ValueError as exc:
         raise SettingsError("CXR_REVIEW_MAX_UPLOAD_MB must be a whole number of megabytes") from exc
+    if not 1 <= max_upload_mb <= MAX_UPLOAD_MB_CAP:
+        # 0 or a negative limit would refuse every file; a limit past the decoders' caps protects nothing.
+        raise SettingsError(
+            f"CXR_REVIEW_MAX_UPLOAD_MB must be between 1 and {MAX_UPLOAD_MB_CAP} (megabytes), not {max_upload_mb}"
+        )
+    db_url = get("db_url", f"sqlite:///{data_dir / 'cxr_review.db'}")
+    try:
+        make_url(db_url)
+    except ArgumentError as exc:  # never echo the URL: it may hold a password
+        raise SettingsError("CXR_REVIEW_DB_URL is not a valid SQLAlchemy database URL") from exc
     return Settings(
-        db_url=get("db_url", f"sqlite:///{data_dir / 'cxr_review.db'}"),
+        db_url=db_url,
         data_dir=data_dir,
         models_dir=Path(get("models_dir", str(REPO / "var" / "models"))).expanduser().resolve(),
         max_upload_mb=max_upload_mb,

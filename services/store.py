@@ -1,14 +1,20 @@
-"""Content-addressed image store: each file is kept once, under its sha256, outside the database."""
+"""Content-addressed image store: each file is kept once, under its sha256, outside the database. Patient
+data: folders 0700 and files 0600, readable by the service user only."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+DIR_MODE, FILE_MODE = 0o700, 0o600
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644, fsync: bool = False) -> None:
+
+def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE, fsync: bool = False) -> None:
     """Write then rename: a crash or an interrupted run never leaves a half-written file under `path`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -24,9 +30,41 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, fsync: bool = False
         raise
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` (and missing parents) as 0700, or tighten an existing folder to 0700."""
+    path = Path(path)
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for p in reversed(missing):
+        p.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.chmod(p, DIR_MODE)  # mkdir's mode is masked by the umask
+    target = missing[0] if missing else path
+    if stat.S_IMODE(target.stat().st_mode) != DIR_MODE:
+        os.chmod(target, DIR_MODE)
+    return target
+
+
 class ImageStore:
     def __init__(self, root: Path):
-        self.root = Path(root) / "objects"
+        self.data_dir = Path(root)
+        self.root = self.data_dir / "objects"
+        try:
+            fresh_root = not self.root.exists()
+            private_dir(self.data_dir)
+            if not fresh_root and stat.S_IMODE(self.root.stat().st_mode) != DIR_MODE:
+                self._tighten()  # a store written before files were private: once, then the root says so
+            private_dir(self.root)
+        except PermissionError as exc:  # not ours to change: say so, the files still work
+            log.warning("cannot make the image store private (%s)", type(exc).__name__)
+
+    def _tighten(self) -> None:
+        for folder, dirs, files in os.walk(self.root):
+            for d in dirs:
+                os.chmod(os.path.join(folder, d), DIR_MODE)
+            for f in files:
+                os.chmod(os.path.join(folder, f), FILE_MODE)
 
     def path_for(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:]
@@ -36,6 +74,6 @@ class ImageStore:
         target = self.path_for(sha)
         if target.exists():
             return sha
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, data, mode=0o444, fsync=True)  # objects never change
+        private_dir(target.parent)
+        write_atomic(target, data, fsync=True)  # objects never change
         return sha

@@ -1,4 +1,4 @@
-"""Readers' verdicts on AI statements (items from pages/_ai_panel: kind, key, model id/version/sha256): the one
+"""Readers' verdicts on AI statements (items from screens/_ai_panel: kind, key, model id/version/sha256): the one
 place the review screen writes them."""
 
 from __future__ import annotations

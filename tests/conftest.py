@@ -95,6 +95,6 @@ def sign_in_through_the_form(username: str, password: str):
     at.text_input(key="signin_password").input(password)
     at.button[0].click().run()
     if "session_cookie_pending" in at.session_state:  # signed in: the first page waits for the cookie
-        at.session_state["cxr_review_session_True_confirm"] = True
+        at.session_state["cxr_session_set"] = True
         at.run()
     return at

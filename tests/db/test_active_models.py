@@ -2,8 +2,8 @@
 
 from sqlalchemy import func, select
 
+from db import accounts, repo
 from db import engine as dbe
-from db import repo
 from db.models import ActiveModelEvent
 from services import auth
 
@@ -14,7 +14,7 @@ B = ("cls_b", "2.0.0", "b" * 64)
 def _admin(ctx) -> int:
     auth.add_user(ctx.engine, "boss", "admin", "long-enough-pw")
     with dbe.read(ctx.engine) as s:
-        return repo.get_user_by_name(s, "boss").id
+        return accounts.get_user_by_name(s, "boss").id
 
 
 def _now(ctx, task="classification"):

@@ -11,8 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, insert, inspect, select, text
 
+from db import accounts, repo
 from db import engine as dbe
-from db import repo
 from db.models import Base, Image, Study, StudyStatus, User, utcnow
 from services import auth, importer
 from services.store import ImageStore
@@ -83,8 +83,8 @@ def test_users_and_argon2_sign_in(pg):
     assert auth.authenticate(pg, "rad", "a-long-password") is None
     assert auth.authenticate(pg, "rad", "a-new-long-password").user_id == me.user_id
     with dbe.read(pg) as s:
-        assert [u.username for u in repo.list_users(s)] == ["admin", "rad"]
-        assert repo.get_user_by_name(s, "rad").password_hash.startswith("$argon2id$")
+        assert [u.username for u in accounts.list_users(s)] == ["admin", "rad"]
+        assert accounts.get_user_by_name(s, "rad").password_hash.startswith("$argon2id$")
 
 
 # --- import ------------------------------------------------------------------------------------------------------
@@ -264,7 +264,7 @@ def test_timestamps_come_back_timezone_aware_utc_whatever_the_server_timezone(pg
 
     def tx(s):
         study = repo.get_or_create_study(s, "1.2.tz")
-        uid = repo.get_user_by_name(s, "rad").id
+        uid = accounts.get_user_by_name(s, "rad").id
         repo.set_study_reviewed(s, study.id, uid)
         s.add(Study(study_instance_uid="1.2.tz.given", created_at=berlin))
         return study.id
@@ -273,7 +273,7 @@ def test_timestamps_come_back_timezone_aware_utc_whatever_the_server_timezone(pg
     with dbe.read(pg) as s:
         study = repo.get_study(s, sid)
         given = s.scalar(select(Study).where(Study.study_instance_uid == "1.2.tz.given"))
-        user = repo.get_user_by_name(s, "rad")
+        user = accounts.get_user_by_name(s, "rad")
         rows, _ = repo.list_studies(s, repo.WorklistFilter(), "imported", True, 0, 10)
         for value in (
             study.created_at,
@@ -297,8 +297,11 @@ def test_timestamps_come_back_timezone_aware_utc_whatever_the_server_timezone(pg
 
 # --- concurrency -------------------------------------------------------------------------------------------------
 def test_eight_concurrent_writers_lose_nothing_and_duplicate_nothing(pg, pg_db_url):
+    """Under SERIALIZABLE, PostgreSQL aborts the losers of each race with SQLSTATE 40001; every unit is run
+    again until it commits, so nothing is lost, duplicated or reported as failed."""
     errors = []
     start = threading.Barrier(8)
+    retried = dbe.retries["40001"]
 
     def writer(k):
         engine = dbe.make_engine(pg_db_url)  # one engine per writer, as separate processes would have
@@ -332,6 +335,7 @@ def test_eight_concurrent_writers_lose_nothing_and_duplicate_nothing(pg, pg_db_u
         counter = s.scalar(select(Study).where(Study.study_instance_uid == "1.2.counter"))
         assert counter.patient_age_years == 8 * 10
         assert s.scalar(select(func.count(User.id))) == 0
+    assert dbe.retries["40001"] > retried  # the races really happened, and were run again
 
 
 def test_writes_run_serializable_and_reads_stay_read_committed(pg):
@@ -342,3 +346,45 @@ def test_writes_run_serializable_and_reads_stay_read_committed(pg):
         assert dbe.write(pg, level) == "serializable"
         with dbe.read(pg) as s:
             assert level(s) == "read committed"
+
+
+# --- serialization failures are retried, and named when they persist ---------------------------------------------
+def test_a_persistent_serialization_failure_names_its_cause_and_saves_nothing(pg, pg_db_url):
+    dbe.write(pg, lambda s: repo.get_or_create_study(s, "1.2.hot", patient_age_years=0))
+    other = dbe.make_engine(pg_db_url)
+
+    def bump_with_a_rival_commit_in_between(s):
+        study = s.scalar(select(Study).where(Study.study_instance_uid == "1.2.hot"))
+        # Another writer commits a change to the same row after this unit read it: a serialization failure.
+        dbe.write(other, lambda o: o.execute(text("UPDATE studies SET patient_age_years = patient_age_years + 100")))
+        study.patient_age_years += 1
+
+    try:
+        with pytest.raises(dbe.DatabaseBusy) as caught:
+            dbe.write(pg, bump_with_a_rival_commit_in_between, attempts=3)
+    finally:
+        other.dispose()
+    assert caught.value.cause == "40001"
+    assert "serialization failure, SQLSTATE 40001" in str(caught.value) and "3 times" in str(caught.value)
+    assert "locked" not in str(caught.value)
+    with dbe.read(pg) as s:  # only the rival's three commits
+        assert s.scalar(select(Study.patient_age_years).where(Study.study_instance_uid == "1.2.hot")) == 300
+
+
+def test_the_audit_is_append_only_on_postgresql_too(pg):
+    auth.add_user(pg, "rad", "radiologist", "long-enough-pw")
+    for statement in ("UPDATE audit_events SET action = 'sign_in'", "DELETE FROM audit_events"):
+        with pytest.raises(Exception, match="audit_events is append-only"):
+            dbe.write(pg, lambda s, q=statement: s.execute(text(q)))
+    with dbe.read(pg) as s:
+        assert s.scalar(text("SELECT count(*) FROM audit_events")) == 1
+        triggers = set(s.scalars(text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")))
+    assert triggers == {f"{t}_append_only" for t in ("audit_events", "verdict_events", "active_model_events")}
+
+
+def test_lockout_after_ten_failures_on_postgresql(pg):
+    auth.add_user(pg, "rad", "radiologist", "long-enough-pw")
+    results = [auth.authenticate(pg, "rad", "wrong password!") for _ in range(auth.LOCKOUT_FAILURES)]
+    assert isinstance(results[-1], auth.Locked) and results[:-1] == [None] * (auth.LOCKOUT_FAILURES - 1)
+    assert isinstance(auth.authenticate(pg, "rad", "long-enough-pw"), auth.Locked)
+    assert auth.unlock(pg, "rad") and auth.authenticate(pg, "rad", "long-enough-pw").username == "rad"

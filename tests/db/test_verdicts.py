@@ -2,8 +2,8 @@ import threading
 
 from sqlalchemy import func, select
 
+from db import accounts, repo
 from db import engine as dbe
-from db import repo
 from db.models import Verdict, VerdictEvent
 from services import auth
 
@@ -25,7 +25,7 @@ def _setup(ctx, readers=1):
 
     study_id, image_id = dbe.write(ctx.engine, tx)
     with dbe.read(ctx.engine) as s:
-        ids = [repo.get_user_by_name(s, f"reader{k}").id for k in range(readers)]
+        ids = [accounts.get_user_by_name(s, f"reader{k}").id for k in range(readers)]
     return study_id, image_id, ids
 
 

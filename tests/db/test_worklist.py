@@ -2,8 +2,8 @@ import datetime as dt
 
 from sqlalchemy import insert
 
+from db import accounts, repo
 from db import engine as dbe
-from db import repo
 from db.models import Image, Study, StudyStatus, utcnow
 
 N = 12_000
@@ -75,7 +75,7 @@ def test_review_status_records_reader_and_time(ctx):
     auth.add_user(ctx.engine, "rad", "radiologist", "a-long-password")
     _fill(ctx.engine)
     with dbe.read(ctx.engine) as s:
-        user_id = repo.get_user_by_name(s, "rad").id
+        user_id = accounts.get_user_by_name(s, "rad").id
     dbe.write(ctx.engine, lambda s: repo.set_study_reviewed(s, 1, user_id))
     with dbe.read(ctx.engine) as s:
         rows, _ = repo.list_studies(s, repo.WorklistFilter(text="P00001"), "imported", True, 0, 5)

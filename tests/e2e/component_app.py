@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from pages._canvas import image_canvas, requested_window
+from screens._canvas import image_canvas, requested_window
 
 # Image pixels of the overlay the test looks for: a translucent red layer and a labelled box on top of it.
 BOX = (300, 100, 420, 200)

@@ -46,7 +46,7 @@ def streamlit_server(
     """Run `streamlit run script` from the repository root and yield its URL once it answers.
 
     `env` is laid over os.environ; the repository root is put first on PYTHONPATH so that a script
-    outside the root (a test app) imports `pages`, `viewer`, ... from this checkout.
+    outside the root (a test app) imports `screens`, `viewer`, ... from this checkout.
     """
     port = free_port()
     full_env = {**os.environ, **(env or {})}
@@ -88,6 +88,21 @@ def streamlit_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def fresh_app_data(folder: Path, users: Mapping[str, tuple[str, str]], **env: str):
+    """A data folder with a migrated database and `users` ({name: (role, password)}): (the environment for the
+    server, the app context on it)."""
+    from db import engine as dbe
+    from services import auth, context, settings
+
+    env = {"CXR_REVIEW_DATA_DIR": str(folder), "CXR_REVIEW_SETTINGS": "", **env}
+    s = settings.load(env)
+    dbe.upgrade(s.db_url)
+    ctx = context.build(s)
+    for name, (role, password) in users.items():
+        auth.add_user(ctx.engine, name, role, password)
+    return env, ctx
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The AI part of a review in a real Chromium against `streamlit run app.py`: switch the AI on, show every overlay
+"""The AI part of a review in a real Chromium against `streamlit run asgi.py`: switch the AI on, show every overlay
 (anatomy, bone-suppressed image, Grad-CAM heatmap with boxes, cardiothoracic ratio), accept one finding with
 the keyboard and reject another with the button, reload (still signed in) and find the verdicts still there."""
 
@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from db import accounts, repo
 from db import engine as dbe
-from db import repo
 from db.models import Prediction
 from tests.conftest import SHARED
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "radiologist-pw"
@@ -27,26 +27,17 @@ MODEL_RUN_MS = 300_000  # three models and 14 Grad-CAMs on two shared CPU cores,
 
 @pytest.fixture(scope="module")
 def app(run_streamlit, tmp_path_factory, shared_data):
-    from db import engine as dbe
-    from services import auth, context, importer, settings
+    from services import importer
 
     if not any((SHARED / "models").glob("*.pt")):
         pytest.skip("shared model weights are missing")
-    data = tmp_path_factory.mktemp("e2e-ai-data")
-    env = {
-        "CXR_REVIEW_DATA_DIR": str(data),
-        "CXR_REVIEW_MODELS_DIR": str(SHARED / "models"),
-        "CXR_REVIEW_SETTINGS": "",
-        "CXR_REVIEW_DEVICE": "cpu",
-    }
-    s = settings.load(env)
-    dbe.upgrade(s.db_url)
-    ctx = context.build(s)
-    auth.add_user(ctx.engine, "rad", "radiologist", PASSWORD)
-    auth.add_user(ctx.engine, "boss", "admin", PASSWORD)
+    env, ctx = fresh_app_data(
+        tmp_path_factory.mktemp("e2e-ai-data"), {"rad": ("radiologist", PASSWORD), "boss": ("admin", PASSWORD)},
+        CXR_REVIEW_MODELS_DIR=str(SHARED / "models"), CXR_REVIEW_DEVICE="cpu",
+    )  # fmt: skip
     (result,) = importer.import_paths(ctx.engine, ctx.store, [shared_data / "dicom" / DICOM], max_bytes=2**30)
     assert result.study_id is not None
-    return run_streamlit(REPO / "app.py", env), ctx, result.study_id
+    return run_streamlit(REPO / "asgi.py", env), ctx, result.study_id
 
 
 def _shot(page, name: str, top: bool = False) -> None:
@@ -196,7 +187,7 @@ def test_ai_overlays_keyboard_verdicts_survive_a_reload(browser, app, record_err
 
     with dbe.read(ctx.engine) as s:
         image_id = repo.study_images(s, study_id)[0].id
-        reader = repo.get_user_by_name(s, "rad").id
+        reader = accounts.get_user_by_name(s, "rad").id
         saved = {(v.item_key, v.decision.value) for v in repo.verdicts_of(s, image_id, reader)}
     assert saved == {(first, "accept"), (second, "reject")}
 

@@ -1,4 +1,4 @@
-"""What a radiologist does, in a real Chromium against `streamlit run app.py`: sign in, upload DICOMs (one of
+"""What a radiologist does, in a real Chromium against `streamlit run asgi.py`: sign in, upload DICOMs (one of
 them broken), find the study in the worklist, open it, change the window, mark it reviewed, reload the page
 (still signed in), sign out (a reload or a copied token does not sign back in)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "radiologist-pw"
@@ -18,15 +18,8 @@ PASSWORD = "radiologist-pw"
 
 @pytest.fixture(scope="module")
 def app_url(run_streamlit, tmp_path_factory):
-    from db import engine as dbe
-    from services import auth, context, settings
-
-    data = tmp_path_factory.mktemp("e2e-data")
-    env = {"CXR_REVIEW_DATA_DIR": str(data), "CXR_REVIEW_SETTINGS": ""}
-    s = settings.load(env)
-    dbe.upgrade(s.db_url)
-    auth.add_user(context.build(s).engine, "rad", "radiologist", PASSWORD)
-    return run_streamlit(REPO / "app.py", env)
+    env, _ = fresh_app_data(tmp_path_factory.mktemp("e2e-data"), {"rad": ("radiologist", PASSWORD)})
+    return run_streamlit(REPO / "asgi.py", env)
 
 
 def _canvas_pixels(page) -> np.ndarray:
@@ -102,6 +95,9 @@ def test_sign_in_upload_worklist_view_window_review_sign_out(browser, app_url, s
     # A reload keeps the reader signed in: the browser holds a random session token in a cookie.
     cookie = {c["name"]: c for c in page.context.cookies()}["cxr_review_session"]
     assert cookie["sameSite"] == "Strict" and len(cookie["value"]) >= 40
+    # Set by the server as HttpOnly: no script of the page (or of a frame) can read it.
+    assert cookie["httpOnly"] is True
+    assert "cxr_review_session" not in page.evaluate("document.cookie")
     assert abs(cookie["expires"] - (time.time() + 12 * 3600)) < 600  # with the session, 12 hours
     page.reload()
     page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)

@@ -161,7 +161,7 @@ def test_real_grad_cam_moves_with_a_flip_and_its_boxes_lie_inside(runner, chest)
 
 
 def test_inference_package_imports_no_app_layers_and_types_import_no_torch():
-    forbidden = {"streamlit", "sqlalchemy", "db", "viewer", "pages", "services"}
+    forbidden = {"streamlit", "sqlalchemy", "db", "viewer", "screens", "services"}
     for path in INFERENCE_DIR.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []

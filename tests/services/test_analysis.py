@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from db import accounts, repo
 from db import engine as dbe
-from db import repo
 from db.models import Prediction, Role
 from inference.postprocess import LUNGS, clip_to_mask
 from inference.registry import Registry
@@ -159,7 +159,7 @@ def test_a_missing_model_is_reported_and_the_others_chosen(tmp_path):
 # --- draft report ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def reader(ctx):
-    return dbe.write(ctx.engine, lambda s: repo.add_user(s, "reader1", "x", Role.radiologist).id)
+    return dbe.write(ctx.engine, lambda s: accounts.add_user(s, "reader1", "x", Role.radiologist).id)
 
 
 def _verdicts(ctx, first, study, reader, decisions: dict[tuple[str, str], str]):

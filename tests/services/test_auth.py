@@ -3,8 +3,8 @@ import datetime as dt
 import pytest
 from sqlalchemy import select
 
+from db import accounts
 from db import engine as dbe
-from db import repo
 from db.models import Role, SignInSession
 from services import auth
 
@@ -24,7 +24,7 @@ def test_first_admin_password_from_the_environment(ctx):
 def test_passwords_are_argon2_hashed_and_wrong_ones_fail(ctx):
     auth.add_user(ctx.engine, "rad1", "radiologist", "correct horse battery")
     with dbe.read(ctx.engine) as s:
-        stored = repo.get_user_by_name(s, "rad1").password_hash
+        stored = accounts.get_user_by_name(s, "rad1").password_hash
     assert stored.startswith("$argon2id$") and "correct" not in stored
     assert auth.authenticate(ctx.engine, "rad1", "correct horse battery").role == "radiologist"
     assert auth.authenticate(ctx.engine, "rad1", "wrong password!") is None
@@ -82,7 +82,7 @@ def test_an_expired_session_or_a_disabled_account_does_not_resume(ctx):
     token, _ = auth.start_session(ctx.engine, user)
 
     def change(s, **fields):
-        row = repo.get_user_by_name(s, "rad3")
+        row = accounts.get_user_by_name(s, "rad3")
         for k, v in fields.items():
             setattr(row, k, v)
 
@@ -103,7 +103,7 @@ def test_a_new_password_ends_the_other_sessions_of_that_user_only(ctx):
     assert auth.resume_session(ctx.engine, elsewhere) is None
     assert auth.resume_session(ctx.engine, other_user)[0] == rad5
     with dbe.read(ctx.engine) as s, pytest.raises(ValueError, match="never every session"):
-        repo.end_sign_in_sessions(s, dt.datetime.now(dt.UTC))
+        accounts.end_sign_in_sessions(s, dt.datetime.now(dt.UTC))
 
 
 def test_sessions_long_expired_are_deleted_at_the_next_sign_in_and_recent_ones_kept(ctx):
@@ -113,6 +113,6 @@ def test_sessions_long_expired_are_deleted_at_the_next_sign_in_and_recent_ones_k
     keep = dt.timedelta(days=auth.SESSION_KEEP_DAYS)
     expired = {"old": now - keep - dt.timedelta(hours=1), "recent": now - keep + dt.timedelta(hours=1)}
     for name, when in expired.items():
-        dbe.write(ctx.engine, lambda s, n=name, w=when: repo.add_sign_in_session(s, n, user.user_id, w))
+        dbe.write(ctx.engine, lambda s, n=name, w=when: accounts.add_sign_in_session(s, n, user.user_id, w))
     token, _ = auth.start_session(ctx.engine, user)
     assert sorted(_stored_tokens(ctx)) == sorted(["recent", auth._token_sha256(token)])

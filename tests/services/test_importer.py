@@ -2,6 +2,7 @@ import shutil
 
 import numpy as np
 import pydicom
+import pytest
 from sqlalchemy import func, select
 
 from db import engine as dbe
@@ -118,3 +119,44 @@ def test_no_patient_identifier_reaches_the_logs(ctx, shared_data, tmp_path, capl
     assert [r.status for r in results] == ["imported", "rejected"]
     assert caplog.records, "the import logged nothing: this test would prove nothing"
     assert "Doe" not in caplog.text and "MRN-12345" not in caplog.text and ds.StudyInstanceUID not in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+def test_bad_header_values_and_corrupt_pixels_import_with_warnings_and_bombs_are_rejected(ctx, shared_data, tmp_path):
+    from pydicom.encaps import encapsulate, generate_frames
+
+    def variant(src, name, **changes):
+        ds = pydicom.dcmread(shared_data / "dicom" / src)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()  # a new instance each, not a uid_conflict
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        ds.save_as(tmp_path / name)
+        return tmp_path / name
+
+    dx, siim = "nih_dx_chest_1024_nofinding_nccid.dcm", "siim_cr_chest_pa_1024_jpeg_mono2.dcm"
+    frame = bytearray(next(generate_frames(pydicom.dcmread(shared_data / "dicom" / siim).PixelData, number_of_frames=1)))
+    corrupt, bomb = bytearray(frame), bytearray(frame)
+    scan = frame.index(b"\xff\xda")
+    corrupt[scan + 2000:scan + 2050] = bytes(50)  # zeros in the entropy-coded data
+    sof = frame.index(b"\xff\xc0")
+    bomb[sof + 5:sof + 9] = b"\xff\xff\xff\xff"  # the frame header says 65535 x 65535
+    expected = {
+        variant(dx, "slope_nan.dcm", RescaleSlope="NaN"): "RescaleSlope / RescaleIntercept",
+        variant(dx, "slope_inf.dcm", RescaleSlope="inf"): "RescaleSlope / RescaleIntercept",
+        variant(dx, "spacing_inf.dcm", PixelSpacing=["inf", "inf"]): "PixelSpacing is not two numbers",
+        variant(dx, "spacing_tiny.dcm", PixelSpacing=["1e-300", "1e-300"]): "PixelSpacing is not two numbers",
+        variant(dx, "window_nan.dcm", WindowCenter="NaN", WindowWidth="400"): "WindowCenter/WindowWidth are not finite",
+        variant(dx, "window_inf.dcm", WindowCenter="100", WindowWidth="inf"): "WindowCenter/WindowWidth are not finite",
+        variant(siim, "corrupt.dcm", PixelData=encapsulate([bytes(corrupt)])): "Corrupt JPEG data",
+    }
+    results = _import(ctx, *expected, variant(siim, "bomb.dcm", PixelData=encapsulate([bytes(bomb)])))
+    assert (results[-1].status, results[-1].code) == ("rejected", "frame_size_mismatch")
+    with dbe.read(ctx.engine) as s:
+        for r, warning in zip(results, expected.values(), strict=False):
+            assert r.status == "imported" and any(warning in w for w in r.warnings), (r.file, r.warnings)
+            image = s.get(Image, r.image_id)
+            assert warning in image.warnings  # what the viewer shows
+            if "PixelSpacing" in warning:  # stored as unknown, not as inf or 1e-300
+                assert (image.pixel_spacing_row_mm, image.pixel_spacing_col_mm) == (None, None)
+            if "Window" in warning:
+                assert (image.window_center, image.window_width) == (None, None)

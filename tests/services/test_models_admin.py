@@ -3,8 +3,8 @@ reason reported; choices that cannot run are refused."""
 
 import pytest
 
+from db import accounts
 from db import engine as dbe
-from db import repo
 from inference.registry import Registry
 from services import auth, models_admin
 from tests.conftest import TEST_MODEL
@@ -16,7 +16,7 @@ TRAINED = f"{TEST_MODEL}@0.1.0"
 def setup(ctx, versioned_models):
     auth.add_user(ctx.engine, "boss", "admin", "long-enough-pw")
     with dbe.read(ctx.engine) as s:
-        boss = repo.get_user_by_name(s, "boss").id
+        boss = accounts.get_user_by_name(s, "boss").id
     return (
         ctx,
         Registry(versioned_models, trained_roots=[versioned_models / "trained"]),

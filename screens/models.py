@@ -6,7 +6,7 @@ import streamlit as st
 from db import engine as dbe
 from inference.registry import TASKS
 from inference.types import RESEARCH_USE, SCORE_KINDS
-from pages import _deps
+from screens import _deps, _signin
 from services import models_admin
 
 TASK_NAMES = {
@@ -15,10 +15,7 @@ TASK_NAMES = {
     "classification": "Finding classification",
 }
 
-user = st.session_state["signed_in"]
-if user.role != "admin":  # navigation already hides the page; this guards a direct switch
-    st.error("Only an admin can manage models.")
-    st.stop()
+user = _signin.require_page("models")
 ctx, registry = _deps.ctx(), _deps.registry()
 
 st.title("Models")
@@ -232,7 +229,7 @@ with tab_thr:
                 n = models_admin.save_thresholds(ctx, spec, values, user.user_id)
                 _done(f"Saved {n} threshold{'s' * (n != 1)} of {spec.ref}." if n else "No threshold changed.")
             if st.button("Reset to defaults", key=f"thr_reset_{ref}", disabled=not edited):
-                models_admin.reset_thresholds(ctx, spec)
+                models_admin.reset_thresholds(ctx, spec, user.user_id)
                 st.session_state[f"thr_gen_{ref}"] = gen + 1
                 _done(f"Thresholds of {spec.ref} are the model's defaults again.")
         except (models_admin.ModelChoiceRefused, dbe.DatabaseBusy) as exc:

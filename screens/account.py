@@ -1,12 +1,15 @@
 import streamlit as st
 
-from pages import _deps
-from pages._signin import TOKEN_KEY, USER_KEY
+from db.engine import DatabaseBusy, DatabaseUnavailable
+from screens import _deps, _signin
 from services import auth
 
-user = st.session_state[USER_KEY]
+user = _signin.require_page("account")
 st.title("Account")
 st.write(f"Signed in as **{user.username}** ({user.role}).")
+st.caption(
+    f"A sign-in lasts {auth.SESSION_HOURS:g} hours and ends after {auth.IDLE_MINUTES:g} minutes without an action."
+)
 with st.form("change_password", clear_on_submit=True):
     new = st.text_input("New password", type="password", key="new_password", autocomplete="new-password")
     again = st.text_input("Repeat it", type="password", key="new_password_again", autocomplete="new-password")
@@ -15,9 +18,13 @@ with st.form("change_password", clear_on_submit=True):
             st.error("The two passwords differ.")
         else:
             try:
-                auth.set_password(_deps.ctx().engine, user.username, new, st.session_state.get(TOKEN_KEY))
+                auth.set_password(
+                    _deps.ctx().engine, user.username, new, st.session_state.get(_signin.TOKEN_KEY)
+                )
                 st.success(
                     "Password changed. Your other browsers and tabs are signed out at their next action."
                 )
             except auth.AuthError as exc:
                 st.error(str(exc).capitalize() + ".")
+            except (DatabaseBusy, DatabaseUnavailable) as exc:
+                st.error(f"Password not changed: {exc}")

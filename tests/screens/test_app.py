@@ -34,16 +34,24 @@ def test_without_a_session_only_the_sign_in_form_renders(env):
     assert not at.exception
 
 
-def test_the_first_page_after_sign_in_waits_until_the_browser_stored_the_session_cookie(env):
+def test_the_first_page_after_sign_in_waits_until_the_browser_stored_the_session_cookie(env, monkeypatch):
     # Without the wait, a reload in the moment before the cookie frame had run showed the form again.
+    from services import session_cookie
+
+    monkeypatch.setattr(session_cookie, "_mounted", True)  # served through asgi.py, with the cookie endpoint
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.text_input(key="signin_username").input("rad")
     at.text_input(key="signin_password").input("radiologist-pw")
     at.button[0].click().run()
     assert [c.value for c in at.caption] == ["Signing in…"] and not at.dataframe and not at.sidebar.get("page_link")
+    # The frame holds a one-time grant, never the token; the endpoint exchanges the grant for the token once.
+    grant = at.session_state["session_cookie_grant"]
+    assert grant != at.session_state["session_token"]
+    assert session_cookie.redeem(grant)[0] == at.session_state["session_token"]
+    assert session_cookie.redeem(grant) is None
     at.run()  # nothing moves until the frame confirms
     assert [c.value for c in at.caption] == ["Signing in…"]
-    at.session_state["cxr_review_session_True_confirm"] = True  # what the frame sends once the cookie is set
+    at.session_state["cxr_session_set"] = True  # what the frame sends once the server has set the cookie
     at.run()
     assert at.title[0].value == "Worklist" and "session_cookie_pending" not in at.session_state
     assert not at.exception
@@ -69,11 +77,11 @@ def test_radiologist_sees_the_worklist_with_imported_studies(env, shared_data):
 def test_roles_only_reach_their_pages(env):
     at = signed_in("res", "researcher-pw")
     with pytest.raises(ValueError, match="Could not find a navigation page"):
-        at.switch_page("pages/import_studies.py")
+        at.switch_page("screens/import_studies.py")
     with pytest.raises(ValueError, match="Could not find a navigation page"):
-        at.switch_page("pages/admin.py")
+        at.switch_page("screens/admin.py")
     at = signed_in("boss", "admin-password")
-    at.switch_page("pages/admin.py").run()
+    at.switch_page("screens/admin.py").run()
     assert at.title[0].value == "Users"
     assert {"rad", "boss", "res"} <= set(at.dataframe[0].value["user"])
 
@@ -84,12 +92,39 @@ def test_viewer_shows_the_study_header_and_marks_it_reviewed(env, shared_data):
     )
     at = signed_in("rad", "radiologist-pw")
     at.session_state["study_id"] = r.study_id
-    at.switch_page("pages/review.py").run()
+    at.switch_page("screens/review.py").run()
     assert not at.exception
     assert "No Finding" in at.markdown[1].value or any("No Finding" in m.value for m in at.markdown)
     assert any("in review" in c.value for c in at.caption)
     at.button(key="mark_reviewed").click().run()
     assert any("reviewed** by rad" in c.value for c in at.caption)
+
+
+def test_the_viewer_shows_an_image_with_unusable_header_values_with_warnings_and_no_error(env, shared_data, tmp_path):
+    import math
+
+    import pydicom
+    from sqlalchemy import update
+
+    from db import engine as dbe
+    from db.models import Image
+
+    ds = pydicom.dcmread(shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm")
+    ds.RescaleSlope, ds.PixelSpacing, ds.WindowCenter, ds.WindowWidth = "NaN", ["inf", "inf"], "NaN", "inf"
+    bad = tmp_path / "bad_values.dcm"
+    ds.save_as(bad)
+    (r,) = importer.import_paths(env.engine, env.store, [bad], max_bytes=2**30)
+    assert r.status == "imported" and len(r.warnings) == 3
+    # An image imported before the checks existed kept its spacing: the viewer checks it again.
+    dbe.write(env.engine, lambda s: s.execute(update(Image).values(pixel_spacing_row_mm=math.inf, pixel_spacing_col_mm=1e-300)))
+    at = signed_in("rad", "radiologist-pw")
+    at.session_state["study_id"] = r.study_id
+    at.switch_page("screens/review.py").run()
+    assert not at.exception and not at.error
+    shown = [w.value for w in at.warning]
+    assert "No pixel spacing in this image: lengths are in pixels." in shown
+    assert any(w.startswith("RescaleSlope") for w in shown) and any(w.startswith("WindowCenter") for w in shown)
+    assert not any("inf" in m.value for m in at.markdown if "Pixel spacing" in m.value)
 
 
 def test_the_ai_panel_says_when_an_image_is_stored_with_an_inverted_grey_scale(env, shared_data):
@@ -99,7 +134,7 @@ def test_the_ai_panel_says_when_an_image_is_stored_with_an_inverted_grey_scale(e
     )
     at = signed_in("rad", "radiologist-pw")
     at.session_state["study_id"] = r.study_id
-    at.switch_page("pages/review.py").run()
+    at.switch_page("screens/review.py").run()
     assert not at.error
     at.toggle(key=f"ai_on_{r.study_id}").set_value(True).run(timeout=180)
     assert not at.exception
@@ -108,8 +143,8 @@ def test_the_ai_panel_says_when_an_image_is_stored_with_an_inverted_grey_scale(e
 
 
 def test_an_open_tab_loses_its_session_at_the_next_action_when_it_ends_elsewhere(env):
+    from db import accounts
     from db import engine as dbe
-    from db import repo
     from db.models import Role
 
     rad = auth.authenticate(env.engine, "rad", "radiologist-pw")
@@ -128,7 +163,7 @@ def test_an_open_tab_loses_its_session_at_the_next_action_when_it_ends_elsewhere
     assert "Your session ended" in at.warning[0].value and "session_token" not in at.session_state
     # A role change applies at the next action, not at the next sign-in.
     token, _ = auth.start_session(env.engine, rad)
-    dbe.write(env.engine, lambda s: setattr(repo.get_user_by_name(s, "rad"), "role", Role.researcher))
+    dbe.write(env.engine, lambda s: setattr(accounts.get_user_by_name(s, "rad"), "role", Role.researcher))
     at = open_tab(token)
     assert at.session_state["signed_in"].role == "researcher"
     links = [link.label for link in at.sidebar.get("page_link")]

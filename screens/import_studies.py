@@ -3,11 +3,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import _deps
+from screens import _deps, _signin
 from services import importer
 
 STATUS_LABEL = {"imported": "imported", "duplicate": "duplicate (already stored)", "rejected": "rejected"}
 
+user = _signin.require_page("import_studies")
 st.title("Import studies")
 ctx = _deps.ctx()
 st.caption(
@@ -22,25 +23,28 @@ files = st.file_uploader(
     help="Folders: use `cxr-review import PATH`",
 )
 if files and st.button(f"Import {len(files)} file{'s' * (len(files) != 1)}", type="primary", key="do_import"):
-    user = st.session_state["signed_in"]
     results = []
     bar = st.progress(0.0, text="Importing…")
     with tempfile.TemporaryDirectory(prefix="cxr-upload-") as tmp:
         for i, f in enumerate(files, 1):
-            path = Path(tmp) / f"upload-{i}"
-            path.write_bytes(f.getbuffer())
-            results.append(
-                importer.import_file(
-                    ctx.engine,
-                    ctx.store,
-                    path,
-                    max_bytes=ctx.settings.max_upload_bytes,
-                    display_name=f.name,
-                    user_id=user.user_id,
+            if (too_large := importer.size_rejection(f.name, f.size, ctx.settings.max_upload_bytes)) is not None:
+                results.append(too_large)  # refused before it is written anywhere
+            else:
+                path = Path(tmp) / f"upload-{i}"
+                path.write_bytes(f.getbuffer())
+                results.append(
+                    importer.import_file(
+                        ctx.engine,
+                        ctx.store,
+                        path,
+                        max_bytes=ctx.settings.max_upload_bytes,
+                        display_name=f.name,
+                        user_id=user.user_id,
+                    )
                 )
-            )
-            path.unlink()
+                path.unlink()
             bar.progress(i / len(files), text=f"Imported {i} of {len(files)}")
+    importer.record_batch(ctx.engine, results, actor_id=user.user_id, client=_signin.client())
     st.session_state["last_import"] = [r.to_json() for r in results]
     st.session_state["upload_generation"] = generation + 1  # empties the uploader
     st.rerun()

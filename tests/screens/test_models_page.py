@@ -4,8 +4,8 @@ task (set, roll back, back to default) persisting in the database with their his
 import pytest
 import streamlit as st
 
+from db import accounts, repo
 from db import engine as dbe
-from db import repo
 from inference.registry import Registry
 from services import auth, context, models_admin, settings
 from tests.conftest import TEST_MODEL, sign_in_through_the_form
@@ -35,13 +35,13 @@ def frame(at, column: str):
 
 
 def models_page(username="boss", password="admin-password"):
-    return sign_in_through_the_form(username, password).switch_page("pages/models.py").run()
+    return sign_in_through_the_form(username, password).switch_page("screens/models.py").run()
 
 
 def test_only_an_admin_reaches_the_models_page_which_lists_every_version(env):
     at = sign_in_through_the_form("rad", "radiologist-pw")
     with pytest.raises(ValueError, match="Could not find a navigation page"):
-        at.switch_page("pages/models.py")
+        at.switch_page("screens/models.py")
 
     at = models_page()
     assert not at.exception
@@ -119,7 +119,7 @@ def test_the_active_version_is_set_rolled_back_and_reset_with_its_history(env):
         row = repo.active_model(s, "classification")
         assert (row.model_id, row.model_version) == (TEST_MODEL, "0.1.0")
         assert row.weights_sha256 == registry.resolve(TRAINED).weights_sha256
-        assert row.set_at.tzinfo is not None and repo.get_user_by_name(s, "boss").id == row.set_by_id
+        assert row.set_at.tzinfo is not None and accounts.get_user_by_name(s, "boss").id == row.set_by_id
     assert models_admin.active_specs(ctx, registry)[0]["classification"].ref == TRAINED
     assert any(f"runs **{TRAINED}**" in m.value for m in at.markdown)
 

@@ -8,7 +8,7 @@ import streamlit as st
 from db import engine as dbe
 from db import repo
 from inference.types import RESEARCH_USE
-from pages import _deps
+from screens import _deps
 from services import analysis, reporting
 from services import verdicts as verdict_store
 from viewer import overlays

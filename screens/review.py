@@ -2,17 +2,17 @@ import streamlit as st
 
 from db import engine as dbe
 from db import repo
-from pages import _ai_panel, _deps, _keys
-from pages._canvas import image_canvas, requested_window
+from screens import _ai_panel, _deps, _keys, _signin
+from screens._canvas import image_canvas, requested_window
 from viewer import dicom_io, geometry, windowing
 
-user = st.session_state["signed_in"]
+user = _signin.require_page("review")
 ctx = _deps.ctx()
 study_id = st.session_state.get("study_id")
 if study_id is None:
     st.title("Viewer")
     st.info("Open a study from the worklist.")
-    st.page_link("pages/worklist.py", label="Go to the worklist", icon=":material/list:")
+    st.page_link("screens/worklist.py", label="Go to the worklist", icon=":material/list:")
     st.stop()
 
 with dbe.read(ctx.engine) as s:
@@ -37,8 +37,9 @@ with dbe.read(ctx.engine) as s:
             "name": im.original_filename,
             "view": im.view_position,
             "modality": im.modality,
+            # Checked again: images imported before the header checks may hold an unusable spacing.
             "spacing": (im.pixel_spacing_row_mm, im.pixel_spacing_col_mm)
-            if im.pixel_spacing_row_mm
+            if dicom_io.plausible_spacing(im.pixel_spacing_row_mm, im.pixel_spacing_col_mm)
             else None,
             "spacing_source": im.pixel_spacing_source,
             "format": im.source_format,
@@ -152,7 +153,8 @@ with side:
     shown = window or default or next(iter(presets.values()))
     c = st.number_input("Centre", value=float(shown.center), key=f"wc_{im['id']}_{ver}", format="%.1f")
     w = st.number_input(
-        "Width", value=float(shown.width), min_value=1.0, key=f"ww_{im['id']}_{ver}", format="%.1f"
+        "Width", value=float(shown.width), min_value=min(1.0, float(shown.width)), key=f"ww_{im['id']}_{ver}",
+        format="%.1f",
     )
     if (c, w) != (shown.center, shown.width):
         set_window(windowing.Window(c, w))  # re-keys the preset box, which then reads "custom"
@@ -171,7 +173,8 @@ with side:
     st.write(
         f"{img.header.columns} × {img.header.rows} px · {img.header.bits_stored}-bit · {im['format'].upper()}"
     )
-    for warning in im["warnings"]:
+    # What the import recorded, and what this reading of the file found (for images imported before a check).
+    for warning in dict.fromkeys([*im["warnings"], *img.header.warnings]):
         st.warning(warning)
     st.divider()
     ai_on = st.toggle(

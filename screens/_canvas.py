@@ -1,6 +1,6 @@
 """Interactive radiograph viewer: zoom, pan, measure, window/level, overlays.
 
-A hand-written Streamlit component (pages/_canvas/index.html, plain JS, no build step). The server sends the
+A hand-written Streamlit component (screens/_canvas/index.html, plain JS, no build step). The server sends the
 8-bit picture it windowed at full bit depth; the browser previews W/L changes and asks for a re-render.
 """
 

@@ -4,7 +4,7 @@ import streamlit as st
 
 from db import engine as dbe
 from db import repo
-from pages import _deps
+from screens import _deps, _signin
 
 SORTS = {
     "Imported": "imported",
@@ -17,6 +17,7 @@ SORTS = {
 }
 STATUS_LABELS = {"new": "New", "in_review": "In review", "reviewed": "Reviewed"}
 
+_signin.require_page("worklist")
 st.title("Worklist")
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns([2, 1.2, 1, 2])
@@ -96,4 +97,4 @@ if event.selection.rows:
     st.session_state["study_id"] = rows[event.selection.rows[0]].study_id
     # A fresh table next time, so coming back to the worklist does not reopen the same study.
     st.session_state["wl_gen"] = st.session_state.get("wl_gen", 0) + 1
-    st.switch_page("pages/review.py")
+    st.switch_page("screens/review.py")

@@ -1,0 +1,92 @@
+"""accounts hardening: one-time passwords, idle sessions bound to an address, sign-in lockout, an append-only
+audit (triggers refuse UPDATE and DELETE on every audit table)
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-05
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+APPEND_ONLY = ("audit_events", "verdict_events", "active_model_events")
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("must_change_password", sa.Boolean(), server_default=sa.false(), nullable=False))
+    with op.batch_alter_table("sign_in_sessions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("client_address", sa.String(length=64), nullable=True))
+
+    op.create_table(
+        "sign_in_throttle",
+        sa.Column("username", sa.String(length=64), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("username"),
+    )
+    op.create_table(
+        "audit_events",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("action", sa.String(length=32), nullable=False),
+        sa.Column("actor_id", sa.Integer(), nullable=True),
+        sa.Column("target_user_id", sa.Integer(), nullable=True),
+        sa.Column("target", sa.String(length=200), nullable=True),
+        sa.Column("details", sa.Text(), nullable=False),
+        sa.Column("client_address", sa.String(length=64), nullable=True),
+        sa.ForeignKeyConstraint(["actor_id"], ["users.id"]),
+        sa.ForeignKeyConstraint(["target_user_id"], ["users.id"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("audit_events", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_audit_events_action"), ["action"], unique=False)
+        batch_op.create_index(batch_op.f("ix_audit_events_actor_id"), ["actor_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_audit_events_at"), ["at"], unique=False)
+
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            "CREATE FUNCTION cxr_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$"
+        )
+        for table in APPEND_ONLY:
+            op.execute(
+                f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION cxr_append_only()"
+            )
+    else:
+        for table in APPEND_ONLY:
+            for verb in ("UPDATE", "DELETE"):
+                op.execute(
+                    f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
+                    f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+                )
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for table in APPEND_ONLY:
+            op.execute(f"DROP TRIGGER {table}_append_only ON {table}")
+        op.execute("DROP FUNCTION cxr_append_only()")
+    else:
+        for table in APPEND_ONLY:
+            for verb in ("update", "delete"):
+                op.execute(f"DROP TRIGGER {table}_no_{verb}")
+    with op.batch_alter_table("audit_events", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_audit_events_at"))
+        batch_op.drop_index(batch_op.f("ix_audit_events_actor_id"))
+        batch_op.drop_index(batch_op.f("ix_audit_events_action"))
+    op.drop_table("audit_events")
+    op.drop_table("sign_in_throttle")
+    with op.batch_alter_table("sign_in_sessions", schema=None) as batch_op:
+        batch_op.drop_column("client_address")
+        batch_op.drop_column("last_seen_at")
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.drop_column("must_change_password")
