@@ -106,23 +106,28 @@ def session_owner(s: Session, token_sha256: str) -> User | None:
 
 
 # --- failed sign-ins -----------------------------------------------------------------------------------------
-def throttle(s: Session, username: str) -> SignInThrottle | None:
-    return s.get(SignInThrottle, username)
+def throttle(s: Session, key: str) -> SignInThrottle | None:
+    return s.get(SignInThrottle, key)
 
 
-def record_failure(s: Session, username: str, now: dt.datetime, window: dt.timedelta) -> SignInThrottle:
-    """Count one failed sign-in for `username`; failures older than `window` start a new count."""
-    row = s.get(SignInThrottle, username)
-    if row is None:
-        row = SignInThrottle(username=username, failures=0, window_start=now)
-        s.add(row)
-    elif row.window_start <= now - window:
-        row.failures, row.window_start = 0, now
-    row.failures += 1
+def new_throttle(s: Session, key: str, now: dt.datetime) -> SignInThrottle:
+    row = SignInThrottle(name_sha256=key, failures=0, window_start=now)
+    s.add(row)
     s.flush()
     return row
 
 
-def clear_throttle(s: Session, username: str) -> bool:
-    """Forget the failures and any lockout of `username`; True when there were any."""
-    return bool(s.execute(delete(SignInThrottle).where(SignInThrottle.username == username)).rowcount)
+def prune_throttle(s: Session, window_start_before: dt.datetime, now: dt.datetime) -> int:
+    """Drop counts whose window has passed and that lock nothing now (the table stays as small as the recent
+    failures)."""
+    return s.execute(
+        delete(SignInThrottle).where(
+            SignInThrottle.window_start < window_start_before,
+            or_(SignInThrottle.locked_until.is_(None), SignInThrottle.locked_until < now),
+        )
+    ).rowcount
+
+
+def clear_throttle(s: Session, key: str) -> bool:
+    """Forget the failures and any lockout of a name (by its key); True when there were any."""
+    return bool(s.execute(delete(SignInThrottle).where(SignInThrottle.name_sha256 == key)).rowcount)

@@ -15,7 +15,7 @@ from db.models import AuditEvent, User, utcnow
 ACTIONS = (
     "sign_in", "sign_out", "sign_in_failed", "lockout", "unlock", "session_ended",
     "user_added", "user_disabled", "user_enabled", "role_changed", "password_reset", "password_changed",
-    "import", "export", "model_activated", "model_default", "model_rollback", "thresholds_changed",
+    "import", "import_batch", "export", "model_activated", "model_default", "model_rollback", "thresholds_changed",
 )  # fmt: skip
 
 

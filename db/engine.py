@@ -96,7 +96,9 @@ def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
 
 def _conflict(exc: OperationalError) -> str | None:
     """Why the unit lost a race with another writer ("locked", "40001", "40P01"), or None for other errors."""
-    if (state := getattr(exc.orig, "sqlstate", None)) in _CONFLICTS:
+    # psycopg 3 says `sqlstate`, psycopg2 `pgcode`
+    state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if state in _CONFLICTS:
         return state
     text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
     return "locked" if "locked" in text or "busy" in text else None

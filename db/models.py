@@ -95,13 +95,14 @@ class SignInSession(Base):
 
 
 class SignInThrottle(Base):
-    """Failed sign-ins per typed user name (existing or not, so a lockout tells nothing about which names
-    exist): the failures since `window_start`, and the lockout they caused. Deleted by a successful sign-in
-    or an admin's unlock."""
+    """Sign-in attempts per typed user name (existing or not, so a lockout tells nothing about which names
+    exist), kept under the sha256 of the name, never its text (a mistyped password lands in the name field):
+    the attempts since `window_start` that did not succeed, and the lockout they caused. Deleted by a
+    successful sign-in, an admin's unlock, or once its window has passed."""
 
     __tablename__ = "sign_in_throttle"
 
-    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer)
     window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

@@ -5,6 +5,7 @@ Page script never sees the token: the frame only ever holds a one-time grant."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import streamlit as st
@@ -36,7 +37,10 @@ def store(grant: str) -> bool | None:
     return None if value is None else value is True
 
 
-def clear() -> None:
-    """Have the server end the session of this browser's cookie and clear the cookie (nothing reruns)."""
+def clear(token: str) -> None:
+    """Have the server end the session of `token` and clear the cookie, when the browser's cookie still holds
+    that token (not a newer sign-in's). The frame carries only the token's sha256; nothing reruns."""
     if session_cookie.mounted():
-        _component(action="clear", url=_endpoint() + "/clear", key="cxr_session_clear", default=None, height=0)
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        _component(action="clear", url=_endpoint() + "/clear", grant=digest, key=f"cxr_session_clear_{digest[:16]}",
+                   default=None, height=0)  # fmt: skip

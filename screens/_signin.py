@@ -24,6 +24,8 @@ EXPIRES_KEY = "session_expires"
 ENDED_KEY = "session_ended"  # this tab's session was ended elsewhere: the form says so
 COOKIE_PENDING_KEY = "session_cookie_pending"  # signed in, the browser has not confirmed the cookie yet
 GRANT_KEY = "session_cookie_grant"
+CLEAR_KEY = "session_cookie_to_clear"  # the token of this tab's ended session, whose cookie the browser drops
+STALE_KEY = "session_cookie_stale"  # the ended token this tab's page load sent
 
 ALL_ROLES = frozenset({"radiologist", "annotator", "researcher", "admin"})
 # Page file stem -> the roles that may open it. app.py builds the navigation from this; each page checks it.
@@ -38,6 +40,12 @@ PAGE_ROLES: dict[str, frozenset[str]] = {
 }
 
 
+def sentence(exc: Exception) -> str:
+    """An error's message as a sentence: first letter up, a full stop at the end (the rest as written)."""
+    text = str(exc)
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
 def client() -> str:
     """This browser's address as sessions and the slowdown see it."""
     return session_cookie.client_key(st.context.ip_address)
@@ -49,7 +57,7 @@ def _resume() -> auth.SignedIn | None:
     if not token:
         return None
     if st.session_state.get(SIGNED_OUT_KEY):  # the cookie this tab's page load sent is signed out or stale
-        _session_cookie.clear()
+        st.session_state[STALE_KEY] = token
         return None
     try:
         resumed = auth.resume_session(_deps.ctx().engine, token, client())
@@ -58,7 +66,7 @@ def _resume() -> auth.SignedIn | None:
     if resumed is None:
         # Ended, idle or expired: the browser forgets it, and this tab (whose page load sent it) stops asking.
         st.session_state[SIGNED_OUT_KEY] = True
-        _session_cookie.clear()
+        st.session_state[STALE_KEY] = token
         return None
     user, expires = resumed
     st.session_state[USER_KEY], st.session_state[TOKEN_KEY] = user, token
@@ -81,7 +89,6 @@ def _still_open(user: auth.SignedIn) -> auth.SignedIn | None:
     if resumed is None:
         log.info("session ended elsewhere (user id %d)", user.user_id)
         _forget_tab(ended=True)
-        _session_cookie.clear()
         return None
     st.session_state[USER_KEY] = resumed[0]
     return resumed[0]
@@ -92,6 +99,9 @@ def require_user() -> auth.SignedIn:
     one-time password) and stops the run."""
     user = st.session_state.get(USER_KEY)
     user = _still_open(user) if user is not None else _resume()
+    if user is None:  # the browser drops a cookie of an ended session (the frames render at every run)
+        for token in dict.fromkeys(filter(None, (st.session_state.get(k) for k in (STALE_KEY, CLEAR_KEY)))):
+            _session_cookie.clear(token)
     if user is not None:
         if st.session_state.get(COOKIE_PENDING_KEY):
             _await_cookie()
@@ -196,7 +206,7 @@ def _change_one_time_password(user: auth.SignedIn) -> None:
             try:
                 auth.set_password(_deps.ctx().engine, user.username, new, st.session_state.get(TOKEN_KEY))
             except auth.AuthError as exc:
-                st.error(str(exc).capitalize() + ".")
+                st.error(sentence(exc))
             except (DatabaseUnavailable, DatabaseBusy) as exc:
                 st.error(f"Password not changed: {exc}")
             else:
@@ -227,10 +237,15 @@ def _sign_out() -> None:
 
 
 def _forget_tab(ended: bool = False) -> None:
-    """This tab's session state dropped; it no longer resumes from the cookie its page load sent, and with
-    `ended` the sign-in form says that the session was ended elsewhere."""
+    """This tab's session state dropped; it no longer resumes from the cookie its page load sent, the browser
+    drops the cookie of the session that ended, and with `ended` the sign-in form says that the session was
+    ended elsewhere."""
+    token = st.session_state.get(TOKEN_KEY)
     for key in list(st.session_state.keys()):
         del st.session_state[key]
     st.session_state[SIGNED_OUT_KEY] = True
+    if token:
+        st.session_state[CLEAR_KEY] = token
     if ended:
         st.session_state[ENDED_KEY] = True
+

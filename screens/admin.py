@@ -54,7 +54,7 @@ if name:
         if c3.button("Disable" if active else "Enable", key="acct_toggle", disabled=name == admin.username):
             auth.set_active(engine, name, not active, actor=admin)
             _done("success", f"**{name}** {'disabled: signed out everywhere' if active else 'enabled'}.")
-        if c4.button("Reset password", key="acct_reset"):
+        if c4.button("Reset password", key="acct_reset", disabled=name == admin.username):  # own: Account page
             password = auth.reset_password(engine, name, actor=admin)
             _done("success", f"New one-time password of **{name}**, shown only now (to be changed at sign-in):",
                   password)  # fmt: skip
@@ -62,7 +62,7 @@ if name:
             auth.unlock(engine, name, actor=admin)
             _done("success", f"**{name}** unlocked.")
     except (auth.AuthError, dbe.DatabaseBusy) as exc:
-        st.error(str(exc).capitalize() + ("" if str(exc).endswith(".") else "."))
+        st.error(_signin.sentence(exc))
 
 st.subheader("Add a user")
 with st.form("add_user", clear_on_submit=True):
@@ -72,7 +72,7 @@ with st.form("add_user", clear_on_submit=True):
         try:
             password = auth.add_user(engine, new_name.strip(), new_user_role, actor=admin)
         except (auth.AuthError, dbe.DatabaseBusy) as exc:
-            st.error(str(exc))
+            st.error(_signin.sentence(exc))
         else:
             _done("success", f"User **{new_name.strip()}** ({new_user_role}) created. One-time password, shown only "
                   "now (to be changed at the first sign-in):", password)  # fmt: skip

@@ -111,13 +111,18 @@ def _user_or_fail(s, username: str):
 
 # --- accounts ------------------------------------------------------------------------------------------------
 def add_user(
-    engine: Engine, username: str, role: str, password: str | None = None, actor: SignedIn | None = None
+    engine: Engine,
+    username: str,
+    role: str,
+    password: str | None = None,
+    actor: SignedIn | None = None,
+    one_time: bool | None = None,
 ) -> str:
-    """Create an account; returns the password. A generated one is a one-time password (shown once to the
-    caller): the user must change it at the first sign-in."""
+    """Create an account; returns the password. A one-time password (by default when it is generated, shown
+    once to the caller) must be changed by the user at the first sign-in."""
     _check_username(username)
     role_ = _role(role)
-    one_time = not password
+    one_time = not password if one_time is None else one_time
     password = password or secrets.token_urlsafe(12)
     _check_password(password)
     hashed = _hasher.hash(password)
@@ -193,7 +198,7 @@ def reset_password(
         user = _user_or_fail(s, username)
         user.password_hash, user.must_change_password = hashed, True
         accounts.end_sign_in_sessions(s, _now(), user_id=user.id)
-        accounts.clear_throttle(s, username)
+        accounts.clear_throttle(s, _name_key(username))
         audit.add(s, "password_reset", actor_id=_actor_id(actor), target_user_id=user.id, target=username,
                   details=_via(actor))  # fmt: skip
 
@@ -205,9 +210,9 @@ def unlock(engine: Engine, username: str, actor: SignedIn | None = None) -> bool
     """Lift the lockout of a user name and forget its failed attempts; False when it was not locked."""
 
     def tx(s):
-        row = accounts.throttle(s, username)
+        row = accounts.throttle(s, _name_key(username))
         locked = row is not None and row.locked_until is not None and row.locked_until > _now()
-        accounts.clear_throttle(s, username)
+        accounts.clear_throttle(s, _name_key(username))
         if locked:
             user = accounts.get_user_by_name(s, username)
             audit.add(s, "unlock", actor_id=_actor_id(actor), target_user_id=user.id if user else None,
@@ -224,7 +229,7 @@ def locked_names(engine: Engine) -> dict[str, dt.datetime]:
         return {
             name: row.locked_until
             for name in [u.username for u in accounts.list_users(s)]
-            if (row := accounts.throttle(s, name)) is not None and row.locked_until and row.locked_until > now
+            if (row := accounts.throttle(s, _name_key(name))) is not None and row.locked_until and row.locked_until > now
         }
 
 
@@ -233,95 +238,115 @@ def set_password(
     username: str,
     password: str,
     keep_session: str | None = None,
-    end_sessions: bool = True,
-    actor: SignedIn | None = None,
+    *,
+    current: str | None = None,
+    client: str | None = None,
 ) -> None:
-    """The user's own new password; with `end_sessions`, every other signed-in session of the user ends with
-    the old one (`keep_session`: the token of the session that made the change, which stays open). A
-    one-time password cannot be kept as the new one."""
+    """The user's own new password. Every other signed-in session of the user ends with the old one
+    (`keep_session`: the token of the session that made the change, which stays open). `current`: the
+    password now, checked like a sign-in (counted, and locked out after too many failures), so that a
+    session left open cannot take the account over; the forced change of a one-time password right after
+    signing in with it does not ask again. A one-time password cannot be kept as the new one."""
     _check_password(password)
+    if current is not None:
+        checked = authenticate(engine, username, current, client)
+        if isinstance(checked, Locked | SlowDown):
+            raise AuthError(checked.message)
+        if checked is None:
+            raise AuthError("the current password is wrong")
+    with dbe.read(engine) as s:
+        user = _user_or_fail(s, username)
+        keeps_one_time = user.must_change_password and _verifies(user.password_hash, password)
+    if keeps_one_time:
+        raise AuthError("choose a password other than the one-time password")
     hashed = _hasher.hash(password)
 
     def tx(s):
         user = _user_or_fail(s, username)
-        if user.must_change_password and _verifies(user.password_hash, password):
-            raise AuthError("choose a password other than the one-time password")
         user.password_hash, user.must_change_password = hashed, False
-        if end_sessions:
-            keep = _token_sha256(keep_session) if keep_session else None
-            accounts.end_sign_in_sessions(s, _now(), user_id=user.id, except_token_sha256=keep)
-            audit.add(s, "password_changed", actor_id=_actor_id(actor) or user.id, target_user_id=user.id,
-                      target=username)  # fmt: skip
+        keep = _token_sha256(keep_session) if keep_session else None
+        accounts.end_sign_in_sessions(s, _now(), user_id=user.id, except_token_sha256=keep)
+        audit.add(s, "password_changed", actor_id=user.id, target_user_id=user.id, target=username,
+                  client_address=client)  # fmt: skip
 
     dbe.write(engine, tx)
 
 
-def _verifies(stored: str, password: str) -> bool:
-    try:
-        return _hasher.verify(stored, password)
-    except (VerificationError, InvalidHashError):
-        return False
-
-
 # --- sign-in -------------------------------------------------------------------------------------------------
 class _ClientThrottle:
-    """Per-client slowdown, in this process: after CLIENT_FREE_FAILURES failures within LOCKOUT_WINDOW, each
-    further try must wait 1, 2, 4, ... s (at most CLIENT_MAX_WAIT_S) after the previous failure. It slows a
-    guesser who rotates user names, which the per-name lockout does not see."""
+    """Per-client slowdown, in this process: after CLIENT_FREE_FAILURES sign-in attempts without a success
+    within LOCKOUT_WINDOW, each further try must wait 1, 2, 4, ... s (at most CLIENT_MAX_WAIT_S) after the
+    previous one. It slows a guesser who rotates user names, which the per-name lockout does not see. Attempts
+    are counted when they start (check and count under one lock), so parallel tries get no more than serial
+    ones; a success forgets the client's count."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._failures: dict[str, deque[float]] = {}
+        self._attempts: dict[str, deque[float]] = {}
 
-    def wait_s(self, client: str, now: float | None = None) -> float:
+    def attempt(self, client: str, now: float | None = None) -> float:
+        """0 and the attempt counted, or the seconds to wait (nothing counted)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             times = self._recent(client, now)
             extra = len(times) - CLIENT_FREE_FAILURES
-            if extra < 0:
-                return 0.0
-            return max(0.0, times[-1] + min(2.0**extra, CLIENT_MAX_WAIT_S) - now)
-
-    def failed(self, client: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            self._recent(client, now).append(now)
-            if len(self._failures) > 10_000:  # an address flood: forget the quiet ones
-                for key in [k for k, v in self._failures.items() if not v or v[-1] < now - 60]:
-                    del self._failures[key]
+            if extra >= 0 and (wait := times[-1] + min(2.0**extra, CLIENT_MAX_WAIT_S) - now) > 0:
+                return wait
+            times.append(now)
+            if len(self._attempts) > 10_000:  # an address flood: forget the quiet ones
+                for key in [k for k, v in self._attempts.items() if not v or v[-1] < now - CLIENT_MAX_WAIT_S]:
+                    del self._attempts[key]
+            return 0.0
 
     def forget(self, client: str) -> None:
         with self._lock:
-            self._failures.pop(client, None)
+            self._attempts.pop(client, None)
 
     def _recent(self, client: str, now: float) -> deque[float]:
-        times = self._failures.setdefault(client, deque())
+        times = self._attempts.setdefault(client, deque())
         while times and times[0] < now - LOCKOUT_WINDOW.total_seconds():
             times.popleft()
         return times
 
 
 clients = _ClientThrottle()
+# argon2id verifies with 64 MiB of memory: a burst of parallel sign-ins must not add up to gigabytes.
+_VERIFY_SLOTS = threading.BoundedSemaphore(4)
+
+
+def _client_key(client: str, name_key: str) -> str:
+    """Browsers behind one address (loopback, or a proxy Streamlit does not see through) are told apart by the
+    name they type, so that one guesser cannot make everybody wait."""
+    return f"{client}/{name_key}" if client == "local" else client
 
 
 def _name_key(username: str) -> str:
-    return username[:64]
+    """What the failed-sign-in count is kept under: a hash, never the typed text (it may be a password)."""
+    return hashlib.sha256(username.encode()).hexdigest()
+
+
+def _verifies(stored: str, password: str) -> bool:
+    with _VERIFY_SLOTS:
+        try:
+            return _hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
 
 
 def authenticate(
     engine: Engine, username: str, password: str, client: str | None = None
 ) -> SignedIn | Locked | SlowDown | None:
     """The user, or why not: Locked (this user name failed too often; the password was not checked),
-    SlowDown (this client failed too often; nothing was checked), None (wrong name or password, or a disabled
-    account: one answer for all, so a guesser learns nothing). Failures and lockouts are audited.
+    SlowDown (this client tried too often; nothing was checked), None (wrong name or password, or a disabled
+    account: one answer for all, so a guesser learns nothing). Every attempt is counted before the password
+    is checked, so parallel guesses get no more tries than serial ones. Failures and lockouts are audited.
     `client`: the browser's address (None on the command line, which is not slowed down)."""
-    if client is not None and (wait := clients.wait_s(client)) > 0:
+    key = _name_key(username)
+    if client is not None and (wait := clients.attempt(_client_key(client, key))) > 0:
         return SlowDown(wait)
-    name, now = _name_key(username), _now()
+    now = _now()
     with dbe.read(engine) as s:
-        row = accounts.throttle(s, name)
-        locked_until = row.locked_until if row is not None and row.locked_until and row.locked_until > now else None
-        user = accounts.get_user_by_name(s, name) if name == username else None
+        user = accounts.get_user_by_name(s, username) if len(username) <= 64 else None
         found = (
             SignedIn(user.id, user.username, user.role.value, user.must_change_password)
             if user is not None and user.is_active
@@ -329,50 +354,69 @@ def authenticate(
         )
         stored = user.password_hash if found is not None else _DUMMY_HASH
         user_id = user.id if user is not None else None
+    audit_as = {"target_user_id": user_id, "target": username if user_id else None, "client_address": client}
+    try:
+        locked_until = dbe.write(engine, lambda s: _count_attempt(s, key, now, audit_as))
+    except dbe.DatabaseBusy:
+        log.warning("a sign-in attempt could not be counted: the database is busy")
+        raise
     if locked_until is not None:
-        _record_failure(engine, name, user_id, client, "locked", now)
         return Locked(locked_until)
-    ok = _verifies(stored, password)
-    if ok and found is not None:
+    if _verifies(stored, password) and found is not None:
         if _hasher.check_needs_rehash(stored):
             _rehash(engine, found.username, password)
+        dbe.write(engine, lambda s: accounts.clear_throttle(s, key))
+        if client is not None:
+            clients.forget(_client_key(client, key))
         return found
     reason = "disabled" if user is not None and found is None else "wrong_password" if user else "unknown_user"
-    if client is not None:
-        clients.failed(client)
-    lock = _record_failure(engine, name, user_id, client, reason, now)
+    lock = _record_failure(engine, key, reason, now, audit_as)
     return Locked(lock) if lock is not None else None
 
 
-def _record_failure(engine, name, user_id, client, reason, now) -> dt.datetime | None:
-    """Audit one failed sign-in and count it; returns the lockout's end when this failure starts one."""
+def _name_details(key: str, audit_as: dict) -> dict:
+    # A typed name that is no account may be a mistyped password: the audit keeps only a prefix of its hash.
+    return {} if audit_as["target_user_id"] else {"name_sha256": key[:16]}
+
+
+def _count_attempt(s, key: str, now: dt.datetime, audit_as: dict) -> dt.datetime | None:
+    """Before the password is checked: the end of a lockout in force (the refusal is audited), or None and
+    this attempt counted against the name's budget (a success clears the count)."""
+    accounts.prune_throttle(s, now - LOCKOUT_WINDOW, now)
+    row = accounts.throttle(s, key) or accounts.new_throttle(s, key, now)
+    lock_over = row.locked_until is not None and row.locked_until <= now
+    if lock_over or (row.window_start <= now - LOCKOUT_WINDOW and row.locked_until is None):
+        row.failures, row.window_start, row.locked_until = 0, now, None  # a fresh budget
+    if row.failures >= LOCKOUT_FAILURES and not (row.locked_until and row.locked_until > now):
+        row.locked_until = now + LOCKOUT_DURATION  # attempts still being checked used up the budget
+        audit.add(s, "lockout", details={"until": row.locked_until.isoformat(), "failures": row.failures,
+                                         **_name_details(key, audit_as)}, at=now, **audit_as)  # fmt: skip
+    if row.locked_until and row.locked_until > now:
+        audit.add(s, "sign_in_failed", details={"reason": "locked", **_name_details(key, audit_as)}, at=now,
+                  **audit_as)  # fmt: skip
+        return row.locked_until
+    row.failures += 1
+    return None
+
+
+def _record_failure(engine, key: str, reason: str, now: dt.datetime, audit_as: dict) -> dt.datetime | None:
+    """Audit one failed sign-in (counted already); returns the lockout's end when this failure starts one."""
 
     def tx(s):
-        details = {"reason": reason}
-        if user_id is None:  # a typed name that is no account may be a mistyped password: only its hash
-            details["name_sha256"] = hashlib.sha256(name.encode()).hexdigest()[:16]
-        if reason == "locked":
-            audit.add(s, "sign_in_failed", target_user_id=user_id, target=name if user_id else None,
-                      details=details, client_address=client, at=now)  # fmt: skip
-            return None
-        row = accounts.record_failure(s, name, now, LOCKOUT_WINDOW)
-        details["failures"] = row.failures
-        audit.add(s, "sign_in_failed", target_user_id=user_id, target=name if user_id else None,
-                  details=details, client_address=client, at=now)  # fmt: skip
-        if row.failures >= LOCKOUT_FAILURES and (row.locked_until is None or row.locked_until <= now):
+        row = accounts.throttle(s, key) or accounts.new_throttle(s, key, now)
+        details = {"reason": reason, "failures": row.failures, **_name_details(key, audit_as)}
+        audit.add(s, "sign_in_failed", details=details, at=now, **audit_as)
+        if row.failures >= LOCKOUT_FAILURES and not (row.locked_until and row.locked_until > now):
             row.locked_until = now + LOCKOUT_DURATION
-            lock_details = {"until": row.locked_until.isoformat(), "failures": row.failures}
-            if user_id is None:
-                lock_details["name_sha256"] = details["name_sha256"]
-            audit.add(s, "lockout", target_user_id=user_id, target=name if user_id else None,
-                      details=lock_details, client_address=client, at=now)  # fmt: skip
+            audit.add(s, "lockout", details={"until": row.locked_until.isoformat(), "failures": row.failures,
+                                             **_name_details(key, audit_as)}, at=now, **audit_as)  # fmt: skip
             return row.locked_until
         return None
 
     try:
         return dbe.write(engine, tx)
-    except dbe.DatabaseBusy:
-        log.warning("a failed sign-in could not be recorded: the database is busy")
+    except dbe.DatabaseBusy:  # counted already, before the check: only the audit row is missing
+        log.warning("a failed sign-in could not be audited: the database is busy")
         return None
 
 
@@ -404,13 +448,10 @@ def start_session(
         # table stays as small as the recent sign-ins.
         accounts.prune_sign_in_sessions(s, now - dt.timedelta(days=SESSION_KEEP_DAYS))
         accounts.add_sign_in_session(s, _token_sha256(token), user.user_id, expires, client)
-        accounts.clear_throttle(s, user.username)
         audit.add(s, "sign_in", actor_id=user.user_id, target_user_id=user.user_id, target=user.username,
                   client_address=client, at=now)  # fmt: skip
 
     dbe.write(engine, tx)
-    if client is not None:
-        clients.forget(client)
     return token, expires
 
 

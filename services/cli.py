@@ -55,13 +55,15 @@ def _cmd_users_add(args) -> int:
         print(f"cxr-review: error: environment variable {args.password_env} is empty", file=sys.stderr)
         return EXIT_USAGE
     try:
-        password = auth.add_user(ctx.engine, args.name, args.role, given)
+        # Chosen by an admin for someone else, or generated: one-time either way.
+        password = auth.add_user(ctx.engine, args.name, args.role, given, one_time=True)
     except auth.AuthError as exc:
         print(f"cxr-review: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(
         f"created user {args.name!r} ({args.role})"
-        + ("" if given else f" with the one-time password: {password}")
+        + (" with a one-time password from " + args.password_env if given else f" with the one-time password: {password}")
+        + " (to be changed at the first sign-in)"
     )
     return EXIT_OK
 
@@ -134,6 +136,7 @@ def _cmd_audit(args) -> int:
         audit_log.record_export(ctx.engine, None, args.out.name, len(found))
         print(f"{len(found)} audit rows written to {args.out}")
     else:
+        audit_log.record_export(ctx.engine, None, "stdout", len(found))
         sys.stdout.write(data.decode())
     return EXIT_OK
 

@@ -171,6 +171,10 @@ def import_file(
             warnings="\n".join(header.warnings),
             imported_by_id=user_id,
         )
+        # In the same transaction as the image: no stored image without its audit row.
+        audit.add(s, "import", actor_id=user_id, target=f"image {image.id}",
+                  details={"study_id": study.id, "image_id": image.id, "source_format": header.source_format,
+                           "warnings": len(header.warnings)})  # fmt: skip
         return ImportResult(
             file=name,
             status="imported",
@@ -235,18 +239,18 @@ def record_batch(
     engine: Engine, results: list[ImportResult], *, actor_id: int | None, client: str | None = None,
     via: str = "browser",
 ) -> None:
-    """One audit row per import batch: counts by status and by rejection code, and the stored image ids (no
-    file names or UIDs: they can identify a patient)."""
+    """One audit row per import batch besides each stored image's own: counts by status and by rejection code
+    (no file names or UIDs: they can identify a patient)."""
     if not results:
         return
     counts = Counter(r.status for r in results)
     codes = Counter(r.code for r in results if r.status == "rejected")
     details = {
         "via": via, "files": len(results), **{k: counts.get(k, 0) for k in ("imported", "duplicate", "rejected")},
-        "rejection_codes": dict(codes), "image_ids": [r.image_id for r in results if r.status == "imported"][:1000],
+        "rejection_codes": dict(codes),
     }  # fmt: skip
     try:
-        dbe.write(engine, lambda s: audit.add(s, "import", actor_id=actor_id, details=details, client_address=client))
+        dbe.write(engine, lambda s: audit.add(s, "import_batch", actor_id=actor_id, details=details, client_address=client))
     except dbe.DatabaseBusy:
         log.warning("the import's audit row could not be written: the database is busy")
 

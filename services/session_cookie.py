@@ -7,8 +7,11 @@ with two small HTTP endpoints of its own:
   (random, in this process's memory, valid for GRANT_SECONDS) and its zero-height frame posts it; the answer
   sets the session token as an HttpOnly, SameSite=Strict cookie (Secure over HTTPS) that expires with the
   session. The grant is the only thing page script ever sees, and it is spent at once.
-- `POST <base>/_cxr/session/clear`: ends the session of the cookie the request carries and clears the cookie
-  (a sign-out, and a stale cookie after the session ended elsewhere).
+- `POST <base>/_cxr/session/clear` with the sha256 of a token in the body: when the cookie the request
+  carries holds that token, ends its session and clears the cookie (a sign-out, and a stale cookie after the
+  session ended elsewhere). A cookie of a newer sign-in, made in another tab since, is left alone.
+
+Bodies are tiny: anything over MAX_BODY bytes is refused before it is read.
 
 The websocket handshake of the next page load carries the cookie, and the app resumes the session from it
 (`st.context.cookies`)."""
@@ -31,6 +34,7 @@ COOKIE = "cxr_review_session"
 PATH = "/_cxr/session"
 GRANT_SECONDS = 60.0
 MAX_GRANTS = 10_000
+MAX_BODY = 256
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -81,9 +85,30 @@ def _no_store(response: Response) -> Response:
     return response
 
 
+async def _small_body(request: Request) -> str | None:
+    """The request body as text, or None when it is (or claims to be) longer than MAX_BODY."""
+    try:
+        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+            return None
+    except ValueError:
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return body.decode("ascii", "replace")
+
+
+def _too_large() -> Response:
+    return _no_store(Response("request body too large", status_code=413, media_type="text/plain"))
+
+
 async def _set(request: Request) -> Response:
-    body = await request.body()
-    found = redeem(body[:200].decode("ascii", "replace"))
+    body = await _small_body(request)
+    if body is None:
+        return _too_large()
+    found = redeem(body)
     if found is None:
         return _no_store(Response("unknown or expired grant", status_code=403, media_type="text/plain"))
     token, expires = found
@@ -112,7 +137,12 @@ def _engine(context):
 
 
 async def _clear(request: Request) -> Response:
+    body = await _small_body(request)
+    if body is None:
+        return _too_large()
     token = request.cookies.get(COOKIE)
+    if token and hashlib.sha256(token.encode()).hexdigest() != body.strip():
+        return _no_store(Response(status_code=409))  # the cookie of another, newer sign-in: not this tab's
     if token:
         client = request.client.host if request.client else None
         await run_in_threadpool(_end, token, client_key(client))

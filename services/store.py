@@ -56,7 +56,7 @@ class ImageStore:
             if not fresh_root and stat.S_IMODE(self.root.stat().st_mode) != DIR_MODE:
                 self._tighten()  # a store written before files were private: once, then the root says so
             private_dir(self.root)
-        except PermissionError as exc:  # not ours to change: say so, the files still work
+        except OSError as exc:  # not ours to change (another owner, a read-only mount): say so, files still work
             log.warning("cannot make the image store private (%s)", type(exc).__name__)
 
     def _tighten(self) -> None:

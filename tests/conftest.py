@@ -19,6 +19,15 @@ def shared_data() -> Path:
     return data
 
 
+@pytest.fixture(autouse=True)
+def _fresh_client_throttle(monkeypatch):
+    """The per-client sign-in slowdown lives in the process: each test starts with none (AppTests all sign in
+    from the same address)."""
+    from services import auth
+
+    monkeypatch.setattr(auth, "clients", auth._ClientThrottle())
+
+
 @pytest.fixture
 def app_env(tmp_path) -> dict[str, str]:
     """Environment for the CLI and the app: a data dir (image store + SQLite file) of this test alone."""

@@ -142,7 +142,7 @@ WINDOW_MAX_WIDTH_FACTOR = 16.0  # a window this many times wider than all possib
 @dataclass(frozen=True)
 class DecodeLimits:
     """What reading one file may cost in its worker (viewer.sandbox): address space beyond the worker's own,
-    and wall-clock time. First the header, whose size is not known yet (a header of millions of elements takes
+    and CPU time (a wall-clock backstop of several times that catches a stalled worker). First the header, whose size is not known yet (a header of millions of elements takes
     pydicom minutes and gigabytes); then the pixels, with limits that grow with the image, so that the largest
     accepted image (80 Mpixel) decodes while a small hostile one is stopped early."""
 
@@ -260,6 +260,10 @@ def _in_worker(fn, *args, memory: int, seconds: float, what: str):
         raise ImageRejected("decode_limit", f"{what} needed more than its limit of {limit}") from exc
     except sandbox.WorkerFailed as exc:
         raise ImageRejected("decode_failed", f"{what} failed: {exc}") from exc
+    except ImageRejected:
+        raise
+    except Exception as exc:  # whatever else a decoder raised (cv2.error, ...): one typed rejection
+        raise ImageRejected("decode_failed", f"{what} failed ({type(exc).__name__})") from exc
 
 
 def plausible_spacing(row_mm, col_mm) -> bool:
@@ -277,11 +281,17 @@ def usable_rescale(slope: float, intercept: float) -> bool:
     return RESCALE_SLOPE_MIN <= abs(slope) <= RESCALE_MAX and abs(intercept) <= RESCALE_MAX
 
 
-def header_elements(path: str | os.PathLike) -> list[tuple[str, str, str, str]]:
+def header_elements(path: str | os.PathLike, limits: DecodeLimits = DECODE_LIMITS) -> list[tuple[str, str, str, str]]:
     """(tag, keyword, VR, value) of the file meta and top-level dataset for the header panel; [] for PNG/JPEG.
 
     Bulk binary elements (pixel data included) are left out, sequences read "<sequence of N items>", values are
-    cut to 200 characters."""
+    cut to 200 characters. Parsed in a decode worker under the header's limits, like load()."""
+    path = os.fspath(path)
+    return _in_worker(_header_elements, path, memory=limits.header_memory_bytes(os.path.getsize(path)),
+                      seconds=limits.header_seconds, what="reading the header")  # fmt: skip
+
+
+def _header_elements(path: str) -> list[tuple[str, str, str, str]]:
     if _sniff(path) != "dicom":
         return []
     ds = _read_dicom(path, stop_before_pixels=True)
@@ -506,6 +516,11 @@ def _check_truncation(ds: Dataset, path, ts: UID | None) -> None:
 
 def _check_frame_header(path, ds: Dataset, ts: UID, rows: int, cols: int, samples: int, bits_allocated: int) -> None:
     """The frame's own header against the DICOM header (module docstring), before any decoder sees it."""
+    extended = ds.get("ExtendedOffsetTable")  # decoders prefer it to the Basic Offset Table
+    if extended is not None and (len(extended) % 8 or any(struct.unpack(f"<{len(extended) // 8}Q", extended))):
+        raise ImageRejected(
+            "decode_failed", "the Extended Offset Table of a single-frame image points past its first fragment"
+        )
     try:
         data = _frame_start(path, ds.get_item(_PIXEL_DATA, keep_deferred=True))
         if ts == _RLE:
@@ -544,8 +559,12 @@ def _frame_start(path, raw) -> bytes:
             if (group, element) != (0xFFFE, 0xE000):  # the sequence delimiter, or not an item at all
                 break
             items += 1
-            if items == 1:  # the Basic Offset Table
-                f.seek(length, io.SEEK_CUR)
+            if items == 1:  # the Basic Offset Table: decoders start the frame where it points
+                table = f.read(length) if length <= 4096 else b"?"
+                if len(table) % 4 or any(struct.unpack(f"<{len(table) // 4}I", table)):
+                    raise ImageRejected(
+                        "decode_failed", "the Basic Offset Table of a single-frame image points past its first fragment"
+                    )
                 continue
             parts.append(f.read(min(length, FRAME_HEADER_BYTES - size)))
             size += len(parts[-1])

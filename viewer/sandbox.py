@@ -10,7 +10,9 @@ function in a worker:
   earlier calls counts as used, and can be reused without a new mapping: a call gets at most `memory_bytes`
   plus RETIRE_GROWTH_BYTES, since a worker that kept more than that exits after replying, as does one whose
   call ran out of memory (glibc may be left with odd mappings).
-- time: past `seconds` the worker is killed and replaced, and `run` raises LimitExceeded("time").
+- time: past `seconds` of CPU time the worker's profiling timer ends it (SIGPROF), and past WALL_FACTOR x that
+  plus WALL_SLACK_S of wall-clock time the caller kills it; either way it is replaced, and `run` raises
+  LimitExceeded("time"). The timer also ends a worker whose caller died mid-call.
 - a worker that dies (a decoder crash) raises WorkerFailed; the next call starts a fresh one.
 
 Workers are fresh interpreters (`python -m viewer.sandbox`), never forks of a threaded server, so they start
@@ -42,7 +44,13 @@ PRELOAD = (
     "viewer.dicom_io", "pydicom.pixels.decoders.gdcm", "pydicom.pixels.decoders.pylibjpeg",
     "pydicom.pixels.decoders.pillow", "pydicom.pixels.decoders.rle",
 )
-_OOM_TEXT = re.compile(r"out of (free )?memory|bad_alloc|cannot allocate|memory allocation failed", re.I)
+_OOM_TEXT = re.compile(
+    r"out of (free )?memory|bad_alloc|cannot allocate|memory allocation failed|insufficient memory|failed to allocate",
+    re.I,
+)
+# `seconds` is CPU time, counted in the worker (ITIMER_PROF), so a busy machine does not turn a slow decode into
+# a rejection; the wall clock only catches a worker that stopped running (blocked, or starved for this long).
+WALL_FACTOR, WALL_SLACK_S = 4.0, 5.0
 
 
 class LimitExceeded(Exception):
@@ -127,14 +135,16 @@ class _Worker:
         """The worker's reply (kind, value, retiring), kind "ok" / "raised" / "memory"; kills the worker on a
         timeout or when it died."""
         try:
-            self._to.send((fn, args, memory_bytes))
-            if not self._from.poll(seconds):
+            self._to.send((fn, args, memory_bytes, seconds))
+            if not self._from.poll(WALL_FACTOR * seconds + WALL_SLACK_S):
                 self.kill()
                 raise LimitExceeded("time")
             return self._from.recv()
         except (EOFError, OSError) as exc:
             self.kill()
             code = self.proc.returncode
+            if code == -signal.SIGPROF:  # its CPU-time budget ran out
+                raise LimitExceeded("time") from exc
             what = signal.strsignal(-code) if code < 0 else f"exit status {code}"
             raise WorkerFailed(f"the decoder process died ({what})") from exc
 
@@ -222,16 +232,18 @@ def _serve() -> None:
     baseline = _address_space()
     while True:
         try:
-            fn, args, memory_bytes = requests.recv()
+            fn, args, memory_bytes, seconds = requests.recv()
         except EOFError:  # the caller closed the pipe or exited
             return
         limit = baseline + memory_bytes
         resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+        signal.setitimer(signal.ITIMER_PROF, seconds)  # SIGPROF's default action ends this process
         try:
             reply = ("ok", fn(*args))
         except Exception as exc:
             reply = ("memory", None) if out_of_memory(exc) else ("raised", exc)
         finally:
+            signal.setitimer(signal.ITIMER_PROF, 0)
             resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
         retire = reply[0] == "memory" or _address_space() > baseline + RETIRE_GROWTH_BYTES
         try:

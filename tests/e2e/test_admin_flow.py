@@ -90,7 +90,7 @@ def test_add_a_user_force_a_new_password_unlock_disable_and_export_the_audit(bro
     admin.get_by_text("ann disabled: signed out everywhere.").wait_for(timeout=30_000)
     ann.get_by_role("link", name="Account").click()
     ann.get_by_text("Your session ended").wait_for(timeout=30_000)
-    assert ann.get_by_role("button", name="Sign in").count() == 1
+    ann.get_by_role("button", name="Sign in").wait_for(timeout=30_000)
 
     # The audit shows all of it, and exports it as CSV (the export itself is audited).
     admin.get_by_role("link", name="Audit").click()
@@ -110,3 +110,46 @@ def test_add_a_user_force_a_new_password_unlock_disable_and_export_the_audit(bro
     for text in (admin.content(), ann.content(), other.content()):
         assert "Traceback" not in text
     assert errors == [] and ann_errors == []
+
+
+def test_a_stale_tab_does_not_sign_out_the_newer_session_of_its_browser(browser, app):
+    """Tab A's session ends (here: idle, ended on the server); the reader signs in again in tab B, which sets a
+    new cookie; the next click in tab A shows A the sign-in form, and must leave B's cookie and session alone."""
+    from services import auth
+
+    url, ctx = app
+    auth.add_user(ctx.engine, "rad2", "radiologist", "radiologist-pw")
+    browser_context = browser.new_context()
+    tab_a = browser_context.new_page()
+    _sign_in(tab_a, url, "rad2", "radiologist-pw")
+    tab_a.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
+    old = {c["name"]: c["value"] for c in browser_context.cookies()}["cxr_review_session"]
+    auth.end_session(ctx.engine, old)
+    tab_b = browser_context.new_page()
+    tab_b.goto(url)
+    _sign_in(tab_b, url, "rad2", "radiologist-pw")
+    tab_b.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
+    new = {c["name"]: c["value"] for c in browser_context.cookies()}["cxr_review_session"]
+    assert new != old
+    with tab_a.expect_response(lambda r: r.url.endswith("/_cxr/session/clear"), timeout=30_000) as cleared:
+        tab_a.get_by_role("link", name="Account").click()
+    tab_a.get_by_text("Your session ended").wait_for(timeout=30_000)
+    assert cleared.value.status == 409  # the browser's cookie is B's, not the ended one A asked to clear
+    assert {c["name"]: c["value"] for c in browser_context.cookies()}.get("cxr_review_session") == new
+    assert auth.resume_session(ctx.engine, new, "local") is not None
+    tab_b.reload()
+    tab_b.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
+    browser_context.close()
+
+
+def test_the_cookie_endpoint_refuses_large_bodies_and_unknown_grants(app):
+    import urllib.error
+    import urllib.request
+
+    url, _ = app
+    for body, status in ((b"x" * 100_000, 413), (b"not-a-grant", 403)):
+        request = urllib.request.Request(f"{url}/_cxr/session", data=body, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == status
+        assert "set-cookie" not in {k.lower() for k in refused.value.headers}

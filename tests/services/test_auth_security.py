@@ -102,14 +102,77 @@ def test_one_client_failing_over_many_names_is_slowed_down_and_others_are_not(ct
     assert "wait 1 s" in slowed.message
     assert auth.authenticate(ctx.engine, "rad", PW, "10.0.0.10").username == "rad"  # another client
     assert auth.authenticate(ctx.engine, "rad", PW, None).username == "rad"  # the command line
-    # Each further failure doubles the wait, up to the cap.
-    throttle = auth._ClientThrottle()
-    waits = []
-    for k in range(auth.CLIENT_FREE_FAILURES + 8):
-        throttle.failed("c", now=float(k))
-        waits.append(throttle.wait_s("c", now=float(k)))
-    assert waits[: auth.CLIENT_FREE_FAILURES - 1] == [0.0] * (auth.CLIENT_FREE_FAILURES - 1)
-    assert waits[auth.CLIENT_FREE_FAILURES - 1 :] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    # A client that tries again as soon as it may: the gaps double after the free attempts, up to the cap.
+    throttle, t, allowed_at = auth._ClientThrottle(), 0.0, []
+    while len(allowed_at) < auth.CLIENT_FREE_FAILURES + 8:
+        wait = throttle.attempt("c", now=t)
+        if wait == 0:
+            allowed_at.append(t)
+        t += wait
+    gaps = [b - a for a, b in zip(allowed_at, allowed_at[1:], strict=False)]
+    assert gaps == [0.0] * (auth.CLIENT_FREE_FAILURES - 1) + [1, 2, 4, 8, 16, 32, 60, 60]
+    throttle.forget("c")  # a success
+    assert throttle.attempt("c", now=t) == 0
+
+
+def test_browsers_behind_one_local_address_are_slowed_per_typed_name(ctx):
+    auth.add_user(ctx.engine, "rad", "radiologist", PW)
+    for _ in range(auth.CLIENT_FREE_FAILURES):
+        auth.authenticate(ctx.engine, "guessed", "wrong password!", "local")
+    assert isinstance(auth.authenticate(ctx.engine, "guessed", "wrong password!", "local"), auth.SlowDown)
+    assert auth.authenticate(ctx.engine, "rad", PW, "local").username == "rad"  # not everybody waits
+
+
+def test_parallel_guesses_get_no_more_tries_than_serial_ones(ctx):
+    import threading
+
+    auth.add_user(ctx.engine, "rad", "radiologist", PW)
+    start, results = threading.Barrier(24), []
+
+    def guess(k):
+        start.wait()
+        results.append(auth.authenticate(ctx.engine, "rad", f"wrong password {k}"))
+
+    threads = [threading.Thread(target=guess, args=(k,)) for k in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    checked = [r for r in _audit(ctx, "sign_in_failed") if json.loads(r.details)["reason"] == "wrong_password"]
+    assert len(checked) == auth.LOCKOUT_FAILURES  # the other 14 were refused before their password was checked
+    assert sum(isinstance(r, auth.Locked) for r in results) >= 24 - auth.LOCKOUT_FAILURES
+    assert len(_audit(ctx, "lockout")) == 1
+    assert isinstance(auth.authenticate(ctx.engine, "rad", PW), auth.Locked)
+
+
+def test_changing_ones_own_password_asks_for_the_current_one_counted_like_a_sign_in(ctx):
+    auth.add_user(ctx.engine, "rad", "radiologist", PW)
+    with pytest.raises(auth.AuthError, match="the current password is wrong"):
+        auth.set_password(ctx.engine, "rad", "taken-over-pw", current="a wrong guess")
+    assert auth.authenticate(ctx.engine, "rad", PW).username == "rad"
+    for _ in range(auth.LOCKOUT_FAILURES):
+        auth.authenticate(ctx.engine, "rad", "a wrong guess")
+    with pytest.raises(auth.AuthError, match="Too many failed attempts"):
+        auth.set_password(ctx.engine, "rad", "taken-over-pw", current=PW)
+    auth.unlock(ctx.engine, "rad")
+    auth.set_password(ctx.engine, "rad", "my-new-password", current=PW)
+    assert auth.authenticate(ctx.engine, "rad", "my-new-password").username == "rad"
+    [changed] = _audit(ctx, "password_changed")
+    assert (changed.actor, changed.target_user) == ("rad", "rad")
+
+
+def test_the_throttle_keeps_no_typed_name_and_forgets_old_counts(ctx):
+    from sqlalchemy import func
+
+    _fail(ctx, "my-secret-password-typed-as-a-name", 1)
+    with dbe.read(ctx.engine) as s:
+        keys = list(s.scalars(select(SignInThrottle.name_sha256)))
+    assert keys == [auth._name_key("my-secret-password-typed-as-a-name")]
+    past = dt.datetime.now(dt.UTC) - auth.LOCKOUT_WINDOW - dt.timedelta(minutes=1)
+    dbe.write(ctx.engine, lambda s: s.execute(update(SignInThrottle).values(window_start=past)))
+    _fail(ctx, "someone-else", 1)  # any attempt prunes what has expired
+    with dbe.read(ctx.engine) as s:
+        assert s.scalar(select(func.count()).select_from(SignInThrottle)) == 1
 
 
 def test_a_generated_password_is_one_time_and_must_be_changed_to_another(ctx):

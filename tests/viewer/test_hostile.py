@@ -97,6 +97,20 @@ def test_frame_header_bombs_are_refused_from_the_header(shared_data, testdata, r
         _rejected(bomb, "frame_size_mismatch", *mentions)
 
 
+def test_an_offset_table_that_points_the_decoder_past_the_checked_fragment_is_refused(shared_data, rewrite):
+    # Decoders start a frame where the offset table points: a harmless first fragment must not hide a bomb.
+    siim = shared_data / SIIM_MONO2
+    frame = frame_of(siim)
+    bomb = with_sof_size(frame, 65535, 65535)
+    hidden = rewrite(siim, "hidden_bomb.dcm", PixelData=encapsulate([frame, bomb], has_bot=True))
+    _rejected(hidden, "decode_failed", "Basic Offset Table", header_only=True)
+    extended = rewrite(siim, "extended_offsets.dcm", PixelData=encapsulate([frame + bomb]),
+                       ExtendedOffsetTable=struct.pack("<Q", len(frame)), ExtendedOffsetTableLengths=struct.pack("<Q", len(bomb)))  # fmt: skip
+    _rejected(extended, "decode_failed", "Extended Offset Table", header_only=True)
+    one_entry = rewrite(siim, "bot_zero.dcm", PixelData=encapsulate([frame], has_bot=True))  # a table of [0]
+    assert dicom_io.load(one_entry).stored.shape == (1024, 1024)
+
+
 def test_frame_header_disagreeing_in_components_or_precision(shared_data, rewrite):
     siim = shared_data / SIIM_MONO2
     frame = bytearray(frame_of(siim))
@@ -168,6 +182,9 @@ def test_header_bomb_is_stopped_by_the_header_limit(shared_data, tmp_path):
         dicom_io.load(bomb)
     assert info.value.code == "decode_limit"
     assert info.value.message == "reading the header needed more than its limit of 1 s"
+    with pytest.raises(dicom_io.ImageRejected) as info:  # the viewer's header panel parses in a worker too
+        dicom_io.header_elements(bomb)
+    assert info.value.code == "decode_limit"
 
 
 _PEAK_RSS = """

@@ -26,11 +26,11 @@ def upgrade() -> None:
 
     op.create_table(
         "sign_in_throttle",
-        sa.Column("username", sa.String(length=64), nullable=False),
+        sa.Column("name_sha256", sa.String(length=64), nullable=False),
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
         sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
-        sa.PrimaryKeyConstraint("username"),
+        sa.PrimaryKeyConstraint("name_sha256"),
     )
     op.create_table(
         "audit_events",
