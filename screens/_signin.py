@@ -204,7 +204,9 @@ def _change_one_time_password(user: auth.SignedIn) -> None:
             st.error("The two passwords differ.")
         else:
             try:
-                auth.set_password(_deps.ctx().engine, user.username, new, st.session_state.get(TOKEN_KEY))
+                auth.set_password(
+                    _deps.ctx().engine, user.username, new, st.session_state.get(TOKEN_KEY), client=client()
+                )
             except auth.AuthError as exc:
                 st.error(sentence(exc))
             except (DatabaseUnavailable, DatabaseBusy) as exc:
