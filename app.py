@@ -23,6 +23,7 @@ pages = [page for name, page in PAGES.items() if user.role in _signin.PAGE_ROLES
 nav = st.navigation(pages, position="hidden")
 _signin.sidebar(user, pages)
 try:
-    nav.run()
+    with _signin.signed_in_run(user):  # the page checks the role itself, on this run's verified session
+        nav.run()
 except (DatabaseBusy, DatabaseUnavailable) as exc:  # one clear line, never a traceback
     st.error(f"Database problem: {exc}")

@@ -110,6 +110,16 @@ def throttle(s: Session, key: str) -> SignInThrottle | None:
     return s.get(SignInThrottle, key)
 
 
+def locks(s: Session, keys: list[str], now: dt.datetime) -> dict[str, dt.datetime]:
+    """{key: end} of the lockouts in force among `keys`."""
+    rows = s.execute(
+        select(SignInThrottle.name_sha256, SignInThrottle.locked_until).where(
+            SignInThrottle.name_sha256.in_(keys), SignInThrottle.locked_until > now
+        )
+    )
+    return dict(rows.all())
+
+
 def new_throttle(s: Session, key: str, now: dt.datetime) -> SignInThrottle:
     row = SignInThrottle(name_sha256=key, failures=0, window_start=now)
     s.add(row)

@@ -9,6 +9,9 @@ sign-in form)."""
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import streamlit as st
 
@@ -112,10 +115,24 @@ def require_user() -> auth.SignedIn:
     st.stop()
 
 
+_this_run = threading.local()
+
+
+@contextmanager
+def signed_in_run(user: auth.SignedIn) -> Iterator[None]:
+    """app.py runs the page inside this after require_user(): the page's own check reuses that verification
+    of this run instead of asking the database again (a page run any other way checks for itself)."""
+    _this_run.user = user
+    try:
+        yield
+    finally:
+        _this_run.user = None
+
+
 def require_page(page: str) -> auth.SignedIn:
     """The first line of every page module: the signed-in user when their role may open `page`; otherwise only
     the sign-in form or a refusal renders, and the run stops."""
-    user = require_user()
+    user = getattr(_this_run, "user", None) or require_user()
     if user.role not in PAGE_ROLES[page]:
         log.warning("page %s refused to role %s", page, user.role)
         st.error("This page is not available to your role.")

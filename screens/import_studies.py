@@ -27,22 +27,12 @@ if files and st.button(f"Import {len(files)} file{'s' * (len(files) != 1)}", typ
     bar = st.progress(0.0, text="Importing…")
     with tempfile.TemporaryDirectory(prefix="cxr-upload-") as tmp:
         for i, f in enumerate(files, 1):
-            if (too_large := importer.size_rejection(f.name, f.size, ctx.settings.max_upload_bytes)) is not None:
-                results.append(too_large)  # refused before it is written anywhere
-            else:
-                path = Path(tmp) / f"upload-{i}"
-                path.write_bytes(f.getbuffer())
-                results.append(
-                    importer.import_file(
-                        ctx.engine,
-                        ctx.store,
-                        path,
-                        max_bytes=ctx.settings.max_upload_bytes,
-                        display_name=f.name,
-                        user_id=user.user_id,
-                    )
+            results.append(
+                importer.import_upload(
+                    ctx.engine, ctx.store, Path(tmp) / f"upload-{i}", f.name, f.getbuffer(),
+                    max_bytes=ctx.settings.max_upload_bytes, user_id=user.user_id,
                 )
-                path.unlink()
+            )  # fmt: skip
             bar.progress(i / len(files), text=f"Imported {i} of {len(files)}")
     importer.record_batch(ctx.engine, results, actor_id=user.user_id, client=_signin.client())
     st.session_state["last_import"] = [r.to_json() for r in results]

@@ -83,6 +83,13 @@ def _check_username(username: str) -> None:
         raise AuthError("user name must be 1-64 letters, digits, '.', '_' or '-'")
 
 
+def _hashed(password: str | None) -> tuple[str, str]:
+    """(the password, generated when none is given, and its argon2id hash)."""
+    password = password or secrets.token_urlsafe(12)
+    _check_password(password)
+    return password, _hasher.hash(password)
+
+
 def _role(role: str) -> Role:
     try:
         return Role(role)
@@ -123,9 +130,7 @@ def add_user(
     _check_username(username)
     role_ = _role(role)
     one_time = not password if one_time is None else one_time
-    password = password or secrets.token_urlsafe(12)
-    _check_password(password)
-    hashed = _hasher.hash(password)
+    password, hashed = _hashed(password)
 
     def tx(s):
         if accounts.get_user_by_name(s, username) is not None:
@@ -190,9 +195,7 @@ def reset_password(
 ) -> str:
     """A new one-time password (generated unless given): the user's sessions end, any lockout is lifted,
     and the user must choose a new password at the next sign-in. Returns the password to hand over."""
-    password = password or secrets.token_urlsafe(12)
-    _check_password(password)
-    hashed = _hasher.hash(password)
+    password, hashed = _hashed(password)
 
     def tx(s):
         user = _user_or_fail(s, username)
@@ -224,13 +227,9 @@ def unlock(engine: Engine, username: str, actor: SignedIn | None = None) -> bool
 
 def locked_names(engine: Engine) -> dict[str, dt.datetime]:
     """User names locked now, with when their lockout ends."""
-    now = _now()
     with dbe.read(engine) as s:
-        return {
-            name: row.locked_until
-            for name in [u.username for u in accounts.list_users(s)]
-            if (row := accounts.throttle(s, _name_key(name))) is not None and row.locked_until and row.locked_until > now
-        }
+        names = {_name_key(u.username): u.username for u in accounts.list_users(s)}
+        return {names[key]: until for key, until in accounts.locks(s, list(names), _now()).items()}
 
 
 def set_password(
@@ -355,11 +354,7 @@ def authenticate(
         stored = user.password_hash if found is not None else _DUMMY_HASH
         user_id = user.id if user is not None else None
     audit_as = {"target_user_id": user_id, "target": username if user_id else None, "client_address": client}
-    try:
-        locked_until = dbe.write(engine, lambda s: _count_attempt(s, key, now, audit_as))
-    except dbe.DatabaseBusy:
-        log.warning("a sign-in attempt could not be counted: the database is busy")
-        raise
+    locked_until = dbe.write(engine, lambda s: _count_attempt(s, key, now, audit_as))
     if locked_until is not None:
         return Locked(locked_until)
     if _verifies(stored, password) and found is not None:
@@ -388,15 +383,19 @@ def _count_attempt(s, key: str, now: dt.datetime, audit_as: dict) -> dt.datetime
     if lock_over or (row.window_start <= now - LOCKOUT_WINDOW and row.locked_until is None):
         row.failures, row.window_start, row.locked_until = 0, now, None  # a fresh budget
     if row.failures >= LOCKOUT_FAILURES and not (row.locked_until and row.locked_until > now):
-        row.locked_until = now + LOCKOUT_DURATION  # attempts still being checked used up the budget
-        audit.add(s, "lockout", details={"until": row.locked_until.isoformat(), "failures": row.failures,
-                                         **_name_details(key, audit_as)}, at=now, **audit_as)  # fmt: skip
+        _lock(s, row, key, now, audit_as)  # attempts still being checked used up the budget
     if row.locked_until and row.locked_until > now:
         audit.add(s, "sign_in_failed", details={"reason": "locked", **_name_details(key, audit_as)}, at=now,
                   **audit_as)  # fmt: skip
         return row.locked_until
     row.failures += 1
     return None
+
+
+def _lock(s, row, key: str, now: dt.datetime, audit_as: dict) -> None:
+    row.locked_until = now + LOCKOUT_DURATION
+    details = {"until": row.locked_until.isoformat(), "failures": row.failures, **_name_details(key, audit_as)}
+    audit.add(s, "lockout", details=details, at=now, **audit_as)
 
 
 def _record_failure(engine, key: str, reason: str, now: dt.datetime, audit_as: dict) -> dt.datetime | None:
@@ -407,9 +406,7 @@ def _record_failure(engine, key: str, reason: str, now: dt.datetime, audit_as: d
         details = {"reason": reason, "failures": row.failures, **_name_details(key, audit_as)}
         audit.add(s, "sign_in_failed", details=details, at=now, **audit_as)
         if row.failures >= LOCKOUT_FAILURES and not (row.locked_until and row.locked_until > now):
-            row.locked_until = now + LOCKOUT_DURATION
-            audit.add(s, "lockout", details={"until": row.locked_until.isoformat(), "failures": row.failures,
-                                             **_name_details(key, audit_as)}, at=now, **audit_as)  # fmt: skip
+            _lock(s, row, key, now, audit_as)
             return row.locked_until
         return None
 

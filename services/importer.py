@@ -70,14 +70,13 @@ class FileRejected(Exception):
         self.reason = reason
 
 
-def size_rejection(name: str, size: int, max_bytes: int) -> ImportResult | None:
-    """The rejection of a file over the size cap, before anything reads it; None when it is within the cap."""
-    if size <= max_bytes:
-        return None
-    return _rejected(
-        name, "too_large",
-        f"file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB import limit (CXR_REVIEW_MAX_UPLOAD_MB)",
-    )  # fmt: skip
+def check_size(size: int, max_bytes: int) -> None:
+    """FileRejected("too_large") for a file over the cap, before anything reads it."""
+    if size > max_bytes:
+        raise FileRejected(
+            "too_large",
+            f"file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB import limit (CXR_REVIEW_MAX_UPLOAD_MB)",
+        )
 
 
 def load_checked(path: Path, *, max_bytes: int) -> dicom_io.DecodedImage:
@@ -85,12 +84,7 @@ def load_checked(path: Path, *, max_bytes: int) -> dicom_io.DecodedImage:
     and decoding); FileRejected otherwise. `cxr-review infer` reads its inputs through this too."""
     if not path.is_file():
         raise FileRejected("not_found", "no such file")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise FileRejected(
-            "too_large",
-            f"file is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB import limit (CXR_REVIEW_MAX_UPLOAD_MB)",
-        )
+    check_size(path.stat().st_size, max_bytes)
     try:
         return dicom_io.load(path)  # header checks first, then decoding: a broken file fails here
     except dicom_io.ImageRejected as exc:
@@ -200,6 +194,23 @@ def import_file(
         "%s image study=%s sop=%s", result.status, _uid_hash(study_uid), _uid_hash(header.sop_instance_uid)
     )
     return result
+
+
+def import_upload(
+    engine: Engine, store: ImageStore, path: Path, name: str, data: bytes | memoryview, *, max_bytes: int,
+    user_id: int | None,
+) -> ImportResult:
+    """A browser upload: refused over the size cap before it is written anywhere, else written to `path` (a
+    private temporary folder's), imported as `name`, and removed."""
+    try:
+        check_size(len(data), max_bytes)
+    except FileRejected as exc:
+        return _rejected(name, exc.code, exc.reason)
+    path.write_bytes(data)
+    try:
+        return import_file(engine, store, path, max_bytes=max_bytes, display_name=name, user_id=user_id)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _known(s, name: str, header: dicom_io.ImageHeader, pixel_sha: str) -> ImportResult | None:

@@ -19,16 +19,21 @@ The websocket handshake of the next page load carries the cookie, and the app re
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import logging
 import secrets
 import threading
 import time
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from db import engine as dbe
+from services import auth, context
 
 COOKIE = "cxr_review_session"
 PATH = "/_cxr/session"
@@ -117,23 +122,17 @@ async def _set(request: Request) -> Response:
     return _no_store(response)
 
 
+@functools.cache
+def _engine():
+    return context.build().engine
+
+
 def _end(token: str | None, client: str | None) -> None:
-    from services import auth, context
-
     try:
-        auth.end_session(_engine(context), token, client)
-    except Exception as exc:  # the cookie is cleared anyway; the session expires by itself
+        auth.end_session(_engine(), token, client)
+    except (dbe.DatabaseBusy, dbe.DatabaseUnavailable, SQLAlchemyError) as exc:
+        # The cookie is cleared anyway, and the session ends by itself (idle timeout, expiry).
         log.warning("sign-out could not end the stored session (%s)", type(exc).__name__)
-
-
-_engine_cache = None
-
-
-def _engine(context):
-    global _engine_cache
-    if _engine_cache is None:
-        _engine_cache = context.build().engine
-    return _engine_cache
 
 
 async def _clear(request: Request) -> Response:

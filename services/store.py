@@ -30,20 +30,11 @@ def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE, fsync: bool = F
         raise
 
 
-def private_dir(path: Path) -> Path:
-    """Create `path` (and missing parents) as 0700, or tighten an existing folder to 0700."""
-    path = Path(path)
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for p in reversed(missing):
-        p.mkdir(mode=DIR_MODE, exist_ok=True)
-        os.chmod(p, DIR_MODE)  # mkdir's mode is masked by the umask
-    target = missing[0] if missing else path
-    if stat.S_IMODE(target.stat().st_mode) != DIR_MODE:
-        os.chmod(target, DIR_MODE)
-    return target
+def private_dir(path: Path) -> None:
+    """Create `path` as 0700 (missing parents as usual), or tighten an existing folder to 0700."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != DIR_MODE:  # an older folder, or a umask that took bits away
+        os.chmod(path, DIR_MODE)
 
 
 class ImageStore:
