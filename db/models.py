@@ -239,6 +239,8 @@ class Verdict(Base):
     model_id: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(32))
     weights_sha256: Mapped[str] = mapped_column(String(64))
+    # The stored item judged (stable id); null for verdicts written before items were stored.
+    prediction_item_id: Mapped[int | None] = mapped_column(ForeignKey("prediction_items.id"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -314,3 +316,92 @@ class ActiveModelEvent(Base):
     weights_sha256: Mapped[str | None] = mapped_column(String(64))
     set_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# --- review items, annotations, labelling tasks --------------------------------------------------------------
+class PredictionItem(Base):
+    """One AI statement of a stored prediction (a finding's score, a box, the anatomy, the CTR, the bone view)
+    with a stable id: verdicts and annotations point at it. A prediction never changes, so neither do its
+    items; `key` is unique within the prediction (the finding label, "Cardiomegaly#0" for its first box)."""
+
+    __tablename__ = "prediction_items"
+    __table_args__ = (UniqueConstraint("prediction_id", "kind", "key", name="uq_prediction_item"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # finding | box | anatomy | ctr | bone_suppression
+    key: Mapped[str] = mapped_column(String(128))
+    label: Mapped[str | None] = mapped_column(String(64))
+    score: Mapped[float | None] = mapped_column(Float)
+    geometry: Mapped[str | None] = mapped_column(Text)  # JSON: a box {x, y, w, h} in image pixels
+
+
+class AnnotationStatus(str, enum.Enum):
+    draft = "draft"  # saved automatically while the reader works
+    submitted = "submitted"  # the reader's reading is over
+    final = "final"  # the adjudicated truth of the image (set by an adjudicator)
+
+
+class LabellingTask(Base):
+    """A set of images to label, with its schema, readers and order. `schema` is JSON: {"findings": [...],
+    "boxes": [...], "structures": [...]}; `queue_order` is random | uncertainty | model_disagreement |
+    rejected_first."""
+
+    __tablename__ = "labelling_tasks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    schema: Mapped[str] = mapped_column(Text)
+    readers_per_image: Mapped[int] = mapped_column(Integer, default=1)
+    blinded: Mapped[bool] = mapped_column(default=False)
+    queue_order: Mapped[str] = mapped_column(String(32), default="random")
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LabellingTaskImage(Base):
+    """An image of a task and its place in the queue (lower first), fixed when the task is made."""
+
+    __tablename__ = "labelling_task_images"
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("labelling_tasks.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    priority: Mapped[float] = mapped_column(Float)
+
+
+class LabellingTaskReader(Base):
+    """A reader of a task; an adjudicator sets the final labels of its images."""
+
+    __tablename__ = "labelling_task_readers"
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("labelling_tasks.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    adjudicator: Mapped[bool] = mapped_column(default=False)
+
+
+class AnnotationVersion(Base):
+    """One saved version of a reader's labels of one image: image-level findings, boxes, polygons and a label
+    map. Append-only (database triggers refuse UPDATE and DELETE): a change is a new version whose parent is
+    the version it was edited from (or none, with `proposal_prediction_id` when it started from the AI's
+    proposal). A line of versions is (image, task, reader) for readers' work, (image, task) for finals.
+    `conflict_with_id`: saved from a parent that was no longer the newest of its line (both are kept)."""
+
+    __tablename__ = "annotation_versions"
+    __table_args__ = (Index("ix_annotation_versions_line", "image_id", "task_id", "reader_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("labelling_tasks.id", ondelete="CASCADE"), index=True)
+    reader_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[AnnotationStatus] = mapped_column(
+        Enum(AnnotationStatus, name="annotation_status", native_enum=False, length=16)
+    )
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("annotation_versions.id"))
+    proposal_prediction_id: Mapped[int | None] = mapped_column(ForeignKey("predictions.id"))
+    conflict_with_id: Mapped[int | None] = mapped_column(ForeignKey("annotation_versions.id"))
+    labels: Mapped[str] = mapped_column(Text, default="{}")  # JSON {finding: present | absent | uncertain}
+    boxes: Mapped[str] = mapped_column(Text, default="[]")  # JSON [{label, x, y, w, h, item_id?}]
+    polygons: Mapped[str] = mapped_column(Text, default="[]")  # JSON [{label, points: [[x, y], ...]}]
+    label_map_sha256: Mapped[str | None] = mapped_column(String(64))  # PNG in the image store, 0..3
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything the app and its tests need: Debian's Chromium (for the browser tests) and PostgreSQL
+# Installs everything the app and its tests need: Debian's Chromium (for the browser tests), dicom3tools and PostgreSQL
 # server (for the tests' throwaway clusters, tests/db/conftest.py), when root; a virtual environment in .venv
 # with the exact pins of requirements.lock, and this project (editable).
 set -euo pipefail
@@ -8,6 +8,8 @@ PY=${PYTHON:-python3}
 
 apt_missing=()
 command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
+# dciodvfy (David Clunie's DICOM validator) checks the SEG / SR exports in the tests.
+command -v dciodvfy >/dev/null 2>&1 || apt_missing+=(dicom3tools)
 # Debian keeps initdb/pg_ctl off PATH, under /usr/lib/postgresql/<major>/bin.
 if ! compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null && ! command -v pg_ctl >/dev/null 2>&1; then
   apt_missing+=(postgresql)
@@ -16,7 +18,7 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
   else
-    echo "note: ${apt_missing[*]} missing and this is not root: the browser / PostgreSQL tests will be skipped" >&2
+    echo "note: ${apt_missing[*]} missing and this is not root: the browser / PostgreSQL / DICOM validation tests will be skipped" >&2
   fi
 fi
 

@@ -328,9 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--window", nargs=2, type=float, metavar=("CENTER", "WIDTH"))
     ren.set_defaults(fn=_cmd_render)
 
-    from services import model_cli
+    from services import annotation_cli, model_cli
 
     model_cli.add_parsers(sub)  # train, eval
+    annotation_cli.add_parsers(sub)  # annotations, tasks, export
 
     srv = sub.add_parser("serve", help="start the web app")
     srv.add_argument("--address", default="127.0.0.1")

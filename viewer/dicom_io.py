@@ -833,3 +833,9 @@ def _readonly(arr: np.ndarray) -> np.ndarray:
     arr.flags.writeable = False
     return arr
 
+
+
+def source_dataset(path: str | os.PathLike) -> Dataset:
+    """The header of a stored DICOM file without its pixel data: the source a SEG or SR derived from it must
+    reference (study, series, SOP instance, patient module). Only for files import has already checked."""
+    return _read_dicom(path, stop_before_pixels=True)

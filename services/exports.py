@@ -1,0 +1,281 @@
+"""Labels out of the app: CSV (one row per image and reader), COCO (boxes and polygons), DICOM SEG and DICOM SR
+(highdicom). The source is a task's finals, one reader's newest submitted versions, or the AI (images not yet
+analysed are analysed first). An image that cannot be exported (its stored file is missing, nothing to write)
+is reported with the reason; the others are exported."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from db import audit
+from db import engine as dbe
+from db.models import Image, Study
+from services import annotations, dicom_objects, vocabulary
+from services.context import Context
+from services.store import write_atomic
+from viewer import dicom_io, windowing
+
+log = logging.getLogger(__name__)
+FORMATS = ("csv", "coco", "seg", "sr")
+OUT_MODE = 0o644  # a folder the user chose, for sharing (the image store is private)
+
+
+class ExportError(ValueError):
+    pass
+
+
+@dataclass
+class Exported:
+    image_id: int
+    file: str  # the name it was imported from
+    status: str  # exported | skipped
+    files: list[str]
+    reason: str | None = None
+
+    def as_json(self) -> dict:
+        return {"image_id": self.image_id, "file": self.file, "status": self.status, "files": self.files,
+                "reason": self.reason}  # fmt: skip
+
+
+@dataclass
+class Item:
+    image: dict  # the image row's fields, with its study's
+    readings: list[dicom_objects.Reading]
+
+
+def _image_dict(image: Image, study: Study) -> dict:
+    return {
+        "id": image.id, "file_sha256": image.file_sha256, "pixel_sha256": image.pixel_sha256,
+        "original_filename": image.original_filename, "rows": image.rows, "columns": image.columns,
+        "source_format": image.source_format, "sop_instance_uid": image.sop_instance_uid,
+        "spacing": (image.pixel_spacing_row_mm, image.pixel_spacing_col_mm) if image.pixel_spacing_row_mm else None,
+        "study": {
+            "study_instance_uid": study.study_instance_uid, "patient_id": study.patient_id,
+            "patient_name": study.patient_name, "patient_sex": study.patient_sex, "study_date": study.study_date,
+        },
+    }  # fmt: skip
+
+
+def _images(ctx: Context, image_ids: list[int] | None, study_uids: list[str]) -> list[dict]:
+    with dbe.read(ctx.engine) as s:
+        q = s.query(Image, Study).join(Study, Image.study_id == Study.id)
+        if image_ids is not None:
+            q = q.filter(Image.id.in_(image_ids))
+        if study_uids:
+            q = q.filter(Study.study_instance_uid.in_(study_uids))
+            if missing := set(study_uids) - {st.study_instance_uid for _, st in q}:
+                raise ExportError(f"study {sorted(missing)[0]} is not stored")
+        return [_image_dict(i, st) for i, st in q.order_by(Image.id)]
+
+
+def gather(ctx: Context, source: str, task_id: int | None, study_uids: list[str], runner=None,
+           progress: Callable[[int, int], None] | None = None) -> list[Item]:  # fmt: skip
+    """The readings to export per image, from `final`, `reader:NAME` or `ai`."""
+    if source == "ai":
+        images = _images(ctx, _task_images(ctx, task_id), study_uids)
+        return [Item(img, [_ai_reading(ctx, runner, img)]) for img in _with_progress(images, progress)]
+    if source == "final":
+        versions = [v for v in annotations.heads(ctx, task_id) if v.status == "final"]
+    elif source.startswith("reader:"):
+        name = source.removeprefix("reader:")
+        versions = [
+            v for v in annotations.heads(ctx, task_id) if v.status == "submitted" and v.reader == name
+        ]
+    else:
+        raise ExportError(f"unknown source {source!r}: final, reader:NAME or ai")
+    by_image: dict[int, list] = {}
+    for v in versions:
+        by_image.setdefault(v.image_id, []).append(v)
+    images = _images(ctx, list(by_image), study_uids)
+    out = []
+    for img in images:
+        out.append(Item(img, [
+            dicom_objects.Reading(
+                observer=v.reader, labels=v.labels, boxes=v.boxes,
+                label_map=annotations.load_label_map(ctx, v.label_map_sha256) if v.label_map_sha256 else None,
+            )
+            for v in by_image[img["id"]]
+        ]))  # fmt: skip
+    return out
+
+
+def _with_progress(images, progress):
+    for n, img in enumerate(images, start=1):
+        yield img
+        if progress:
+            progress(n, len(images))
+
+
+def _task_images(ctx: Context, task_id: int | None) -> list[int] | None:
+    if task_id is None:
+        return None
+    from db import annotations as repo
+
+    with dbe.read(ctx.engine) as s:
+        return repo.task_images(s, task_id)
+
+
+def _ai_reading(ctx: Context, runner, img: dict) -> dicom_objects.Reading:
+    """The AI's statements on an image, computed now when not stored: findings at the operating points in
+    force, the boxes of positive findings, the anatomy label map."""
+    from services import analysis  # runs models: only for --source ai
+
+    result = analysis.analyse(ctx, runner, img)
+    labels, boxes, lm, models = {}, [], None, {}
+    if (f := result.findings) is not None:
+        models["classification"] = f["model"]
+        thr = result.thresholds or f.get("default_thresholds", {})
+        for label, p in f["probabilities"].items():
+            labels[label] = "present" if p >= thr.get(label, 0.5) else "absent"
+            if labels[label] == "present":
+                boxes += [dict(b, label=label, score=p) for b in f["boxes"].get(label, [])]
+        if any(v == "present" for k, v in labels.items() if k != vocabulary.NO_FINDING):
+            labels[vocabulary.NO_FINDING] = "absent"  # never flagged together with a finding
+    if (a := result.anatomy) is not None:
+        models["segmentation"] = a["model"]
+        lm = analysis.label_map(ctx, a)
+    observer = f"{models['classification']['id']}" if "classification" in models else "AI"
+    return dicom_objects.Reading(observer=observer, labels=labels, boxes=boxes, label_map=lm, models=models)
+
+
+# --- writers -------------------------------------------------------------------------------------------------------
+def write(ctx: Context, fmt: str, items: list[Item], out_dir: Path, actor_id: int | None = None,
+          source: str = "final") -> list[Exported]:  # fmt: skip
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        results = _write_csv(items, out_dir)
+    elif fmt == "coco":
+        results = _write_coco(items, out_dir)
+    else:
+        results = [_write_dicom(ctx, fmt, item, out_dir) for item in items]
+    dbe.write(ctx.engine, lambda s: audit.add(
+        s, "export", actor_id=actor_id, target=f"annotations {fmt}",
+        details={"format": fmt, "source": source.split(":")[0], "images": sum(r.status == "exported" for r in results)},
+    ))  # fmt: skip
+    return results
+
+
+def _stem(img: dict) -> str:
+    return f"{img['id']:06d}_{Path(img['original_filename']).stem}"[:120]
+
+
+def _write_csv(items: list[Item], out_dir: Path) -> list[Exported]:
+    names = [*vocabulary.FINDINGS, vocabulary.NO_FINDING]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        ["image", "sop_instance_uid", "pixel_sha256", "reader", "model", "weights_sha256", "boxes", *names]
+    )
+    for item in items:
+        for r in item.readings:
+            model = r.models.get("classification")
+            w.writerow([
+                item.image["original_filename"], item.image["sop_instance_uid"] or "", item.image["pixel_sha256"],
+                r.observer, f"{model['id']}@{model['version']}" if model else "", model["weights_sha256"] if model else "",
+                len(r.boxes), *(r.labels.get(n, "") for n in names),
+            ])  # fmt: skip
+    write_atomic(out_dir / "labels.csv", buf.getvalue().encode(), mode=OUT_MODE)
+    return [Exported(i.image["id"], i.image["original_filename"], "exported", ["labels.csv"]) for i in items]
+
+
+def _write_coco(items: list[Item], out_dir: Path) -> list[Exported]:
+    cats = list(vocabulary.FINDINGS) + list(vocabulary.STRUCTURES.values())
+    cat_id = {n: i for i, n in enumerate(cats, start=1)}
+    doc = {
+        "info": {"description": "CXR Review annotations", "research_use": dicom_objects.RESEARCH_USE},
+        "images": [], "annotations": [],
+        "categories": [{"id": cat_id[n], "name": n, "supercategory": "finding" if n in vocabulary.FINDINGS else "anatomy"} for n in cats],
+    }  # fmt: skip
+    models = {}
+    for item in items:
+        img = item.image
+        doc["images"].append({"id": img["id"], "file_name": img["original_filename"], "width": img["columns"],
+                              "height": img["rows"], "sop_instance_uid": img["sop_instance_uid"]})  # fmt: skip
+        for r in item.readings:
+            models |= {f"{m['id']}@{m['version']}": m["weights_sha256"] for m in r.models.values()}
+            for b in r.boxes:
+                ann = {"id": len(doc["annotations"]) + 1, "image_id": img["id"], "category_id": cat_id[b["label"]],
+                       "bbox": [b["x"], b["y"], b["w"], b["h"]], "area": b["w"] * b["h"], "iscrowd": 0,
+                       "segmentation": [], "reader": r.observer}  # fmt: skip
+                if b.get("score") is not None:
+                    ann["score"] = b["score"]
+                doc["annotations"].append(ann)
+    if models:
+        doc["info"]["models"] = [{"model": k, "weights_sha256": v} for k, v in sorted(models.items())]
+    write_atomic(
+        out_dir / "annotations.coco.json", json.dumps(doc, indent=1, default=str).encode(), mode=OUT_MODE
+    )
+    return [
+        Exported(i.image["id"], i.image["original_filename"], "exported", ["annotations.coco.json"])
+        for i in items
+    ]
+
+
+def _write_dicom(ctx: Context, fmt: str, item: Item, out_dir: Path) -> Exported:
+    img = item.image
+    result = Exported(img["id"], img["original_filename"], "exported", [])
+    path = ctx.store.path_for(img["file_sha256"])
+    if not path.exists():
+        result.status, result.reason = "skipped", "its stored file is missing from the image store"
+        return result
+    try:
+        if img["source_format"] == "dicom":
+            source = dicom_io.source_dataset(path)
+        else:  # PNG / JPEG: a Secondary Capture of the pixels comes first, and is written beside
+            pixels = windowing.render(dicom_io.load(path))
+            source = dicom_objects.secondary_capture(pixels, img["study"], img["spacing"])
+            name = f"{_stem(img)}.sc.dcm"
+            _save(source, out_dir / name)
+            result.files.append(name)
+    except (dicom_io.ImageRejected, OSError) as exc:
+        result.status, result.reason = "skipped", f"its stored file cannot be read ({exc})"
+        return result
+    for n, reading in enumerate(item.readings):
+        suffix = "" if len(item.readings) == 1 else f".{n + 1}"
+        ds = (
+            dicom_objects.segmentation(source, reading)
+            if fmt == "seg"
+            else dicom_objects.structured_report(source, reading)
+        )
+        if ds is None:
+            continue
+        name = f"{_stem(img)}{suffix}.{fmt}.dcm"
+        _save(ds, out_dir / name)
+        result.files.append(name)
+    if not any(f.endswith(f".{fmt}.dcm") for f in result.files):
+        result.status, result.reason = (
+            "skipped",
+            "no label map to write" if fmt == "seg" else "nothing to write",
+        )
+    return result
+
+
+def _save(ds, path: Path) -> None:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    write_atomic(path, buf.getvalue(), mode=OUT_MODE)
+
+
+def label_map_of(path: Path) -> np.ndarray:
+    """The label map a SEG written here holds (to check an export): each segment back to its structure value."""
+    import highdicom as hd
+
+    seg = hd.seg.segread(path)
+    source = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=[source], combine_segments=False)[0]
+    out = np.zeros(masks.shape[:2], np.uint8)
+    by_name = {n: v for v, n in vocabulary.STRUCTURES.items()}
+    for k, d in enumerate(seg.SegmentSequence):
+        out[masks[..., k] > 0] = by_name[d.SegmentLabel]
+    return out

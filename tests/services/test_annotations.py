@@ -1,0 +1,203 @@
+"""Annotations on a real SQLite file with real imported images: versions are never overwritten, an edit from a
+stale version is kept and named as a conflict, bad content is refused with its reason, annotators write only
+their own line and only adjudicators set finals; labelling tasks and their queue."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from db import engine as dbe
+from services import annotations, auth, importer, labelling
+from services.auth import SignedIn
+
+IMAGES = ("00000075_000.png", "00000100_000.png", "00000211_000.png")
+
+
+@pytest.fixture
+def world(ctx, shared_data):
+    paths = [shared_data / "nih" / "images" / n for n in IMAGES] + [
+        shared_data / "dicom" / "siim_cr_chest_pa_1024_jpeg_mono2.dcm"
+    ]
+    results = list(importer.import_paths(ctx.engine, ctx.store, paths, max_bytes=2**30))
+    assert [r.status for r in results] == ["imported"] * 4
+    users = {}
+    for name, role in (("ann", "annotator"), ("bob", "annotator"), ("adj", "radiologist"), ("res", "researcher"),
+                       ("boss", "admin")):  # fmt: skip
+        auth.add_user(ctx.engine, name, role, f"{name}-password-long")
+        with dbe.read(ctx.engine) as s:
+            uid = s.scalar(text("SELECT id FROM users WHERE username = :n"), {"n": name})
+        users[name] = SignedIn(uid, name, role, False)
+    with dbe.read(ctx.engine) as s:
+        image_ids = list(s.scalars(text("SELECT id FROM images ORDER BY id")))
+    return ctx, users, image_ids
+
+
+def _task(ctx, users, image_ids, **kw):
+    return labelling.create(
+        ctx, users["boss"], name=kw.pop("name", "pilot"), image_ids=image_ids,
+        readers={"ann": False, "bob": False, "adj": True}, **kw,
+    )  # fmt: skip
+
+
+def test_versions_are_never_overwritten_and_a_stale_save_is_kept_as_a_conflict(world):
+    ctx, users, (img, *_) = world
+    ann = users["ann"]
+    first = annotations.save(
+        ctx,
+        ann,
+        img,
+        labels={"Effusion": "present"},
+        boxes=[{"label": "Effusion", "x": 10, "y": 20, "w": 30, "h": 40}],
+    )
+    assert first.conflict is None
+    second = annotations.save(ctx, ann, img, parent_id=first.version_id, labels={"Effusion": "absent"})
+    assert second.conflict is None
+    # A second tab still on the first version saves: kept too, and told who changed it when.
+    third = annotations.save(ctx, ann, img, parent_id=first.version_id, boxes=[])
+    assert third.conflict and third.conflict.startswith("changed by ann at ")
+    versions = annotations.history(ctx, img, None, ann.user_id)
+    assert [v.id for v in versions] == [first.version_id, second.version_id, third.version_id]
+    assert versions[0].labels == {"Effusion": "present"} and versions[1].labels == {"Effusion": "absent"}
+    assert versions[1].boxes == versions[0].boxes  # fields not given come from the parent
+    assert versions[2].labels == {"Effusion": "present"} and versions[2].boxes == []
+    assert versions[2].conflict_with_id == second.version_id
+    # The table refuses changes, and every save left an audit row.
+    for statement in ("UPDATE annotation_versions SET labels = '{}'", "DELETE FROM annotation_versions"):
+        with pytest.raises(Exception, match="annotation_versions is append-only"):
+            dbe.write(ctx.engine, lambda s, q=statement: s.execute(text(q)))
+    with dbe.read(ctx.engine) as s:
+        assert s.scalar(text("SELECT count(*) FROM audit_events WHERE action = 'annotation_saved'")) == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ({"labels": {"Pneumonitis": "present"}}, "unknown finding 'Pneumonitis'"),
+        ({"labels": {"Effusion": "maybe"}}, "'maybe' is not one of present, absent, uncertain"),
+        ({"labels": {"No Finding": "present", "Mass": "present"}}, "No Finding cannot be present together"),
+        (
+            {"boxes": [{"label": "Mass", "x": 500, "y": 10, "w": 100, "h": 10}]},
+            "lies outside the 512x512 image",
+        ),
+        (
+            {"boxes": [{"label": "Mass", "x": 1, "y": 1, "w": 0, "h": 10}]},
+            "width and height must be positive",
+        ),
+        ({"boxes": [{"label": "Mass", "x": 1, "y": 1}]}, "missing w"),
+        (
+            {"label_map": np.zeros((256, 512), np.uint8)},
+            "the mask is 512x256 but the image is 512x512: refused",
+        ),
+        ({"label_map": np.full((512, 512), 7, np.uint8)}, "holds integers 0..3"),
+        ({"polygons": [{"label": "lungs", "points": [[0, 0], [5, 5]]}]}, "needs 3 to"),
+    ],
+)
+def test_bad_content_is_refused_with_its_reason_and_nothing_is_written(world, content, reason):
+    ctx, users, (img, *_) = world
+    with pytest.raises(annotations.AnnotationError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        annotations.save(ctx, users["ann"], img, **content)
+    assert annotations.history(ctx, img, None, users["ann"].user_id) == []
+
+
+def test_a_label_map_is_kept_in_the_store_and_comes_back_pixel_identical(world):
+    ctx, users, (img, *_) = world
+    lm = np.zeros((512, 512), np.uint8)  # the NIH sample images are 512x512
+    lm[50:200, 50:150], lm[50:200, 300:400], lm[250:350, 175:325] = 1, 1, 2
+    saved = annotations.save(ctx, users["ann"], img, label_map=lm)
+    v = annotations.head(ctx, img, None, users["ann"].user_id)
+    assert v.id == saved.version_id
+    np.testing.assert_array_equal(annotations.load_label_map(ctx, v.label_map_sha256), lm)
+
+
+def test_annotators_write_their_own_line_and_only_adjudicators_set_finals(world):
+    ctx, users, image_ids = world
+    task = _task(ctx, users, image_ids)
+    img = image_ids[0]
+    with pytest.raises(annotations.NotAllowed, match="researchers read annotations"):
+        annotations.save(ctx, users["res"], img, task_id=task.id, labels={"Mass": "present"})
+    with pytest.raises(annotations.NotAllowed, match="only an adjudicator"):
+        annotations.save(ctx, users["ann"], img, task_id=task.id, status="final", labels={"Mass": "present"})
+    auth.add_user(ctx.engine, "eve", "annotator", "eve-password-long")
+    with dbe.read(ctx.engine) as s:
+        eve = SignedIn(
+            s.scalar(text("SELECT id FROM users WHERE username = 'eve'")), "eve", "annotator", False
+        )
+    with pytest.raises(annotations.NotAllowed, match="eve is not a reader of this task"):
+        annotations.save(ctx, eve, img, task_id=task.id, labels={"Mass": "present"})
+    with pytest.raises(annotations.AnnotationError, match="not in this task's schema"):
+        labelling.create(
+            ctx, users["boss"], name="masses", image_ids=[img], readers={"ann": False}, findings=["Mass"]
+        )
+        annotations.save(
+            ctx, users["ann"], img, task_id=labelling.get(ctx, "masses").id, labels={"Effusion": "present"}
+        )
+    annotations.save(ctx, users["ann"], img, task_id=task.id, status="submitted", labels={"Mass": "present"})
+    final = annotations.save(
+        ctx, users["adj"], img, task_id=task.id, status="final", labels={"Mass": "absent"}
+    )
+    head = annotations.head(ctx, img, task.id, None)
+    assert head.id == final.version_id and head.reader == "adj" and head.labels == {"Mass": "absent"}
+    # the reader's own line is untouched by the final
+    assert annotations.head(ctx, img, task.id, users["ann"].user_id).labels == {"Mass": "present"}
+
+
+def test_the_queue_gives_each_reader_the_images_that_still_need_them(world):
+    ctx, users, image_ids = world
+    task = _task(ctx, users, image_ids, readers_per_image=2, blinded=True)
+    ann, bob, adj = users["ann"], users["bob"], users["adj"]
+    first = labelling.next_image(ctx, task.id, ann.user_id)
+    assert first in image_ids
+    annotations.save(ctx, ann, first, task_id=task.id, labels={"Mass": "present"})
+    assert labelling.next_image(ctx, task.id, ann.user_id) == first  # an open draft comes back first
+    # Blinded: bob does not see ann's draft; the adjudicator does.
+    assert labelling.visible_lines(ctx, task.id, first, bob) == []
+    assert [v.reader for v in labelling.visible_lines(ctx, task.id, first, adj)] == ["ann"]
+    annotations.save(ctx, ann, first, task_id=task.id, status="submitted", from_newest=True)
+    assert labelling.next_image(ctx, task.id, ann.user_id) != first
+    assert labelling.next_image(ctx, task.id, bob.user_id) == first  # it still needs a second reader
+    annotations.save(ctx, bob, first, task_id=task.id, status="submitted", labels={"Mass": "absent"})
+    assert labelling.closed(ctx, task.id, first)
+    assert sorted(v.reader for v in labelling.visible_lines(ctx, task.id, first, bob)) == ["ann", "bob"]
+    p = labelling.progress(ctx, task.id)
+    assert (p.images, p.done, p.finals, p.per_reader) == (4, 1, 0, {"ann": 1, "bob": 1, "adj": 0})
+    # Nobody gets the closed image again.
+    for reader in (ann, bob, adj):
+        assert labelling.next_image(ctx, task.id, reader.user_id) != first
+
+
+def test_a_task_refuses_what_it_cannot_be(world):
+    ctx, users, image_ids = world
+    with pytest.raises(labelling.TaskError, match="only an admin or a researcher"):
+        labelling.create(ctx, users["ann"], name="x", image_ids=image_ids, readers={"ann": False})
+    with pytest.raises(labelling.TaskError, match="3 readers per image, but the task has 2"):
+        labelling.create(ctx, users["res"], name="x", image_ids=image_ids, readers={"ann": False, "bob": False},
+                         readers_per_image=3)  # fmt: skip
+    with pytest.raises(labelling.TaskError, match="res is a researcher"):
+        labelling.create(ctx, users["res"], name="x", image_ids=image_ids, readers={"res": False})
+    with pytest.raises(labelling.TaskError, match="image 999 is not stored"):
+        labelling.create(ctx, users["res"], name="x", image_ids=[999], readers={"ann": False})
+    _task(ctx, users, image_ids)
+    with pytest.raises(labelling.TaskError, match="exists already"):
+        _task(ctx, users, image_ids)
+
+
+def test_rejected_first_puts_images_with_rejected_ai_statements_first(world):
+    from services import verdicts
+
+    ctx, users, image_ids = world
+    item = {
+        "kind": "finding",
+        "key": "Mass",
+        "model": {"id": "m", "version": "1", "weights_sha256": "0" * 64},
+    }
+    with dbe.read(ctx.engine) as s:
+        study_of = dict(s.execute(text("SELECT id, study_id FROM images")).all())
+    target = image_ids[2]
+    verdicts.save(ctx.engine, study_of[target], target, users["adj"].user_id, [(item, "reject", None, None)])
+    task = _task(ctx, users, image_ids, queue_order="rejected_first")
+    assert labelling.next_image(ctx, task.id, users["ann"].user_id) == target
+    assert json.loads(json.dumps(task.findings))  # the schema defaults to every finding
