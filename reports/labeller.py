@@ -137,7 +137,7 @@ def sections(text: str, name: str = "") -> list[tuple[str, int, int]]:
 
 
 # A sentence ends at . ! ? followed by white space or by a capital letter ("apex.There"), not inside a
-# number ("1.5 cm"); a blank line or a line break ends one too (reports are often lists).
+# number ("1.5 cm"); a line break ends one too (reports are often lists).
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\.(?=[A-Z][a-z])|\n")
 
 

@@ -56,7 +56,7 @@ def read(
 ) -> Iterator[Row | Problem]:
     """Rows and problems of a UTF-8 CSV file (a byte order mark is allowed), in file order."""
     try:
-        f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115
+        f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
     except OSError as exc:
         raise TableError(f"cannot read {path}: {exc.strerror}") from exc
     with f:
