@@ -333,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_cli.add_parsers(sub)  # train, eval
     annotation_cli.add_parsers(sub)  # annotations, tasks, export
 
+    from services import report_cli
+
+    report_cli.add_parsers(sub)  # reports label, reports evaluate
+
     srv = sub.add_parser("serve", help="start the web app")
     srv.add_argument("--address", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8501)

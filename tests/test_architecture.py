@@ -1,4 +1,5 @@
-"""The layer rules of DESIGN.md, checked on the source: app -> screens -> services -> {viewer, inference, db}."""
+"""The layer rules of DESIGN.md, checked on the source: app -> screens -> services -> {viewer, inference, db,
+reports}."""
 import ast
 import importlib.util
 from pathlib import Path
@@ -6,11 +7,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LEAVES = {"viewer", "inference", "db"}
+LEAVES = {"viewer", "inference", "db", "reports"}
 FORBIDDEN = {
-    "viewer": {"streamlit", "screens", "services", "db", "inference", "torch", "sqlalchemy"},
-    "inference": {"streamlit", "screens", "services", "db", "viewer", "sqlalchemy"},
-    "db": {"streamlit", "screens", "services", "viewer", "inference", "torch"},
+    "viewer": {"streamlit", "screens", "services", "db", "inference", "reports", "torch", "sqlalchemy"},
+    "inference": {"streamlit", "screens", "services", "db", "viewer", "reports", "sqlalchemy"},
+    "db": {"streamlit", "screens", "services", "viewer", "inference", "reports", "torch"},
+    # report text in, labels out: pure Python
+    "reports": {"streamlit", "screens", "services", "db", "viewer", "inference", "torch", "sqlalchemy"},
     "services": {"streamlit", "screens"},
 }
 # `cxr-review serve` starts the Streamlit server; that is the only Streamlit use outside screens.
@@ -53,7 +56,7 @@ def test_only_dicom_io_calls_dcmread():
     assert set(callers) <= {"viewer/dicom_io.py"}
 
 
-@pytest.mark.parametrize("package", ["viewer", "inference", "db", "screens", "services"])
+@pytest.mark.parametrize("package", ["viewer", "inference", "db", "screens", "services", "reports"])
 def test_packages_resolve_to_this_repository(package):
     # PyPI has packages with these names: they must never shadow ours.
     spec = importlib.util.find_spec(package)
