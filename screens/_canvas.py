@@ -65,6 +65,7 @@ def image_canvas(
     key: str,
     view_height: int = 720,
     image_id: str | None = None,
+    annotate: dict | None = None,
 ) -> dict | None:
     """Show `image_png` (width x height pixels) in the interactive viewer and return what the reader did.
 
@@ -76,10 +77,15 @@ def image_canvas(
     image_id: identity of the picture (e.g. SOP Instance UID). When it changes the view is refitted and the
         measurements are dropped; without it only a change of size does that, so pass it when studies
         share a size.
+    annotate: the editing tools (screens/_canvas/annotate.js): {"token" (a new one replaces the browser's
+        state with this one), "labels" (box labels), "structures" [{"value", "name", "color"}], "boxes"
+        [{"label", "x", "y", "w", "h"}], "mask" (a grey PNG label map at image size, bytes or None)}.
 
-    Returns None until the reader measures or windows this image, then
+    Returns None until the reader measures, windows or edits this image, then
     {"measurements": [{"x0", "y0", "x1", "y1", "length", "unit": "mm"|"px"}] (image pixels),
-     "window": {"center", "width"} | None (the last W/L drag; re-render the PNG with it)}.
+     "window": {"center", "width"} | None (the last W/L drag; re-render the PNG with it),
+     "annotation": None, or with `annotate`: {"token", "seq" (edits so far), "boxes", "mask" (data URL of the
+        grey PNG label map, or None while the map is unedited)}}.
     """
     if _png_size(image_png) != (width, height):
         raise ValueError(f"image_png is {_png_size(image_png)}, not {(width, height)}")
@@ -107,6 +113,9 @@ def image_canvas(
             for layer in layers or []
         ],
         shapes=[{"label": None, "color": "#00e5ff", **shape} for shape in shapes or []],
+        annotate=None if annotate is None else {
+            **annotate, "mask": _data_url(annotate["mask"]) if annotate.get("mask") is not None else None,
+        },
         view_height=view_height,
         height=view_height + _CHROME_PX,  # read by Streamlit as the frame's height before the first render
         key=key,
@@ -115,4 +124,4 @@ def image_canvas(
     # The widget value outlives the picture it was made on: never hand back another image's measurements.
     if not value or value.get("image") != identity:
         return None
-    return {"measurements": value["measurements"], "window": value["window"]}
+    return {"measurements": value["measurements"], "window": value["window"], "annotation": value.get("annotation")}

@@ -36,6 +36,7 @@ PAGE_ROLES: dict[str, frozenset[str]] = {
     "worklist": ALL_ROLES,
     "review": ALL_ROLES,
     "import_studies": frozenset({"radiologist", "annotator", "admin"}),
+    "annotate": frozenset({"radiologist", "annotator", "admin"}),
     "models": frozenset({"admin"}),
     "admin": frozenset({"admin"}),
     "audit": frozenset({"admin"}),

@@ -289,3 +289,55 @@ def heads(ctx: Context, task_id: int | None, image_ids=None) -> list[Version]:
         rows = repo.heads(s, task_id, image_ids)
         names = repo.user_names(s, {r.reader_id for r in rows})
         return [as_version(r, names[r.reader_id]) for r in rows]
+
+
+# --- helpers of the annotation screen ------------------------------------------------------------------------------
+def decode_mask(data_url: str, rows: int, columns: int) -> np.ndarray:
+    """The label map a browser sent as a PNG data URL (grey values 0..3 in RGBA), checked against the image."""
+    import base64
+
+    try:
+        raw = base64.b64decode(data_url.split(",", 1)[1], validate=True)
+    except (IndexError, ValueError):
+        raise AnnotationError("the mask sent is not a PNG data URL") from None
+    arr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise AnnotationError("the mask sent is not a readable PNG")
+    return check_label_map(arr[..., 0] if arr.ndim == 3 else arr, rows, columns)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What the AI says of an image, as a starting point: labels at the operating points in force, boxes of the
+    findings it calls present, the anatomy label map, and the prediction it came from."""
+
+    labels: dict[str, str]
+    boxes: list[dict]
+    label_map: np.ndarray | None
+    prediction_id: int | None
+    models: list[dict]
+
+
+def ai_proposal(ctx: Context, runner, image: dict, findings: tuple[str, ...], structures: tuple[str, ...]) -> Proposal:
+    """The AI's statements on a stored image (computed now when not stored), limited to a task's schema."""
+    from db import repo as db_repo
+    from services import analysis
+
+    result = analysis.analyse(ctx, runner, image)
+    labels, boxes, lm, prediction_id = {}, [], None, None
+    if (f := result.findings) is not None:
+        thr = result.thresholds or f.get("default_thresholds", {})
+        for label, p in f["probabilities"].items():
+            if label in findings:
+                labels[label] = "present" if p >= thr.get(label, 0.5) else "absent"
+                if labels[label] == "present":
+                    boxes += [{"label": label, **{k: b[k] for k in ("x", "y", "w", "h")}} for b in f["boxes"].get(label, [])]
+        m = f["model"]
+        with dbe.read(ctx.engine) as s:
+            row = db_repo.get_prediction(s, image["pixel_sha256"], m["id"], m["version"], m["weights_sha256"])
+            prediction_id = row.id if row is not None else None
+    if (a := result.anatomy) is not None:
+        keep = [v for v, name in vocabulary.STRUCTURES.items() if name in structures]
+        full = analysis.label_map(ctx, a)
+        lm = np.where(np.isin(full, keep), full, 0).astype(np.uint8)
+    return Proposal(labels, boxes, lm, prediction_id, result.models)

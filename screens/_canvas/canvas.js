@@ -11,7 +11,7 @@ const wlButton = document.querySelector('button[data-mode="wl"]');
 
 const MEASURE_COLOR = "#ffd400";
 const CLICK_SLOP_PX = 4; // a press that moves less than this is a click (click, click measuring)
-const CURSORS = { pan: "grab", measure: "crosshair", wl: "move" };
+const CURSORS = { pan: "grab", measure: "crosshair", wl: "move", box: "crosshair", brush: "crosshair", erase: "crosshair", polygon: "crosshair" };
 
 let args = null; // the applied render args
 let identity = null;
@@ -71,8 +71,10 @@ async function onRender(a, theme) {
   picture = { img: imgs[0], window: a.window };
   if (drag?.kind !== "wl") shownWindow = a.window;
   layers = a.layers.map((l, i) => ({ ...l, img: imgs[i + 1] }));
+  await editorRender(a); // annotate.js: the editing tools, when Python asks for them
+  if (seq !== renderSeq) return;
   wlButton.disabled = !(a.window && a.value_range);
-  if (mode === "wl" && wlButton.disabled) setMode("pan");
+  if ((mode === "wl" && wlButton.disabled) || (!editor.active && EDIT_MODES.includes(mode))) setMode("pan");
   layout();
 }
 
@@ -158,11 +160,13 @@ function draw() {
     }
   }
   ctx.globalAlpha = 1;
+  editorDrawImageSpace(ctx);
   // Vector overlays in CSS px so lines and labels stay crisp at any zoom.
   ctx.setTransform(r, 0, 0, r, 0, 0);
   for (const shape of args.shapes) drawShape(shape);
   for (const m of measurements) drawMeasurement(m, false);
   if (draft) drawMeasurement(draft, true);
+  editorDrawScreenSpace(ctx);
   updateStatus();
 }
 
@@ -258,6 +262,7 @@ function emit() {
         return { x0: round2(m.x0), y0: round2(m.y0), x1: round2(m.x1), y1: round2(m.y1), length: round2(length), unit };
       }),
       window: requestedWindow && { center: round2(requestedWindow.center), width: round2(requestedWindow.width) },
+      annotation: editorValue(),
     },
   });
 }
@@ -265,6 +270,7 @@ function emit() {
 function setMode(m) {
   mode = m;
   draft = null;
+  editor.polygon = null;
   for (const b of modeButtons) b.setAttribute("aria-pressed", String(b.dataset.mode === m));
   overlay.style.cursor = CURSORS[m];
   if (args) draw();
@@ -309,6 +315,9 @@ overlay.addEventListener("pointerdown", (e) => {
   if (e.button === 1 || mode === "pan") {
     drag = { kind: "pan", sx: p.sx, sy: p.sy };
     overlay.style.cursor = "grabbing";
+  } else if (isEditMode(mode)) {
+    drag = { kind: "edit" };
+    editorDown(p);
   } else if (mode === "measure") {
     if (!draft) {
       const x = clamp(p.x, 0, args.image_width), y = clamp(p.y, 0, args.image_height);
@@ -332,6 +341,8 @@ overlay.addEventListener("pointermove", (e) => {
     fitted = false;
   } else if (drag?.kind === "wl") {
     shownWindow = draggedWindow(p);
+  } else if (drag?.kind === "edit") {
+    editorMove(p, e.timeStamp); // latency from the event to the repaint that shows it
   }
   if (draft) setDraftEnd(p);
   requestDraw();
@@ -340,7 +351,8 @@ overlay.addEventListener("pointermove", (e) => {
 function endDrag(e) {
   if (!drag) return;
   const p = pointer(e);
-  if (drag.kind === "measure" && draft) {
+  if (drag.kind === "edit") editorUp(p);
+  else if (drag.kind === "measure" && draft) {
     setDraftEnd(p);
     if (Math.hypot(p.sx - draft.sx, p.sy - draft.sy) > CLICK_SLOP_PX) {
       measurements.push({ x0: draft.x0, y0: draft.y0, x1: draft.x1, y1: draft.y1 });
@@ -383,6 +395,10 @@ $("clear").addEventListener("click", () => args && clearMeasurements());
 for (const b of modeButtons) b.addEventListener("click", () => setMode(b.dataset.mode));
 
 document.addEventListener("keydown", (e) => {
+  if (args && editorKey(e)) {
+    e.preventDefault();
+    return;
+  }
   if (!args || e.ctrlKey || e.metaKey || e.altKey) return;
   const actions = {
     f: () => (fit(), draw()),

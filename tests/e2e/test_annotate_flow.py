@@ -1,0 +1,207 @@
+"""The annotator's loop in a real Chromium against `streamlit run asgi.py`: an annotator draws a box, moves it,
+brushes a lung correction, reloads (the draft is still there) and submits; a second reader labels the same
+image blinded; the adjudicator sets the final; the final exports as a DICOM SEG that reads back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data
+
+pytestmark = pytest.mark.e2e
+PASSWORD = "a-long-enough-password"
+IMAGE = "00000075_000.png"
+
+
+@pytest.fixture(scope="module")
+def app(run_streamlit, tmp_path_factory, shared_data):
+    from services import importer, labelling
+    from services.auth import SignedIn
+
+    users = {n: (r, PASSWORD) for n, r in (("ann", "annotator"), ("bob", "annotator"), ("adj", "radiologist"),
+                                            ("boss", "admin"))}  # fmt: skip
+    env, ctx = fresh_app_data(tmp_path_factory.mktemp("annotate-e2e"), users)
+    [res] = importer.import_paths(ctx.engine, ctx.store, [shared_data / "nih" / "images" / IMAGE], max_bytes=2**30)
+    boss = _user(ctx, "boss")
+    task = labelling.create(
+        ctx, SignedIn(boss, "boss", "admin", False), name="lungs pilot", image_ids=[_image_id(ctx)],
+        readers={"ann": False, "bob": False, "adj": True}, readers_per_image=2, blinded=True,
+    )  # fmt: skip
+    return run_streamlit(REPO / "asgi.py", env), ctx, task
+
+
+def _user(ctx, name):
+    from sqlalchemy import text
+
+    from db import engine as dbe
+
+    with dbe.read(ctx.engine) as s:
+        return s.scalar(text("SELECT id FROM users WHERE username = :n"), {"n": name})
+
+
+def _image_id(ctx):
+    from sqlalchemy import text
+
+    from db import engine as dbe
+
+    with dbe.read(ctx.engine) as s:
+        return s.scalar(text("SELECT id FROM images"))
+
+
+def _sign_in(page, url, name):
+    page.goto(url)
+    page.get_by_label("User name").fill(name)
+    page.get_by_role("textbox", name="Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
+
+
+def _idle(page):
+    page.locator('[data-test-script-state="notRunning"]').wait_for(timeout=60_000)
+
+
+def _open_annotate(page, editor=True):
+    page.get_by_role("link", name="Annotate").click()
+    page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
+    if not editor:
+        return None
+    frame = page.frame_locator(VIEWER_FRAME)
+    try:
+        frame.get_by_role("button", name="Box", exact=True).wait_for(timeout=30_000)
+    except Exception:
+        page.screenshot(path=ARTIFACTS / "annotate-failed.png", full_page=True)
+        raise
+    return frame
+
+
+def _editor(page):
+    """The editor's state in the viewer frame (annotate.js)."""
+    handle = page.locator(VIEWER_FRAME).element_handle()
+    return handle.content_frame()
+
+
+def _to_page(page, x, y):
+    """Image pixel (x, y) to page coordinates, through the viewer's current view."""
+    f = _editor(page)
+    v = f.evaluate("() => view")
+    box = page.frame_locator(VIEWER_FRAME).locator("#overlay").bounding_box()
+    return box["x"] + x * v["s"] + v["tx"], box["y"] + y * v["s"] + v["ty"]
+
+
+def _drag(page, a, b, steps=8):
+    page.mouse.move(*_to_page(page, *a))
+    page.mouse.down()
+    page.mouse.move(*_to_page(page, *b), steps=steps)
+    page.mouse.up()
+
+
+def _head(ctx, task, reader):
+    from services import annotations
+
+    return annotations.head(ctx, _image_id(ctx), task.id, _user(ctx, reader) if reader else None)
+
+
+def _wait_for(predicate, page, timeout_s=30):
+    for _ in range(int(timeout_s * 4)):
+        if predicate():
+            return
+        page.wait_for_timeout(250)  # polls the database, which the page wrote; no DOM event to wait on
+    raise AssertionError("condition not met in time")
+
+
+def test_annotate_reload_submit_blinded_second_reader_and_final(browser, app, record_errors):
+    from services import annotations, exports
+
+    url, ctx, task = app
+    page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    errors = record_errors(page)
+    _sign_in(page, url, "ann")
+    frame = _open_annotate(page)
+    _idle(page)
+
+    # A box, drawn then moved.
+    frame.get_by_role("button", name="Box", exact=True).click()
+    _drag(page, (100, 120), (220, 260))
+    _wait_for(lambda: (h := _head(ctx, task, "ann")) is not None and len(h.boxes) == 1, page)
+    first = _head(ctx, task, "ann").boxes[0]
+    assert first["label"] == task.boxes[0] and abs(first["x"] - 100) < 3 and abs(first["w"] - 120) < 3
+    _idle(page)
+    _drag(page, (160, 190), (200, 220))
+    _wait_for(lambda: abs(_head(ctx, task, "ann").boxes[0]["x"] - 140) < 3, page)
+    moved = _head(ctx, task, "ann").boxes[0]
+    assert abs(moved["y"] - 150) < 3 and abs(moved["w"] - first["w"]) < 0.01
+
+    # A lung correction with the brush (structure 1 = lungs), from an empty map.
+    _idle(page)
+    frame.get_by_role("button", name="Brush").click()
+    _drag(page, (300, 200), (360, 330), steps=12)
+    _wait_for(lambda: _head(ctx, task, "ann").label_map_sha256 is not None, page)
+    lm = annotations.load_label_map(ctx, _head(ctx, task, "ann").label_map_sha256)
+    assert lm.shape == (512, 512) and set(np.unique(lm)) == {0, 1} and lm[260, 330] == 1 and lm[50, 50] == 0
+    latencies = _editor(page).evaluate("() => window.__cxrEditor.latencies")
+    assert latencies, "the brush stroke repainted"
+    page.screenshot(path=ARTIFACTS / "annotate-01-box-and-brush.png", full_page=True)
+
+    # A reload loses nothing: the box and the painted lung come back into the editor.
+    _idle(page)
+    page.goto(url)
+    page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
+    frame = _open_annotate(page)
+    f = _editor(page)
+    page.wait_for_function("() => true")  # the frame has rendered the editor by now: Box is shown
+    state = f.evaluate("() => ({boxes: window.__cxrEditor.boxes, painted: window.__cxrEditor.map.reduce((a, v) => a + (v === 1), 0)})")
+    assert len(state["boxes"]) == 1 and abs(state["boxes"][0]["x"] - moved["x"]) < 0.01
+    assert state["painted"] == int((lm == 1).sum())  # pixel-identical round trip through the draft
+
+    # A finding, then Submit: the queue has nothing more for ann (one image, now submitted by her).
+    _idle(page)
+    page.get_by_role("radiogroup", name="Effusion").get_by_role("radio", name="present").click()
+    _wait_for(lambda: _head(ctx, task, "ann").labels.get("Effusion") == "present", page)
+    _idle(page)
+    page.get_by_role("button", name="Submit").click()
+    page.get_by_text("Nothing left for you in this task").wait_for(timeout=30_000)
+    assert _head(ctx, task, "ann").status == "submitted"
+
+    # bob reads blinded: none of ann's boxes or labels show.
+    bob = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    bob_errors = record_errors(bob)
+    _sign_in(bob, url, "bob")
+    bframe = _open_annotate(bob)
+    bob.get_by_text("Blinded: the other readers' work shows once the image is closed.").wait_for(timeout=30_000)
+    assert _editor(bob).evaluate("() => window.__cxrEditor.boxes.length") == 0
+    assert "Effusion present" not in bob.content()
+    _idle(bob)
+    bframe.get_by_role("button", name="Box", exact=True).click()
+    _drag(bob, (105, 118), (225, 262))
+    _wait_for(lambda: (h := _head(ctx, task, "bob")) is not None and len(h.boxes) == 1, bob)
+    _idle(bob)
+    bob.get_by_role("button", name="Submit").click()
+    bob.get_by_text("Nothing left for you in this task").wait_for(timeout=30_000)
+    bob.screenshot(path=ARTIFACTS / "annotate-02-second-reader-done.png", full_page=True)
+
+    # The adjudicator compares both and sets the final from ann's reading.
+    adj = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    adj_errors = record_errors(adj)
+    _sign_in(adj, url, "adj")
+    _open_annotate(adj, editor=False)
+    adj.get_by_text("Nothing left for you in this task").wait_for(timeout=30_000)  # adj is no reader of it
+    adj.get_by_role("radio", name="Adjudicate").click()
+    adj.get_by_text("Start the final from").wait_for(timeout=30_000)
+    _idle(adj)
+    adj.get_by_role("button", name="Set final").click()
+    adj.get_by_text("Final set by adj").wait_for(timeout=30_000)
+    adj.screenshot(path=ARTIFACTS / "annotate-03-final.png", full_page=True)
+    final = _head(ctx, task, None)
+    assert final.status == "final" and final.reader == "adj" and len(final.boxes) == 1
+    np.testing.assert_array_equal(annotations.load_label_map(ctx, final.label_map_sha256), lm)
+
+    # The final exports as a DICOM SEG whose mask is the stored label map.
+    out = ARTIFACTS / "annotate-seg"
+    results = exports.write(ctx, "seg", exports.gather(ctx, "final", task.id, []), out)
+    assert [r.status for r in results] == ["exported"]
+    np.testing.assert_array_equal(exports.label_map_of(out / results[0].files[-1]), lm)
+
+    for p in (page, bob, adj):
+        assert "Traceback" not in p.content()
+    assert errors == [] and bob_errors == [] and adj_errors == []
