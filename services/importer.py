@@ -266,6 +266,33 @@ def record_batch(
         log.warning("the import's audit row could not be written: the database is busy")
 
 
+def batch_summary(statuses: Iterable[str]) -> str:
+    """One sentence on a batch's outcome that is true for every mix of imported, duplicate (already stored) and
+    rejected files: "the others were imported" only where they were."""
+    counts = Counter(statuses)
+    n, imported, stored, rejected = sum(counts.values()), counts["imported"], counts["duplicate"], counts["rejected"]
+
+    def some(k: int, what: str) -> str:
+        return f"{k} of {n} files {'was' if k == 1 else 'were'} {what}"
+
+    def others(k: int, what: str) -> str:
+        return f"the other one was {what}" if k == 1 else f"the other {k} were {what}"
+
+    if max(imported, stored, rejected) == n:
+        every = "The file was" if n == 1 else "Both files were" if n == 2 else f"All {n} files were"
+        if rejected:
+            return f"{every} rejected: nothing was imported."
+        return f"{every} already stored: nothing new was imported." if stored else f"{every} imported."
+    if not rejected:
+        return f"{some(imported, 'imported')}; {others(stored, 'already stored')}."
+    if not stored:
+        return f"{some(rejected, 'rejected')}; {others(imported, 'imported')}."
+    if not imported:
+        return f"{some(rejected, 'rejected')}; {others(stored, 'already stored')}: nothing new was imported."
+    return (f"{some(rejected, 'rejected')}; of the other {n - rejected}, {imported} "
+            f"{'was' if imported == 1 else 'were'} imported and {stored} {'was' if stored == 1 else 'were'} already stored.")
+
+
 def import_paths(
     engine: Engine,
     store: ImageStore,

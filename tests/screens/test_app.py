@@ -74,6 +74,19 @@ def test_radiologist_sees_the_worklist_with_imported_studies(env, shared_data):
     assert "2 studies ·" in at.caption[0].value
 
 
+def test_the_worklist_shows_empty_cells_where_a_study_has_no_value(env, shared_data):
+    # A PNG carries no patient ID, age, sex, view, modality, date or description, and nobody reviewed it yet:
+    # those cells read "None".
+    list(importer.import_paths(env.engine, env.store, [shared_data / "nih" / "images" / "00000075_000.png"], max_bytes=2**30))
+    at = signed_in("rad", "radiologist-pw")
+    table = at.dataframe[0].value
+    assert len(table) == 1 and not table.isna().any().any() and "None" not in table.to_string()
+    row = table.iloc[0]
+    empty = ["Patient ID", "Age", "Sex", "View", "Modality", "Study date", "Description", "Reviewed by"]
+    assert [row[c] for c in empty] == [""] * len(empty)
+    assert (row["Images"], row["Status"]) == (1, "New")
+
+
 def test_roles_only_reach_their_pages(env):
     at = signed_in("res", "researcher-pw")
     with pytest.raises(ValueError, match="Could not find a navigation page"):
