@@ -272,11 +272,11 @@ def batch_summary(statuses: Iterable[str]) -> str:
     counts = Counter(statuses)
     n, imported, stored, rejected = sum(counts.values()), counts["imported"], counts["duplicate"], counts["rejected"]
 
-    def some(k: int, what: str) -> str:
-        return f"{k} of {n} files {'was' if k == 1 else 'were'} {what}"
+    def was(k: int) -> str:
+        return "was" if k == 1 else "were"
 
-    def others(k: int, what: str) -> str:
-        return f"the other one was {what}" if k == 1 else f"the other {k} were {what}"
+    def others(k: int) -> str:
+        return "the other one was" if k == 1 else f"the other {k} were"
 
     if max(imported, stored, rejected) == n:
         every = "The file was" if n == 1 else "Both files were" if n == 2 else f"All {n} files were"
@@ -284,13 +284,13 @@ def batch_summary(statuses: Iterable[str]) -> str:
             return f"{every} rejected: nothing was imported."
         return f"{every} already stored: nothing new was imported." if stored else f"{every} imported."
     if not rejected:
-        return f"{some(imported, 'imported')}; {others(stored, 'already stored')}."
+        return f"{imported} of {n} files {was(imported)} imported; {others(stored)} already stored."
+    head = f"{rejected} of {n} files {was(rejected)} rejected"
     if not stored:
-        return f"{some(rejected, 'rejected')}; {others(imported, 'imported')}."
+        return f"{head}; {others(imported)} imported."
     if not imported:
-        return f"{some(rejected, 'rejected')}; {others(stored, 'already stored')}: nothing new was imported."
-    return (f"{some(rejected, 'rejected')}; of the other {n - rejected}, {imported} "
-            f"{'was' if imported == 1 else 'were'} imported and {stored} {'was' if stored == 1 else 'were'} already stored.")
+        return f"{head}; {others(stored)} already stored: nothing new was imported."
+    return f"{head}; of the other {n - rejected}, {imported} {was(imported)} imported and {stored} {was(stored)} already stored."
 
 
 def import_paths(

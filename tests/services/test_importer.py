@@ -182,3 +182,21 @@ def test_a_dicom_without_preamble_and_file_meta_is_imported_as_the_same_image(ct
         assert image.study.study_description == "No Finding"
         stored = dicom_io.load(ctx.store.path_for(image.file_sha256))
     assert np.array_equal(stored.stored, dicom_io.load(original).stored)
+
+
+@pytest.mark.parametrize(
+    "statuses, sentence",
+    [
+        ("rejected", "The file was rejected: nothing was imported."),
+        ("rejected rejected rejected", "All 3 files were rejected: nothing was imported."),
+        ("duplicate duplicate", "Both files were already stored: nothing new was imported."),
+        ("imported imported imported", "All 3 files were imported."),
+        ("imported imported duplicate", "2 of 3 files were imported; the other one was already stored."),
+        ("rejected imported imported", "1 of 3 files was rejected; the other 2 were imported."),
+        ("rejected rejected duplicate", "2 of 3 files were rejected; the other one was already stored: nothing new was imported."),
+        ("rejected imported duplicate duplicate", "1 of 4 files was rejected; of the other 3, 1 was imported and 2 were already stored."),
+    ],
+)
+def test_the_batch_summary_is_true_for_every_mix(statuses, sentence):
+    # The import page said "the others were imported" whenever a file was rejected, also when none was.
+    assert importer.batch_summary(statuses.split()) == sentence
