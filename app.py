@@ -21,7 +21,10 @@ PAGES = {
 }
 # Each page checks its own role too (screens/_signin.PAGE_ROLES); the menu only lists what the role may open.
 pages = [page for name, page in PAGES.items() if user.role in _signin.PAGE_ROLES[name]]
-nav = st.navigation(pages, position="hidden")
+# Every page is in the navigation, so that the page asked for is known: one the role may not open is refused with
+# the reason (with only the role's pages in it, a URL of another page ran the worklist without saying why).
+nav = st.navigation(list(PAGES.values()), position="hidden")
+_signin.keep_to_role(user, next(name for name, page in PAGES.items() if page is nav), nav.title, PAGES["worklist"])
 _signin.sidebar(user, pages)
 try:
     with _signin.signed_in_run(user):  # the page checks the role itself, on this run's verified session

@@ -77,12 +77,14 @@ def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int]) -> 
             )
         ctr = analysis.ctr_shown(result.anatomy)
         if ctr and st.checkbox("Cardiothoracic ratio", key=f"ai_ctr_{key}"):
-            shapes += overlays.ctr_shapes(ctr)
+            shapes += overlays.ctr_shapes(ctr, image.get("spacing"))
             flag = ctr["ratio"] > analysis.CTR_LIMIT
             text = f"CTR **{ctr['ratio']:.2f}**" + (
                 " · :red[cardiomegaly range (> 0.50)]" if flag else " · within 0.50"
             )
             st.markdown(text)
+            if not image.get("spacing"):
+                st.caption("The widths on the lines are in pixels: this image has no usable pixel spacing.")
             if note := analysis.ctr_note(image.get("view")):
                 st.caption(note)
             st.caption(provenance(result.anatomy))

@@ -29,6 +29,7 @@ COOKIE_PENDING_KEY = "session_cookie_pending"  # signed in, the browser has not 
 GRANT_KEY = "session_cookie_grant"
 CLEAR_KEY = "session_cookie_to_clear"  # the token of this tab's ended session, whose cookie the browser drops
 STALE_KEY = "session_cookie_stale"  # the ended token this tab's page load sent
+REFUSED_KEY = "page_refused"  # why the reader was sent to the worklist instead of the page asked for
 
 ALL_ROLES = frozenset({"radiologist", "annotator", "researcher", "admin"})
 # Page file stem -> the roles that may open it. app.py builds the navigation from this; each page checks it.
@@ -128,6 +129,18 @@ def signed_in_run(user: auth.SignedIn) -> Iterator[None]:
         yield
     finally:
         _this_run.user = None
+
+
+def keep_to_role(user: auth.SignedIn, page: str, title: str, worklist) -> None:
+    """app.py, once the navigation resolved the page asked for (a typed URL, a bookmark, a page whose role was
+    changed meanwhile): one the role may not open is not run; the reader goes to the worklist, which says why."""
+    if user.role in PAGE_ROLES[page]:
+        if why := st.session_state.pop(REFUSED_KEY, None):
+            st.warning(why)
+        return
+    log.warning("page %s refused to role %s: sent to the worklist", page, user.role)
+    st.session_state[REFUSED_KEY] = f"Your role ({user.role}) may not open {title}; you are on the Worklist."
+    st.switch_page(worklist)
 
 
 def require_page(page: str) -> auth.SignedIn:

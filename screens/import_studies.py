@@ -2,8 +2,9 @@ import tempfile
 from pathlib import Path
 
 import streamlit as st
+from streamlit import config
 
-from screens import _deps, _signin
+from screens import _deps, _signin, _table
 from services import importer
 
 STATUS_LABEL = {"imported": "imported", "duplicate": "duplicate (already stored)", "rejected": "rejected"}
@@ -11,8 +12,11 @@ STATUS_LABEL = {"imported": "imported", "duplicate": "duplicate (already stored)
 user = _signin.require_page("import_studies")
 st.title("Import studies")
 ctx = _deps.ctx()
+# What a browser can send: the import's own cap, or Streamlit's (server.maxUploadSize) where that is smaller. The
+# uploader is given the same number, so its "Limit … per file" and this caption agree.
+limit_mb = min(ctx.settings.max_upload_mb, config.get_option("server.maxUploadSize"))
 st.caption(
-    f"DICOM (CR, DX, Secondary Capture), PNG and JPEG · many files at once · at most {ctx.settings.max_upload_mb} MB "
+    f"DICOM (CR, DX, Secondary Capture), PNG and JPEG · many files at once · at most {limit_mb} MB "
     "per file · duplicates (same SOP Instance UID, or same pixels for PNG/JPEG) are recognised and not imported twice."
 )
 generation = st.session_state.setdefault("upload_generation", 0)
@@ -20,6 +24,7 @@ files = st.file_uploader(
     "Drop files here",
     accept_multiple_files=True,
     key=f"upload_{generation}",
+    max_upload_size=limit_mb,
     help="Folders: use `cxr-review import PATH`",
 )
 if files and st.button(f"Import {len(files)} file{'s' * (len(files) != 1)}", type="primary", key="do_import"):
@@ -30,7 +35,7 @@ if files and st.button(f"Import {len(files)} file{'s' * (len(files) != 1)}", typ
             results.append(
                 importer.import_upload(
                     ctx.engine, ctx.store, Path(tmp) / f"upload-{i}", f.name, f.getbuffer(),
-                    max_bytes=ctx.settings.max_upload_bytes, user_id=user.user_id,
+                    max_bytes=limit_mb * 2**20, user_id=user.user_id,
                 )
             )  # fmt: skip
             bar.progress(i / len(files), text=f"Imported {i} of {len(files)}")
@@ -44,16 +49,21 @@ if results:
     counts = {k: sum(r["status"] == k for r in results) for k in STATUS_LABEL}
     st.subheader("Last import")
     st.write(" · ".join(f"{n} {k}" for k, n in counts.items()))
+    summary = importer.batch_summary(r["status"] for r in results)
     if counts["rejected"]:
-        st.error(f"{counts['rejected']} file(s) rejected; the others were imported. Reasons below.")
+        st.error(f"{summary} Reason{'s' * (counts['rejected'] != 1)} below.")
+    elif counts["imported"]:
+        st.success(summary)
+    else:
+        st.info(summary)
     st.dataframe(
         [
             {
                 "File": r["file"],
                 "Result": STATUS_LABEL[r["status"]],
-                "Reason": r["reason"],
-                "Study": r["study_instance_uid"],
-                "Image (SOP Instance UID)": r["sop_instance_uid"],
+                "Reason": _table.text(r["reason"]),
+                "Study": _table.text(r["study_instance_uid"]),
+                "Image (SOP Instance UID)": _table.text(r["sop_instance_uid"]),
                 "Warnings": "; ".join(r["warnings"]),
             }
             for r in results

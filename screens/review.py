@@ -181,7 +181,8 @@ with side:
         "AI overlays", key=f"ai_on_{study_id}", help="Runs the models once per image; Research use only"
     )
     layers, shapes, bone_view, ai = [], [], {"mode": "off"}, None
-    ai_image = {"id": im["id"], "pixel_sha256": im["pixel_sha"], "file_sha256": im["sha"], "view": im["view"]}
+    ai_image = {"id": im["id"], "pixel_sha256": im["pixel_sha"], "file_sha256": im["sha"], "view": im["view"],
+                "spacing": im["spacing"]}  # fmt: skip
     if ai_on:
         ai = _ai_panel.load(ai_image)
         mine = _ai_panel.my_verdicts(ai_image, user)

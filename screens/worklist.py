@@ -4,7 +4,7 @@ import streamlit as st
 
 from db import engine as dbe
 from db import repo
-from screens import _deps, _signin
+from screens import _deps, _signin, _table
 
 SORTS = {
     "Imported": "imported",
@@ -57,16 +57,16 @@ with dbe.read(_deps.ctx().engine) as s:
 
 table = [
     {
-        "Patient ID": r.patient_id,
-        "Age": r.patient_age_years,
-        "Sex": r.patient_sex,
-        "View": r.view_position,
-        "Modality": r.modality,
-        "Study date": r.study_date,
-        "Description": r.study_description,
+        "Patient ID": _table.text(r.patient_id),
+        "Age": _table.text(r.patient_age_years),
+        "Sex": _table.text(r.patient_sex),
+        "View": _table.text(r.view_position),
+        "Modality": _table.text(r.modality),
+        "Study date": _table.text(r.study_date),
+        "Description": _table.text(r.study_description),
         "Images": r.images,
         "Status": STATUS_LABELS[r.status],
-        "Reviewed by": r.reviewed_by,
+        "Reviewed by": _table.text(r.reviewed_by),
         "Imported (UTC)": r.imported_at.strftime("%Y-%m-%d %H:%M"),
     }
     for r in rows

@@ -266,6 +266,33 @@ def record_batch(
         log.warning("the import's audit row could not be written: the database is busy")
 
 
+def batch_summary(statuses: Iterable[str]) -> str:
+    """One sentence on a batch's outcome that is true for every mix of imported, duplicate (already stored) and
+    rejected files: "the others were imported" only where they were."""
+    counts = Counter(statuses)
+    n, imported, stored, rejected = sum(counts.values()), counts["imported"], counts["duplicate"], counts["rejected"]
+
+    def was(k: int) -> str:
+        return "was" if k == 1 else "were"
+
+    def others(k: int) -> str:
+        return "the other one was" if k == 1 else f"the other {k} were"
+
+    if max(imported, stored, rejected) == n:
+        every = "The file was" if n == 1 else "Both files were" if n == 2 else f"All {n} files were"
+        if rejected:
+            return f"{every} rejected: nothing was imported."
+        return f"{every} already stored: nothing new was imported." if stored else f"{every} imported."
+    if not rejected:
+        return f"{imported} of {n} files {was(imported)} imported; {others(stored)} already stored."
+    head = f"{rejected} of {n} files {was(rejected)} rejected"
+    if not stored:
+        return f"{head}; {others(imported)} imported."
+    if not imported:
+        return f"{head}; {others(stored)} already stored: nothing new was imported."
+    return f"{head}; of the other {n - rejected}, {imported} {was(imported)} imported and {stored} {was(stored)} already stored."
+
+
 def import_paths(
     engine: Engine,
     store: ImageStore,

@@ -107,3 +107,24 @@ def sign_in_through_the_form(username: str, password: str):
         at.session_state["cxr_session_set"] = True
         at.run()
     return at
+
+
+def without_file_meta(src: Path, dst: Path, *, implicit_vr: bool, **changes) -> Path:
+    """`src`'s dataset written as older modalities and some PACS exports write it: no 128-byte preamble, no
+    'DICM', no file meta (pydicom.dcmwrite with enforce_file_format=False), in implicit or explicit VR little
+    endian with native pixel data. `changes` sets (or with None deletes) attributes first."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(src)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress(generate_instance_uid=False)  # the same instance, stored uncompressed
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    bare = Dataset(ds)  # a plain Dataset: neither the preamble nor the file meta of the FileDataset
+    pydicom.dcmwrite(dst, bare, enforce_file_format=False, implicit_vr=implicit_vr, little_endian=True)
+    assert dst.read_bytes()[:2] == b"\x08\x00"  # the dataset's first tag, group 0x0008, at byte 0
+    return dst

@@ -3,7 +3,12 @@
 What is accepted, and the `ImageRejected.code` of everything else:
 
 - Format. Empty file: "empty_file". PNG and JPEG are recognised by their signature. Anything else must be DICOM
-  with the 'DICM' marker after the 128-byte preamble (pydicom with force=False); otherwise "not_an_image".
+  with the 'DICM' marker after the 128-byte preamble (pydicom with force=False), or a bare dataset without preamble
+  and file meta as older modalities and PACS exports write (`_bare_dataset`: its first elements, group 0x0008
+  first, parse in explicit or implicit VR little endian; then pydicom with force=True, and Rows, Columns,
+  BitsAllocated and PixelData must be present). Such a file names no transfer syntax: it is the encoding pydicom
+  infers from the first element (a valid VR there: explicit, else implicit VR little endian), the pixel data
+  native, and a warning says so. Otherwise "not_an_image".
 - DICOM, checked on the header before any pixel is decoded, in this order:
   - "truncated": an element (pixel data included) runs past the end of the file, or the PixelData tag is in the
     file but pydicom could not read the element to its end (a cut inside encapsulated fragments). Positions are
@@ -20,6 +25,8 @@ What is accepted, and the `ImageRejected.code` of everything else:
   - "unsupported_transfer_syntax": see `SUPPORTED_TRANSFER_SYNTAXES`; also rejected when pydicom has no
     installed decoder for it (pylibjpeg / gdcm missing).
   - "truncated": native (uncompressed) PixelData shorter than Rows x Columns x SamplesPerPixel x BitsAllocated.
+    "unsupported_transfer_syntax": native PixelData of undefined length (encapsulated fragments: compressed
+    pixels in a bare dataset, whose compression nothing names).
   - Compressed PixelData: the frame's own header (viewer.codestream: JPEG SOF, JPEG-LS SOF55, JPEG 2000 / HTJ2K
     SIZ, the RLE segment table), read from the first FRAME_HEADER_BYTES of the frame, is what decoders size
     their output from. "frame_size_mismatch": its rows, columns or components differ from Rows / Columns /
@@ -65,11 +72,12 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.values import converters as _vr_converters
 
 from viewer import codestream, sandbox
 
@@ -122,6 +130,12 @@ SUPPORTED_TRANSFER_SYNTAXES = tuple(UID(u) for u in (
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PNG_MAGIC, _JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 _PIXEL_DATA = 0x7FE00010
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+# The VRs by which pydicom tells explicit from implicit VR in a file without a transfer syntax, and those encoded
+# with 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
+_VRS = frozenset(str(vr) for vr in _vr_converters if len(vr) == 2)
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_BARE_HEAD_BYTES, _BARE_ELEMENTS = 1024, 4  # of a bare dataset's start: read, and elements parsed
 # Binary VRs never shown in the header panel.
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
 # Coded strings (CS) are safe to quote in messages; anything else in such a field is not quoted.
@@ -296,7 +310,8 @@ def _header_elements(path: str) -> list[tuple[str, str, str, str]]:
         return []
     ds = _read_dicom(path, stop_before_pixels=True)
     rows = []
-    for elem in [*ds.file_meta, *ds]:
+    # A bare dataset's file meta is _read_dicom's, not the file's.
+    for elem in [*(ds.file_meta if ds.preamble is not None else ()), *ds]:
         if elem.VR in _BULK_VRS:
             continue
         if elem.VR == "SQ":
@@ -339,20 +354,66 @@ def _sniff(path) -> str:
 
 
 def _read_dicom(path, **options) -> Dataset:
+    """The dataset of a Part 10 file, or of a bare dataset (`_bare_dataset`), whose transfer syntax is then the
+    encoding pydicom inferred, put into an otherwise empty file meta (the decoders read it from there). A bare
+    dataset is the one case of `ds.preamble is None`."""
     _check_inflated_size(path)
+    bare = _bare_dataset(path)
     try:
-        return pydicom.dcmread(os.fspath(path), force=False, **options)
+        ds = pydicom.dcmread(os.fspath(path), force=bare, **options)
     except MemoryError:  # over a decode worker's limit: the worker says so
         raise
     except InvalidDicomError as exc:
         raise ImageRejected(
             "not_an_image",
-            "not DICOM (no 'DICM' marker after the 128-byte preamble), PNG or JPEG (no PNG/JPEG signature)",
+            "not DICOM (no 'DICM' marker after the 128-byte preamble, nor a DICOM dataset without one), PNG or "
+            "JPEG (no PNG/JPEG signature)",
         ) from exc
     except (EOFError, struct.error) as exc:
         raise ImageRejected("truncated", "the file ends inside the DICOM header") from exc
     except Exception as exc:
         raise ImageRejected("decode_failed", f"the DICOM header could not be parsed ({type(exc).__name__})") from exc
+    if bare:
+        ds.file_meta = FileMetaDataset()  # little endian always: _bare_dataset saw group 0x0008 as such
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+    return ds
+
+
+def _bare_dataset(path) -> bool:
+    """Whether a file without the 'DICM' marker starts like a DICOM dataset without preamble and file meta: its
+    first element is in group 0x0008, and its first _BARE_ELEMENTS elements (or as many as _BARE_HEAD_BYTES hold)
+    parse in one little-endian encoding, with tags ascending and values inside the file. Explicit VR when the
+    first element has a valid VR, else implicit (as pydicom decides). Whether it is an image is checked later."""
+    with open(path, "rb") as f:
+        head = f.read(_BARE_HEAD_BYTES)
+        size = os.fstat(f.fileno()).st_size
+    if head[128:132] == b"DICM" or len(head) < 8 or head[:2] != b"\x08\x00":
+        return False
+    explicit = head[4:6].decode("latin-1") in _VRS
+    pos, last = 0, -1
+    for _ in range(_BARE_ELEMENTS):
+        if pos + 8 > len(head):
+            break
+        group, element = struct.unpack_from("<HH", head, pos)
+        if (group << 16 | element) <= last:
+            return False
+        last = group << 16 | element
+        if not explicit:
+            (length,), pos = struct.unpack_from("<I", head, pos + 4), pos + 8
+        elif (vr := head[pos + 4 : pos + 6].decode("latin-1")) not in _VRS:
+            return False
+        elif vr in _LONG_VRS:
+            if pos + 12 > len(head) or head[pos + 6 : pos + 8] != b"\0\0":
+                return False
+            (length,), pos = struct.unpack_from("<I", head, pos + 8), pos + 12
+        else:
+            (length,), pos = struct.unpack_from("<H", head, pos + 6), pos + 8
+        if length == _UNDEFINED_LENGTH:  # a sequence: its items are pydicom's to parse
+            break
+        pos += length
+        if pos > size:
+            return False
+    return True
 
 
 def _check_inflated_size(path) -> None:
@@ -397,6 +458,18 @@ def _checked_dicom_header(ds: Dataset, path) -> ImageHeader:
     ts = ds.file_meta.get("TransferSyntaxUID")
     _check_truncation(ds, path, ts)
 
+    if ds.preamble is None:  # a bare dataset (see _read_dicom): only an image's is taken for DICOM
+        missing = [k for k in ("Rows", "Columns", "BitsAllocated", "PixelData") if k not in ds]
+        if missing:
+            raise ImageRejected(
+                "not_an_image",
+                "no 'DICM' marker after a 128-byte preamble, and the DICOM dataset the file holds instead is not an "
+                f"image (no {', '.join(missing)})",
+            )
+        warns.append(
+            f"no DICOM preamble and file meta information: read as {ts.name}, the encoding of its first elements, "
+            "with uncompressed pixel data"
+        )
     if _PIXEL_DATA not in ds:
         raise ImageRejected("no_pixel_data", "the file has no PixelData element: there is no image to display")
 
@@ -443,6 +516,12 @@ def _checked_dicom_header(ds: Dataset, path) -> ImageHeader:
     else:
         expected = (rows * cols * samples * bits_allocated + 7) // 8
         length = ds.get_item(_PIXEL_DATA, keep_deferred=True).length
+        if length == _UNDEFINED_LENGTH:  # fragments of some compression the transfer syntax does not name
+            raise ImageRejected(
+                "unsupported_transfer_syntax",
+                f"PixelData is encapsulated (compressed), but the transfer syntax {ts.name} is uncompressed"
+                + (" (inferred: the file has no file meta information)" if ds.preamble is None else ""),
+            )
         if length < expected:
             raise ImageRejected(
                 "truncated",

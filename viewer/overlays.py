@@ -6,6 +6,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from viewer import geometry
+
 # RGB per anatomy label (1 lungs, 2 heart, 3 clavicles): distinct for common colour-vision deficiencies.
 ANATOMY_COLOURS = {1: (64, 160, 255), 2: (255, 96, 64), 3: (255, 214, 0)}
 ANATOMY_NAMES = {1: "lungs", 2: "heart", 3: "clavicles"}
@@ -62,13 +64,18 @@ def box_shapes(boxes: list[dict], label: str, colour: str = "#ff4081") -> list[d
     ]  # fmt: skip
 
 
-def ctr_shapes(ctr: dict) -> list[dict]:
-    """The two measurement lines of the cardiothoracic ratio, labelled with their widths in pixels."""
-    heart_w = ctr["heart_x1"] - ctr["heart_x0"] + 1
-    thorax_w = ctr["thorax_x1"] - ctr["thorax_x0"] + 1
+def ctr_shapes(ctr: dict, pixel_spacing_mm: tuple[float, float] | None) -> list[dict]:
+    """The two measurement lines of the cardiothoracic ratio, labelled with their widths: in mm where the pixel
+    spacing (row, column) is known, as the viewer's own measurements are, else in pixels."""
+
+    def width(x0: int, x1: int) -> str:  # a row of whole pixels x0..x1
+        length, unit = geometry.distance((x0, 0), (x1 + 1, 0), pixel_spacing_mm)
+        return f"{length:.0f} {unit}"
+
     return [
         {"type": "line", "x0": ctr["heart_x0"], "y0": ctr["heart_row"], "x1": ctr["heart_x1"] + 1,
-         "y1": ctr["heart_row"], "color": "#ff6040", "label": f"heart {heart_w} px"},
+         "y1": ctr["heart_row"], "color": "#ff6040", "label": f"heart {width(ctr['heart_x0'], ctr['heart_x1'])}"},
         {"type": "line", "x0": ctr["thorax_x0"], "y0": ctr["thorax_row"], "x1": ctr["thorax_x1"] + 1,
-         "y1": ctr["thorax_row"], "color": "#40a0ff", "label": f"thorax {thorax_w} px · CTR {ctr['ratio']:.2f}"},
+         "y1": ctr["thorax_row"], "color": "#40a0ff",
+         "label": f"thorax {width(ctr['thorax_x0'], ctr['thorax_x1'])} · CTR {ctr['ratio']:.2f}"},
     ]  # fmt: skip

@@ -74,3 +74,27 @@ def test_after_someone_signed_in_elsewhere_a_browser_without_a_session_still_get
             finally:
                 stranger.close()
         admin.close()
+
+
+def test_a_page_of_another_role_opened_by_its_url_sends_to_the_worklist_and_says_why(browser, tmp_path):
+    # A researcher who opened /admin (a bookmark, a link from a colleague) landed on the worklist without a reason.
+    env, _ = fresh_app_data(tmp_path / "data", {"res": ("researcher", "researcher-pw")})
+    with streamlit_server(REPO / "asgi.py", env) as url:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(url)
+            page.get_by_label("User name").fill("res")
+            page.get_by_role("textbox", name="Password").fill("researcher-pw")
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
+            for path, title in [("admin", "Users"), ("import_studies", "Import")]:
+                page.goto(f"{url}/{path}")  # a new page load: the session resumes from the cookie
+                page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
+                page.get_by_text(f"Your role (researcher) may not open {title}; you are on the Worklist.").wait_for()
+                page.screenshot(path=ARTIFACTS / f"access-researcher-{path}.png")
+                assert page.url.rstrip("/") == url  # the worklist is the default page: the root
+                assert page.get_by_role("heading", name=title).count() == 0
+                assert page.locator('[data-testid="stFileUploader"]').count() == 0
+        finally:
+            context.close()

@@ -52,12 +52,16 @@ def test_sign_in_upload_worklist_view_window_review_sign_out(browser, app_url, s
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI")
     page.get_by_role("link", name="Import").click()
+    # The page and the uploader state the same limit: the default 200 MB, below Streamlit's 1 GB cap.
+    page.get_by_text("at most 200 MB per file").wait_for(timeout=30_000)
+    instructions = page.get_by_test_id("stFileUploaderDropzoneInstructions").inner_text()
+    assert "200MBperfile" in "".join(instructions.split()), instructions  # it said 1GB
     page.locator("input[type=file]").set_input_files(
         [str(shared_data / "dicom" / "siim_cr_chest_pa_1024_jpeg_mono2.dcm"), str(broken)]
     )
     page.get_by_role("button", name="Import 2 files").click()
     page.get_by_text("1 imported · 0 duplicate · 1 rejected").wait_for(timeout=60_000)
-    page.get_by_text("1 file(s) rejected; the others were imported").wait_for()
+    page.get_by_text("1 of 2 files was rejected; the other one was imported. Reason below.").wait_for()
     page.screenshot(path=ARTIFACTS / "app-02-import.png", full_page=True)
 
     # The study is in the worklist; open it.

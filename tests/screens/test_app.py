@@ -74,12 +74,29 @@ def test_radiologist_sees_the_worklist_with_imported_studies(env, shared_data):
     assert "2 studies ·" in at.caption[0].value
 
 
-def test_roles_only_reach_their_pages(env):
+def test_the_worklist_shows_empty_cells_where_a_study_has_no_value(env, shared_data):
+    # A PNG carries no patient ID, age, sex, view, modality, date or description, and nobody reviewed it yet:
+    # those cells read "None".
+    list(importer.import_paths(env.engine, env.store, [shared_data / "nih" / "images" / "00000075_000.png"], max_bytes=2**30))
+    at = signed_in("rad", "radiologist-pw")
+    table = at.dataframe[0].value
+    assert len(table) == 1 and not table.isna().any().any() and "None" not in table.to_string()
+    row = table.iloc[0]
+    empty = ["Patient ID", "Age", "Sex", "View", "Modality", "Study date", "Description", "Reviewed by"]
+    assert [row[c] for c in empty] == [""] * len(empty)
+    assert (row["Images"], row["Status"]) == (1, "New")
+
+
+def test_roles_only_reach_their_pages_and_a_refused_page_says_why(env):
+    # A researcher sent to a page of another role (a typed URL, a bookmark) landed on the worklist silently.
     at = signed_in("res", "researcher-pw")
-    with pytest.raises(ValueError, match="Could not find a navigation page"):
-        at.switch_page("screens/import_studies.py")
-    with pytest.raises(ValueError, match="Could not find a navigation page"):
-        at.switch_page("screens/admin.py")
+    for page, title in [("import_studies", "Import"), ("admin", "Users"), ("audit", "Audit")]:
+        at.switch_page(f"screens/{page}.py").run()
+        assert not at.exception and at.title[0].value == "Worklist" and not at.get("file_uploader")
+        assert [w.value for w in at.warning] == [f"Your role (researcher) may not open {title}; you are on the Worklist."]
+        assert [link.label for link in at.sidebar.get("page_link")] == ["Worklist", "Viewer", "Account"]
+    at.switch_page("screens/worklist.py").run()  # said once, where it happened
+    assert at.title[0].value == "Worklist" and not at.warning
     at = signed_in("boss", "admin-password")
     at.switch_page("screens/admin.py").run()
     assert at.title[0].value == "Users"
@@ -140,6 +157,41 @@ def test_the_ai_panel_says_when_an_image_is_stored_with_an_inverted_grey_scale(e
     assert not at.exception
     assert ["inverted grey scale" in e.value for e in at.error] == [True]
     assert any("Research use only" in m.value for m in at.markdown)
+
+
+def test_the_ctr_lines_are_labelled_in_mm_where_the_image_has_a_pixel_spacing(env, shared_data, tmp_path):
+    # The lines read "heart … px" even where the header's pixel spacing (0.168 mm here) gives lengths in mm.
+    import json
+    import re
+
+    import pydicom
+
+    siim = shared_data / "dicom" / "siim_cr_chest_pa_1024_jpeg_mono2.dcm"
+    ds = pydicom.dcmread(siim)
+    del ds.PixelSpacing
+    # Another instance of the same pixels (the same CTR lines), without spacing, in a study of its own.
+    ds.SOPInstanceUID, ds.StudyInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "no_spacing.dcm")
+    with_spacing, without = importer.import_paths(env.engine, env.store, [siim, tmp_path / "no_spacing.dcm"], max_bytes=2**30)
+    widths = {}
+    for r in (with_spacing, without):
+        at = signed_in("rad", "radiologist-pw")
+        at.session_state["study_id"] = r.study_id
+        at.switch_page("screens/review.py").run()
+        at.toggle(key=f"ai_on_{r.study_id}").set_value(True).run(timeout=180)
+        at.checkbox(key=f"ai_ctr_{r.image_id}").check().run(timeout=60)
+        assert not at.exception
+        (canvas,) = [c for c in at.get("component_instance") if c.proto.component_name.endswith("cxr_canvas")]
+        labels = [s["label"] for s in json.loads(canvas.proto.json_args)["shapes"]]
+        heart, thorax = (re.fullmatch(r"(heart|thorax) (\d+) (mm|px).*", label).groups() for label in labels)
+        widths[r.file] = heart, thorax
+        captions = [c.value for c in at.caption]
+        no_spacing = "The widths on the lines are in pixels: this image has no usable pixel spacing."
+        assert (no_spacing in captions) == (r is without)
+    (_, heart_mm, mm), (_, thorax_mm, _) = widths[str(siim)]
+    (_, heart_px, px), (_, thorax_px, _) = widths[str(tmp_path / "no_spacing.dcm")]
+    assert (mm, px) == ("mm", "px")
+    assert (int(heart_mm), int(thorax_mm)) == (round(int(heart_px) * 0.168), round(int(thorax_px) * 0.168))
 
 
 def test_an_open_tab_loses_its_session_at_the_next_action_when_it_ends_elsewhere(env):

@@ -54,6 +54,35 @@ def test_import_prints_one_json_object_per_file_and_exit_codes(migrated, shared_
     assert run(["frobnicate"], migrated).returncode == 2
 
 
+def test_import_and_render_a_dicom_without_preamble_and_file_meta(migrated, shared_data, tmp_path):
+    import cv2
+
+    from tests.conftest import without_file_meta
+
+    original = shared_data / "dicom" / "siim_cr_chest_pa_1024_jpeg_mono2.dcm"
+    bare = without_file_meta(original, tmp_path / "bare.dcm", implicit_vr=False)
+    r = run(["import", str(bare)], migrated)
+    assert r.returncode == 0, r.stdout + r.stderr
+    line = json.loads(r.stdout)
+    assert (line["status"], line["code"]) == ("imported", None) and "no DICOM preamble" in line["warnings"][0]
+    again = run(["import", str(original)], migrated)  # the Part 10 original: the same instance and pixels
+    assert again.returncode == 0 and json.loads(again.stdout)["status"] == "duplicate"
+
+    pictures, stderr = [], []
+    for src in (bare, original):
+        out = tmp_path / f"{src.stem}.png"
+        r = run(["render", str(src), "--out", str(out)], migrated)
+        assert r.returncode == 0, r.stderr
+        pictures.append(cv2.imread(str(out), cv2.IMREAD_UNCHANGED))
+        stderr.append(r.stderr)
+    assert pictures[0].shape == (1024, 1024) and np.array_equal(pictures[0], pictures[1])
+    assert stderr == [
+        f"cxr-review: {bare}: warning: no DICOM preamble and file meta information: read as Explicit VR Little "
+        "Endian, the encoding of its first elements, with uncompressed pixel data\n",
+        "",
+    ]
+
+
 def test_render_writes_exactly_what_the_viewer_shows(migrated, shared_data, tmp_path):
     import cv2
 

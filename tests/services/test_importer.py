@@ -160,3 +160,43 @@ def test_bad_header_values_and_corrupt_pixels_import_with_warnings_and_bombs_are
                 assert (image.pixel_spacing_row_mm, image.pixel_spacing_col_mm) == (None, None)
             if "Window" in warning:
                 assert (image.window_center, image.window_width) == (None, None)
+
+
+def test_a_dicom_without_preamble_and_file_meta_is_imported_as_the_same_image(ctx, shared_data, tmp_path):
+    # Older modalities and some PACS exports write no preamble and no file meta; such a file was "not DICOM".
+    from tests.conftest import without_file_meta
+
+    original = shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"
+    implicit = without_file_meta(original, tmp_path / "implicit.dcm", implicit_vr=True)
+    explicit = without_file_meta(original, tmp_path / "explicit.dcm", implicit_vr=False)
+    results = _import(ctx, implicit, explicit, original)
+    # Same SOP Instance UID and same pixels as the Part 10 original: one image, the others duplicates.
+    assert [(r.status, r.code) for r in results] == [("imported", None), ("duplicate", None), ("duplicate", None)]
+    assert results[0].warnings == [
+        "no DICOM preamble and file meta information: read as Implicit VR Little Endian, the encoding of its first "
+        "elements, with uncompressed pixel data"
+    ]
+    with dbe.read(ctx.engine) as s:
+        image = s.scalar(select(Image))
+        assert (image.modality, image.rows, image.transfer_syntax_uid) == ("DX", 1024, "1.2.840.10008.1.2")
+        assert image.study.study_description == "No Finding"
+        stored = dicom_io.load(ctx.store.path_for(image.file_sha256))
+    assert np.array_equal(stored.stored, dicom_io.load(original).stored)
+
+
+@pytest.mark.parametrize(
+    "statuses, sentence",
+    [
+        ("rejected", "The file was rejected: nothing was imported."),
+        ("rejected rejected rejected", "All 3 files were rejected: nothing was imported."),
+        ("duplicate duplicate", "Both files were already stored: nothing new was imported."),
+        ("imported imported imported", "All 3 files were imported."),
+        ("imported imported duplicate", "2 of 3 files were imported; the other one was already stored."),
+        ("rejected imported imported", "1 of 3 files was rejected; the other 2 were imported."),
+        ("rejected rejected duplicate", "2 of 3 files were rejected; the other one was already stored: nothing new was imported."),
+        ("rejected imported duplicate duplicate", "1 of 4 files was rejected; of the other 3, 1 was imported and 2 were already stored."),
+    ],
+)
+def test_the_batch_summary_is_true_for_every_mix(statuses, sentence):
+    # The import page said "the others were imported" whenever a file was rejected, also when none was.
+    assert importer.batch_summary(statuses.split()) == sentence

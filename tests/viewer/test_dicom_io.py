@@ -5,9 +5,12 @@ import datetime
 
 import cv2
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
+from pydicom.dataset import Dataset
 
+from tests.conftest import without_file_meta
 from viewer import dicom_io
 
 from .conftest import PATIENT_ID, PATIENT_NAME
@@ -88,6 +91,67 @@ def test_header_elements_shows_sequences_as_counts(testdata):
     rows = {keyword: value for _, keyword, _, value in dicom_io.header_elements(testdata("RG1_UNCI.dcm"))}
     assert rows["SourceImageSequence"] == "<sequence of 1 items>"
     assert rows["PatientOrientation"] == "L\\F"
+
+
+@pytest.mark.parametrize("implicit_vr", [True, False], ids=["implicit_vr", "explicit_vr"])
+@pytest.mark.parametrize("sample", [NIH_DX, SIIM_MONO2], ids=["nih_dx", "siim_cr_decompressed"])
+def test_a_dataset_without_preamble_and_file_meta_reads_as_its_part10_original(shared_data, tmp_path, sample, implicit_vr):
+    # What older modalities and some PACS exports write; dcmtk and pydicom (force=True) read it. Was "not DICOM".
+    original = dicom_io.load(shared_data / sample)
+    bare = without_file_meta(shared_data / sample, tmp_path / "bare.dcm", implicit_vr=implicit_vr)
+    img = dicom_io.load(bare)
+    assert np.array_equal(img.stored, original.stored) and img.stored.dtype == original.stored.dtype
+    assert dicom_io.pixel_sha256(img) == dicom_io.pixel_sha256(original)
+    h, o = img.header, original.header
+    assert (h.sop_instance_uid, h.modality, h.rows, h.columns, h.pixel_spacing_mm, h.photometric_interpretation) == (
+        o.sop_instance_uid, o.modality, o.rows, o.columns, o.pixel_spacing_mm, o.photometric_interpretation
+    )  # fmt: skip
+    # No transfer syntax in the file: the encoding of its first elements, as pydicom infers it, with native pixels.
+    assert h.transfer_syntax_uid == ("1.2.840.10008.1.2" if implicit_vr else "1.2.840.10008.1.2.1")
+    name = "Implicit" if implicit_vr else "Explicit"
+    assert h.warnings == (
+        *o.warnings,
+        f"no DICOM preamble and file meta information: read as {name} VR Little Endian, the encoding of its first "
+        "elements, with uncompressed pixel data",
+    )
+    rows = dicom_io.header_elements(bare)  # the header panel shows what the file holds: no file meta
+    assert ("(0008,0060)", "Modality", "CS", o.modality) in rows and not any(t.startswith("(0002,") for t, *_ in rows)
+
+
+def test_a_dataset_without_preamble_still_meets_every_check(shared_data, tmp_path, testdata):
+    nih = shared_data / NIH_DX
+    # Not an image: a dataset that parses but has no Rows / Columns / BitsAllocated / PixelData (pydicom-data's
+    # RT plan without file meta, and the NIH dataset stripped of them).
+    _rejected(testdata("ExplVR_LitEndNoMeta.dcm"), "not_an_image", "Rows", "PixelData", header_only=True)
+    stripped = without_file_meta(nih, tmp_path / "stripped.dcm", implicit_vr=True, Rows=None, PixelData=None)
+    _rejected(stripped, "not_an_image", "no Rows, PixelData", header_only=True)
+    # Compressed pixel data cannot be, since nothing names its compression.
+    siim = pydicom.dcmread(shared_data / SIIM_MONO2)
+    jpeg = tmp_path / "jpeg_without_meta.dcm"
+    pydicom.dcmwrite(jpeg, Dataset(siim), enforce_file_format=False, implicit_vr=False, little_endian=True)
+    _rejected(jpeg, "unsupported_transfer_syntax", "encapsulated", "inferred", header_only=True)
+    # The other checks apply as to any DICOM.
+    ct = without_file_meta(nih, tmp_path / "ct.dcm", implicit_vr=False, Modality="CT")
+    _rejected(ct, "not_radiograph", "CT", header_only=True)
+    tiny = without_file_meta(nih, tmp_path / "tiny.dcm", implicit_vr=True, Rows=16)
+    _rejected(tiny, "absurd_dimensions", "16 x 1024", header_only=True)
+    _rejected(_cut(without_file_meta(nih, tmp_path / "cut.dcm", implicit_vr=True), 600_000), "truncated", "PixelData")
+
+
+def test_random_bytes_text_and_png_are_not_taken_for_a_dataset_without_preamble(shared_data, tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        path = tmp_path / f"random_{i}.bin"
+        # Half of them start with the group 0x0008 a dataset without preamble starts with.
+        path.write_bytes((b"\x08\x00" if i % 2 else b"") + rng.bytes(4000))
+        _rejected(path, "not_an_image", "DICM", header_only=True)
+    text = tmp_path / "notes.txt"
+    text.write_text("\x08\x00" + "an ordinary note, not an image\n" * 40)
+    _rejected(text, "not_an_image", "DICM", header_only=True)
+    png = tmp_path / "cut.png"
+    png.write_bytes((shared_data / NIH_PNG).read_bytes()[:5000])
+    assert dicom_io.read_header(png).source_format == "png"
+    _rejected(png, "decode_failed", "PNG")
 
 
 def test_colour_secondary_capture_is_converted_to_grey(testdata):

@@ -42,3 +42,16 @@ def test_distance_in_mm_with_spacing():
 
 def test_distance_in_pixels_without_spacing():
     assert geometry.distance((10, 20), (13, 24), None) == (5.0, "px")
+
+
+def test_the_ctr_lines_are_labelled_in_mm_where_the_pixel_spacing_is_known():
+    # They read "heart … px" even on images whose spacing the viewer's own measurements use.
+    from viewer import overlays
+
+    ctr = {"ratio": 0.5, "heart_row": 600, "heart_x0": 400, "heart_x1": 549, "thorax_row": 500, "thorax_x0": 200,
+           "thorax_x1": 499}  # fmt: skip
+    heart, thorax = overlays.ctr_shapes(ctr, (0.2, 0.168))  # (row, column): a width runs along a row, in columns
+    assert (heart["label"], thorax["label"]) == ("heart 25 mm", "thorax 50 mm · CTR 0.50")  # 150 and 300 columns
+    assert (heart["x0"], heart["x1"], heart["y0"], heart["y1"]) == (400, 550, 600, 600)
+    heart, thorax = overlays.ctr_shapes(ctr, None)  # no spacing: pixels, as before
+    assert (heart["label"], thorax["label"]) == ("heart 150 px", "thorax 300 px · CTR 0.50")

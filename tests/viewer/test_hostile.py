@@ -187,6 +187,18 @@ def test_header_bomb_is_stopped_by_the_header_limit(shared_data, tmp_path):
     assert info.value.code == "decode_limit"
 
 
+def test_a_header_bomb_without_preamble_and_file_meta_is_stopped_too(shared_data, tmp_path):
+    # A dataset without preamble is read with pydicom's force=True: under the same header limit, in a worker.
+    part10 = _header_bomb(tmp_path / "header_bomb.dcm", 500_000, shared_data).read_bytes()
+    (group_length,) = struct.unpack_from("<I", part10, 132 + 8)  # (0002,0000) UL: the file meta's length
+    bomb = tmp_path / "header_bomb_without_meta.dcm"
+    bomb.write_bytes(part10[132 + 12 + group_length :])  # the implicit VR dataset alone, group 0x0008 first
+    assert bomb.read_bytes()[:2] == b"\x08\x00"
+    with pytest.raises(dicom_io.ImageRejected) as info:
+        dicom_io.load(bomb)
+    assert (info.value.code, info.value.message) == ("decode_limit", "reading the header needed more than its limit of 1 s")
+
+
 _PEAK_RSS = """
 import resource, sys
 from viewer import dicom_io, sandbox
