@@ -7,7 +7,7 @@ import streamlit as st
 from inference.registry import Registry
 from inference.runner import Runner
 from services import analysis, context, studies
-from viewer import dicom_io, export, overlays
+from viewer import dicom_io, export, overlays, windowing
 
 
 @st.cache_resource(show_spinner=False)
@@ -34,6 +34,15 @@ def header_elements(file_sha256: str) -> list[tuple[str, str, str, str]]:
 @st.cache_data(max_entries=24, show_spinner=False)
 def value_range(file_sha256: str) -> tuple[float, float]:
     return studies.value_range(decoded(file_sha256))
+
+
+@st.cache_data(max_entries=24, show_spinner=False)
+def default_window(file_sha256: str) -> tuple[float, float]:
+    """(centre, width) of the default display, or of the full-range preset where a VOI LUT is the default: where
+    a W/L drag starts from."""
+    img = decoded(file_sha256)
+    w = windowing.default_window(img) or next(iter(windowing.presets(img).values()))
+    return float(w.center), float(w.width)
 
 
 @st.cache_resource(show_spinner=False)

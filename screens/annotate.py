@@ -11,7 +11,7 @@ import streamlit as st
 from db import engine as dbe
 from db.models import Image
 from screens import _deps, _signin
-from screens._canvas import image_canvas
+from screens._canvas import image_canvas, requested_window
 from services import annotations, labelling, vocabulary
 from services.annotations import AnnotationError, NotAllowed
 from viewer import dicom_io
@@ -71,12 +71,17 @@ def labels_form(key: str, current: dict[str, str]) -> dict[str, str]:
 
 
 def editor(im: dict, key: str, state: dict, shapes: list[dict] | None = None) -> dict | None:
-    png = _deps.display_png(im["file_sha256"], None, None, False)
+    # Windowing as in the viewer: a W/L drag re-renders the picture from the stored values at full bit depth.
+    image_id = f"annotate-{im['id']}"
+    window = requested_window(key, width=im["columns"], height=im["rows"], image_id=image_id)
+    png = _deps.display_png(im["file_sha256"], *(window or (None, None)), False)
+    shown = window or _deps.default_window(im["file_sha256"])
     value = image_canvas(
         png, width=im["columns"], height=im["rows"], pixel_spacing_mm=im["spacing"], key=key,
-        image_id=f"annotate-{im['id']}", shapes=shapes or [],
+        image_id=image_id, shapes=shapes or [], window=shown,
+        value_range=_deps.value_range(im["file_sha256"]),
         annotate={"token": state["token"], "labels": list(task.boxes), "structures": structures(),
-                  "boxes": state["boxes"], "mask": mask_png(state["mask"])},
+                  "boxes": state["boxes"], "mask": mask_png(state["mask"]), "acked_seq": state["seq"]},
     )  # fmt: skip
     st.caption("Box (B), Brush (R), Eraser (E), Polygon (G); 1-9 pick the label or structure; [ ] brush size; "
                "Ctrl+Z / Ctrl+Y undo and redo; wheel to zoom, middle button to pan.")  # fmt: skip
@@ -144,12 +149,12 @@ if mode == "Read":
         st.session_state[skey] = open_state(image_id, annotations.head(ctx, image_id, task.id, user.user_id))
         st.rerun()
 
-    view_col, side = st.columns([3, 1.2])
-    with view_col:
-        edit = editor(im, f"ann_canvas_{task.id}_{image_id}", state)
-    with side:
-        st.markdown("**Findings on this image**")
-        labels = labels_form(f"ann_lab_{state['token']}", state["labels"])
+    # Autosave before drawing: the browser's newest edits (the component's value) and findings (the choices'
+    # values) are in the session already, so the editor is drawn knowing they are saved.
+    canvas_key, labels_key = f"ann_canvas_{task.id}_{image_id}", f"ann_lab_{state['token']}"
+    edit = (st.session_state.get(canvas_key) or {}).get("annotation")
+    labels = {f: v for f in [*task.findings, vocabulary.NO_FINDING]
+              if (v := st.session_state.get(f"{labels_key}_{f}", state["labels"].get(f)))}  # fmt: skip
     try:
         changes = {}
         if edit and edit.get("token") == state["token"] and edit["seq"] > state["seq"]:
@@ -158,15 +163,21 @@ if mode == "Read":
                 changes["label_map"] = annotations.decode_mask(edit["mask"], im["rows"], im["columns"])
         if labels != state["labels"]:
             changes["labels"] = labels
-        if changes:  # autosave: a draft per change, never overwriting the last one
+        if changes:  # a draft per change, never overwriting the last one
             saved = annotations.save(ctx, user, image_id, task_id=task.id, parent_id=state["parent"], **changes)
             state["parent"], state["labels"] = saved.version_id, labels
-            if edit:
+            if "boxes" in changes:
                 state["seq"] = edit["seq"]
             say(saved, "Draft saved")
             st.toast("Draft saved", icon=":material/save:")
     except (AnnotationError, NotAllowed) as exc:
         st.error(f"Not saved: {exc}")
+    view_col, side = st.columns([3, 1.2])
+    with view_col:
+        editor(im, canvas_key, state)
+    with side:
+        st.markdown("**Findings on this image**")
+        labels_form(labels_key, state["labels"])
     with side:
         if st.button("Submit", type="primary", help="Ends your reading of this image; the queue moves on"):
             try:

@@ -31,6 +31,8 @@ const editor = {
   undo: [],
   redo: [],
   seq: 0, // edits made in this session; Python saves a draft when it sees a new one
+  acked: 0, // the newest of them Python has saved (it says so in its args)
+  note: "", // shown in the status line: e.g. edits restored after a lost connection
   latencies: [], // pointer event to repaint, ms (read by bench/bench_annotate.py)
 };
 window.__cxrEditor = editor;
@@ -43,7 +45,12 @@ async function editorRender(a) {
   editor.active = !!ann;
   el("edit-tools").hidden = !ann;
   if (!ann) return;
-  if (ann.token === editor.token) return; // our own edits are newer than what Python sends back
+  if (ann.token === editor.token) { // our own edits are newer than what Python sends back
+    editor.acked = Math.max(editor.acked, ann.acked_seq ?? 0);
+    keepBackup();
+    return;
+  }
+  const backup = readBackup();
   editor.token = ann.token;
   editor.labels = ann.labels;
   editor.structures = ann.structures;
@@ -54,10 +61,38 @@ async function editorRender(a) {
   editor.undo = [];
   editor.redo = [];
   editor.seq = 0;
+  editor.acked = 0;
   editor.maskEdited = false;
   editor.maskUrl = null;
-  await loadMap(a.image_width, a.image_height, ann.mask);
+  editor.note = "";
+  // Edits Python never saved (the connection dropped, then the tab was closed or reloaded) come back from this
+  // browser's storage and are sent again.
+  const restore = backup && backup.token !== ann.token && backup.seq > backup.acked;
+  await loadMap(a.image_width, a.image_height, restore && backup.mask ? backup.mask : ann.mask);
   fillToolbar();
+  if (restore) {
+    editor.boxes = backup.boxes;
+    editor.maskEdited = !!backup.mask;
+    editor.maskUrl = backup.mask;
+    editor.note = "Unsaved edits from before the connection was lost were restored and saved.";
+    changed();
+  }
+}
+
+// One entry per image in localStorage: the newest edits and how many of them Python has saved.
+const backupKey = () => `cxr-annotate:${identity}`;
+
+function readBackup() {
+  try { return JSON.parse(localStorage.getItem(backupKey())); } catch (err) { return null; }
+}
+
+function keepBackup() {
+  try {
+    localStorage.setItem(backupKey(), JSON.stringify({ token: editor.token, seq: editor.seq, acked: editor.acked,
+      boxes: editor.boxes, mask: editor.maskEdited ? editor.maskUrl : null }));
+  } catch (err) {
+    editor.note = "This browser cannot keep a copy of the edits (storage full or off): they are only on the server.";
+  }
 }
 
 async function loadMap(w, h, url) {
@@ -342,6 +377,7 @@ function updateUndoButtons() {
 
 function changed() {
   editor.seq += 1;
+  keepBackup();
   emit();
 }
 

@@ -249,6 +249,7 @@ function updateStatus() {
     sp ? `pixel spacing ${sp[0]} × ${sp[1]} mm` : "no pixel spacing: lengths in pixels",
   ];
   if (shownWindow) parts.push(`W ${fmt(shownWindow.width)} / C ${fmt(shownWindow.center)}`);
+  if (editor.active && editor.note) parts.push(editor.note);
   statusLine.textContent = parts.join("   ·   ");
 }
 

@@ -99,7 +99,16 @@ def _drag(page, a, b, steps=8):
 def _head(ctx, task, reader):
     from services import annotations
 
-    return annotations.head(ctx, _image_id(ctx), task.id, _user(ctx, reader) if reader else None)
+    return annotations.head(ctx, _task_image(ctx, task), task.id, _user(ctx, reader) if reader else None)
+
+
+def _task_image(ctx, task):
+    from sqlalchemy import text
+
+    from db import engine as dbe
+
+    with dbe.read(ctx.engine) as s:
+        return s.scalar(text("SELECT image_id FROM labelling_task_images WHERE task_id = :t"), {"t": task.id})
 
 
 def _wait_for(predicate, page, timeout_s=30):
@@ -205,3 +214,58 @@ def test_annotate_reload_submit_blinded_second_reader_and_final(browser, app, re
     for p in (page, bob, adj):
         assert "Traceback" not in p.content()
     assert errors == [] and bob_errors == [] and adj_errors == []
+
+
+def test_edits_made_while_the_connection_is_down_come_back_after_the_tab_is_reopened(browser, app, shared_data):
+    """The browser keeps a copy of every edit until the server has saved it: messages to the server are dropped
+    (the connection is down), the tab is closed, a new tab opens the image, and the unsaved box is restored and
+    saved."""
+    from services import importer, labelling
+    from services.auth import SignedIn
+
+    url, ctx, _ = app
+    [res] = importer.import_paths(ctx.engine, ctx.store, [shared_data / "nih" / "images" / "00000100_000.png"],
+                                  max_bytes=2**30)  # fmt: skip
+    task = labelling.create(ctx, SignedIn(_user(ctx, "boss"), "boss", "admin", False), name="connection",
+                            image_ids=[res.image_id], readers={"ann": False})  # fmt: skip
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    up = {"on": True}
+
+    def relay(ws):
+        server = ws.connect_to_server()
+        ws.on_message(lambda m: server.send(m) if up["on"] else None)  # the browser's messages, while "up"
+        server.on_message(ws.send)
+
+    context.route_web_socket("**/_stcore/stream", relay)
+    page = context.new_page()
+    _sign_in(page, url, "ann")
+    page.get_by_role("link", name="Annotate").click()
+    page.get_by_label("Task").click()
+    page.get_by_role("option", name="connection (1 images)").click()
+    frame = page.frame_locator(VIEWER_FRAME)
+    frame.get_by_role("button", name="Box", exact=True).wait_for(timeout=30_000)
+    _idle(page)
+    frame.get_by_role("button", name="Box", exact=True).click()
+    _drag(page, (50, 60), (150, 160))
+    _wait_for(lambda: (h := _head(ctx, task, "ann")) is not None and len(h.boxes) == 1, page)
+    _idle(page)
+
+    up["on"] = False
+    _drag(page, (250, 260), (350, 380))
+    _editor(page).wait_for_function(
+        "() => JSON.parse(localStorage.getItem(`cxr-annotate:${identity}`)).boxes.length === 2")
+    page.wait_for_timeout(1000)  # what the server would have needed to save it; it gets nothing
+    assert len(_head(ctx, task, "ann").boxes) == 1
+    page.close()
+
+    up["on"] = True
+    page = context.new_page()
+    page.goto(url)  # still signed in: the session cookie stays in the browser
+    page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
+    page.get_by_role("link", name="Annotate").click()
+    page.get_by_label("Task").click()
+    page.get_by_role("option", name="connection (1 images)").click()
+    page.frame_locator(VIEWER_FRAME).get_by_text("Unsaved edits from before the connection was lost").wait_for(timeout=30_000)
+    _wait_for(lambda: len(_head(ctx, task, "ann").boxes) == 2, page)
+    page.screenshot(path=ARTIFACTS / "annotate-04-restored.png", full_page=True)
+    context.close()
