@@ -18,7 +18,7 @@ PASSWORD = "long-enough-pw"
 SERVED = {
     "worklist": ("title", "Worklist"), "review": ("error", "This study no longer exists."),
     "import_studies": ("title", "Import studies"), "models": ("title", "Models"), "admin": ("title", "Users"),
-    "audit": ("title", "Audit"), "account": ("title", "Account"),
+    "audit": ("title", "Audit"), "account": ("title", "Account"), "tasks": ("title", "Labelling tasks"),
 }  # fmt: skip
 
 
