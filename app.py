@@ -14,6 +14,7 @@ PAGES = {
     "review": st.Page("screens/review.py", title="Viewer", icon=":material/radiology:"),
     "import_studies": st.Page("screens/import_studies.py", title="Import", icon=":material/upload:"),
     "annotate": st.Page("screens/annotate.py", title="Annotate", icon=":material/draw:"),
+    "tasks": st.Page("screens/tasks.py", title="Labelling tasks", icon=":material/checklist:"),
     "models": st.Page("screens/models.py", title="Models", icon=":material/model_training:"),
     "admin": st.Page("screens/admin.py", title="Users", icon=":material/group:"),
     "audit": st.Page("screens/audit.py", title="Audit", icon=":material/policy:"),

@@ -152,6 +152,11 @@ def _order_keys(sort: str, descending: bool) -> tuple:
     return key, Study.id.desc() if descending else Study.id.asc()
 
 
+def image_ids(s: Session, f: WorklistFilter) -> list[int]:
+    """The ids of every image of the studies the worklist filter matches (a labelling task's images)."""
+    return list(s.scalars(select(Image.id).where(Image.study_id.in_(_filtered(f))).order_by(Image.id)))
+
+
 def list_studies(
     s: Session,
     f: WorklistFilter,

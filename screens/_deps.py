@@ -6,7 +6,7 @@ import streamlit as st
 
 from inference.registry import Registry
 from inference.runner import Runner
-from services import analysis, context, studies
+from services import agreement_report, analysis, context, studies
 from viewer import dicom_io, export, overlays, windowing
 
 
@@ -76,3 +76,9 @@ def grey_rgba_png(key: str) -> bytes:
 def heatmap_png(key: str, colourmap: str) -> bytes:
     heat = analysis.stored_png(ctx(), key).astype("float32") / 255.0
     return export.png_bytes(overlays.heatmap_layer(heat, colourmap))
+
+
+@st.cache_data(max_entries=16, show_spinner="Computing agreement…")
+def agreement(task_id: int, readers: tuple[str, ...], stamp: tuple[int, int]) -> dict:
+    """A task's agreement report; `stamp` (its versions, newest version id) renews it whenever a reader saves."""
+    return agreement_report.report(ctx(), task_id, list(readers))

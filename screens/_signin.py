@@ -41,6 +41,7 @@ PAGE_ROLES: dict[str, frozenset[str]] = {
     "models": frozenset({"admin"}),
     "admin": frozenset({"admin"}),
     "audit": frozenset({"admin"}),
+    "tasks": frozenset({"admin", "researcher"}),
     "account": ALL_ROLES,
 }
 

@@ -49,6 +49,7 @@ class Exported:
 class Item:
     image: dict  # the image row's fields, with its study's
     readings: list[dicom_objects.Reading]
+    skipped: str | None = None  # why nothing of this image can be exported (the AI could not read its file)
 
 
 def _image_dict(image: Image, study: Study) -> dict:
@@ -81,7 +82,7 @@ def gather(ctx: Context, source: str, task_id: int | None, study_uids: list[str]
     """The readings to export per image, from `final`, `reader:NAME` or `ai`."""
     if source == "ai":
         images = _images(ctx, _task_images(ctx, task_id), study_uids)
-        return [Item(img, [_ai_reading(ctx, runner, img)]) for img in _with_progress(images, progress)]
+        return [_ai_item(ctx, runner, img) for img in _with_progress(images, progress)]
     if source == "final":
         versions = [v for v in annotations.heads(ctx, task_id) if v.status == "final"]
     elif source.startswith("reader:"):
@@ -123,6 +124,17 @@ def _task_images(ctx: Context, task_id: int | None) -> list[int] | None:
         return repo.task_images(s, task_id)
 
 
+def _ai_item(ctx: Context, runner, img: dict) -> Item:
+    """The AI's reading of one image; an image whose stored file is missing or unreadable is skipped with the
+    reason (the other images are still analysed and exported)."""
+    try:
+        return Item(img, [_ai_reading(ctx, runner, img)])
+    except (dicom_io.ImageRejected, OSError) as exc:
+        if not ctx.store.path_for(img["file_sha256"]).exists():
+            return Item(img, [], skipped="its stored file is missing from the image store")
+        return Item(img, [], skipped=f"its stored file cannot be read ({type(exc).__name__})")
+
+
 def _ai_reading(ctx: Context, runner, img: dict) -> dicom_objects.Reading:
     """The AI's statements on an image, computed now when not stored: findings at the operating points in
     force, the boxes of positive findings, the anatomy label map."""
@@ -153,12 +165,16 @@ def write(ctx: Context, fmt: str, items: list[Item], out_dir: Path, actor_id: in
         raise ExportError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    skipped = [Exported(i.image["id"], i.image["original_filename"], "skipped", [], i.skipped)
+               for i in items if i.skipped]  # fmt: skip
+    items = [i for i in items if not i.skipped]
     if fmt == "csv":
         results = _write_csv(items, out_dir)
     elif fmt == "coco":
         results = _write_coco(items, out_dir)
     else:
         results = [_write_dicom(ctx, fmt, item, out_dir) for item in items]
+    results = sorted(results + skipped, key=lambda r: r.image_id)
     dbe.write(ctx.engine, lambda s: audit.add(
         s, "export", actor_id=actor_id, target=f"annotations {fmt}",
         details={"format": fmt, "source": source.split(":")[0], "images": sum(r.status == "exported" for r in results)},

@@ -219,4 +219,4 @@ def test_an_open_tab_loses_its_session_at_the_next_action_when_it_ends_elsewhere
     at = open_tab(token)
     assert at.session_state["signed_in"].role == "researcher"
     links = [link.label for link in at.sidebar.get("page_link")]
-    assert links == ["Worklist", "Viewer", "Account"]  # a researcher has no Import
+    assert links == ["Worklist", "Viewer", "Labelling tasks", "Account"]  # a researcher has no Import
