@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -21,22 +22,50 @@ from db.models import (
     Verdict,
 )
 
+_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # those with ON CONFLICT DO NOTHING
+
 
 # --- AI items ----------------------------------------------------------------------------------------------------
 def ensure_items(s: Session, prediction_id: int, items: Iterable[dict]) -> dict[tuple[str, str], int]:
     """Store the items of a prediction once ({kind, key, label, score, geometry} each) and return
-    {(kind, key): id} of all its items. Items of one prediction never change, so existing rows are kept."""
-    have = {
-        (r.kind, r.key): r.id
-        for r in s.scalars(select(PredictionItem).where(PredictionItem.prediction_id == prediction_id))
-    }
+    {(kind, key): id} of all its items. Items of one prediction never change, so existing rows are kept. The new
+    ones go in as one INSERT .. ON CONFLICT DO NOTHING: on PostgreSQL, where another reader's first view stored
+    them meanwhile, this unit then loses as a serialization failure and engine.write runs it again (it finds
+    them) instead of failing on the unique key. (SQLite writers run one at a time.)"""
+    have = items_of(s, [prediction_id]).get(prediction_id, {})
+    new: dict[tuple[str, str], dict] = {}
     for it in items:
         if (it["kind"], it["key"]) not in have:
-            row = PredictionItem(prediction_id=prediction_id, **it)
-            s.add(row)
-            s.flush()
-            have[(row.kind, row.key)] = row.id
-    return have
+            new.setdefault((it["kind"], it["key"]), {"prediction_id": prediction_id, **it})
+    if not new:
+        return have
+    insert = _INSERT.get(s.get_bind().dialect.name)
+    if insert is None:  # another backend: plain INSERTs
+        rows = [PredictionItem(**fields) for fields in new.values()]
+        s.add_all(rows)
+        s.flush()
+        return have | {(r.kind, r.key): r.id for r in rows}
+    s.execute(
+        insert(PredictionItem).on_conflict_do_nothing(index_elements=["prediction_id", "kind", "key"]),
+        list(new.values()),
+    )
+    return items_of(s, [prediction_id]).get(prediction_id, {})
+
+
+def items_of(s: Session, prediction_ids: Iterable[int]) -> dict[int, dict[tuple[str, str], int]]:
+    """{prediction id: {(kind, key): item id}} of the stored items of these predictions, in one query
+    (a prediction without stored items is absent)."""
+    ids = list(prediction_ids)
+    out: dict[int, dict[tuple[str, str], int]] = {}
+    if not ids:
+        return out
+    item = PredictionItem
+    rows = s.execute(
+        select(item.prediction_id, item.kind, item.key, item.id).where(item.prediction_id.in_(ids))
+    )
+    for prediction_id, kind, key, item_id in rows:
+        out.setdefault(prediction_id, {})[(kind, key)] = item_id
+    return out
 
 
 def predictions_of(s: Session, pixel_sha256: str, task: str | None = None) -> list[Prediction]:

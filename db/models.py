@@ -232,7 +232,8 @@ class Verdict(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     reader_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     item_kind: Mapped[str] = mapped_column(String(32))  # finding | box | anatomy | bone_suppression | ctr
-    item_key: Mapped[str] = mapped_column(String(128))  # e.g. the finding's label, "Cardiomegaly#0" for a box
+    # e.g. the finding's label, "Cardiomegaly#0" for a box, "lungs" (before structures were items: "anatomy")
+    item_key: Mapped[str] = mapped_column(String(128))
     decision: Mapped[Decision] = mapped_column(Enum(Decision, name="decision", native_enum=False, length=16))
     reason_code: Mapped[str | None] = mapped_column(String(64))
     reason_text: Mapped[str | None] = mapped_column(Text)
@@ -320,9 +321,10 @@ class ActiveModelEvent(Base):
 
 # --- review items, annotations, labelling tasks --------------------------------------------------------------
 class PredictionItem(Base):
-    """One AI statement of a stored prediction (a finding's score, a box, the anatomy, the CTR, the bone view)
-    with a stable id: verdicts and annotations point at it. A prediction never changes, so neither do its
-    items; `key` is unique within the prediction (the finding label, "Cardiomegaly#0" for its first box)."""
+    """One AI statement of a stored prediction (a finding's score, a box, an anatomy structure, the CTR, the
+    bone view) with a stable id: verdicts and annotations point at it. A prediction never changes, so neither do
+    its items; `key` is unique within the prediction (the finding label, "Cardiomegaly#0" for its first box,
+    "lungs"). Derived by services.analysis.prediction_items and stored with the prediction."""
 
     __tablename__ = "prediction_items"
     __table_args__ = (UniqueConstraint("prediction_id", "kind", "key", name="uq_prediction_item"),)
@@ -333,7 +335,8 @@ class PredictionItem(Base):
     key: Mapped[str] = mapped_column(String(128))
     label: Mapped[str | None] = mapped_column(String(64))
     score: Mapped[float | None] = mapped_column(Float)
-    geometry: Mapped[str | None] = mapped_column(Text)  # JSON: a box {x, y, w, h} in image pixels
+    # JSON: a box {x, y, w, h} in image pixels; the CTR's lines; store keys of the picture it refers to
+    geometry: Mapped[str | None] = mapped_column(Text)
 
 
 class AnnotationStatus(str, enum.Enum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, and_, case, delete, func, or_, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
 from db.models import (
@@ -225,6 +225,18 @@ def get_prediction(
     )
 
 
+def get_predictions(
+    s: Session, pixel_sha256: str, refs: list[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], Prediction]:
+    """The stored predictions on these pixels of each (model id, version, weights sha256) in `refs` that has
+    one, in one query."""
+    if not refs:
+        return {}
+    ref = tuple_(Prediction.model_id, Prediction.model_version, Prediction.weights_sha256)
+    rows = s.scalars(select(Prediction).where(Prediction.pixel_sha256 == pixel_sha256, ref.in_(refs)))
+    return {(r.model_id, r.model_version, r.weights_sha256): r for r in rows}
+
+
 def add_prediction(s: Session, **fields) -> Prediction:
     """Insert, or return the row another reader stored first for the same pixels and model version."""
     existing = get_prediction(
@@ -354,6 +366,7 @@ class VerdictIn:
     weights_sha256: str
     reason_code: str | None = None
     reason_text: str | None = None
+    prediction_item_id: int | None = None  # the stored item judged; None where the caller has none
 
 
 def find_verdict(
@@ -364,23 +377,30 @@ def find_verdict(
     item_key: str,
     model_id: str,
     model_version: str,
+    prediction_item_id: int | None = None,
 ) -> Verdict | None:
-    """The reader's verdict on one item (its natural key), or None."""
-    return s.scalar(
-        select(Verdict).where(
-            Verdict.image_id == image_id,
-            Verdict.reader_id == reader_id,
-            Verdict.item_kind == item_kind,
-            Verdict.item_key == item_key,
-            Verdict.model_id == model_id,
-            Verdict.model_version == model_version,
-        )
+    """The reader's verdict on one item, or None: the one that points at `prediction_item_id` when given, else
+    the one with the item's natural key (a verdict written before items were stored has no item id), in one
+    query. The natural key stays unique, so a row with it is the row to update whatever item it points at."""
+    natural = and_(
+        Verdict.item_kind == item_kind,
+        Verdict.item_key == item_key,
+        Verdict.model_id == model_id,
+        Verdict.model_version == model_version,
     )
+    q = select(Verdict).where(Verdict.image_id == image_id, Verdict.reader_id == reader_id)
+    if prediction_item_id is None:
+        return s.scalar(q.where(natural))
+    by_item = Verdict.prediction_item_id == prediction_item_id
+    return s.scalar(q.where(or_(by_item, natural)).order_by(case((by_item, 0), else_=1)).limit(1))
 
 
 def upsert_verdict(s: Session, v: VerdictIn) -> Verdict:
-    """One verdict per reader and item (natural key), and an append-only event for every write."""
-    row = find_verdict(s, v.image_id, v.reader_id, v.item_kind, v.item_key, v.model_id, v.model_version)
+    """One verdict per reader and item (found by its item id, else its natural key), and an append-only event
+    for every write. A verdict written before items were stored gets the item id when it is written again."""
+    row = find_verdict(
+        s, v.image_id, v.reader_id, v.item_kind, v.item_key, v.model_id, v.model_version, v.prediction_item_id
+    )
     decision = Decision(v.decision)
     if row is None:
         row = Verdict(
@@ -397,6 +417,8 @@ def upsert_verdict(s: Session, v: VerdictIn) -> Verdict:
         s.add(row)
     row.decision, row.reason_code, row.reason_text = decision, v.reason_code, v.reason_text
     row.weights_sha256, row.updated_at = v.weights_sha256, utcnow()
+    if v.prediction_item_id is not None:
+        row.prediction_item_id = v.prediction_item_id
     s.flush()
     s.add(
         VerdictEvent(

@@ -149,40 +149,41 @@ def findings_table(result: analysis.Analysis) -> None:
     st.caption(f"{f['score_kind']} · {provenance(f)} · {RESEARCH_USE}")
 
 
-def _items(result: analysis.Analysis) -> list[dict]:
-    """Every AI statement a reader can judge, with the model that made it."""
+def _items(result: analysis.Analysis, mine_all: list[verdict_store.Mine]) -> list[dict]:
+    """Every AI statement a reader can judge, with the model that made it and its stored item's id (`item_id`,
+    None where the items could not be stored yet)."""
     items = []
+
+    def add(task: str, kind: str, key: str, says: str, model: dict) -> None:
+        items.append({"kind": kind, "key": key, "says": says, "model": model,
+                      "item_id": result.item_id(task, kind, key)})  # fmt: skip
+
     if result.findings:
         f = result.findings
         thr = result.thresholds
         for label, p in sorted(f["probabilities"].items(), key=lambda kv: -kv[1]):
-            items.append({"kind": "finding", "key": label, "says": f"{p:.3f}" + (" positive" if p >= thr[label] else ""),
-                          "model": f["model"]})  # fmt: skip
+            says = f"{p:.3f}" + (" positive" if p >= thr[label] else "")
+            add("classification", "finding", label, says, f["model"])
             for i, b in enumerate(f["boxes"].get(label, []) if p >= thr[label] else []):
-                items.append({"kind": "box", "key": f"{label}#{i}", "says": f"box {b['w']}×{b['h']} at ({b['x']}, {b['y']})"
-                              f" · {b['score']:.2f}", "model": f["model"]})  # fmt: skip
+                add("classification", "box", f"{label}#{i}", f"box {b['w']}×{b['h']} at ({b['x']}, {b['y']})"
+                    f" · {b['score']:.2f}", f["model"])  # fmt: skip
     if result.anatomy:
-        items.append(
-            {
-                "kind": "anatomy",
-                "key": "anatomy",
-                "says": "lungs, heart, clavicles",
-                "model": result.anatomy["model"],
-            }
-        )
-        if ctr := analysis.ctr_shown(result.anatomy):
-            items.append({"kind": "ctr", "key": "ctr", "says": f"CTR {ctr['ratio']:.2f}",
-                          "model": result.anatomy["model"]})  # fmt: skip
+        a = result.anatomy
+        # A verdict on the whole anatomy, given before each structure was an item, stays readable and editable
+        whole = ("anatomy", "anatomy", a["model"]["id"], a["model"]["version"])
+        if any((v.item_kind, v.item_key, v.model_id, v.model_version) == whole for v in mine_all):
+            says = "lungs, heart, clavicles (an earlier verdict on all three)"
+            add("segmentation", "anatomy", "anatomy", says, a["model"])
+        areas = a.get("area_fraction", {})
+        for name, _ in analysis.STRUCTURES:
+            area = f" · {areas[name]:.0%} of the image" if name in areas else ""
+            add("segmentation", "anatomy", name, f"{name} outline{area}", a["model"])
+        if ctr := analysis.ctr_shown(a):
+            add("segmentation", "ctr", "ctr", f"CTR {ctr['ratio']:.2f}", a["model"])
     if result.bone:
-        items.append({"kind": "bone_suppression", "key": "bone_suppression", "says": "soft-tissue image",
-                      "model": result.bone["model"]})  # fmt: skip
+        bone = "bone_suppression"
+        add(bone, bone, bone, "soft-tissue image", result.bone["model"])
     return items
-
-
-def _same_item(v, it: dict) -> bool:
-    return (v.item_kind, v.item_key, v.model_id, v.model_version) == (
-        it["kind"], it["key"], it["model"]["id"], it["model"]["version"]
-    )  # fmt: skip
 
 
 def _move_focus(focus_key: str, n: int, step: int) -> None:
@@ -211,13 +212,13 @@ def my_verdicts(image: dict, user) -> list[verdict_store.Mine]:
 def quick_verdict(result: analysis.Analysis, study_id: int, image: dict, user, mine_all: list[verdict_store.Mine]) -> None:
     """The focused AI statement with accept / reject / uncertain buttons, each with a keyboard shortcut; the
     focus moves on after a verdict, and J / K move it by hand."""
-    items = _items(result)
+    items = _items(result, mine_all)
     if not items:
         return
     focus_key = f"ai_focus_{image['id']}"
     i = min(st.session_state.get(focus_key, 0), len(items) - 1)
     it = items[i]
-    mine = next((v.decision for v in mine_all if _same_item(v, it)), None)
+    mine = getattr(verdict_store.finder(mine_all)(it), "decision", None)
     args = (study_id, image["id"], user.user_id, it)
     n = len(items)
     with st.container(border=True, key="quick_verdict"):
@@ -251,16 +252,12 @@ def quick_verdict(result: analysis.Analysis, study_id: int, image: dict, user, m
 def verdicts(result: analysis.Analysis, study_id: int, image: dict, user, mine_all: list[verdict_store.Mine]) -> None:
     """One row per AI statement: accept / reject / uncertain with a reason; saved in one transaction."""
     ctx = _deps.ctx()
-    items = _items(result)
-    current = {
-        (v.item_kind, v.item_key, v.model_id, v.model_version): (v.decision, v.reason_code or "", v.reason_text or "")
-        for v in mine_all
-    }  # fmt: skip
+    items = _items(result, mine_all)
+    find = verdict_store.finder(mine_all)
     rows = []
     for it in items:
-        d, r, t = current.get(
-            (it["kind"], it["key"], it["model"]["id"], it["model"]["version"]), ("", "", "")
-        )
+        v = find(it)
+        d, r, t = (v.decision, v.reason_code or "", v.reason_text or "") if v is not None else ("", "", "")
         rows.append({"Item": it["key"], "Kind": it["kind"], "AI says": it["says"], "Verdict": d, "Reason": r, "Note": t,
                      "Model": f"{it['model']['id']} {it['model']['version']}"})  # fmt: skip
     edited = st.data_editor(

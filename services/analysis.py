@@ -15,6 +15,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from db import annotations as db_items
 from db import engine as dbe
 from db import repo
 from inference import postprocess
@@ -27,6 +28,7 @@ from viewer import dicom_io, export, windowing
 
 log = logging.getLogger(__name__)
 LUNGS, HEART, CLAVICLES = 1, 2, 3
+STRUCTURES = (("lungs", LUNGS), ("heart", HEART), ("clavicles", CLAVICLES))  # (name, value in the label map)
 BOX_THRESHOLD = 0.6  # Grad-CAM level that outlines a box; fixed per release, shown with the boxes
 CTR_LIMIT = 0.5
 AP_NOTE = "AP view: the heart is magnified, so the ratio overstates its size; less reliable than PA."
@@ -58,6 +60,15 @@ class Analysis:
     # The operating point per finding label in force now (an admin's edit, else the model's default), read
     # with the stored results so that one rerun of the viewer reads it once.
     thresholds: dict[str, float] = field(default_factory=dict)
+    # The stored predictions of the results above, {task: id}, and their stored items (prediction_items),
+    # {task: {(kind, key): item id}}: what verdicts point at. A task whose items could not be stored yet has
+    # none (its verdicts then go by their natural key, as before items existed).
+    prediction_ids: dict[str, int] = field(default_factory=dict)
+    item_ids: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)
+
+    def item_id(self, task: str, kind: str, key: str) -> int | None:
+        """The stored id of one AI statement of `task`'s result, or None."""
+        return self.item_ids.get(task, {}).get((kind, key))
 
     @property
     def models(self) -> list[dict]:
@@ -96,13 +107,78 @@ def anatomy_summary(label_map: np.ndarray) -> dict:
     return {
         "problems": postprocess.anatomy_problems(label_map, ctr),
         "area_fraction": {
-            name: float((label_map == i).mean()) for i, name in ((LUNGS, "lungs"), (HEART, "heart"), (CLAVICLES, "clavicles"))
+            name: float((label_map == i).mean()) for name, i in STRUCTURES
         },
         "ctr": None if ctr is None else {
             "ratio": ctr.ratio, "heart_row": ctr.heart_row, "heart_x0": ctr.heart_x0, "heart_x1": ctr.heart_x1,
             "thorax_row": ctr.thorax_row, "thorax_x0": ctr.thorax_x0, "thorax_x1": ctr.thorax_x1,
         },
     }  # fmt: skip
+
+
+def prediction_items(task: str, result: dict) -> list[dict]:
+    """The AI statements of one stored result, as prediction_items fields {kind, key, label, score, geometry}
+    (geometry JSON or None). Pure: the same result always gives the same items.
+
+    classification: a `finding` per label (score: its probability; geometry: its heatmap's store key) and a
+    `box` per box of every label (key "{label}#{i}", its place in the stored list, which never changes since a
+    prediction is never rewritten; score: the Grad-CAM level; geometry {x, y, w, h} in image pixels). Whether
+    a finding is positive, and so whether its boxes are shown, depends on thresholds an admin can change, so
+    every box is an item. segmentation: an `anatomy` item per structure (key lungs / heart / clavicles; score:
+    its area fraction; geometry: the label map's store key and the structure's value) and the `ctr` when
+    measured (score: the ratio; geometry: its measurement lines); the viewer offers it only while ctr_shown()
+    does.
+    bone_suppression: one `bone_suppression` item (geometry: the soft-tissue image's store key)."""
+    items: list[dict] = []
+
+    def add(kind: str, key: str, label: str | None = None, score: float | None = None, geometry=None) -> None:
+        items.append({
+            "kind": kind, "key": key, "label": label, "score": None if score is None else float(score),
+            "geometry": None if geometry is None else json.dumps(geometry, sort_keys=True),
+        })  # fmt: skip
+
+    if task == "classification":
+        heatmaps = result.get("heatmaps", {})
+        for label, p in result["probabilities"].items():
+            add("finding", label, label, p, {"heatmap": heatmaps[label]} if label in heatmaps else None)
+        for label, boxes in result.get("boxes", {}).items():
+            for i, b in enumerate(boxes):
+                add("box", f"{label}#{i}", label, b.get("score"), {k: b[k] for k in ("x", "y", "w", "h")})
+    elif task == "segmentation":
+        areas = result.get("area_fraction", {})
+        for name, value in STRUCTURES:
+            add("anatomy", name, name, areas.get(name), {"label_map": result["label_map"], "value": value})
+        if (ctr := result.get("ctr")) is not None:
+            add("ctr", "ctr", None, ctr["ratio"], {k: v for k, v in ctr.items() if k != "ratio"})
+    elif task == "bone_suppression":
+        add("bone_suppression", "bone_suppression", None, None, {"soft_tissue": result["soft_tissue"]})
+    return items
+
+
+def _store_prediction(s, task: str, result: dict, **fields) -> tuple[int, dict, dict[tuple[str, str], int]]:
+    """Store a computed result and its items in one transaction: (prediction id, the stored result, its item
+    ids). Where another reader stored the same prediction first, theirs is the one kept and returned."""
+    text = json.dumps(result)
+    row = repo.add_prediction(s, task=task, result=text, **fields)
+    stored = result if row.result == text else json.loads(row.result)
+    return row.id, stored, db_items.ensure_items(s, row.id, prediction_items(task, stored))
+
+
+def _store_older_items(
+    ctx: Context, missing: dict[str, tuple[int, list[dict]]]
+) -> dict[str, dict[tuple[str, str], int]]:
+    """The items of predictions stored before items existed ({task: (prediction id, its items)}), stored in
+    one write the first time they are shown. Where the database is busy they are left for the next view (their
+    verdicts go by natural key meanwhile) rather than keeping the reader from the results."""
+
+    def tx(s):
+        return {task: db_items.ensure_items(s, pid, items) for task, (pid, items) in missing.items()}
+
+    try:
+        return dbe.write(ctx.engine, tx)
+    except dbe.DatabaseBusy as exc:
+        log.warning("items of %d stored predictions not stored now: %s", len(missing), type(exc).__name__)
+        return {}
 
 
 def checked_anatomy(
@@ -219,7 +295,8 @@ def specs_for(
 
 
 def analyse_cached(ctx: Context, runner: Runner, image: dict) -> Analysis | None:
-    """The stored results when every available model has them already, else None (nothing is computed)."""
+    """The stored results when every available model has them already, else None (nothing is computed; the
+    items of predictions stored before items existed are stored, once)."""
     return analyse(ctx, runner, image, compute=False)
 
 
@@ -237,16 +314,26 @@ def analyse(
     out = Analysis(unavailable=unavailable)
     cached: dict[str, dict] = {}
     with dbe.read(ctx.engine) as s:
-        for task, spec in chosen.items():
-            row = repo.get_prediction(
-                s, image["pixel_sha256"], spec.model_id, spec.version, spec.weights_sha256
-            )
-            if row is not None:
+        refs = {task: (spec.model_id, spec.version, spec.weights_sha256) for task, spec in chosen.items()}
+        rows = repo.get_predictions(s, image["pixel_sha256"], list(refs.values()))
+        for task, ref in refs.items():
+            if (row := rows.get(ref)) is not None:
                 cached[task] = json.loads(row.result)
+                out.prediction_ids[task] = row.id
+        stored_items = db_items.items_of(s, out.prediction_ids.values())
         if (cls := chosen.get("classification")) is not None:
             out.thresholds = models_admin.thresholds_in_force(s, cls)
     if not compute and set(cached) != set(chosen):
         return None
+    out.item_ids = {t: stored_items[pid] for t, pid in out.prediction_ids.items() if pid in stored_items}
+    # Stored before items existed: their items are stored now, in one write, and never again.
+    older = {
+        t: (pid, items)
+        for t, pid in out.prediction_ids.items()
+        if t not in out.item_ids and (items := prediction_items(t, cached[t]))
+    }
+    if older:
+        out.item_ids |= _store_older_items(ctx, older)
     x = lungs = None
     for i, task in enumerate(TASKS):
         if task not in chosen:
@@ -264,15 +351,15 @@ def analyse(
             except ModelUnavailable as exc:
                 out.unavailable[exc.model_id] = exc.reason
                 continue
-            dbe.write(
+            pid, result, out.item_ids[task] = dbe.write(
                 ctx.engine,
-                lambda s, r=result, sp=spec, t=task: repo.add_prediction(
-                    s, pixel_sha256=image["pixel_sha256"], model_id=sp.model_id, model_version=sp.version,
-                    weights_sha256=sp.weights_sha256, task=t, device=str(runner.device),
-                    timings_ms=r["timings_ms"]["total"], result=json.dumps(r),
+                lambda s, r=result, sp=spec, t=task: _store_prediction(
+                    s, t, r, pixel_sha256=image["pixel_sha256"], model_id=sp.model_id,
+                    model_version=sp.version, weights_sha256=sp.weights_sha256, device=str(runner.device),
+                    timings_ms=r["timings_ms"]["total"],
                 ),
             )  # fmt: skip
-            cached[task] = result
+            cached[task], out.prediction_ids[task] = result, pid
             out.computed_now.append(spec.model_id)
             log.info("computed %s %s in %.0f ms", spec.model_id, spec.version, result["timings_ms"]["total"])
     if (anatomy := cached.get("segmentation")) is not None and "problems" not in anatomy:

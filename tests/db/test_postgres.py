@@ -13,7 +13,7 @@ from sqlalchemy import func, insert, inspect, select, text
 
 from db import accounts, repo
 from db import engine as dbe
-from db.models import Base, Image, Study, StudyStatus, User, utcnow
+from db.models import Base, Image, PredictionItem, Study, StudyStatus, User, utcnow
 from services import auth, importer
 from services.store import ImageStore
 
@@ -336,6 +336,72 @@ def test_eight_concurrent_writers_lose_nothing_and_duplicate_nothing(pg, pg_db_u
         assert counter.patient_age_years == 8 * 10
         assert s.scalar(select(func.count(User.id))) == 0
     assert dbe.retries["40001"] > retried  # the races really happened, and were run again
+
+
+def test_ai_items_are_stored_once_under_concurrent_first_views_and_verdicts_point_at_them(pg, pg_db_url):
+    """Eight readers open a study whose prediction has no items yet (stored before items existed): each stores
+    them in one unit; the losers of the race run again and find them, so every reader gets the same ids. A
+    verdict then points at its item, and one written before items existed gets the id when written again."""
+    from db import annotations
+    from services import verdicts
+
+    model = {"model_id": "cxr15_mobilenetv3", "model_version": "1.0.0", "weights_sha256": "0c" * 32}
+    auth.add_user(pg, "rad", "radiologist", "a-long-password")
+
+    def setup(s):
+        study = repo.get_or_create_study(s, "1.2.items")
+        image = repo.add_image(
+            s, study, source_format="png", file_sha256="0" * 64, pixel_sha256="1" * 64, file_size=1,
+            original_filename="x.png", rows=512, columns=512, bits_stored=8, photometric_interpretation="MONOCHROME2",
+        )  # fmt: skip
+        pred = repo.add_prediction(s, pixel_sha256="1" * 64, task="classification", device="cpu", timings_ms=1.0,
+                                   result="{}", **model)  # fmt: skip
+        return study.id, image.id, pred.id, accounts.get_user_by_name(s, "rad").id
+
+    study_id, image_id, pid, reader = dbe.write(pg, setup)
+    items = [
+        {"kind": "finding", "key": f"L{i}", "label": f"L{i}", "score": i / 20, "geometry": None} for i in range(14)
+    ]
+    box = '{"h": 4, "w": 3, "x": 1, "y": 2}'
+    items.append({"kind": "box", "key": "L1#0", "label": "L1", "score": 0.7, "geometry": box})
+    got, errors = [], []
+    start = threading.Barrier(8)
+
+    def first_view():
+        engine = dbe.make_engine(pg_db_url)
+        try:
+            start.wait()
+            got.append(dbe.write(engine, lambda s: annotations.ensure_items(s, pid, items)))
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=first_view) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(got) == 8 and all(g == got[0] for g in got) and len(got[0]) == 15
+    with dbe.read(pg) as s:
+        assert s.scalar(select(func.count()).select_from(PredictionItem)) == 15
+        ref = (model["model_id"], model["model_version"], model["weights_sha256"])
+        assert repo.get_predictions(s, "1" * 64, [ref, ("other", "1", "0" * 64)])[ref].id == pid
+
+    # an old verdict (no item id), then the viewer's quick key on the item
+    dbe.write(pg, lambda s: repo.upsert_verdict(s, repo.VerdictIn(
+        study_id=study_id, image_id=image_id, reader_id=reader, item_kind="finding", item_key="L3",
+        decision="accept", reason_code="other", **model)))  # fmt: skip
+    item = {"kind": "finding", "key": "L3", "item_id": got[0][("finding", "L3")],
+            "model": {"id": model["model_id"], "version": model["model_version"],
+                      "weights_sha256": model["weights_sha256"]}}  # fmt: skip
+    (mine,) = verdicts.of_reader(pg, image_id, reader)
+    assert mine.item_id is None and verdicts.finder([mine])(item) == mine
+    assert verdicts.set_decision(pg, study_id, image_id, reader, item, "reject") is True
+    with dbe.read(pg) as s:
+        (v,) = repo.verdicts_of(s, image_id, reader)
+        assert (v.decision.value, v.reason_code, v.prediction_item_id) == ("reject", "other", item["item_id"])
+        assert repo.find_verdict(s, image_id, reader, "finding", "?", "?", "?", item["item_id"]).id == v.id
 
 
 def test_writes_run_serializable_and_reads_stay_read_committed(pg):

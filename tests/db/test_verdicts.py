@@ -2,10 +2,10 @@ import threading
 
 from sqlalchemy import func, select
 
-from db import accounts, repo
+from db import accounts, annotations, repo
 from db import engine as dbe
-from db.models import Verdict, VerdictEvent
-from services import auth
+from db.models import PredictionItem, Verdict, VerdictEvent
+from services import auth, verdicts
 
 MODEL = {"model_id": "cxr15_mobilenetv3small_nih", "model_version": "1.0.0", "weights_sha256": "0c" * 32}
 
@@ -86,8 +86,6 @@ def test_sixteen_concurrent_writers_lose_nothing_and_duplicate_nothing(ctx):
 
 def test_a_quick_decision_keeps_the_readers_reason_and_note(ctx):
     """The A/X/U keys and quick buttons change only the decision (services.verdicts.set_decision)."""
-    from services import verdicts
-
     study_id, image_id, (reader,) = _setup(ctx)
     item = {"kind": "finding", "key": "Effusion", "model": {"id": MODEL["model_id"],
             "version": MODEL["model_version"], "weights_sha256": MODEL["weights_sha256"]}}  # fmt: skip
@@ -105,3 +103,72 @@ def test_a_quick_decision_keeps_the_readers_reason_and_note(ctx):
     assert (mine.item_kind, mine.item_key, mine.decision, mine.reason_code, mine.reason_text) == (
         "finding", "Effusion", "accept", "wrong_location", "left, not right"
     )  # fmt: skip
+
+
+def _stored_items(ctx) -> dict[tuple[str, str], int]:
+    """A stored prediction of MODEL on the image's pixels with two items, as services.analysis stores them."""
+
+    def tx(s):
+        p = repo.add_prediction(s, pixel_sha256="1" * 64, model_id=MODEL["model_id"],
+                                model_version=MODEL["model_version"], weights_sha256=MODEL["weights_sha256"],
+                                task="classification", device="cpu", timings_ms=1.0, result="{}")  # fmt: skip
+        return annotations.ensure_items(s, p.id, [
+            {"kind": "finding", "key": "Effusion", "label": "Effusion", "score": 0.71, "geometry": None},
+            {"kind": "box", "key": "Effusion#0", "label": "Effusion", "score": 0.8,
+             "geometry": '{"h": 40, "w": 30, "x": 100, "y": 200}'},
+        ])  # fmt: skip
+
+    return dbe.write(ctx.engine, tx)
+
+
+def _item(key: str, item_id: int | None) -> dict:
+    """An AI statement as screens/_ai_panel hands it to services.verdicts."""
+    kind = "box" if "#" in key else "finding"
+    return {"kind": kind, "key": key, "item_id": item_id, "model": {"id": MODEL["model_id"],
+            "version": MODEL["model_version"], "weights_sha256": MODEL["weights_sha256"]}}  # fmt: skip
+
+
+def test_items_are_stored_once_per_prediction(ctx):
+    _setup(ctx)
+    ids = _stored_items(ctx)
+    assert set(ids) == {("finding", "Effusion"), ("box", "Effusion#0")}
+    assert _stored_items(ctx) == ids  # the same prediction again: no new item, the same ids
+    with dbe.read(ctx.engine) as s:
+        assert s.scalar(select(func.count(PredictionItem.id))) == 2
+        (pid,) = set(s.scalars(select(PredictionItem.prediction_id)))
+        assert annotations.items_of(s, [pid, pid + 1]) == {pid: ids}  # a prediction without items is absent
+
+
+def test_a_verdict_records_the_item_it_judges_and_is_found_by_it(ctx):
+    study_id, image_id, (reader,) = _setup(ctx)
+    ids = _stored_items(ctx)
+    box = _item("Effusion#0", ids[("box", "Effusion#0")])
+    verdicts.save(ctx.engine, study_id, image_id, reader, [(box, "reject", "wrong location", "too high")])
+    with dbe.read(ctx.engine) as s:
+        (v,) = repo.verdicts_of(s, image_id, reader)
+        assert (v.item_kind, v.item_key, v.prediction_item_id) == ("box", "Effusion#0", box["item_id"])
+        # found by the item's id alone, whatever natural key the caller passes
+        assert repo.find_verdict(s, image_id, reader, "box", "?", "?", "?", box["item_id"]).id == v.id
+        assert repo.find_verdict(s, image_id, reader, "box", "?", "?", "?", ids[("finding", "Effusion")]) is None
+    assert verdicts.set_decision(ctx.engine, study_id, image_id, reader, box, "accept") is True
+    (mine,) = verdicts.of_reader(ctx.engine, image_id, reader)
+    assert (mine.item_id, mine.decision, mine.reason_code) == (box["item_id"], "accept", "wrong location")
+    find = verdicts.finder([mine])
+    assert find(box) == mine and find(_item("Effusion", ids[("finding", "Effusion")])) is None
+
+
+def test_a_verdict_written_before_items_existed_is_found_by_its_natural_key_and_then_gets_the_id(ctx):
+    study_id, image_id, (reader,) = _setup(ctx)
+    old = _verdict(study_id, image_id, reader, key="Effusion", decision="accept", reason_text="large, left")
+    dbe.write(ctx.engine, lambda s: repo.upsert_verdict(s, old))  # no item id, as before items were stored
+    ids = _stored_items(ctx)
+    finding = _item("Effusion", ids[("finding", "Effusion")])
+    (mine,) = verdicts.of_reader(ctx.engine, image_id, reader)
+    assert mine.item_id is None and verdicts.finder([mine])(finding) == mine  # the viewer still shows it
+    assert verdicts.set_decision(ctx.engine, study_id, image_id, reader, finding, "accept") is False  # unchanged
+    assert verdicts.set_decision(ctx.engine, study_id, image_id, reader, finding, "reject") is True
+    with dbe.read(ctx.engine) as s:
+        (v,) = repo.verdicts_of(s, image_id, reader)  # the same row, now pointing at the item
+        assert (v.decision.value, v.reason_text) == ("reject", "large, left")
+        assert v.prediction_item_id == finding["item_id"]
+        assert [e.decision.value for e in repo.verdict_events(s, v.id)] == ["accept", "reject"]

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from db import accounts, repo
 from db import engine as dbe
-from db.models import Prediction
+from db.models import Prediction, PredictionItem
 from tests.conftest import SHARED
 from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data
 
@@ -188,8 +188,12 @@ def test_ai_overlays_keyboard_verdicts_survive_a_reload(browser, app, record_err
     with dbe.read(ctx.engine) as s:
         image_id = repo.study_images(s, study_id)[0].id
         reader = accounts.get_user_by_name(s, "rad").id
-        saved = {(v.item_key, v.decision.value) for v in repo.verdicts_of(s, image_id, reader)}
+        mine = repo.verdicts_of(s, image_id, reader)
+        saved = {(v.item_key, v.decision.value) for v in mine}
+        # each points at the stored AI statement it judges
+        judged = {v.item_key: getattr(s.get(PredictionItem, v.prediction_item_id or 0), "key", None) for v in mine}
     assert saved == {(first, "accept"), (second, "reject")}
+    assert judged == {first: first, second: second}
 
     # A reload keeps the reader signed in (the session cookie); open the study: the verdicts are still there.
     page.reload()

@@ -220,3 +220,72 @@ def test_an_open_tab_loses_its_session_at_the_next_action_when_it_ends_elsewhere
     assert at.session_state["signed_in"].role == "researcher"
     links = [link.label for link in at.sidebar.get("page_link")]
     assert links == ["Worklist", "Viewer", "Labelling tasks", "Account"]  # a researcher has no Import
+
+
+def test_verdicts_written_before_items_existed_still_show_and_then_point_at_their_items(env, shared_data):
+    """Results and verdicts stored before AI statements were items: the viewer stores the items on the first view
+    (one write), shows the old verdicts where they belong (a verdict on the whole anatomy as its own row), and a
+    quick verdict on an old one updates that row, which then points at its item."""
+    from sqlalchemy import delete, func, select
+
+    from db import accounts, repo
+    from db import engine as dbe
+    from db.models import Prediction, PredictionItem
+
+    (r,) = importer.import_paths(
+        env.engine, env.store, [shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"], max_bytes=2**30
+    )
+    at = signed_in("rad", "radiologist-pw")
+    at.session_state["study_id"] = r.study_id
+    at.switch_page("screens/review.py").run()
+    at.toggle(key=f"ai_on_{r.study_id}").set_value(True).run(timeout=180)  # the models run; items stored too
+    assert not at.exception
+    with dbe.read(env.engine) as s:
+        reader = accounts.get_user_by_name(s, "rad").id
+        image_id = repo.study_images(s, r.study_id)[0].id
+        assert s.scalar(select(func.count()).select_from(PredictionItem)) > 0  # stored with the predictions
+        model = {p.task: (p.model_id, p.model_version, p.weights_sha256) for p in s.scalars(select(Prediction))}
+    top = _verdict_table(at)[0]["Item"]  # the highest-ranked finding, the first statement in focus
+    old = [("finding", top, "classification", "accept", None, "seen before"),
+           ("anatomy", "anatomy", "segmentation", "reject", "anatomy boundary wrong", "left clavicle"),
+           ("ctr", "ctr", "segmentation", "uncertain", None, None)]  # fmt: skip
+
+    def as_before_items(s):
+        s.execute(delete(PredictionItem))
+        for kind, key, task, decision, code, note in old:
+            model_id, version, sha = model[task]
+            repo.upsert_verdict(s, repo.VerdictIn(
+                study_id=r.study_id, image_id=image_id, reader_id=reader, item_kind=kind, item_key=key,
+                decision=decision, model_id=model_id, model_version=version, weights_sha256=sha,
+                reason_code=code, reason_text=note,
+            ))  # fmt: skip
+
+    dbe.write(env.engine, as_before_items)
+    at.run()
+    assert not at.exception
+    with dbe.read(env.engine) as s:
+        items = {(i.kind, i.key): i.id for i in s.scalars(select(PredictionItem))}
+    assert {("finding", top), ("anatomy", "lungs"), ("anatomy", "heart"), ("anatomy", "clavicles"), ("ctr", "ctr"),
+            ("bone_suppression", "bone_suppression")} <= set(items)  # fmt: skip
+    shown = {r["Item"]: (r["Kind"], r["Verdict"], r["Reason"], r["Note"]) for r in _verdict_table(at)}
+    assert shown[top] == ("finding", "accept", "", "seen before")
+    assert shown["anatomy"] == ("anatomy", "reject", "anatomy boundary wrong", "left clavicle")
+    assert [shown[s][1] for s in ("lungs", "heart", "clavicles")] == ["", "", ""]
+    assert shown["ctr"] == ("ctr", "uncertain", "", "")
+    assert any(f"**{top}**" in m.value and "your verdict: **accept**" in m.value for m in at.markdown)
+
+    at.button(key="quick_reject").click().run()
+    assert not at.exception
+    with dbe.read(env.engine) as s:
+        rows = {(v.item_kind, v.item_key): (v.decision.value, v.reason_text, v.prediction_item_id)
+                for v in repo.verdicts_of(s, image_id, reader)}  # fmt: skip
+    assert len(rows) == 3  # the old row was updated, not a second one added
+    assert rows[("finding", top)] == ("reject", "seen before", items[("finding", top)])
+    assert rows[("anatomy", "anatomy")] == ("reject", "left clavicle", None)  # no item of its own any more
+    assert {row["Item"]: row["Verdict"] for row in _verdict_table(at)}[top] == "reject"
+
+
+def _verdict_table(at) -> list[dict]:
+    """The rows of the viewer's verdict table (a data editor) as the reader sees them."""
+    (table,) = [d.value for d in at.dataframe if "Verdict" in d.value.columns]
+    return table.fillna("").to_dict("records")

@@ -1,6 +1,7 @@
 """services.analysis on a real imported study, a real SQLite file and the real models; services.reporting on the
 verdicts a reader stores. The models run once per module (about a second on CPU)."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -8,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, event, func, select
 
 from db import accounts, repo
 from db import engine as dbe
-from db.models import Prediction, Role
+from db.models import Prediction, PredictionItem, Role
 from inference.postprocess import LUNGS, clip_to_mask
 from inference.registry import Registry
 from inference.runner import Runner
@@ -105,6 +106,102 @@ def test_second_visit_computes_nothing_and_returns_the_same(ctx, runner, first, 
     assert again.timings_ms == first.timings_ms
     # analyse() itself finds everything stored too.
     assert analysis.analyse(ctx, runner, study["image"]).computed_now == [] and _count(ctx) == before
+
+
+@contextlib.contextmanager
+def _statements(engine):
+    """The SQL statements sent while the block runs (SQLite: a write transaction starts "BEGIN IMMEDIATE")."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def _writes(seen: list[str]) -> list[str]:
+    writing = ("BEGIN", "INSERT", "UPDATE", "DELETE")
+    return [q for q in seen if q.split()[0].upper() in writing and q != "BEGIN DEFERRED"]
+
+
+def _stored_items(ctx, prediction_ids) -> dict[int, dict[tuple[str, str], tuple]]:
+    with dbe.read(ctx.engine) as s:
+        rows = s.scalars(select(PredictionItem).where(PredictionItem.prediction_id.in_(list(prediction_ids))))
+        out: dict[int, dict[tuple[str, str], tuple]] = {}
+        for r in rows:
+            out.setdefault(r.prediction_id, {})[(r.kind, r.key)] = (r.id, r.label, r.score, r.geometry)
+        return out
+
+
+def test_every_ai_statement_is_a_stored_item_with_a_stable_id(ctx, runner, first, study):
+    results = {"classification": first.findings, "segmentation": first.anatomy, "bone_suppression": first.bone}
+    assert set(first.prediction_ids) == set(results)
+    stored = _stored_items(ctx, first.prediction_ids.values())
+    for task, result in results.items():
+        mine = stored[first.prediction_ids[task]]
+        # stored with the prediction, exactly the items derived from its result, and handed to the viewer
+        assert {k: v[1:] for k, v in mine.items()} == {
+            (it["kind"], it["key"]): (it["label"], it["score"], it["geometry"])
+            for it in analysis.prediction_items(task, result)
+        }
+        assert first.item_ids[task] == {k: v[0] for k, v in mine.items()}
+    f = first.findings
+    findings = {k: v for k, v in stored[first.prediction_ids["classification"]].items() if k[0] == "finding"}
+    assert {k[1]: v[2] for k, v in findings.items()} == pytest.approx(f["probabilities"])
+    classification = stored[first.prediction_ids["classification"]]
+    boxes = {k[1]: json.loads(v[3]) for k, v in classification.items() if k[0] == "box"}
+    assert len(boxes) == sum(map(len, f["boxes"].values())) > 0
+    label = next(k for k, v in f["boxes"].items() if v)
+    assert boxes[f"{label}#0"] == {k: f["boxes"][label][0][k] for k in ("x", "y", "w", "h")}
+    anatomy = stored[first.prediction_ids["segmentation"]]
+    assert {k: v[2] for k, v in anatomy.items() if k[0] == "anatomy"} == pytest.approx(
+        {("anatomy", name): frac for name, frac in first.anatomy["area_fraction"].items()}
+    )
+    assert anatomy[("ctr", "ctr")][2] == pytest.approx(first.anatomy["ctr"]["ratio"])
+    assert list(stored[first.prediction_ids["bone_suppression"]]) == [("bone_suppression", "bone_suppression")]
+
+    # A revisit (and a second analyse) reads the same ids and writes nothing.
+    with _statements(ctx.engine) as seen:
+        again = analysis.analyse_cached(ctx, runner, study["image"])
+        assert analysis.analyse(ctx, runner, study["image"]).item_ids == first.item_ids
+    assert again.item_ids == first.item_ids and _writes(seen) == []
+    assert _stored_items(ctx, first.prediction_ids.values()) == stored
+
+
+def test_predictions_stored_before_items_get_them_in_one_write_on_their_first_view(ctx, runner, first, study):
+    # The same results stored, as before items existed, for other pixels: no items yet.
+    older = {"pixel_sha256": "e" * 64, "file_sha256": study["image"]["file_sha256"], "view": None}
+
+    def copy(s):
+        for row in s.scalars(select(Prediction).where(Prediction.id.in_(list(first.prediction_ids.values())))):
+            s.add(Prediction(pixel_sha256=older["pixel_sha256"], model_id=row.model_id,
+                             model_version=row.model_version, weights_sha256=row.weights_sha256, task=row.task,
+                             device=row.device, timings_ms=row.timings_ms, result=row.result))  # fmt: skip
+
+    dbe.write(ctx.engine, copy)
+    try:
+        with _statements(ctx.engine) as seen:
+            shown = analysis.analyse_cached(ctx, runner, older)
+        writes = _writes(seen)
+        assert writes[0] == "BEGIN IMMEDIATE" and writes.count("BEGIN IMMEDIATE") == 1  # one transaction
+        assert all(q.startswith("INSERT INTO prediction_items") for q in writes[1:])
+        assert shown.computed_now == [] and set(shown.item_ids) == set(first.item_ids)
+        # the same statements as the results stored with items, under ids of their own
+        assert {t: set(ids) for t, ids in shown.item_ids.items()} == {t: set(ids) for t, ids in first.item_ids.items()}
+        stored = _stored_items(ctx, shown.prediction_ids.values())
+        ids = {t: {k: v[0] for k, v in stored[pid].items()} for t, pid in shown.prediction_ids.items()}
+        assert ids == shown.item_ids
+        # ...and never again.
+        with _statements(ctx.engine) as seen:
+            again = analysis.analyse_cached(ctx, runner, older)
+        assert _writes(seen) == [] and again.item_ids == shown.item_ids
+    finally:
+        # (its items go with it: ON DELETE CASCADE)
+        dbe.write(ctx.engine, lambda s: s.execute(delete(Prediction).where(Prediction.pixel_sha256 == "e" * 64)))
 
 
 def test_the_thresholds_in_force_come_with_the_stored_results(ctx, runner, first, study, reader):
