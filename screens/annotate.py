@@ -27,7 +27,7 @@ tasks = labelling.tasks_of(ctx, user.user_id)
 if not tasks:
     st.info("You are not a reader of any labelling task yet. Admins and researchers make tasks on the Labelling tasks page.")
     st.stop()
-task = st.selectbox("Task", tasks, format_func=lambda t: f"{t.name} ({t.n_images} images)", key="ann_task")
+task = st.selectbox("Task", tasks, format_func=lambda t: f"{t.name} ({t.n_images} image{'s' * (t.n_images != 1)})", key="ann_task")
 p = labelling.progress(ctx, task.id)
 st.caption(
     f"{p.done} of {p.images} images done · finals {p.finals} · you submitted {p.per_reader.get(user.username, 0)} · "

@@ -4,6 +4,10 @@ image blinded; the adjudicator sets the final; the final exports as a DICOM SEG 
 
 from __future__ import annotations
 
+import re
+import zipfile
+
+import highdicom as hd
 import numpy as np
 import pytest
 
@@ -47,6 +51,20 @@ def _image_id(ctx):
 
     with dbe.read(ctx.engine) as s:
         return s.scalar(text("SELECT id FROM images"))
+
+
+def _pick(page, label, option):
+    """Choose in a select box; a click that lands while the page is redrawing does not open it, so try again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(3):
+        page.get_by_label(label, exact=True).click()
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
 
 
 def _sign_in(page, url, name):
@@ -205,15 +223,31 @@ def test_annotate_reload_submit_blinded_second_reader_and_final(browser, app, re
     assert final.status == "final" and final.reader == "adj" and len(final.boxes) == 1
     np.testing.assert_array_equal(annotations.load_label_map(ctx, final.label_map_sha256), lm)
 
-    # The final exports as a DICOM SEG whose mask is the stored label map.
+    # The final downloads in the browser (Labelling tasks page) as a DICOM SEG whose mask is the stored label map.
+    boss = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True).new_page()
+    boss_errors = record_errors(boss)
+    _sign_in(boss, url, "boss")
+    boss.get_by_role("link", name="Labelling tasks").click()
+    boss.get_by_role("button", name="Build export").wait_for(timeout=30_000)
+    _idle(boss)
+    _pick(boss, "Format", "DICOM SEG")
+    _idle(boss)
+    boss.get_by_role("button", name="Build export").click()
+    button = boss.get_by_role("button", name=re.compile(r"^Download .*seg"))
+    with boss.expect_download() as download:
+        button.click()
     out = ARTIFACTS / "annotate-seg"
-    results = exports.write(ctx, "seg", exports.gather(ctx, "final", task.id, []), out)
-    assert [r.status for r in results] == ["exported"]
-    np.testing.assert_array_equal(exports.label_map_of(out / results[0].files[-1]), lm)
+    with zipfile.ZipFile(download.value.path()) as z:
+        z.extractall(out)
+        [seg_name] = [n for n in z.namelist() if n.endswith(".seg.dcm")]
+    seg = hd.seg.segread(out / seg_name)
+    assert seg.SegmentSequence[0].SegmentLabel == "lungs"
+    np.testing.assert_array_equal(exports.label_map_of(out / seg_name), lm)
+    boss.screenshot(path=ARTIFACTS / "annotate-05-seg-download.png", full_page=True)
 
-    for p in (page, bob, adj):
+    for p in (page, bob, adj, boss):
         assert "Traceback" not in p.content()
-    assert errors == [] and bob_errors == [] and adj_errors == []
+    assert errors == [] and bob_errors == [] and adj_errors == [] and boss_errors == []
 
 
 def test_edits_made_while_the_connection_is_down_come_back_after_the_tab_is_reopened(browser, app, shared_data):
@@ -240,8 +274,7 @@ def test_edits_made_while_the_connection_is_down_come_back_after_the_tab_is_reop
     page = context.new_page()
     _sign_in(page, url, "ann")
     page.get_by_role("link", name="Annotate").click()
-    page.get_by_label("Task").click()
-    page.get_by_role("option", name="connection (1 images)").click()
+    _pick(page, "Task", "connection (1 image)")
     frame = page.frame_locator(VIEWER_FRAME)
     frame.get_by_role("button", name="Box", exact=True).wait_for(timeout=30_000)
     _idle(page)
@@ -263,8 +296,7 @@ def test_edits_made_while_the_connection_is_down_come_back_after_the_tab_is_reop
     page.goto(url)  # still signed in: the session cookie stays in the browser
     page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
     page.get_by_role("link", name="Annotate").click()
-    page.get_by_label("Task").click()
-    page.get_by_role("option", name="connection (1 images)").click()
+    _pick(page, "Task", "connection (1 image)")
     page.frame_locator(VIEWER_FRAME).get_by_text("Unsaved edits from before the connection was lost").wait_for(timeout=30_000)
     _wait_for(lambda: len(_head(ctx, task, "ann").boxes) == 2, page)
     page.screenshot(path=ARTIFACTS / "annotate-04-restored.png", full_page=True)
