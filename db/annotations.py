@@ -235,3 +235,12 @@ def image_ref(s: Session, ref: str) -> Image | None:
         or s.scalar(select(Image).where(Image.pixel_sha256 == ref.lower()).order_by(Image.id).limit(1))
         or s.scalar(select(Image).where(Image.original_filename == ref).order_by(Image.id).limit(1))
     )
+
+
+def task_ids_of_image(s: Session, image_id: int) -> list[int | None]:
+    """The tasks whose annotations cover an image (None: annotations made without a task)."""
+    return list(s.scalars(select(AnnotationVersion.task_id).where(AnnotationVersion.image_id == image_id).distinct()))
+
+
+def task_names(s: Session, ids: Iterable[int]) -> dict[int, str]:
+    return dict(s.execute(select(LabellingTask.id, LabellingTask.name).where(LabellingTask.id.in_(list(ids)))).all())

@@ -461,3 +461,15 @@ def save_report(s: Session, study_id: int, reader_id: int, text: str) -> None:
         row = Report(study_id=study_id, reader_id=reader_id, text=text)
         s.add(row)
     row.text, row.updated_at = text, utcnow()
+
+
+def verdicts_on_image(s: Session, image_id: int) -> list[tuple[Verdict, str]]:
+    """Every reader's current verdicts on an image, with the reader's name, newest first."""
+    return list(
+        s.execute(
+            select(Verdict, User.username)
+            .join(User, User.id == Verdict.reader_id)
+            .where(Verdict.image_id == image_id)
+            .order_by(Verdict.updated_at.desc(), Verdict.id.desc())
+        ).tuples()
+    )

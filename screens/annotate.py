@@ -218,10 +218,14 @@ if mode == "Adjudicate":
         f"{names[i]} · {len(readers_of[i])} reading(s)" + (" · final set" if i in finals else "")))  # fmt: skip
     im = image_row(image_id)
     versions = readers_of[image_id]
+    ai = annotations.ai_scores(ctx, im["pixel_sha256"])  # stored results only: adjudication runs no model
     table = [{"finding": f, **{v.reader: v.labels.get(f, "") for v in versions},
+              **({f"AI {ai[0]}": round(ai[1][f], 3) if f in ai[1] else None} if ai else {}),
               "final": finals[image_id].labels.get(f, "") if image_id in finals else ""}
              for f in [*task.findings, vocabulary.NO_FINDING]]  # fmt: skip
     st.dataframe(table, hide_index=True, width="stretch")
+    st.caption(f"AI scores: {ai[0]}, Research use only." if ai else "No stored AI result for this image (a reader's "
+               "'Start from the AI proposal' stores one).")  # fmt: skip
     shapes = [
         {"type": "rect", "x0": b["x"], "y0": b["y"], "x1": b["x"] + b["w"], "y1": b["y"] + b["h"],
          "color": READER_COLOURS[n % len(READER_COLOURS)], "label": f"{v.reader}: {b['label']}"}

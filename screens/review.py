@@ -4,6 +4,7 @@ from db import engine as dbe
 from db import repo
 from screens import _ai_panel, _deps, _keys, _signin
 from screens._canvas import image_canvas, requested_window
+from services import annotations, verdicts
 from viewer import dicom_io, geometry, windowing
 
 user = _signin.require_page("review")
@@ -240,4 +241,26 @@ if ai is not None:
     st.markdown("**Your verdicts** (one per AI statement; changes are kept in the audit trail)")
     _ai_panel.verdicts(ai, study_id, ai_image, user, mine)
     _ai_panel.report(ai, study_id, ai_image, user, mine)
+if user.role in ("researcher", "admin"):
+    with st.expander("Every reader's verdicts and annotations of this image (who and when)"):
+        if judged := verdicts.on_image(ctx.engine, im["id"]):
+            st.dataframe(
+                [{"Reader": j.reader, "Item": j.item_key, "Kind": j.item_kind, "Model": j.model,
+                  "Verdict": j.decision, "Reason": j.reason_code or "", "Note": j.reason_text or "",
+                  "When": f"{j.at.astimezone():%Y-%m-%d %H:%M}"} for j in judged],
+                hide_index=True, width="stretch",
+            )  # fmt: skip
+        else:
+            st.caption("No reader has judged an AI statement on this image.")
+        if versions := annotations.on_image(ctx, im["id"]):
+            st.dataframe(
+                [{"Task": v.extra["task"], "Reader": v.reader, "Status": v.status, "Version": v.id,
+                  "Saved": f"{v.created_at.astimezone():%Y-%m-%d %H:%M}",
+                  "Present": ", ".join(k for k, x in v.labels.items() if x == "present"),
+                  "Uncertain": ", ".join(k for k, x in v.labels.items() if x == "uncertain"),
+                  "Boxes": len(v.boxes), "Label map": "yes" if v.label_map_sha256 else ""} for v in versions],
+                hide_index=True, width="stretch",
+            )  # fmt: skip
+        else:
+            st.caption("No annotation of this image yet.")
 _keys.enable()  # after a click on a checkbox or list, the shortcuts work again

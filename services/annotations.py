@@ -341,3 +341,26 @@ def ai_proposal(ctx: Context, runner, image: dict, findings: tuple[str, ...], st
         full = analysis.label_map(ctx, a)
         lm = np.where(np.isin(full, keep), full, 0).astype(np.uint8)
     return Proposal(labels, boxes, lm, prediction_id, result.models)
+
+
+def on_image(ctx: Context, image_id: int) -> list[Version]:
+    """The newest version of every line of an image, in every task (readers' work and finals), oldest first."""
+    with dbe.read(ctx.engine) as s:
+        rows = [v for t in repo.task_ids_of_image(s, image_id) for v in repo.heads(s, t, [image_id])]
+        names = repo.user_names(s, {r.reader_id for r in rows})
+        tasks = repo.task_names(s, {r.task_id for r in rows if r.task_id is not None})
+        out = []
+        for r in sorted(rows, key=lambda r: r.id):
+            v = as_version(r, names[r.reader_id])
+            v.extra["task"] = tasks.get(r.task_id, "")
+            out.append(v)
+        return out
+
+
+def ai_scores(ctx: Context, pixel_sha256: str) -> tuple[str, dict[str, float]] | None:
+    """The newest stored classifier result of an image's pixels: ("model@version", {finding: probability})."""
+    with dbe.read(ctx.engine) as s:
+        preds = repo.predictions_of(s, pixel_sha256, "classification")
+        if not preds:
+            return None
+        return f"{preds[-1].model_id}@{preds[-1].model_version}", json.loads(preds[-1].result)["probabilities"]

@@ -33,6 +33,9 @@ class Reading:
     boxes: list[dict]  # {label, x, y, w, h, score?}
     label_map: np.ndarray | None = None
     models: dict[str, dict] = field(default_factory=dict)  # task: {id, version, weights_sha256}: AI readings
+    version_id: int | None = None  # the annotation version read, with its status and time (readers' readings)
+    status: str | None = None
+    saved_at: str | None = None
 
     @property
     def is_ai(self) -> bool:

@@ -102,6 +102,7 @@ def gather(ctx: Context, source: str, task_id: int | None, study_uids: list[str]
             dicom_objects.Reading(
                 observer=v.reader, labels=v.labels, boxes=v.boxes,
                 label_map=annotations.load_label_map(ctx, v.label_map_sha256) if v.label_map_sha256 else None,
+                version_id=v.id, status=v.status, saved_at=v.created_at.isoformat(timespec="seconds"),
             )
             for v in by_image[img["id"]]
         ]))  # fmt: skip
@@ -190,15 +191,15 @@ def _write_csv(items: list[Item], out_dir: Path) -> list[Exported]:
     names = [*vocabulary.FINDINGS, vocabulary.NO_FINDING]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(
-        ["image", "sop_instance_uid", "pixel_sha256", "reader", "model", "weights_sha256", "boxes", *names]
-    )
+    w.writerow(["image", "sop_instance_uid", "pixel_sha256", "reader", "version", "status", "saved_at_utc", "model",
+                "weights_sha256", "boxes", *names])  # fmt: skip
     for item in items:
         for r in item.readings:
             model = r.models.get("classification")
             w.writerow([
                 item.image["original_filename"], item.image["sop_instance_uid"] or "", item.image["pixel_sha256"],
-                r.observer, f"{model['id']}@{model['version']}" if model else "", model["weights_sha256"] if model else "",
+                r.observer, r.version_id or "", r.status or "", r.saved_at or "",
+                f"{model['id']}@{model['version']}" if model else "", model["weights_sha256"] if model else "",
                 len(r.boxes), *(r.labels.get(n, "") for n in names),
             ])  # fmt: skip
     write_atomic(out_dir / "labels.csv", buf.getvalue().encode(), mode=OUT_MODE)

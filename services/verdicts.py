@@ -5,6 +5,7 @@ the item's id and is found by it; one written before items were stored (no id) i
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -95,3 +96,27 @@ def set_decision(engine: Engine, study_id: int, image_id: int, reader_id: int, i
         return True
 
     return dbe.write(engine, tx)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A reader's verdict as the researcher sees it: who, on what, when."""
+
+    reader: str
+    item_kind: str
+    item_key: str
+    model: str
+    decision: str
+    reason_code: str | None
+    reason_text: str | None
+    at: dt.datetime
+
+
+def on_image(engine: Engine, image_id: int) -> list[Judged]:
+    """Every reader's current verdicts on one image (their history is in verdict_events), newest first."""
+    with dbe.read(engine) as s:
+        return [
+            Judged(name, v.item_kind, v.item_key, f"{v.model_id}@{v.model_version}", v.decision.value, v.reason_code,
+                   v.reason_text, v.updated_at)  # fmt: skip
+            for v, name in repo.verdicts_on_image(s, image_id)
+        ]

@@ -289,3 +289,44 @@ def _verdict_table(at) -> list[dict]:
     """The rows of the viewer's verdict table (a data editor) as the reader sees them."""
     (table,) = [d.value for d in at.dataframe if "Verdict" in d.value.columns]
     return table.fillna("").to_dict("records")
+
+
+def test_a_researcher_sees_every_readers_verdicts_and_annotations_with_who_and_when(env, shared_data):
+    """The viewer shows a researcher who judged which AI statement and who annotated the image, and when; a
+    radiologist sees only their own verdicts there."""
+    from sqlalchemy import select
+
+    from db import accounts, repo
+    from db import engine as dbe
+    from services import annotations, verdicts
+    from services.auth import SignedIn
+
+    (r,) = importer.import_paths(
+        env.engine, env.store, [shared_data / "dicom" / "siim_cr_chest_pa_1024_jpeg_mono2.dcm"], max_bytes=2**30
+    )
+    with dbe.read(env.engine) as s:
+        rad = accounts.get_user_by_name(s, "rad").id
+        boss = accounts.get_user_by_name(s, "boss").id
+        image_id = repo.study_images(s, r.study_id)[0].id
+    item = {"kind": "finding", "key": "Effusion", "model": {"id": "m", "version": "1.0", "weights_sha256": "0" * 64}}
+    verdicts.save(env.engine, r.study_id, image_id, rad, [(item, "reject", "not seen", "clear angles")])
+    annotations.save(env, SignedIn(boss, "boss", "admin", False), image_id, status="submitted",
+                     labels={"Mass": "present", "Effusion": "absent"})  # fmt: skip
+    at = signed_in("res", "researcher-pw")
+    at.session_state["study_id"] = r.study_id
+    at.switch_page("screens/review.py").run()
+    assert not at.exception
+    tables = [d.value for d in at.dataframe]
+    judged = next(t for t in tables if "Verdict" in t.columns and "Reader" in t.columns)
+    assert judged.iloc[0][["Reader", "Item", "Verdict", "Reason", "Note"]].tolist() == [
+        "rad", "Effusion", "reject", "not seen", "clear angles"]  # fmt: skip
+    assert judged.iloc[0]["When"].startswith("20")
+    labels = next(t for t in tables if "Status" in t.columns and "Present" in t.columns)
+    assert labels.iloc[0][["Reader", "Status", "Present"]].tolist() == ["boss", "submitted", "Mass"]
+    with dbe.read(env.engine) as s:
+        assert s.scalar(select(repo.Verdict.reader_id)) == rad
+
+    at = signed_in("rad", "radiologist-pw")
+    at.session_state["study_id"] = r.study_id
+    at.switch_page("screens/review.py").run()
+    assert not any("Reader" in d.value.columns for d in at.dataframe)

@@ -288,6 +288,7 @@ def test_csv_and_coco_exports(world):
     assert {r["image"] for r in rows} == set(names) and all(
         r["Mass"] == "present" and r["reader"] == "ann" for r in rows
     )
+    assert all(r["status"] == "submitted" and r["version"].isdigit() and r["saved_at_utc"].startswith("20") for r in rows)
     code, lines, _ = run(env, "export", "--format", "coco", "--source", "reader:ann", "--out", tmp / "o")
     doc = json.loads((tmp / "o" / "annotations.coco.json").read_text())
     assert {i["file_name"] for i in doc["images"]} == set(names)
