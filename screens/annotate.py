@@ -9,9 +9,11 @@ import numpy as np
 import streamlit as st
 
 from db import engine as dbe
+from db.engine import DatabaseBusy
 from db.models import Image
 from screens import _deps, _signin
 from screens._canvas import image_canvas, requested_window
+from screens._table import plain
 from services import annotations, labelling, vocabulary
 from services.annotations import AnnotationError, NotAllowed
 from viewer import dicom_io
@@ -70,7 +72,7 @@ def labels_form(key: str, current: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def editor(im: dict, key: str, state: dict, shapes: list[dict] | None = None) -> dict | None:
+def editor(im: dict, key: str, state: dict, shapes: list[dict] | None = None, backup: bool = True) -> dict | None:
     # Windowing as in the viewer: a W/L drag re-renders the picture from the stored values at full bit depth.
     image_id = f"annotate-{im['id']}"
     window = requested_window(key, width=im["columns"], height=im["rows"], image_id=image_id)
@@ -81,7 +83,9 @@ def editor(im: dict, key: str, state: dict, shapes: list[dict] | None = None) ->
         image_id=image_id, shapes=shapes or [], window=shown,
         value_range=_deps.value_range(im["file_sha256"]),
         annotate={"token": state["token"], "labels": list(task.boxes), "structures": structures(),
-                  "boxes": state["boxes"], "mask": mask_png(state["mask"]), "acked_seq": state["seq"]},
+                  "boxes": state["boxes"], "mask": mask_png(state["mask"]), "acked_seq": state["seq"],
+                  "version": state["parent"],
+                  "backup_key": f"cxr-annotate:{user.user_id}:{task.id}:{im['id']}" if backup else None},
     )  # fmt: skip
     st.caption("Box (B), Brush (R), Eraser (E), Polygon (G); 1-9 pick the label or structure; [ ] brush size; "
                "Ctrl+Z / Ctrl+Y undo and redo; wheel to zoom, middle button to pan.")  # fmt: skip
@@ -122,32 +126,38 @@ if mode == "Read":
     if skey not in st.session_state:
         st.session_state[skey] = open_state(image_id, annotations.head(ctx, image_id, task.id, user.user_id))
     state = st.session_state[skey]
-    st.subheader(f"{im['name']}")
+    st.subheader(plain(im["name"]))
     saved_line = st.empty()  # filled at the end of the run, after this run's autosave
 
     c1, c2, _ = st.columns([1.3, 1, 3])
     if c1.button("Start from the AI proposal", help="Replaces your draft (kept in the history) with what the AI "
                  "says: findings at the operating points in force, boxes of positive findings, the anatomy outlines. "
                  "Research use only."):  # fmt: skip
-        with st.spinner("Running the AI models…"):
-            prop = annotations.ai_proposal(ctx, _deps.runner(), im, task.findings, task.structures)
         try:
+            with st.spinner("Running the AI models…"):
+                prop = annotations.ai_proposal(ctx, _deps.runner(), im, task.findings, task.structures)
             saved = annotations.save(
                 ctx, user, image_id, task_id=task.id, labels=prop.labels, boxes=prop.boxes,
                 label_map=prop.label_map if prop.label_map is not None else _blank(im),
                 parent_id=state["parent"], proposal_prediction_id=prop.prediction_id, note="AI proposal",
             )  # fmt: skip
-        except (AnnotationError, NotAllowed) as exc:
+        except (AnnotationError, NotAllowed, DatabaseBusy) as exc:
             st.error(str(exc))
+        except dicom_io.ImageRejected as exc:
+            st.error(f"The AI cannot read this image: {exc.message}")
         else:
             say(saved, "The AI proposal is your draft")
             st.session_state[skey] = open_state(image_id, annotations.head(ctx, image_id, task.id, user.user_id))
             st.rerun()
     if c2.button("Start empty", help="A new empty draft (the old one stays in the history)"):
-        saved = annotations.save(ctx, user, image_id, task_id=task.id, labels={}, boxes=[], polygons=[],
-                                 label_map=_blank(im), parent_id=state["parent"])  # fmt: skip
-        st.session_state[skey] = open_state(image_id, annotations.head(ctx, image_id, task.id, user.user_id))
-        st.rerun()
+        try:
+            annotations.save(ctx, user, image_id, task_id=task.id, labels={}, boxes=[], polygons=[],
+                             label_map=_blank(im), parent_id=state["parent"])  # fmt: skip
+        except (AnnotationError, NotAllowed, DatabaseBusy) as exc:
+            st.error(str(exc))
+        else:
+            st.session_state[skey] = open_state(image_id, annotations.head(ctx, image_id, task.id, user.user_id))
+            st.rerun()
 
     # Autosave before drawing: the browser's newest edits (the component's value) and findings (the choices'
     # values) are in the session already, so the editor is drawn knowing they are saved.
@@ -170,7 +180,7 @@ if mode == "Read":
                 state["seq"] = edit["seq"]
             say(saved, "Draft saved")
             st.toast("Draft saved", icon=":material/save:")
-    except (AnnotationError, NotAllowed) as exc:
+    except (AnnotationError, NotAllowed, DatabaseBusy) as exc:
         st.error(f"Not saved: {exc}")
     view_col, side = st.columns([3, 1.2])
     with view_col:
@@ -183,12 +193,12 @@ if mode == "Read":
             try:
                 saved = annotations.save(ctx, user, image_id, task_id=task.id, status="submitted",
                                          parent_id=state["parent"])  # fmt: skip
-            except (AnnotationError, NotAllowed) as exc:
+            except (AnnotationError, NotAllowed, DatabaseBusy) as exc:
                 st.error(str(exc))
             else:
                 st.session_state.pop(skey, None)
                 st.session_state[slot] = labelling.next_image(ctx, task.id, user.user_id)
-                st.session_state["ann_msg"] = f"Submitted {im['name']}" + (f" ({saved.conflict})" if saved.conflict else "")
+                st.session_state["ann_msg"] = f"Submitted {plain(im['name'])}" + (f" ({saved.conflict})" if saved.conflict else "")
                 st.rerun()
         head = annotations.head(ctx, image_id, task.id, user.user_id)
         saved_line.caption(f"Your version: {head.status} #{head.id}, saved {head.created_at.astimezone():%H:%M:%S}"
@@ -237,29 +247,34 @@ if mode == "Adjudicate":
     skey = f"adj_state_{image_id}_{base.id}"
     if skey not in st.session_state:
         st.session_state[skey] = open_state(image_id, base)
+        # the final this adjudication edits from: another adjudicator's newer final is then a named conflict
+        st.session_state[skey]["final_parent"] = finals[image_id].id if image_id in finals else None
     state = st.session_state[skey]
     view_col, side = st.columns([3, 1.2])
     with view_col:
-        edit = editor(im, f"adj_canvas_{image_id}", state, shapes=shapes)
+        edit = editor(im, f"adj_canvas_{image_id}", state, shapes=shapes, backup=False)
         st.caption("Coloured outlines: each reader's boxes; orange: the final you are editing.")
     with side:
         st.markdown("**Final findings**")
         labels = labels_form(f"adj_lab_{state['token']}", state["labels"])
         if st.button("Set final", type="primary"):
             kw = {"boxes": edit["boxes"] if edit and edit.get("token") == state["token"] else state["boxes"],
-                  "labels": labels}  # fmt: skip
+                  "labels": labels, "polygons": base.polygons}  # fmt: skip
             try:
                 if edit and edit.get("token") == state["token"] and edit.get("mask"):
                     kw["label_map"] = annotations.decode_mask(edit["mask"], im["rows"], im["columns"])
                 elif state["mask"]:
                     kw["label_map"] = annotations.load_label_map(ctx, state["mask"])
+                else:  # the reader drew none: the final has none either (not an earlier final's)
+                    kw["label_map"] = _blank(im)
                 saved = annotations.save(
                     ctx, user, image_id, task_id=task.id, status="final", note=f"from {start}",
-                    parent_id=finals[image_id].id if image_id in finals else None, **kw,
+                    parent_id=state["final_parent"], **kw,
                 )  # fmt: skip
-            except (AnnotationError, NotAllowed) as exc:
+            except (AnnotationError, NotAllowed, DatabaseBusy) as exc:
                 st.error(str(exc))
             else:
                 say(saved, "Final saved")
+                state["final_parent"] = saved.version_id
                 st.success(f"Final set by {user.username} (version {saved.version_id}).")
 st.caption("AI proposals: Research use only, not for clinical decisions.")

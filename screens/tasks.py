@@ -285,7 +285,7 @@ def import_annotations(task_names: list[str], selected: str | None) -> None:
     if st.button("Import", key="imp_go", disabled=upload is None or not reader):
         try:
             results = labelling_admin.import_upload(
-                ctx, upload.name, upload.getvalue(), reader, None if task == NO_TASK else task
+                ctx, upload.name, upload.getvalue(), reader, None if task == NO_TASK else task, user.user_id
             )
         except annotation_import.ImportFileError as exc:
             _error("Nothing imported: ", exc)
@@ -343,5 +343,6 @@ else:
     agreement(row.task)
     downloads(row.task)
 
-with st.expander("Import annotations", icon=":material/upload_file:"):
-    import_annotations(names, st.session_state.get("tasks_selected"))
+if user.role == "admin":  # the versions are written as the reader's own: only an admin may do that for them
+    with st.expander("Import annotations", icon=":material/upload_file:"):
+        import_annotations(names, st.session_state.get("tasks_selected"))

@@ -92,34 +92,32 @@ def report(ctx: Context, task_id: int | None, readers: list[str] | None = None, 
 
 
 def _masks(ctx, work, readers, common, disagreement) -> dict:
-    out: dict[str, dict] = {}
-    cache: dict[str, np.ndarray] = {}
-
-    def lm(sha):
-        if sha not in cache:
-            cache[sha] = annotations.load_label_map(ctx, sha)
-        return cache[sha]
-
-    for value, structure in vocabulary.STRUCTURES.items():
+    """Dice and HD95 per structure and pair of readers, over the images where both drew a label map. One image's
+    maps are in memory at a time."""
+    scores: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    for i in common:
+        maps = {r: annotations.load_label_map(ctx, work[r][i].label_map_sha256) for r in readers
+                if work[r][i].label_map_sha256}  # fmt: skip
         for a, b in itertools.combinations(readers, 2):
-            dices, hds = [], []
-            for i in common:
-                sa, sb = work[a][i].label_map_sha256, work[b][i].label_map_sha256
-                if not sa or not sb:
-                    continue
-                ma, mb = lm(sa) == value, lm(sb) == value
+            if a not in maps or b not in maps:
+                continue
+            for value, structure in vocabulary.STRUCTURES.items():
+                ma, mb = maps[a] == value, maps[b] == value
                 d, h = agreement.dice(ma, mb), agreement.hd95(ma, mb)
+                dices, hds = scores.setdefault((structure, f"{a}|{b}"), ([], []))
                 if d is not None:
                     dices.append(d)
                     if d < 0.9:
                         disagreement[i].append(f"{structure} {a}/{b}")
                 if h is not None:
                     hds.append(h)
-            if dices or hds:
-                out.setdefault(structure, {})[f"{a}|{b}"] = {
-                    "dice_mean": float(np.mean(dices)) if dices else None,
-                    "hd95_mean_px": float(np.mean(hds)) if hds else None, "n_images": len(dices),
-                }  # fmt: skip
+    out: dict[str, dict] = {}
+    for (structure, pair), (dices, hds) in scores.items():
+        if dices or hds:
+            out.setdefault(structure, {})[pair] = {
+                "dice_mean": float(np.mean(dices)) if dices else None,
+                "hd95_mean_px": float(np.mean(hds)) if hds else None, "n_images": len(dices),
+            }  # fmt: skip
     return out
 
 

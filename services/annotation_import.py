@@ -71,8 +71,11 @@ def reader_account(ctx: Context, name: str) -> SignedIn:
     return user
 
 
-def import_file(ctx: Context, path: Path, reader: str, task: str | None = None) -> list[RowResult]:
-    """Read, check and apply one file; raises ImportFileError when the file itself is unusable."""
+def import_file(
+    ctx: Context, path: Path, reader: str, task: str | None = None, uploaded_by: int | None = None
+) -> list[RowResult]:
+    """Read, check and apply one file as `reader`'s submitted versions; raises ImportFileError when the file
+    itself is unusable. `uploaded_by`: the admin who imported it for the reader (the audit names both)."""
     path = Path(path)
     if not path.is_file():
         raise ImportFileError(f"{path}: no such file")
@@ -86,19 +89,26 @@ def import_file(ctx: Context, path: Path, reader: str, task: str | None = None) 
         raise ImportFileError(f"{path.name}: not UTF-8 text (byte {exc.start})") from None
     is_json = path.suffix.lower() == ".json" or text.lstrip().startswith("{")
     items = _coco(text) if is_json else _csv(text)
+    if task is not None:  # a new account could never be a reader of the task: say so before making one
+        with dbe.read(ctx.engine) as s:
+            if (row := repo.task_by_name(s, task)) is None:
+                raise ImportFileError(f"no labelling task named {task!r}")
+            if reader not in repo.task_readers(s, row.id):
+                raise ImportFileError(f"{reader} is not a reader of task {task!r}: add them to the task first")
     actor = reader_account(ctx, reader)
 
     def tx(s: Session) -> list[RowResult]:
-        task_id = None
+        task_id, in_task, schema = None, None, None
         if task is not None:
             row = repo.task_by_name(s, task)
-            if row is None:
-                raise ImportFileError(f"no labelling task named {task!r}")
-            task_id = row.id
+            task_id, in_task = row.id, set(repo.task_images(s, row.id))
+            schema = set(json.loads(row.schema)["findings"]) | {vocabulary.NO_FINDING}
         by_image: dict[int, list[_Item]] = {}
         for item in items:
             if item.result.status == "applied":
-                _resolve(s, item, by_image)
+                _resolve(s, item, by_image, in_task)
+            if schema is not None:  # a task labels only its schema's findings
+                item.labels = {k: v for k, v in item.labels.items() if k in schema}
         for image_id, parts in by_image.items():
             labels = {k: v for p in parts for k, v in p.labels.items()}
             for p in parts:  # a box says its finding is present, whatever the row said
@@ -122,17 +132,21 @@ def import_file(ctx: Context, path: Path, reader: str, task: str | None = None) 
                 if r.status == "applied":
                     r.status, r.reason = "rejected", "not applied: another row of this file was rejected"
             return results
-        audit.add(s, "annotations_imported", actor_id=actor.user_id, target=path.name[:200],
-                  details={"rows": len(results), "images": len(by_image), "task": task_id})  # fmt: skip
+        audit.add(s, "annotations_imported", actor_id=uploaded_by or actor.user_id, target=path.name[:200],
+                  details={"rows": len(results), "images": len(by_image), "task": task_id,
+                           "reader": actor.user_id})  # fmt: skip
         return results
 
     return dbe.write(ctx.engine, tx)
 
 
-def _resolve(s: Session, item: _Item, by_image: dict[int, list[_Item]]) -> None:
+def _resolve(s: Session, item: _Item, by_image: dict[int, list[_Item]], in_task: set[int] | None) -> None:
     image = repo.image_ref(s, item.result.image or "")
     if image is None:
         item.result.status, item.result.reason = "rejected", f"image {item.result.image!r} is not stored"
+        return
+    if in_task is not None and image.id not in in_task:
+        item.result.status, item.result.reason = "rejected", f"image {item.result.image!r} is not in this task"
         return
     try:
         item.boxes = [annotations.check_box(b, image.rows, image.columns) for b in item.boxes]

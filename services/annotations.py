@@ -119,6 +119,8 @@ def check_box(box: dict, rows: int, columns: int) -> dict:
 
 def check_polygon(poly: dict, rows: int, columns: int) -> dict:
     label = str(poly.get("label", ""))
+    if label == vocabulary.NO_FINDING:
+        raise AnnotationError("No Finding has no place: it cannot be a polygon")
     if label not in vocabulary.STRUCTURES.values():
         try:
             vocabulary.check_finding(label)
@@ -224,7 +226,7 @@ def save_in(
         conflict = f"changed by {who} at {newest.created_at.astimezone():%Y-%m-%d %H:%M:%S %Z}"
     row = repo.add_version(
         s, image_id=image_id, task_id=task_id, reader_id=actor.user_id, status=status_, parent_id=parent_id,
-        proposal_prediction_id=parent.proposal_prediction_id if parent is not None else proposal_prediction_id,
+        proposal_prediction_id=proposal_prediction_id or (parent.proposal_prediction_id if parent is not None else None),
         conflict_with_id=newest.id if conflict else None, note=note, **fields,
     )  # fmt: skip
     audit.add(
@@ -264,7 +266,8 @@ def _content(ctx, image: Image, schema, base, labels, boxes, polygons, label_map
         out["polygons"] = json.dumps([check_polygon(p, image.rows, image.columns) for p in polygons])
     if label_map is not None:
         arr = check_label_map(label_map, image.rows, image.columns)
-        out["label_map_sha256"] = ctx.store.put_bytes(label_map_png(arr)) if arr.any() else None
+        # an empty map is kept too: "nothing here" is a reading (a reader who erased the lungs disagrees)
+        out["label_map_sha256"] = ctx.store.put_bytes(label_map_png(arr))
     return out
 
 
@@ -300,6 +303,11 @@ def decode_mask(data_url: str, rows: int, columns: int) -> np.ndarray:
         raw = base64.b64decode(data_url.split(",", 1)[1], validate=True)
     except (IndexError, ValueError):
         raise AnnotationError("the mask sent is not a PNG data URL") from None
+    if raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR":
+        raise AnnotationError("the mask sent is not a PNG")
+    width, height = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+    if (height, width) != (rows, columns):  # before decoding: a huge PNG costs nothing to refuse
+        raise AnnotationError(f"the mask is {width}x{height} but the image is {columns}x{rows}: refused")
     arr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise AnnotationError("the mask sent is not a readable PNG")

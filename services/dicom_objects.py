@@ -13,7 +13,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import UID
+from pydicom.uid import UID, generate_uid
 
 from services import vocabulary
 
@@ -32,6 +32,7 @@ class Reading:
     labels: dict[str, str]  # finding: present | absent | uncertain
     boxes: list[dict]  # {label, x, y, w, h, score?}
     label_map: np.ndarray | None = None
+    polygons: list[dict] = field(default_factory=list)  # {label, points: [[x, y], ...]}
     models: dict[str, dict] = field(default_factory=dict)  # task: {id, version, weights_sha256}: AI readings
     version_id: int | None = None  # the annotation version read, with its status and time (readers' readings)
     status: str | None = None
@@ -52,20 +53,31 @@ def finding_code(label: str) -> hd.sr.CodedConcept:
 
 def _clean(ds: Dataset) -> Dataset:
     """Leave out source values that would make the derived object invalid (NIH's sample has Patient's Age
-    "62" where AS wants "062Y")."""
+    "62" where AS wants "062Y"), and declare this project's local coding scheme where its codes are used."""
     if "PatientAge" in ds and not _AS.match(str(ds.PatientAge or "")):
         del ds.PatientAge
+    if any(getattr(e, "value", None) == vocabulary.LOCAL_SCHEME for e in ds.iterall() if e.keyword == "CodingSchemeDesignator"):
+        scheme = Dataset()
+        scheme.CodingSchemeDesignator = vocabulary.LOCAL_SCHEME
+        scheme.CodingSchemeName = "CXR Review local codes"
+        scheme.CodingSchemeResponsibleOrganization = "CXR Review"
+        ds.CodingSchemeIdentificationSequence = [scheme]
     return ds
 
 
-def secondary_capture(pixels: np.ndarray, study: dict, pixel_spacing: tuple[float, float] | None) -> Dataset:
-    """A Secondary Capture of an 8-bit grey image (MONOCHROME2) in the image's study."""
+def secondary_capture(
+    pixels: np.ndarray, study: dict, pixel_spacing: tuple[float, float] | None, pixel_sha256: str
+) -> Dataset:
+    """A Secondary Capture of an 8-bit grey image (MONOCHROME2) in the image's study. Its UIDs derive from the
+    pixels, so that SEG and SR objects exported at different times reference the same instance."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # highdicom's person-name style hints
         sc = hd.sc.SCImage(
             pixel_array=np.ascontiguousarray(pixels.astype(np.uint8)), photometric_interpretation="MONOCHROME2",
             bits_allocated=8, coordinate_system="PATIENT", study_instance_uid=study["study_instance_uid"],
-            series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
+            series_instance_uid=generate_uid(entropy_srcs=["cxr-review-sc-series", study["study_instance_uid"]]),
+            series_number=900, sop_instance_uid=generate_uid(entropy_srcs=["cxr-review-sc", pixel_sha256]),
+            instance_number=1,
             manufacturer=MANUFACTURER, patient_id=study.get("patient_id") or "", patient_name=study.get("patient_name") or "",
             patient_sex=study.get("patient_sex") or None, study_date=study.get("study_date"),
             pixel_spacing=pixel_spacing,
@@ -207,7 +219,7 @@ def structured_report(source: Dataset, reading: Reading) -> Dataset:
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_person_context=None if ai else observer,
                                                      observer_device_context=observer if ai else None),
-        procedure_reported=code("LN", "36643-5", "XR Chest 2V"),
+        procedure_reported=code("SCT", "399208008", "Plain chest X-ray"),
         imaging_measurements=groups or None,
         title=codes.DCM.ImagingMeasurementReport,
     )  # fmt: skip

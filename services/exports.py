@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
 
 from db import audit
 from db import engine as dbe
@@ -71,9 +72,10 @@ def _images(ctx: Context, image_ids: list[int] | None, study_uids: list[str]) ->
         if image_ids is not None:
             q = q.filter(Image.id.in_(image_ids))
         if study_uids:
-            q = q.filter(Study.study_instance_uid.in_(study_uids))
-            if missing := set(study_uids) - {st.study_instance_uid for _, st in q}:
+            stored = set(s.scalars(select(Study.study_instance_uid).where(Study.study_instance_uid.in_(study_uids))))
+            if missing := set(study_uids) - stored:
                 raise ExportError(f"study {sorted(missing)[0]} is not stored")
+            q = q.filter(Study.study_instance_uid.in_(study_uids))
         return [_image_dict(i, st) for i, st in q.order_by(Image.id)]
 
 
@@ -100,7 +102,7 @@ def gather(ctx: Context, source: str, task_id: int | None, study_uids: list[str]
     for img in images:
         out.append(Item(img, [
             dicom_objects.Reading(
-                observer=v.reader, labels=v.labels, boxes=v.boxes,
+                observer=v.reader, labels=v.labels, boxes=v.boxes, polygons=v.polygons,
                 label_map=annotations.load_label_map(ctx, v.label_map_sha256) if v.label_map_sha256 else None,
                 version_id=v.id, status=v.status, saved_at=v.created_at.isoformat(timespec="seconds"),
             )
@@ -228,6 +230,15 @@ def _write_coco(items: list[Item], out_dir: Path) -> list[Exported]:
                 if b.get("score") is not None:
                     ann["score"] = b["score"]
                 doc["annotations"].append(ann)
+            for p in r.polygons:
+                pts = np.asarray(p["points"], float)
+                x0, y0 = pts.min(axis=0)
+                w, h = pts.max(axis=0) - (x0, y0)
+                doc["annotations"].append({
+                    "id": len(doc["annotations"]) + 1, "image_id": img["id"], "category_id": cat_id[p["label"]],
+                    "bbox": [float(x0), float(y0), float(w), float(h)], "iscrowd": 0, "reader": r.observer,
+                    "segmentation": [pts.ravel().round(2).tolist()], "area": _polygon_area(pts),
+                })  # fmt: skip
     if models:
         doc["info"]["models"] = [{"model": k, "weights_sha256": v} for k, v in sorted(models.items())]
     write_atomic(
@@ -237,6 +248,11 @@ def _write_coco(items: list[Item], out_dir: Path) -> list[Exported]:
         Exported(i.image["id"], i.image["original_filename"], "exported", ["annotations.coco.json"])
         for i in items
     ]
+
+
+def _polygon_area(pts: np.ndarray) -> float:
+    x, y = pts[:, 0], pts[:, 1]
+    return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
 
 
 def _write_dicom(ctx: Context, fmt: str, item: Item, out_dir: Path) -> Exported:
@@ -251,12 +267,12 @@ def _write_dicom(ctx: Context, fmt: str, item: Item, out_dir: Path) -> Exported:
             source = dicom_io.source_dataset(path)
         else:  # PNG / JPEG: a Secondary Capture of the pixels comes first, and is written beside
             pixels = windowing.render(dicom_io.load(path))
-            source = dicom_objects.secondary_capture(pixels, img["study"], img["spacing"])
-            name = f"{_stem(img)}.sc.dcm"
-            _save(source, out_dir / name)
-            result.files.append(name)
-    except (dicom_io.ImageRejected, OSError) as exc:
-        result.status, result.reason = "skipped", f"its stored file cannot be read ({exc})"
+            source = dicom_objects.secondary_capture(pixels, img["study"], img["spacing"], img["pixel_sha256"])
+    except dicom_io.ImageRejected as exc:
+        result.status, result.reason = "skipped", f"its stored file cannot be read ({exc.code})"
+        return result
+    except OSError as exc:  # the message would name the store's path
+        result.status, result.reason = "skipped", f"its stored file cannot be read ({type(exc).__name__})"
         return result
     for n, reading in enumerate(item.readings):
         suffix = "" if len(item.readings) == 1 else f".{n + 1}"
@@ -270,11 +286,12 @@ def _write_dicom(ctx: Context, fmt: str, item: Item, out_dir: Path) -> Exported:
         name = f"{_stem(img)}{suffix}.{fmt}.dcm"
         _save(ds, out_dir / name)
         result.files.append(name)
-    if not any(f.endswith(f".{fmt}.dcm") for f in result.files):
-        result.status, result.reason = (
-            "skipped",
-            "no label map to write" if fmt == "seg" else "nothing to write",
-        )
+    if not result.files:
+        result.status, result.reason = "skipped", "no label map to write" if fmt == "seg" else "nothing to write"
+    elif img["source_format"] != "dicom":  # the instance the SEG / SR reference, written only when they are
+        name = f"{_stem(img)}.sc.dcm"
+        _save(source, out_dir / name)
+        result.files.insert(0, name)
     return result
 
 

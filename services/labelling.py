@@ -4,6 +4,7 @@ the queue that still needs them; the order is fixed when the task is made."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import math
@@ -16,7 +17,7 @@ from db import accounts, audit
 from db import annotations as repo
 from db import engine as dbe
 from db import repo as db_repo
-from db.models import AnnotationStatus, Image, LabellingTask, Role
+from db.models import AnnotationStatus, Image, LabellingTask, Role, utcnow
 from services import vocabulary
 from services.context import Context
 
@@ -27,6 +28,7 @@ ORDERS = {
     "rejected_first": "images whose AI statements a radiologist rejected first",
 }
 STRUCTURES = tuple(vocabulary.STRUCTURES.values())
+CLAIM = dt.timedelta(hours=2)  # a draft this recent holds its image for its reader
 
 
 class TaskError(ValueError):
@@ -189,34 +191,45 @@ class Progress:
     per_reader: dict[str, int]  # submitted readings
 
 
-def _submitted(s: Session, task_id: int) -> tuple[dict[int, set[int]], set[int], dict[tuple[int, int], str]]:
-    """({image: readers who submitted}, images with a final, {(image, reader): status of the newest version})."""
+def _submitted(s: Session, task_id: int, image_ids: list[int] | None = None) -> tuple[dict[int, set[int]], set[int], dict[tuple[int, int], str], dict[int, set[int]]]:
+    """({image: readers who submitted}, images with a final, {(image, reader): status of the newest version},
+    {image: readers with a draft saved in the last CLAIM, who hold the image while they read it})."""
     by_image: dict[int, set[int]] = {}
     finals: set[int] = set()
     newest: dict[tuple[int, int], str] = {}
-    for v in repo.heads(s, task_id):
+    claims: dict[int, set[int]] = {}
+    since = utcnow() - CLAIM
+    for v in repo.heads(s, task_id, image_ids):
         if v.status == AnnotationStatus.final:
             finals.add(v.image_id)
             continue
         newest[(v.image_id, v.reader_id)] = v.status.value
         if v.status == AnnotationStatus.submitted:
             by_image.setdefault(v.image_id, set()).add(v.reader_id)
-    return by_image, finals, newest
+        elif v.created_at >= since:
+            claims.setdefault(v.image_id, set()).add(v.reader_id)
+    return by_image, finals, newest, claims
 
 
 def next_image(ctx: Context, task_id: int, reader_id: int) -> int | None:
-    """The reader's next image: an open draft of theirs first, else the first image in queue order that they
-    have not submitted, that has no final, and that still needs readers. None when nothing is left."""
+    """The reader's next image: an open draft of theirs first (while the image still needs them), else the first
+    image in queue order that they have not submitted, that has no final, and that still needs readers, counting
+    those reading it now (a draft in the last CLAIM) so that two readers of a single-pass task are not given the
+    same image. None when nothing is left."""
     with dbe.read(ctx.engine) as s:
         task = s.get(LabellingTask, task_id)
-        by_image, finals, newest = _submitted(s, task_id)
+        by_image, finals, newest, claims = _submitted(s, task_id)
         order = repo.task_images(s, task_id)
-        drafts = [i for i in order if newest.get((i, reader_id)) == "draft" and i not in finals]
+
+        def open_(i: int) -> bool:
+            return i not in finals and len(by_image.get(i, ())) < task.readers_per_image
+
+        drafts = [i for i in order if newest.get((i, reader_id)) == "draft" and open_(i)]
         if drafts:
             return drafts[0]
         for image_id in order:
-            readers = by_image.get(image_id, set())
-            if image_id not in finals and reader_id not in readers and len(readers) < task.readers_per_image:
+            taken = by_image.get(image_id, set()) | (claims.get(image_id, set()) - {reader_id})
+            if image_id not in finals and reader_id not in by_image.get(image_id, ()) and len(taken) < task.readers_per_image:
                 return image_id
         return None
 
@@ -224,7 +237,7 @@ def next_image(ctx: Context, task_id: int, reader_id: int) -> int | None:
 def progress(ctx: Context, task_id: int) -> Progress:
     with dbe.read(ctx.engine) as s:
         task = s.get(LabellingTask, task_id)
-        by_image, finals, _ = _submitted(s, task_id)
+        by_image, finals, _, _ = _submitted(s, task_id)
         images = repo.task_images(s, task_id)
         names = {uid: name for name, (uid, _) in repo.task_readers(s, task_id).items()}
         per_reader = dict.fromkeys(names.values(), 0)
@@ -240,7 +253,7 @@ def closed(ctx: Context, task_id: int, image_id: int) -> bool:
     """An image is closed once it has a final or the readers it needs: then a blinded reader may see the others."""
     with dbe.read(ctx.engine) as s:
         task = s.get(LabellingTask, task_id)
-        by_image, finals, _ = _submitted(s, task_id)
+        by_image, finals, _, _ = _submitted(s, task_id, [image_id])
         return image_id in finals or len(by_image.get(image_id, ())) >= task.readers_per_image
 
 

@@ -242,7 +242,7 @@ def export_zip(
 
 # --- import ----------------------------------------------------------------------------------------------------
 def import_upload(
-    ctx: Context, file_name: str, data: bytes, reader: str, task: str | None
+    ctx: Context, file_name: str, data: bytes, reader: str, task: str | None, uploaded_by: int | None = None
 ) -> list[annotation_import.RowResult]:
     """An uploaded CSV or COCO JSON file imported as `reader`'s submitted annotations (of `task`): one result per
     row or annotation; one transaction per file. ImportFileError when the file itself is unusable."""
@@ -255,4 +255,4 @@ def import_upload(
     with tempfile.TemporaryDirectory(prefix="cxr-annotations-") as tmp:
         path = Path(tmp) / base
         path.write_bytes(data)
-        return annotation_import.import_file(ctx, path, reader, task)
+        return annotation_import.import_file(ctx, path, reader, task, uploaded_by=uploaded_by)

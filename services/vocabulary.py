@@ -30,9 +30,9 @@ FINDING_CODES = {
     "Edema": ("SCT", "19242006", "Pulmonary edema"),  # PS3.16
     "Emphysema": ("SCT", "87433001", "Pulmonary emphysema"),
     "Fibrosis": ("SCT", "51615001", "Fibrosis of lung"),
-    "Pleural_Thickening": (LOCAL_SCHEME, "PLEURAL_THICKENING", "Pleural thickening"),
+    "Pleural_Thickening": (LOCAL_SCHEME, "PLEURTHICK", "Pleural thickening"),  # <= 16 characters (SH)
     "Hernia": ("SCT", "84089009", "Hiatal hernia"),  # what NIH's "Hernia" labels on chest films
-    NO_FINDING: (LOCAL_SCHEME, "NO_FINDING", "None of the 14 NIH findings"),
+    NO_FINDING: (LOCAL_SCHEME, "NOFINDING", "None of the 14 NIH findings"),
 }
 # structure name: (code value, code meaning), SNOMED CT, all PS3.16
 STRUCTURE_CODES = {

@@ -45,13 +45,16 @@ async function editorRender(a) {
   editor.active = !!ann;
   el("edit-tools").hidden = !ann;
   if (!ann) return;
+  editor.backupKey = ann.backup_key ?? null; // none: nothing is saved until the user says so (a final)
   if (ann.token === editor.token) { // our own edits are newer than what Python sends back
     editor.acked = Math.max(editor.acked, ann.acked_seq ?? 0);
+    editor.version = ann.version ?? null;
     keepBackup();
     return;
   }
   const backup = readBackup();
   editor.token = ann.token;
+  editor.version = ann.version ?? null;
   editor.labels = ann.labels;
   editor.structures = ann.structures;
   editor.label = editor.labels.includes(editor.label) ? editor.label : editor.labels[0] ?? null;
@@ -66,8 +69,9 @@ async function editorRender(a) {
   editor.maskUrl = null;
   editor.note = "";
   // Edits Python never saved (the connection dropped, then the tab was closed or reloaded) come back from this
-  // browser's storage and are sent again.
-  const restore = backup && backup.token !== ann.token && backup.seq > backup.acked;
+  // browser's storage and are sent again, but only onto the version they were made after: a line that moved on
+  // meanwhile (another tab, another browser) is not overwritten with older work.
+  const restore = backup && backup.token !== ann.token && backup.seq > backup.acked && backup.version === editor.version;
   await loadMap(a.image_width, a.image_height, restore && backup.mask ? backup.mask : ann.mask);
   fillToolbar();
   if (restore) {
@@ -79,17 +83,22 @@ async function editorRender(a) {
   }
 }
 
-// One entry per image in localStorage: the newest edits and how many of them Python has saved.
-const backupKey = () => `cxr-annotate:${identity}`;
-
+// One entry per line (user, task, image) in localStorage while it holds edits the server has not saved: the
+// edits, how many of them the server has saved, and the version those saved ones became.
 function readBackup() {
-  try { return JSON.parse(localStorage.getItem(backupKey())); } catch (err) { return null; }
+  if (!editor.backupKey) return null;
+  try { return JSON.parse(localStorage.getItem(editor.backupKey)); } catch (err) { return null; }
 }
 
 function keepBackup() {
+  if (!editor.backupKey) return;
   try {
-    localStorage.setItem(backupKey(), JSON.stringify({ token: editor.token, seq: editor.seq, acked: editor.acked,
-      boxes: editor.boxes, mask: editor.maskEdited ? editor.maskUrl : null }));
+    if (editor.seq <= editor.acked) {
+      localStorage.removeItem(editor.backupKey); // all saved: nothing to keep
+      return;
+    }
+    localStorage.setItem(editor.backupKey, JSON.stringify({ token: editor.token, seq: editor.seq, acked: editor.acked,
+      version: editor.version, boxes: editor.boxes, mask: editor.maskEdited ? editor.maskUrl : null }));
   } catch (err) {
     editor.note = "This browser cannot keep a copy of the edits (storage full or off): they are only on the server.";
   }

@@ -148,3 +148,19 @@ def record_errors(page) -> list[str]:
 def record_errors_fixture():
     """The `record_errors(page)` helper, for tests that cannot import this conftest."""
     return record_errors
+
+
+def pick(page, label: str, option: str) -> None:
+    """Choose `option` in the select box labelled `label`, then wait for the run it starts to end. A click that
+    lands while Streamlit is redrawing the box does not open it: the option never shows, so click again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(3):
+        page.get_by_label(label, exact=True).click()
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=5_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+    page.locator('[data-test-script-state="notRunning"]').wait_for(timeout=60_000)

@@ -9,7 +9,7 @@ import io
 
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, REPO, fresh_app_data
+from tests.e2e.conftest import ARTIFACTS, REPO, fresh_app_data, pick
 
 pytestmark = pytest.mark.e2e
 ADMIN_PASSWORD = "admin-password-1"
@@ -26,12 +26,6 @@ def _sign_in(page, url, name, password):
     page.get_by_label("User name").fill(name)
     page.get_by_role("textbox", name="Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
-
-
-def _pick(page, label, option):
-    page.get_by_label(label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
-    page.locator('[data-test-script-state="notRunning"]').wait_for(timeout=30_000)
 
 
 def _press(page, name):
@@ -51,7 +45,7 @@ def test_add_a_user_force_a_new_password_unlock_disable_and_export_the_audit(bro
     admin.get_by_role("link", name="Users").click()
     admin.get_by_role("heading", name="Add a user").wait_for(timeout=30_000)
     admin.get_by_label("User name").fill("ann")
-    _pick(admin, "Role", "annotator")
+    pick(admin, "Role", "annotator")
     admin.get_by_role("button", name="Add user").click()
     admin.get_by_text("User ann (annotator) created.").wait_for(timeout=30_000)
     one_time = admin.locator('[data-testid="stCode"] code').inner_text().strip()
@@ -85,14 +79,14 @@ def test_add_a_user_force_a_new_password_unlock_disable_and_export_the_audit(bro
     admin.get_by_role("link", name="Worklist").click()  # the Users page again, now with the lock
     admin.get_by_role("link", name="Users").click()
     admin.get_by_role("heading", name="Change an account").wait_for(timeout=30_000)
-    _pick(admin, "Account", "ann")
+    pick(admin, "Account", "ann")
     _press(admin, "Unlock")
     admin.get_by_text("ann unlocked.").wait_for(timeout=30_000)
     _sign_in(other, url, "ann", "anns-own-password")
     other.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
 
     # Disabled: ann's open tab is signed out at its next action.
-    _pick(admin, "Account", "ann")
+    pick(admin, "Account", "ann")
     _press(admin, "Disable")
     admin.get_by_text("ann disabled: signed out everywhere.").wait_for(timeout=30_000)
     ann.get_by_role("link", name="Account").click()

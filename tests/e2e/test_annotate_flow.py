@@ -11,7 +11,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data, pick
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "a-long-enough-password"
@@ -51,20 +51,6 @@ def _image_id(ctx):
 
     with dbe.read(ctx.engine) as s:
         return s.scalar(text("SELECT id FROM images"))
-
-
-def _pick(page, label, option):
-    """Choose in a select box; a click that lands while the page is redrawing does not open it, so try again."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    for attempt in range(3):
-        page.get_by_label(label, exact=True).click()
-        try:
-            page.get_by_role("option", name=option, exact=True).click(timeout=5_000)
-            return
-        except PlaywrightTimeout:
-            if attempt == 2:
-                raise
 
 
 def _sign_in(page, url, name):
@@ -230,7 +216,7 @@ def test_annotate_reload_submit_blinded_second_reader_and_final(browser, app, re
     boss.get_by_role("link", name="Labelling tasks").click()
     boss.get_by_role("button", name="Build export").wait_for(timeout=30_000)
     _idle(boss)
-    _pick(boss, "Format", "DICOM SEG")
+    pick(boss, "Format", "DICOM SEG")
     _idle(boss)
     boss.get_by_role("button", name="Build export").click()
     button = boss.get_by_role("button", name=re.compile(r"^Download .*seg"))
@@ -274,7 +260,7 @@ def test_edits_made_while_the_connection_is_down_come_back_after_the_tab_is_reop
     page = context.new_page()
     _sign_in(page, url, "ann")
     page.get_by_role("link", name="Annotate").click()
-    _pick(page, "Task", "connection (1 image)")
+    pick(page, "Task", "connection (1 image)")
     frame = page.frame_locator(VIEWER_FRAME)
     frame.get_by_role("button", name="Box", exact=True).wait_for(timeout=30_000)
     _idle(page)
@@ -286,7 +272,7 @@ def test_edits_made_while_the_connection_is_down_come_back_after_the_tab_is_reop
     up["on"] = False
     _drag(page, (250, 260), (350, 380))
     _editor(page).wait_for_function(
-        "() => JSON.parse(localStorage.getItem(`cxr-annotate:${identity}`)).boxes.length === 2")
+        "() => JSON.parse(localStorage.getItem(window.__cxrEditor.backupKey))?.boxes.length === 2")
     page.wait_for_timeout(1000)  # what the server would have needed to save it; it gets nothing
     assert len(_head(ctx, task, "ann").boxes) == 1
     page.close()
@@ -296,8 +282,10 @@ def test_edits_made_while_the_connection_is_down_come_back_after_the_tab_is_reop
     page.goto(url)  # still signed in: the session cookie stays in the browser
     page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
     page.get_by_role("link", name="Annotate").click()
-    _pick(page, "Task", "connection (1 image)")
+    pick(page, "Task", "connection (1 image)")
     page.frame_locator(VIEWER_FRAME).get_by_text("Unsaved edits from before the connection was lost").wait_for(timeout=30_000)
     _wait_for(lambda: len(_head(ctx, task, "ann").boxes) == 2, page)
     page.screenshot(path=ARTIFACTS / "annotate-04-restored.png", full_page=True)
+    # Saved now: the copy is gone, so a later visit restores nothing over newer work.
+    _editor(page).wait_for_function("() => localStorage.getItem(window.__cxrEditor.backupKey) === null")
     context.close()

@@ -13,7 +13,7 @@ import zipfile
 import pytest
 
 from tests.conftest import SHARED
-from tests.e2e.conftest import ARTIFACTS, REPO, fresh_app_data
+from tests.e2e.conftest import ARTIFACTS, REPO, fresh_app_data, pick
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "admin-password-1"
@@ -41,12 +41,6 @@ def app(run_streamlit, tmp_path_factory):
 
 def _idle(page):
     page.locator('[data-test-script-state="notRunning"]').wait_for(timeout=30_000)
-
-
-def _pick(page, label, option):
-    page.get_by_label(label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
-    _idle(page)
 
 
 def test_an_admin_makes_a_task_with_two_readers_and_sees_it_in_the_list(browser, app, record_errors):
@@ -125,7 +119,7 @@ def test_an_admin_makes_a_task_with_two_readers_and_sees_it_in_the_list(browser,
     page.get_by_text("Nothing to export: task pilot has no final labels (adjudicated) yet.").wait_for(
         timeout=30_000
     )
-    _pick(page, "Source", "reader ann")
+    pick(page, "Source", "reader ann")
     page.get_by_role("button", name="Build export").click()
     download_button = page.get_by_role("button", name=re.compile(r"Download pilot-csv-reader_ann-"))
     with page.expect_download() as download:

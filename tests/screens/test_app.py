@@ -90,11 +90,11 @@ def test_the_worklist_shows_empty_cells_where_a_study_has_no_value(env, shared_d
 def test_roles_only_reach_their_pages_and_a_refused_page_says_why(env):
     # A researcher sent to a page of another role (a typed URL, a bookmark) landed on the worklist silently.
     at = signed_in("res", "researcher-pw")
-    for page, title in [("import_studies", "Import"), ("admin", "Users"), ("audit", "Audit")]:
+    for page, title in [("import_studies", "Import"), ("admin", "Users"), ("audit", "Audit"), ("annotate", "Annotate")]:
         at.switch_page(f"screens/{page}.py").run()
         assert not at.exception and at.title[0].value == "Worklist" and not at.get("file_uploader")
         assert [w.value for w in at.warning] == [f"Your role (researcher) may not open {title}; you are on the Worklist."]
-        assert [link.label for link in at.sidebar.get("page_link")] == ["Worklist", "Viewer", "Account"]
+        assert [link.label for link in at.sidebar.get("page_link")] == ["Worklist", "Viewer", "Labelling tasks", "Account"]
     at.switch_page("screens/worklist.py").run()  # said once, where it happened
     assert at.title[0].value == "Worklist" and not at.warning
     at = signed_in("boss", "admin-password")

@@ -348,5 +348,7 @@ def test_an_ai_export_analyses_the_images_first_and_skips_one_whose_file_is_miss
 def test_annotators_and_radiologists_have_no_labelling_tasks_page(world, reader):
     at = sign_in_through_the_form(reader, password(reader))
     assert "Labelling tasks" not in [link.label for link in at.sidebar.get("page_link")]
-    with pytest.raises(ValueError, match="Could not find a navigation page"):
-        at.switch_page("screens/tasks.py")
+    at.switch_page("screens/tasks.py").run()  # a typed URL or a bookmark: refused, and told why
+    role = "annotator" if reader == "ann" else "radiologist"
+    assert at.title[0].value == "Worklist" and not at.exception
+    assert [w.value for w in at.warning] == [f"Your role ({role}) may not open Labelling tasks; you are on the Worklist."]

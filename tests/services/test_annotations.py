@@ -201,3 +201,62 @@ def test_rejected_first_puts_images_with_rejected_ai_statements_first(world):
     task = _task(ctx, users, image_ids, queue_order="rejected_first")
     assert labelling.next_image(ctx, task.id, users["ann"].user_id) == target
     assert json.loads(json.dumps(task.findings))  # the schema defaults to every finding
+
+
+def test_two_readers_of_a_single_pass_task_are_not_given_the_same_image(world):
+    ctx, users, image_ids = world
+    task = _task(ctx, users, image_ids, name="single", readers_per_image=1)
+    ann, bob = users["ann"], users["bob"]
+    first = labelling.next_image(ctx, task.id, ann.user_id)
+    annotations.save(ctx, ann, first, task_id=task.id, labels={"Mass": "present"})  # ann is reading it
+    assert labelling.next_image(ctx, task.id, bob.user_id) not in (first, None)
+    assert labelling.next_image(ctx, task.id, ann.user_id) == first
+    annotations.save(ctx, ann, first, task_id=task.id, status="submitted", from_newest=True)
+    assert first not in {labelling.next_image(ctx, task.id, r.user_id) for r in (ann, bob)}
+
+
+def test_an_import_into_a_task_keeps_to_its_images_and_schema(world, tmp_path):
+    from services import annotation_import
+
+    ctx, users, image_ids = world
+    task = labelling.create(ctx, users["boss"], name="effusions", image_ids=image_ids[:2], readers={"ann": False},
+                            findings=["Effusion"])  # fmt: skip
+    with dbe.read(ctx.engine) as s:
+        names = dict(s.execute(text("SELECT id, original_filename FROM images")).all())
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text(f"image,Finding Labels\n{names[image_ids[0]]},Effusion|Mass\n{names[image_ids[1]]},No Finding\n")
+    results = annotation_import.import_file(ctx, csv_file, "ann", "effusions", uploaded_by=users["boss"].user_id)
+    assert [r.status for r in results] == ["applied", "applied"]
+    v = annotations.head(ctx, image_ids[0], task.id, users["ann"].user_id)
+    assert v.labels == {"Effusion": "present", "No Finding": "absent"}  # Mass is not in the task's schema
+    csv_file.write_text(f"image,Finding Labels\n{names[image_ids[2]]},Effusion\n")
+    [r] = annotation_import.import_file(ctx, csv_file, "ann", "effusions")
+    assert r.status == "rejected" and "is not in this task" in r.reason
+    with pytest.raises(annotation_import.ImportFileError, match="zoe is not a reader of task 'effusions'"):
+        annotation_import.import_file(ctx, csv_file, "zoe", "effusions")
+    with dbe.read(ctx.engine) as s:
+        assert s.scalar(text("SELECT count(*) FROM users WHERE username = 'zoe'")) == 0  # no account made
+        actor, details = s.execute(text(
+            "SELECT actor_id, details FROM audit_events WHERE action = 'annotations_imported'")).one()
+    assert actor == users["boss"].user_id and json.loads(details)["reader"] == users["ann"].user_id
+
+
+def test_an_erased_map_disagrees_with_an_outlined_one_and_polygons_export_to_coco(world, tmp_path):
+    from services import agreement_report, exports
+
+    ctx, users, image_ids = world
+    img = image_ids[0]
+    lm = np.zeros((512, 512), np.uint8)
+    lm[100:300, 80:200] = 1
+    poly = [{"label": "lungs", "points": [[80, 100], [200, 100], [200, 300], [80, 300]]}]
+    annotations.save(ctx, users["ann"], img, status="submitted", label_map=lm, polygons=poly, labels={"Mass": "absent"})
+    annotations.save(ctx, users["bob"], img, status="submitted", label_map=np.zeros_like(lm), labels={"Mass": "absent"})
+    report = agreement_report.report(ctx, None, ["ann", "bob"])
+    assert report["masks"]["lungs"]["ann|bob"]["dice_mean"] == 0.0  # "no lungs" is a reading, not a gap
+    assert any("lungs ann/bob" in d["disagree_on"] for d in report["most_disagreement"])
+    exports.write(ctx, "coco", exports.gather(ctx, "reader:ann", None, []), tmp_path)
+    doc = json.loads((tmp_path / "annotations.coco.json").read_text())
+    [ann] = doc["annotations"]
+    assert {c["id"]: c["name"] for c in doc["categories"]}[ann["category_id"]] == "lungs"
+    assert ann["segmentation"] == [[80, 100, 200, 100, 200, 300, 80, 300]] and ann["area"] == 120 * 200
+    assert ann["bbox"] == [80, 100, 120, 200]
