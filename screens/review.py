@@ -4,12 +4,15 @@ from db import engine as dbe
 from db import repo
 from screens import _ai_panel, _deps, _keys, _signin
 from screens._canvas import image_canvas, requested_window
-from services import annotations, verdicts
+from services import annotations, studies, verdicts
 from viewer import dicom_io, geometry, windowing
 
 user = _signin.require_page("review")
 ctx = _deps.ctx()
+# The open study is in the URL (?study=<id>): a reload keeps it and a link opens it (signed in, as any page).
 study_id = st.session_state.get("study_id")
+if study_id is None and (wanted := st.query_params.get("study", "")).isdigit():
+    study_id = st.session_state["study_id"] = int(wanted)
 if study_id is None:
     st.title("Viewer")
     st.info("Open a study from the worklist.")
@@ -21,6 +24,8 @@ with dbe.read(ctx.engine) as s:
     if study is None:
         st.error("This study no longer exists.")
         st.stop()
+    if st.query_params.get("study") != str(study_id):
+        st.query_params["study"] = str(study_id)
     info = {
         "patient_id": study.patient_id,
         "age": study.patient_age_years,
@@ -29,6 +34,7 @@ with dbe.read(ctx.engine) as s:
         "description": study.study_description,
         "status": study.status.value,
         "reviewed_by": study.reviewed_by.username if study.reviewed_by else None,
+        "reviewed_by_id": study.reviewed_by_id,
     }
     images = [
         {
@@ -86,9 +92,16 @@ with top[1].container(horizontal=True, horizontal_alignment="right", gap="small"
               shortcut="N", icon=":material/arrow_forward:")  # fmt: skip
     if user.role in ("radiologist", "admin"):
         label = "Reopen study" if reviewed else "Mark reviewed"
-        if st.button(label, key="mark_reviewed", type="secondary" if reviewed else "primary"):
-            dbe.write(ctx.engine, lambda s: repo.set_study_reviewed(s, study_id, user.user_id, not reviewed))
-            st.rerun()
+        mine = not reviewed or studies.may_reopen(user, info["reviewed_by_id"])
+        if st.button(label, key="mark_reviewed", type="secondary" if reviewed else "primary", disabled=not mine,
+                     help=None if mine else f"{info['reviewed_by']} marked it reviewed: only they or an admin "
+                     "may reopen it"):  # fmt: skip
+            try:
+                studies.set_reviewed(ctx.engine, study_id, user, not reviewed)
+            except (studies.ReviewRefused, LookupError, dbe.DatabaseBusy) as exc:
+                st.error(_signin.sentence(exc))
+            else:
+                st.rerun()
 st.caption(
     f"Status: **{info['status'].replace('_', ' ')}**"
     + (f" by {info['reviewed_by']}" if info["reviewed_by"] else "")

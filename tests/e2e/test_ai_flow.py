@@ -195,10 +195,14 @@ def test_ai_overlays_keyboard_verdicts_survive_a_reload(browser, app, record_err
     assert saved == {(first, "accept"), (second, "reject")}
     assert judged == {first: first, second: second}
 
-    # A reload keeps the reader signed in (the session cookie); open the study: the verdicts are still there.
+    # A reload keeps the reader signed in (the session cookie) and the open study (it is in the URL); open it
+    # again from the worklist: the verdicts are still there.
+    assert f"study={study_id}" in page.url
     page.reload()
     page.get_by_text("rad · radiologist").wait_for(timeout=60_000)
     assert page.get_by_role("button", name="Sign in").count() == 0
+    page.get_by_role("button", name="Next study").wait_for(timeout=60_000)  # the viewer, on that study
+    assert page.get_by_text("Open a study from the worklist").count() == 0
     page.locator("[data-testid='stSidebar']").get_by_role("link", name="Worklist").click()
     _open_the_study(page)
     _ai_on(page)  # stored results: no model runs again

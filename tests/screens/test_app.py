@@ -117,6 +117,44 @@ def test_viewer_shows_the_study_header_and_marks_it_reviewed(env, shared_data):
     assert any("reviewed** by rad" in c.value for c in at.caption)
 
 
+
+def test_only_the_reviewer_or_an_admin_reopens_a_reviewed_study_and_the_study_is_in_the_url(env, shared_data):
+    """A reviewed study is its radiologist's signed work: a colleague may not reopen it (the server refuses even a
+    forged click), its reviewer or an admin may, and each change is audited. The open study is in the URL, so a
+    reload (a new session with only the URL) opens it again."""
+    from sqlalchemy import text
+
+    from db import engine as dbe
+    from services import studies
+    from services.auth import SignedIn
+
+    auth.add_user(env.engine, "rad2", "radiologist", "radiologist2-pw")
+    (r,) = importer.import_paths(
+        env.engine, env.store, [shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"], max_bytes=2**30
+    )
+    at = signed_in("rad", "radiologist-pw")
+    at.session_state["study_id"] = r.study_id
+    at.switch_page("screens/review.py").run()
+    assert at.query_params["study"] == str(r.study_id)
+    at.button(key="mark_reviewed").click().run()
+
+    other = signed_in("rad2", "radiologist2-pw")
+    other.query_params["study"] = str(r.study_id)  # the link, in a new session: no study in its state
+    other.switch_page("screens/review.py").run()
+    assert not other.exception and any("reviewed** by rad" in c.value for c in other.caption)
+    button = other.button(key="mark_reviewed")
+    assert button.label == "Reopen study" and button.disabled
+    with dbe.read(env.engine) as s:
+        ids = dict(s.execute(text("SELECT username, id FROM users")).all())
+    with pytest.raises(studies.ReviewRefused, match="rad marked this study reviewed: only they or an admin may reopen it"):
+        studies.set_reviewed(env.engine, r.study_id, SignedIn(ids["rad2"], "rad2", "radiologist", False), False)
+    studies.set_reviewed(env.engine, r.study_id, SignedIn(ids["boss"], "boss", "admin", False), False)
+    with dbe.read(env.engine) as s:
+        assert s.scalar(text("SELECT status FROM studies")) == "in_review"
+        assert list(s.scalars(text("SELECT action FROM audit_events WHERE action LIKE 'study_%' ORDER BY id"))) == [
+            "study_reviewed", "study_reopened"]  # fmt: skip
+
+
 def test_the_viewer_shows_an_image_with_unusable_header_values_with_warnings_and_no_error(env, shared_data, tmp_path):
     import math
 
