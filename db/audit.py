@@ -16,7 +16,7 @@ ACTIONS = (
     "sign_in", "sign_out", "sign_in_failed", "lockout", "unlock", "session_ended",
     "user_added", "user_disabled", "user_enabled", "role_changed", "password_reset", "password_changed",
     "import", "import_batch", "export", "model_activated", "model_default", "model_rollback", "thresholds_changed",
-    "annotation_saved", "annotations_imported", "task_created",
+    "annotation_saved", "annotations_imported", "task_created", "report_saved", "report_signed", "report_amended",
 )  # fmt: skip
 
 
