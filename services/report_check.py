@@ -42,8 +42,8 @@ LONG_TEXT_WORDS = 20
 ENGLISH_WORDS = frozenset(
     """a an the and or of in on at to with without no not is are was were be been there this that these those
     for from by as it its has have had but if which than then both either neither nor any seen noted
-    lung lungs heart chest clear size unchanged left right bilateral lobe upper lower zone
-    mediastinum mediastinal pleural cardiac silhouette acute abnormality evidence findings impression
+    lung lungs heart chest clear size unchanged left right lobe upper lower
+    acute abnormality evidence findings impression
     """.split()
 )
 _WORDS = re.compile(r"[^\W\d_]+", re.UNICODE)
