@@ -341,7 +341,7 @@ def _regenerate(study_id: int, user, draft: str, newest_id: int | None, newest_t
     ):
         return
     st.session_state[f"report_text_{study_id}"] = st.session_state[f"report_base_{study_id}"] = draft
-    _report_msg(study_id, "success", "Replaced by a new draft from your verdicts; your text is kept as a version.")
+    _report_msg(study_id, "success", "Replaced by a new draft from the verdicts; your text is kept as a version.")
 
 
 def _ask(key: str, value: bool = True) -> None:
@@ -451,10 +451,10 @@ def report(result: analysis.Analysis, study_id: int, image: dict, user, mine_all
     text = st.text_area("Draft report (from your accepted findings and measurements; edit freely)", height=180,
                         key=wkey)  # fmt: skip
     if follows:
-        st.caption("Follows your verdicts: accepting or rejecting a finding updates it. Once you edit it by hand "
+        st.caption("Follows the verdicts: accepting or rejecting a finding updates it at once. Once you edit it by hand "
                    "it stays as you wrote it.")  # fmt: skip
     else:
-        st.caption(":orange[Edited by hand: it no longer follows your verdicts.] “Regenerate from verdicts” would "
+        st.caption(":orange[Edited by hand: it no longer follows the verdicts.] “Regenerate from verdicts” would "
                    "replace it with a new draft (your text is kept as a version).")  # fmt: skip
     consistency = report_versions.consistency_of(newest)
     earlier = (consistency or {}).get("flags", [])
@@ -478,7 +478,7 @@ def report(result: analysis.Analysis, study_id: int, image: dict, user, mine_all
                      help="Final and locked, with your name and the time; a change after it is an amendment")  # fmt: skip
     if st.session_state.get(confirm_regen):
         with st.container(border=True, key="report_confirm_regen"):
-            st.warning("Replace the text in the editor with a new draft from your verdicts? Your text is kept as a "
+            st.warning("Replace the text in the editor with a new draft from the verdicts? Your text is kept as a "
                        "report version.")  # fmt: skip
             d1, d2 = st.columns([1, 1])
             d1.button("Replace with the draft", key=f"regen_yes_{study_id}", on_click=_regenerate,

@@ -58,7 +58,7 @@ def test_draft_follows_a_flag_shows_its_overlay_is_acknowledged_and_the_report_s
     page.keyboard.press("a")
     _wait_focused(page, "your verdict: none yet")  # the focus moved on
     _wait_value(page, draft, "Atelectasis.")
-    page.get_by_text("Follows your verdicts").wait_for(timeout=30_000)
+    page.get_by_text("Follows the verdicts").wait_for(timeout=30_000)
 
     # Write a sentence negating a finding the AI scores positive, save: a flag
     editor = page.get_by_label(draft)
