@@ -278,17 +278,38 @@ class ModelThreshold(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class Report(Base):
-    """A reader's draft report of a study, generated from accepted findings and then edited."""
+class ReportStatus(str, enum.Enum):
+    draft = "draft"
+    final = "final"
 
-    __tablename__ = "reports"
-    __table_args__ = (UniqueConstraint("study_id", "reader_id", name="uq_report"),)
+
+class ReportVersion(Base):
+    """One saved version of a reader's report of a study. Append-only (database triggers refuse UPDATE and
+    DELETE): every save is a new version whose parent is the newest one before it. A line of versions is
+    (study, reader): the reader who owns the report; `author_id` wrote this version (the owner, or a
+    radiologist or admin amending it). A `final` version is signed (`signed_by_id`, `signed_at`) and locks the
+    line: after it only amendments (final, `amendment`, with their reason) are added. `generated`: the text was
+    the draft made from the verdicts, unedited (the editor keeps following the verdicts). `consistency`: JSON
+    of the consistency check of this text ({skipped, flags: [{finding, kind, report_text, ai_probability,
+    acknowledged, note}], model}), or null where none ran."""
+
+    __tablename__ = "report_versions"
+    __table_args__ = (Index("ix_report_versions_line", "study_id", "reader_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
     reader_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("report_versions.id"))
+    status: Mapped[ReportStatus] = mapped_column(Enum(ReportStatus, name="report_status", native_enum=False, length=16))
+    amendment: Mapped[bool] = mapped_column(default=False)
+    amendment_reason: Mapped[str | None] = mapped_column(Text)
+    generated: Mapped[bool] = mapped_column(default=False)
     text: Mapped[str] = mapped_column(Text)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    consistency: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    signed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    signed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class ActiveModel(Base):

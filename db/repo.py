@@ -15,7 +15,6 @@ from db.models import (
     Image,
     ModelThreshold,
     Prediction,
-    Report,
     Study,
     StudyStatus,
     User,
@@ -449,18 +448,6 @@ def verdict_events(s: Session, verdict_id: int) -> list[VerdictEvent]:
     return list(
         s.scalars(select(VerdictEvent).where(VerdictEvent.verdict_id == verdict_id).order_by(VerdictEvent.id))
     )
-
-
-def get_report(s: Session, study_id: int, reader_id: int) -> Report | None:
-    return s.scalar(select(Report).where(Report.study_id == study_id, Report.reader_id == reader_id))
-
-
-def save_report(s: Session, study_id: int, reader_id: int, text: str) -> None:
-    row = get_report(s, study_id, reader_id)
-    if row is None:
-        row = Report(study_id=study_id, reader_id=reader_id, text=text)
-        s.add(row)
-    row.text, row.updated_at = text, utcnow()
 
 
 def verdicts_on_image(s: Session, image_id: int) -> list[tuple[Verdict, str]]:

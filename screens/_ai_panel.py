@@ -6,10 +6,10 @@ from __future__ import annotations
 import streamlit as st
 
 from db import engine as dbe
-from db import repo
+from db import report_versions
 from inference.types import RESEARCH_USE
 from screens import _deps
-from services import analysis, reporting
+from services import analysis, report_check, reporting
 from services import verdicts as verdict_store
 from viewer import overlays
 
@@ -290,21 +290,220 @@ def verdicts(result: analysis.Analysis, study_id: int, image: dict, user, mine_a
         st.success(f"Saved {saved} verdict{'s' * (saved != 1)}.")
 
 
+def _consistency(text: str, result: analysis.Analysis, mine_all: list[verdict_store.Mine], study_id: int,
+                 earlier: list[dict]) -> dict:  # fmt: skip
+    """The consistency check of `text` as stored with its version: the flags with the acknowledgements and notes
+    given on screen (or carried from the version before), and the classifier that scored the findings."""
+    f = result.findings
+    if not f:
+        return {"skipped": "no AI findings for this image: saved without a consistency check", "flags": []}
+    checked = report_check.check(text, f["probabilities"], result.thresholds,
+                                 report_check.finding_verdicts(mine_all, result.models))  # fmt: skip
+    checked = report_check.carry_acknowledgements(checked, earlier)
+    for flag in checked.flags:
+        ack_key = _flag_key("ack", study_id, flag.finding, flag.kind)
+        if ack_key in st.session_state:
+            flag.acknowledged = bool(st.session_state[ack_key])
+            flag.note = (st.session_state.get(_flag_key("note", study_id, flag.finding, flag.kind)) or "").strip() or None
+    return checked.to_json() | {"model": {k: f["model"][k] for k in ("id", "version", "weights_sha256")}}
+
+
+def _flag_key(what: str, study_id: int, finding: str, kind: str) -> str:
+    return f"report_{what}_{study_id}_{finding}_{kind}"
+
+
+def _show_overlay(image_id: int, finding: str) -> None:
+    st.session_state[f"ai_cam_{image_id}"] = finding
+
+
+def _report_msg(study_id: int, kind: str, text: str) -> None:
+    st.session_state[f"report_msg_{study_id}"] = (kind, text)
+
+
+def _write_version(study_id: int, user, text: str, parent_id: int | None, **kw) -> bool:
+    try:
+        dbe.write(_deps.ctx().engine, lambda s: report_versions.add(s, study_id, user.user_id, user.user_id, text,
+                                                                    parent_id=parent_id, **kw))  # fmt: skip
+    except (report_versions.ReportNotSaved, dbe.DatabaseBusy) as exc:
+        _report_msg(study_id, "error", f"Report not saved: {exc}")
+        return False
+    return True
+
+
+def _regenerate(study_id: int, user, draft: str, newest_id: int | None, newest_text: str | None,
+                result: analysis.Analysis, mine_all: list[verdict_store.Mine], earlier: list[dict]) -> None:  # fmt: skip
+    """Callback of "Replace with the draft": the editor's text is kept as a version first (unless it is the
+    newest version already), then the editor shows the draft and follows the verdicts again."""
+    text = st.session_state.get(f"report_text_{study_id}", "")
+    st.session_state.pop(f"report_confirm_regen_{study_id}", None)
+    if text != newest_text and not _write_version(
+        study_id, user, text, newest_id, consistency=_consistency(text, result, mine_all, study_id, earlier)
+    ):
+        return
+    st.session_state[f"report_text_{study_id}"] = st.session_state[f"report_base_{study_id}"] = draft
+    _report_msg(study_id, "success", "Replaced by a new draft from the verdicts; your text is kept as a version.")
+
+
+def _ask(key: str, value: bool = True) -> None:
+    st.session_state[key] = value
+
+
+def _signed(study_id: int, user, versions: list, names: dict[int, str]) -> None:
+    """A signed report: its text read-only, who signed it and when, and (for a radiologist or an admin) an
+    amendment, which is a new final version with its reason."""
+    newest = versions[-1]
+    what = "Amended" if newest.amendment else "Signed"
+    st.text_area("Signed report (final, locked)", value=newest.text, height=180, disabled=True,
+                 key=f"report_signed_{study_id}_{newest.id}")  # fmt: skip
+    st.success(f"{what} by {names.get(newest.signed_by_id, '?')} at {newest.signed_at:%Y-%m-%d %H:%M} UTC · "
+               "final and locked" + (f" · amendment: {newest.amendment_reason}" if newest.amendment else ""),
+               icon=":material/lock:")  # fmt: skip
+    if user.role not in ("radiologist", "admin"):
+        return
+    with st.expander("Amend the signed report"):
+        amended = st.text_area("Amended report", value=newest.text, height=180, key=f"report_amend_{study_id}")
+        reason = st.text_input("Reason for the amendment", key=f"report_amend_reason_{study_id}", max_chars=500)
+        if st.button("Save amendment", key=f"report_amend_save_{study_id}", disabled=not reason.strip()):
+            if _write_version(study_id, user, amended, newest.id, amendment_reason=reason):
+                _report_msg(study_id, "success", "Amendment saved (a new final version).")
+            st.rerun()
+
+
+def _history(versions: list, names: dict[int, str]) -> None:
+    with st.expander(f"Report versions ({len(versions)})"):
+        st.dataframe(
+            [{"Version": i + 1, "Status": v.status.value + (" (amendment)" if v.amendment else ""),
+              "Author": names.get(v.author_id, "?"), "Saved (UTC)": f"{v.created_at:%Y-%m-%d %H:%M:%S}",
+              "Signed by": names.get(v.signed_by_id, "") if v.signed_by_id else "",
+              "Reason": v.amendment_reason or "",
+              "Flags": len((report_versions.consistency_of(v) or {}).get("flags", []))}
+             for i, v in enumerate(versions)][::-1],
+            hide_index=True, width="stretch", key="report_history",
+        )  # fmt: skip
+
+
+def _flags(consistency: dict | None, study_id: int, image_id: int, heatmaps: set[str], locked: bool = False) -> None:
+    """The flags of the newest saved version, each with its sentence, the AI's probability, a button that shows
+    the finding's heatmap in the viewer and an acknowledgement with a note (saved with the next version)."""
+    if consistency is None:
+        return
+    if consistency.get("skipped"):
+        st.info(f"Consistency check: {consistency['skipped']}.", icon=":material/info:")
+        return
+    flags = consistency.get("flags", [])
+    if not flags:
+        st.caption("Consistency check: the report agrees with the AI findings and your verdicts.")
+        return
+    open_n = sum(not f.get("acknowledged") for f in flags)
+    st.markdown(f"**Consistency check** · {len(flags)} flag{'s' * (len(flags) != 1)}, {open_n} not acknowledged "
+                "· :orange[Research use only]")  # fmt: skip
+    for f in flags:
+        with st.container(border=True, key=f"report_flag_{f['finding']}_{f['kind']}"):
+            said = f"“{f['report_text']}”" if f.get("report_text") else "(not mentioned)"
+            st.markdown(f":red[**{f['finding']}**] · {report_check.KIND_TEXT[f['kind']]} · AI probability "
+                        f"{f['ai_probability']:.3f} (operating point {f['threshold']:.3f}) · report: {said}")  # fmt: skip
+            c1, c2, c3 = st.columns([1, 1, 2])
+            c1.button("Show overlay", key=_flag_key("overlay", study_id, f["finding"], f["kind"]),
+                      on_click=_show_overlay, args=(image_id, f["finding"]), disabled=f["finding"] not in heatmaps,
+                      icon=":material/visibility:")  # fmt: skip
+            if locked:
+                c2.markdown("Acknowledged" if f.get("acknowledged") else ":red[Not acknowledged]")
+                c3.markdown(f.get("note") or "")
+                continue
+            c2.checkbox("Acknowledge", value=bool(f.get("acknowledged")),
+                        key=_flag_key("ack", study_id, f["finding"], f["kind"]))  # fmt: skip
+            c3.text_input("Note (optional)", value=f.get("note") or "", max_chars=500,
+                          key=_flag_key("note", study_id, f["finding"], f["kind"]), label_visibility="collapsed",
+                          placeholder="Note (optional)")  # fmt: skip
+    if not locked:
+        st.caption("Acknowledgements are saved with the next version (Save report or Sign report).")
+
+
 def report(result: analysis.Analysis, study_id: int, image: dict, user, mine_all: list[verdict_store.Mine]) -> None:
+    """The reader's report: versions (never overwritten), a draft that follows the verdicts until it is edited by
+    hand, the consistency check on every save and signature, sign-off (final, locked) and amendments."""
     ctx = _deps.ctx()
     with dbe.read(ctx.engine) as s:
-        saved = repo.get_report(s, study_id, user.user_id)
-        saved_text = saved.text if saved else None
+        versions = report_versions.versions(s, study_id, user.user_id)
+        ids = {i for v in versions for i in (v.author_id, v.signed_by_id) if i}
+        names = report_versions.usernames(s, ids) if ids else {}
+    newest = versions[-1] if versions else None
+    st.markdown("**Report** · :orange[Research use only]")
+    if kind_msg := st.session_state.pop(f"report_msg_{study_id}", None):
+        getattr(st, kind_msg[0])(kind_msg[1])
+    if report_versions.is_locked(newest):
+        _signed(study_id, user, versions, names)
+        heatmaps = set((result.findings or {}).get("heatmaps", {}))
+        _flags(report_versions.consistency_of(newest), study_id, image["id"], heatmaps, locked=True)
+        _history(versions, names)
+        return
     accepted = reporting.accepted(mine_all, result)
     draft = reporting.draft(result, accepted, image.get("view"))
-    gen = st.session_state.get(f"report_gen_{study_id}", 0)
-    text = st.text_area("Draft report (from your accepted findings and measurements; edit freely)",
-                        value=saved_text if saved_text is not None else draft, height=180, key=f"report_{study_id}_{gen}")  # fmt: skip
-    c1, c2 = st.columns([1, 1])
-    if c1.button("Save report", key=f"save_report_{study_id}"):
-        dbe.write(ctx.engine, lambda s: repo.save_report(s, study_id, user.user_id, text))
-        st.success("Report saved.")
-    if c2.button("Regenerate from verdicts", key=f"regen_report_{study_id}"):
-        dbe.write(ctx.engine, lambda s: repo.save_report(s, study_id, user.user_id, draft))
-        st.session_state[f"report_gen_{study_id}"] = gen + 1
+    wkey, bkey = f"report_text_{study_id}", f"report_base_{study_id}"
+    if wkey not in st.session_state:  # opened now: the newest version, or the draft where it followed the verdicts
+        follows = newest is None or newest.generated
+        st.session_state[wkey] = draft if follows else newest.text
+        st.session_state[bkey] = draft if follows else None
+    # Not edited by hand since it was set from the verdicts: it follows them (an accepted finding shows at once).
+    follows = st.session_state[wkey] == st.session_state.get(bkey)
+    if follows and st.session_state[wkey] != draft:
+        st.session_state[wkey] = st.session_state[bkey] = draft
+    text = st.text_area("Draft report (from your accepted findings and measurements; edit freely)", height=180,
+                        key=wkey)  # fmt: skip
+    if follows:
+        st.caption("Follows the verdicts: accepting or rejecting a finding updates it at once. Once you edit it by hand "
+                   "it stays as you wrote it.")  # fmt: skip
+    else:
+        st.caption(":orange[Edited by hand: it no longer follows the verdicts.] “Regenerate from verdicts” would "
+                   "replace it with a new draft (your text is kept as a version).")  # fmt: skip
+    consistency = report_versions.consistency_of(newest)
+    earlier = (consistency or {}).get("flags", [])
+    parent = newest.id if newest else None
+    c1, c2, c3 = st.columns([1, 1, 1])
+    if c1.button("Save report", key=f"save_report_{study_id}", type="primary"):
+        checked = _consistency(text, result, mine_all, study_id, earlier)
+        if _write_version(study_id, user, text, parent, generated=text == draft, consistency=checked):
+            n = len(checked["flags"])
+            _report_msg(study_id, "success", "Report saved (a new version)."
+                        + (f" The consistency check raised {n} flag{'s' * (n != 1)}: see below." if n else ""))  # fmt: skip
         st.rerun()
+    confirm_regen = f"report_confirm_regen_{study_id}"
+    c2.button("Regenerate from verdicts", key=f"regen_report_{study_id}", disabled=text == draft,
+              on_click=_ask, args=(confirm_regen,),
+              help="Replace the text with a new draft from your verdicts (asks first; your text is kept)")  # fmt: skip
+    confirm_sign = f"report_confirm_sign_{study_id}"
+    can_sign = user.role in ("radiologist", "admin")
+    sign = c3.button("Sign report", key=f"sign_report_{study_id}", disabled=not can_sign or not text.strip(),
+                     icon=":material/signature:",
+                     help="Final and locked, with your name and the time; a change after it is an amendment")  # fmt: skip
+    if st.session_state.get(confirm_regen):
+        with st.container(border=True, key="report_confirm_regen"):
+            st.warning("Replace the text in the editor with a new draft from the verdicts? Your text is kept as a "
+                       "report version.")  # fmt: skip
+            d1, d2 = st.columns([1, 1])
+            d1.button("Replace with the draft", key=f"regen_yes_{study_id}", on_click=_regenerate,
+                      args=(study_id, user, draft, parent, newest.text if newest else None, result, mine_all, earlier))  # fmt: skip
+            d2.button("Keep my text", key=f"regen_no_{study_id}", on_click=_ask, args=(confirm_regen, False))
+    if sign or st.session_state.get(confirm_sign):
+        checked = _consistency(text, result, mine_all, study_id, earlier)
+        open_flags = [f for f in checked["flags"] if not f["acknowledged"]]
+        if open_flags and not st.session_state.get(confirm_sign):
+            st.session_state[confirm_sign] = True
+        if open_flags:
+            with st.container(border=True, key="report_confirm_sign"):
+                st.warning(f"{len(open_flags)} consistency flag{'s are' if len(open_flags) != 1 else ' is'} not "
+                           f"acknowledged ({', '.join(f['finding'] for f in open_flags)}). Sign anyway?")  # fmt: skip
+                d1, d2 = st.columns([1, 1])
+                yes = d1.button("Sign anyway", key=f"sign_yes_{study_id}", type="primary")
+                d2.button("Back to the report", key=f"sign_no_{study_id}", on_click=_ask, args=(confirm_sign, False))
+        if not open_flags or yes:
+            st.session_state.pop(confirm_sign, None)
+            if _write_version(study_id, user, text, parent, sign=True, consistency=checked):
+                _report_msg(study_id, "success", "Report signed: final and locked.")
+            st.rerun()
+    heatmaps = set((result.findings or {}).get("heatmaps", {}))
+    _flags(consistency if newest is not None and newest.text == text else None, study_id, image["id"], heatmaps)
+    if newest is not None and newest.text != text:
+        st.caption("The consistency check runs when you save or sign.")
+    if versions:
+        _history(versions, names)
