@@ -8,7 +8,7 @@ import datetime as dt
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Role, SignInSession, SignInThrottle, User
+from db.models import Role, SignInSession, SignInThrottle, User, UserPreference
 
 
 # --- users -------------------------------------------------------------------------------------------------
@@ -141,3 +141,17 @@ def prune_throttle(s: Session, window_start_before: dt.datetime, now: dt.datetim
 def clear_throttle(s: Session, key: str) -> bool:
     """Forget the failures and any lockout of a name (by its key); True when there were any."""
     return bool(s.execute(delete(SignInThrottle).where(SignInThrottle.name_sha256 == key)).rowcount)
+
+
+# --- preferences ---------------------------------------------------------------------------------------------
+def preference(s: Session, user_id: int, key: str) -> str | None:
+    row = s.get(UserPreference, (user_id, key))
+    return None if row is None else row.value
+
+
+def set_preference(s: Session, user_id: int, key: str, value: str) -> None:
+    row = s.get(UserPreference, (user_id, key))
+    if row is None:
+        s.add(UserPreference(user_id=user_id, key=key, value=value))
+    else:
+        row.value, row.updated_at = value, dt.datetime.now(dt.UTC)

@@ -94,6 +94,17 @@ class SignInSession(Base):
     client_address: Mapped[str | None] = mapped_column(String(64))
 
 
+class UserPreference(Base):
+    """A reader's setting that outlives a session (e.g. the viewer's AI switch), one row per user and key."""
+
+    __tablename__ = "user_preferences"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class SignInThrottle(Base):
     """Sign-in attempts per typed user name (existing or not, so a lockout tells nothing about which names
     exist), kept under the sha256 of the name, never its text (a mistyped password lands in the name field):

@@ -4,7 +4,7 @@ from db import engine as dbe
 from db import repo
 from screens import _ai_panel, _deps, _keys, _signin
 from screens._canvas import image_canvas, requested_window
-from services import annotations, studies, verdicts
+from services import annotations, preferences, studies, verdicts
 from viewer import dicom_io, geometry, windowing
 
 user = _signin.require_page("review")
@@ -191,9 +191,14 @@ with side:
     for warning in dict.fromkeys([*im["warnings"], *img.header.warnings]):
         st.warning(warning)
     st.divider()
+    ai_key = f"ai_on_{study_id}"
+    if ai_key not in st.session_state:  # as the reader left it last time, in any study and browser
+        st.session_state[ai_key] = preferences.flag(ctx.engine, user.user_id, preferences.AI_OVERLAYS)
     ai_on = st.toggle(
-        "AI overlays", key=f"ai_on_{study_id}", help="Runs the models once per image; Research use only"
-    )
+        "AI overlays", key=ai_key, help="Runs the models once per image; Research use only",
+        on_change=lambda: preferences.set_flag(ctx.engine, user.user_id, preferences.AI_OVERLAYS,
+                                               st.session_state[ai_key]),
+    )  # fmt: skip
     layers, shapes, bone_view, ai = [], [], {"mode": "off"}, None
     ai_image = {"id": im["id"], "pixel_sha256": im["pixel_sha"], "file_sha256": im["sha"], "view": im["view"],
                 "spacing": im["spacing"]}  # fmt: skip

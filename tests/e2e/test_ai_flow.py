@@ -85,7 +85,10 @@ def _open_the_study(page) -> None:
 
 
 def _ai_on(page) -> None:
-    page.locator("label").filter(has_text="AI overlays").first.click()
+    """Switch the AI on, unless it already is: the switch stays as the reader left it in an earlier session."""
+    page.locator('[data-test-script-state="notRunning"]').wait_for(timeout=MODEL_RUN_MS)
+    if not page.get_by_role("switch", name="AI overlays").is_checked():
+        page.locator("label").filter(has_text="AI overlays").first.click()
     page.get_by_text("AI findings · Research use only").wait_for(timeout=MODEL_RUN_MS)
     _settle(page)
 
@@ -205,6 +208,7 @@ def test_ai_overlays_keyboard_verdicts_survive_a_reload(browser, app, record_err
     assert page.get_by_text("Open a study from the worklist").count() == 0
     page.locator("[data-testid='stSidebar']").get_by_role("link", name="Worklist").click()
     _open_the_study(page)
+    assert page.get_by_role("switch", name="AI overlays").is_checked()  # as rad left it before the reload
     _ai_on(page)  # stored results: no model runs again
     assert page.get_by_text("AI results ready").count() == 0
     _wait_focused(page, first, "your verdict: accept")

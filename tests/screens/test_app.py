@@ -368,3 +368,28 @@ def test_a_researcher_sees_every_readers_verdicts_and_annotations_with_who_and_w
     at.session_state["study_id"] = r.study_id
     at.switch_page("screens/review.py").run()
     assert not any("Reader" in d.value.columns for d in at.dataframe)
+
+
+def test_the_ai_switch_stays_as_the_reader_left_it_in_a_new_session(env, shared_data):
+    """A reload is a new session: the AI switch comes back as this reader left it (stored per reader), and another
+    reader's choice is theirs."""
+    (r,) = importer.import_paths(
+        env.engine, env.store, [shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"], max_bytes=2**30
+    )
+    at = signed_in("rad", "radiologist-pw")
+    at.session_state["study_id"] = r.study_id
+    at.switch_page("screens/review.py").run()
+    assert at.toggle(key=f"ai_on_{r.study_id}").value is False  # off until the reader turns it on
+    at.toggle(key=f"ai_on_{r.study_id}").set_value(True).run(timeout=180)
+    assert not at.exception
+
+    again = signed_in("rad", "radiologist-pw")  # a reload: a new session, only the URL
+    again.query_params["study"] = str(r.study_id)
+    again.switch_page("screens/review.py").run(timeout=180)
+    assert again.toggle(key=f"ai_on_{r.study_id}").value is True and not again.exception
+    assert any("Research use only" in s.value for s in again.subheader)
+
+    other = signed_in("boss", "admin-password")
+    other.query_params["study"] = str(r.study_id)
+    other.switch_page("screens/review.py").run()
+    assert other.toggle(key=f"ai_on_{r.study_id}").value is False
