@@ -9,6 +9,8 @@ Create Date: 2026-12-05
 import sqlalchemy as sa
 from alembic import op
 
+from db import append_only
+
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
@@ -128,25 +130,11 @@ def upgrade() -> None:
         )
 
     # Nothing is overwritten: a correction is a new version (cxr_append_only() comes from 0005 on PostgreSQL).
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(
-            "CREATE TRIGGER annotation_versions_append_only BEFORE UPDATE OR DELETE ON annotation_versions "
-            "FOR EACH ROW EXECUTE FUNCTION cxr_append_only()"
-        )
-    else:
-        for verb in ("UPDATE", "DELETE"):
-            op.execute(
-                f"CREATE TRIGGER annotation_versions_no_{verb.lower()} BEFORE {verb} ON annotation_versions "
-                "BEGIN SELECT RAISE(ABORT, 'annotation_versions is append-only'); END"
-            )
+    append_only.add(op, "annotation_versions")
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER annotation_versions_append_only ON annotation_versions")
-    else:
-        for verb in ("update", "delete"):
-            op.execute(f"DROP TRIGGER annotation_versions_no_{verb}")
+    append_only.remove(op, "annotation_versions")
     with op.batch_alter_table("verdicts", schema=None) as batch_op:
         batch_op.drop_constraint("fk_verdicts_prediction_item_id", type_="foreignkey")
         batch_op.drop_index(batch_op.f("ix_verdicts_prediction_item_id"))

@@ -10,6 +10,8 @@ Create Date: 2026-12-12
 import sqlalchemy as sa
 from alembic import op
 
+from db import append_only
+
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
@@ -52,17 +54,7 @@ def upgrade() -> None:
     )
     op.drop_table("reports")
     # Nothing is overwritten (cxr_append_only() comes from 0005 on PostgreSQL).
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(
-            "CREATE TRIGGER report_versions_append_only BEFORE UPDATE OR DELETE ON report_versions "
-            "FOR EACH ROW EXECUTE FUNCTION cxr_append_only()"
-        )
-    else:
-        for verb in ("UPDATE", "DELETE"):
-            op.execute(
-                f"CREATE TRIGGER report_versions_no_{verb.lower()} BEFORE {verb} ON report_versions "
-                "BEGIN SELECT RAISE(ABORT, 'report_versions is append-only'); END"
-            )
+    append_only.add(op, "report_versions")
 
 
 def downgrade() -> None:
@@ -84,11 +76,7 @@ def downgrade() -> None:
         "v.created_at FROM report_versions v WHERE v.id = (SELECT max(w.id) FROM report_versions w "
         "WHERE w.study_id = v.study_id AND w.reader_id = v.reader_id)"
     )
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER report_versions_append_only ON report_versions")
-    else:
-        for verb in ("update", "delete"):
-            op.execute(f"DROP TRIGGER report_versions_no_{verb}")
+    append_only.remove(op, "report_versions")
     with op.batch_alter_table("report_versions", schema=None) as batch_op:
         batch_op.drop_index("ix_report_versions_line")
     op.drop_table("report_versions")
