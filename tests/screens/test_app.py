@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from services import auth, importer
@@ -12,15 +11,11 @@ APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 @pytest.fixture
-def env(ctx, app_env, monkeypatch):
-    for k, v in app_env.items():
-        monkeypatch.setenv(k, v)
-    st.cache_resource.clear()  # the cached context belongs to the previous test's database
-    st.cache_data.clear()
-    auth.add_user(ctx.engine, "rad", "radiologist", "radiologist-pw")
-    auth.add_user(ctx.engine, "boss", "admin", "admin-password")
-    auth.add_user(ctx.engine, "res", "researcher", "researcher-pw")
-    return ctx
+def env(app_ctx):
+    auth.add_user(app_ctx.engine, "rad", "radiologist", "radiologist-pw")
+    auth.add_user(app_ctx.engine, "boss", "admin", "admin-password")
+    auth.add_user(app_ctx.engine, "res", "researcher", "researcher-pw")
+    return app_ctx
 
 
 def signed_in(username, password):

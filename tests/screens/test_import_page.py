@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit import config
 
 from services import auth, importer
@@ -16,13 +15,9 @@ NOTES = ("notes.txt", b"not an image at all", "text/plain")
 
 
 @pytest.fixture
-def env(ctx, app_env, monkeypatch):
-    for k, v in app_env.items():
-        monkeypatch.setenv(k, v)
-    st.cache_resource.clear()  # the cached context belongs to the previous test's database
-    st.cache_data.clear()
-    auth.add_user(ctx.engine, "rad", "radiologist", "radiologist-pw")
-    return ctx
+def env(app_ctx):
+    auth.add_user(app_ctx.engine, "rad", "radiologist", "radiologist-pw")
+    return app_ctx
 
 
 @pytest.fixture

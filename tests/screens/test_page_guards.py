@@ -5,7 +5,6 @@ only the sign-in form, and a role the page is not for gets a refusal and nothing
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from screens._signin import PAGE_ROLES
@@ -28,14 +27,10 @@ def test_every_page_module_is_in_the_role_table():
 
 
 @pytest.fixture
-def env(ctx, app_env, monkeypatch):
-    for k, v in app_env.items():
-        monkeypatch.setenv(k, v)
-    st.cache_resource.clear()
-    st.cache_data.clear()
+def env(app_ctx):
     for role in ("radiologist", "annotator", "researcher", "admin"):
-        auth.add_user(ctx.engine, role, role, PASSWORD)
-    return ctx
+        auth.add_user(app_ctx.engine, role, role, PASSWORD)
+    return app_ctx
 
 
 def _rendered(at: AppTest) -> dict:
