@@ -49,33 +49,26 @@ def brush_latency() -> None:
         f.wait_for_function("() => window.__cxrEditor.map !== null && window.__cxrEditor.map.length === 2048 * 2048")
         box = frame.locator("#overlay").bounding_box()
 
-        def stroke(tool: str) -> list[float]:
+        def drag(tool: str, start: float, step: tuple[float, float]) -> None:
+            """120 pointer moves of one drag with `tool`, from (start, start) of the view."""
             frame.get_by_role("button", name=tool, exact=True).click()
-            f.evaluate("() => { window.__cxrEditor.latencies = []; }")
-            x0, y0 = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3
+            x0, y0 = box["x"] + box["width"] * start, box["y"] + box["height"] * start
             page.mouse.move(x0, y0)
             page.mouse.down()
             for i in range(1, 121):
-                page.mouse.move(x0 + i * 2.5, y0 + i * 2.0)
+                page.mouse.move(x0 + i * step[0], y0 + i * step[1])
             page.mouse.up()
             page.wait_for_timeout(300)  # the last frames
-            return f.evaluate("() => window.__cxrEditor.latencies.slice()")
 
-        f.evaluate("() => { window.__cxrEditor.size = 24; }")
-        brush = stroke("Brush")
-        # Pan drags record no paint latency in annotate.js; time its frames the same way from the page.
-        f.evaluate("""() => { const orig = draw; window.__panLat = [];
+        f.evaluate("() => { window.__cxrEditor.size = 24; window.__cxrEditor.latencies = []; }")
+        drag("Brush", 0.3, (2.5, 2.0))
+        brush = f.evaluate("() => window.__cxrEditor.latencies.slice()")
+        # Pan records no paint latency in annotate.js: time it the same way, from the event to the end of the frame
+        # that redraws the view (this listener's frame callback runs after the viewer's own draw).
+        f.evaluate("""() => { window.__panLat = [];
             overlay.addEventListener('pointermove', (e) => { if (drag?.kind === 'pan') {
-              const t = e.timeStamp; requestAnimationFrame(() => requestAnimationFrame(() => {}));
-              requestAnimationFrame(() => window.__panLat.push(performance.now() - t)); } }); }""")
-        frame.get_by_role("button", name="Pan", exact=True).click()
-        x0, y0 = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
-        page.mouse.move(x0, y0)
-        page.mouse.down()
-        for i in range(1, 121):
-            page.mouse.move(x0 + i * 1.5, y0 + i * 1.0)
-        page.mouse.up()
-        page.wait_for_timeout(300)
+              requestAnimationFrame(() => window.__panLat.push(performance.now() - e.timeStamp)); } }); }""")
+        drag("Pan", 0.5, (1.5, 1.0))
         pan = f.evaluate("() => window.__panLat.slice()")
         browser.close()
     print("1. brush stroke to repaint, 2048 x 2048, Chromium headless (software rendering)")

@@ -135,11 +135,13 @@ if mode == "Read":
                  "Research use only."):  # fmt: skip
         try:
             with st.spinner("Running the AI models…"):
-                prop = annotations.ai_proposal(ctx, _deps.runner(), im, task.findings, task.structures)
+                labels, boxes, lm, prediction_id = annotations.ai_proposal(
+                    ctx, _deps.runner(), im, task.findings, task.structures
+                )
             saved = annotations.save(
-                ctx, user, image_id, task_id=task.id, labels=prop.labels, boxes=prop.boxes,
-                label_map=prop.label_map if prop.label_map is not None else _blank(im),
-                parent_id=state["parent"], proposal_prediction_id=prop.prediction_id, note="AI proposal",
+                ctx, user, image_id, task_id=task.id, labels=labels, boxes=boxes,
+                label_map=lm if lm is not None else _blank(im), parent_id=state["parent"],
+                proposal_prediction_id=prediction_id, note="AI proposal",
             )  # fmt: skip
         except (AnnotationError, NotAllowed, DatabaseBusy) as exc:
             st.error(str(exc))

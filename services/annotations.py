@@ -315,40 +315,55 @@ def decode_mask(data_url: str, rows: int, columns: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Proposal:
-    """What the AI says of an image, as a starting point: labels at the operating points in force, boxes of the
-    findings it calls present, the anatomy label map, and the prediction it came from."""
+class AIReading:
+    """What the AI says of a stored image: every finding at the operating point in force ("No Finding" never
+    present beside a finding), the boxes of the findings it calls present (with the finding's probability and
+    the stored item each came from), the anatomy label map, the models ({task: provenance}) and the
+    classifier's stored prediction."""
 
     labels: dict[str, str]
     boxes: list[dict]
     label_map: np.ndarray | None
+    models: dict[str, dict]
     prediction_id: int | None
-    models: list[dict]
 
 
-def ai_proposal(ctx: Context, runner, image: dict, findings: tuple[str, ...], structures: tuple[str, ...]) -> Proposal:
-    """The AI's statements on a stored image (computed now when not stored), limited to a task's schema."""
-    from db import repo as db_repo
-    from services import analysis
+def ai_reading(ctx: Context, runner, image: dict) -> AIReading:
+    """The AI's statements on a stored image (the models run now where their results are not stored). `image`:
+    the row's id, pixel_sha256 and file_sha256."""
+    from services import analysis  # runs models: only where the AI's reading is asked for
 
     result = analysis.analyse(ctx, runner, image)
-    labels, boxes, lm, prediction_id = {}, [], None, None
+    labels, boxes, lm, models = {}, [], None, {}
     if (f := result.findings) is not None:
+        models["classification"] = f["model"]
         thr = result.thresholds or f.get("default_thresholds", {})
         for label, p in f["probabilities"].items():
-            if label in findings:
-                labels[label] = "present" if p >= thr.get(label, 0.5) else "absent"
-                if labels[label] == "present":
-                    boxes += [{"label": label, **{k: b[k] for k in ("x", "y", "w", "h")}} for b in f["boxes"].get(label, [])]
-        m = f["model"]
-        with dbe.read(ctx.engine) as s:
-            row = db_repo.get_prediction(s, image["pixel_sha256"], m["id"], m["version"], m["weights_sha256"])
-            prediction_id = row.id if row is not None else None
+            labels[label] = "present" if p >= thr.get(label, 0.5) else "absent"
+            if labels[label] == "present":
+                boxes += [
+                    {"label": label, **{k: b[k] for k in ("x", "y", "w", "h")}, "score": p,
+                     "item_id": result.item_id("classification", "box", f"{label}#{i}")}
+                    for i, b in enumerate(f["boxes"].get(label, []))
+                ]  # fmt: skip
+        if any(v == "present" for k, v in labels.items() if k != vocabulary.NO_FINDING):
+            labels[vocabulary.NO_FINDING] = "absent"
     if (a := result.anatomy) is not None:
+        models["segmentation"] = a["model"]
+        lm = analysis.label_map(ctx, a)
+    return AIReading(labels, boxes, lm, models, result.prediction_ids.get("classification"))
+
+
+def ai_proposal(ctx: Context, runner, image: dict, findings: tuple[str, ...], structures: tuple[str, ...]):
+    """The AI's reading as a reader's starting point, limited to a task's schema: (labels, boxes, label map,
+    the prediction it came from)."""
+    ai = ai_reading(ctx, runner, image)
+    boxes = [{k: v for k, v in b.items() if k != "score"} for b in ai.boxes if b["label"] in findings]
+    lm = ai.label_map
+    if lm is not None:
         keep = [v for v, name in vocabulary.STRUCTURES.items() if name in structures]
-        full = analysis.label_map(ctx, a)
-        lm = np.where(np.isin(full, keep), full, 0).astype(np.uint8)
-    return Proposal(labels, boxes, lm, prediction_id, result.models)
+        lm = np.where(np.isin(lm, keep), lm, 0).astype(np.uint8)
+    return {k: v for k, v in ai.labels.items() if k in findings}, boxes, lm, ai.prediction_id
 
 
 def on_image(ctx: Context, image_id: int) -> list[Version]:

@@ -139,26 +139,11 @@ def _ai_item(ctx: Context, runner, img: dict) -> Item:
 
 
 def _ai_reading(ctx: Context, runner, img: dict) -> dicom_objects.Reading:
-    """The AI's statements on an image, computed now when not stored: findings at the operating points in
-    force, the boxes of positive findings, the anatomy label map."""
-    from services import analysis  # runs models: only for --source ai
-
-    result = analysis.analyse(ctx, runner, img)
-    labels, boxes, lm, models = {}, [], None, {}
-    if (f := result.findings) is not None:
-        models["classification"] = f["model"]
-        thr = result.thresholds or f.get("default_thresholds", {})
-        for label, p in f["probabilities"].items():
-            labels[label] = "present" if p >= thr.get(label, 0.5) else "absent"
-            if labels[label] == "present":
-                boxes += [dict(b, label=label, score=p) for b in f["boxes"].get(label, [])]
-        if any(v == "present" for k, v in labels.items() if k != vocabulary.NO_FINDING):
-            labels[vocabulary.NO_FINDING] = "absent"  # never flagged together with a finding
-    if (a := result.anatomy) is not None:
-        models["segmentation"] = a["model"]
-        lm = analysis.label_map(ctx, a)
-    observer = f"{models['classification']['id']}" if "classification" in models else "AI"
-    return dicom_objects.Reading(observer=observer, labels=labels, boxes=boxes, label_map=lm, models=models)
+    """The AI's statements on an image (computed now when not stored), with the models that made them."""
+    ai = annotations.ai_reading(ctx, runner, img)
+    observer = ai.models["classification"]["id"] if "classification" in ai.models else "AI"
+    return dicom_objects.Reading(observer=observer, labels=ai.labels, boxes=ai.boxes, label_map=ai.label_map,
+                                 models=ai.models)  # fmt: skip
 
 
 # --- writers -------------------------------------------------------------------------------------------------------

@@ -164,3 +164,12 @@ def pick(page, label: str, option: str) -> None:
             if attempt == 2:
                 raise
     page.locator('[data-test-script-state="notRunning"]').wait_for(timeout=60_000)
+
+
+def sign_in(page, url: str, name: str, password: str) -> None:
+    """Open the app and send the sign-in form (what shows next is the caller's to wait for)."""
+    page.goto(url)
+    page.get_by_role("button", name="Sign in").wait_for(timeout=60_000)  # a cold server's first page is slow
+    page.get_by_label("User name").fill(name)
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()

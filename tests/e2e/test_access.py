@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, REPO, fresh_app_data, streamlit_server
+from tests.e2e.conftest import ARTIFACTS, REPO, fresh_app_data, sign_in, streamlit_server
 
 pytestmark = pytest.mark.e2e
 ADMIN_PASSWORD = "admin-password-1"
@@ -60,10 +60,7 @@ def test_after_someone_signed_in_elsewhere_a_browser_without_a_session_still_get
     with streamlit_server(REPO / "asgi.py", fresh_env()) as url:
         admin = browser.new_context()
         page = admin.new_page()
-        page.goto(url)
-        page.get_by_label("User name").fill("admin")
-        page.get_by_role("textbox", name="Password").fill(ADMIN_PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
+        sign_in(page, url, "admin", ADMIN_PASSWORD)
         page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
         page.get_by_role("link", name="Users").click()
         page.get_by_role("heading", name="Users").wait_for(timeout=30_000)
@@ -83,10 +80,7 @@ def test_a_page_of_another_role_opened_by_its_url_sends_to_the_worklist_and_says
         context = browser.new_context()
         try:
             page = context.new_page()
-            page.goto(url)
-            page.get_by_label("User name").fill("res")
-            page.get_by_role("textbox", name="Password").fill("researcher-pw")
-            page.get_by_role("button", name="Sign in").click()
+            sign_in(page, url, "res", "researcher-pw")
             page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
             for path, title in [("admin", "Users"), ("import_studies", "Import")]:
                 page.goto(f"{url}/{path}")  # a new page load: the session resumes from the cookie

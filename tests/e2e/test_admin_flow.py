@@ -9,7 +9,7 @@ import io
 
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, REPO, fresh_app_data, pick
+from tests.e2e.conftest import ARTIFACTS, REPO, fresh_app_data, pick, sign_in
 
 pytestmark = pytest.mark.e2e
 ADMIN_PASSWORD = "admin-password-1"
@@ -19,13 +19,6 @@ ADMIN_PASSWORD = "admin-password-1"
 def app(run_streamlit, tmp_path_factory):
     env, ctx = fresh_app_data(tmp_path_factory.mktemp("admin-e2e"), {"boss": ("admin", ADMIN_PASSWORD)})
     return run_streamlit(REPO / "asgi.py", env), ctx
-
-
-def _sign_in(page, url, name, password):
-    page.goto(url)
-    page.get_by_label("User name").fill(name)
-    page.get_by_role("textbox", name="Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
 
 
 def _press(page, name):
@@ -40,7 +33,7 @@ def test_add_a_user_force_a_new_password_unlock_disable_and_export_the_audit(bro
     url, ctx = app
     admin = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True).new_page()
     errors = record_errors(admin)
-    _sign_in(admin, url, "boss", ADMIN_PASSWORD)
+    sign_in(admin, url, "boss", ADMIN_PASSWORD)
     admin.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
     admin.get_by_role("link", name="Users").click()
     admin.get_by_role("heading", name="Add a user").wait_for(timeout=30_000)
@@ -55,7 +48,7 @@ def test_add_a_user_force_a_new_password_unlock_disable_and_export_the_audit(bro
     # The one-time password gets in only as far as choosing a new password.
     ann = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     ann_errors = record_errors(ann)
-    _sign_in(ann, url, "ann", one_time)
+    sign_in(ann, url, "ann", one_time)
     ann.get_by_role("heading", name="Choose your password").wait_for(timeout=30_000)
     assert ann.get_by_role("link", name="Worklist").count() == 0
     ann.get_by_label("New password", exact=True).fill(one_time)
@@ -72,7 +65,7 @@ def test_add_a_user_force_a_new_password_unlock_disable_and_export_the_audit(bro
         auth.authenticate(ctx.engine, "ann", "a wrong guess!")
     until = auth.locked_names(ctx.engine)["ann"].astimezone()
     other = browser.new_context().new_page()
-    _sign_in(other, url, "ann", "anns-own-password")
+    sign_in(other, url, "ann", "anns-own-password")
     other.get_by_text(f"Too many failed attempts; try again after {until:%H:%M}").wait_for(timeout=30_000)
     other.screenshot(path=ARTIFACTS / "admin-02-locked.png")
 
@@ -82,7 +75,7 @@ def test_add_a_user_force_a_new_password_unlock_disable_and_export_the_audit(bro
     pick(admin, "Account", "ann")
     _press(admin, "Unlock")
     admin.get_by_text("ann unlocked.").wait_for(timeout=30_000)
-    _sign_in(other, url, "ann", "anns-own-password")
+    sign_in(other, url, "ann", "anns-own-password")
     other.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
 
     # Disabled: ann's open tab is signed out at its next action.
@@ -122,13 +115,13 @@ def test_a_stale_tab_does_not_sign_out_the_newer_session_of_its_browser(browser,
     auth.add_user(ctx.engine, "rad2", "radiologist", "radiologist-pw")
     browser_context = browser.new_context()
     tab_a = browser_context.new_page()
-    _sign_in(tab_a, url, "rad2", "radiologist-pw")
+    sign_in(tab_a, url, "rad2", "radiologist-pw")
     tab_a.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
     old = {c["name"]: c["value"] for c in browser_context.cookies()}["cxr_review_session"]
     auth.end_session(ctx.engine, old)
     tab_b = browser_context.new_page()
     tab_b.goto(url)
-    _sign_in(tab_b, url, "rad2", "radiologist-pw")
+    sign_in(tab_b, url, "rad2", "radiologist-pw")
     tab_b.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
     new = {c["name"]: c["value"] for c in browser_context.cookies()}["cxr_review_session"]
     assert new != old

@@ -17,7 +17,7 @@ from db import accounts, repo
 from db import engine as dbe
 from db.models import Prediction, PredictionItem
 from tests.conftest import SHARED
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data, sign_in
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "radiologist-pw"
@@ -61,11 +61,7 @@ def _settle(page, ms: int = 1500) -> None:
 
 
 def _sign_in(page, url: str, username: str = "rad") -> None:
-    page.goto(url)
-    page.get_by_role("button", name="Sign in").wait_for(timeout=60_000)
-    page.get_by_label("User name").fill(username)
-    page.get_by_role("textbox", name="Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, url, username, PASSWORD)
 
 
 def _sign_in_and_open_the_study(page, url: str) -> None:

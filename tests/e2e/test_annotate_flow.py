@@ -11,7 +11,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data, pick
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data, pick, sign_in
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "a-long-enough-password"
@@ -54,10 +54,7 @@ def _image_id(ctx):
 
 
 def _sign_in(page, url, name):
-    page.goto(url)
-    page.get_by_label("User name").fill(name)
-    page.get_by_role("textbox", name="Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, url, name, PASSWORD)
     page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
 
 

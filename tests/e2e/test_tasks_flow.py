@@ -13,7 +13,7 @@ import zipfile
 import pytest
 
 from tests.conftest import SHARED
-from tests.e2e.conftest import ARTIFACTS, REPO, fresh_app_data, pick
+from tests.e2e.conftest import ARTIFACTS, REPO, fresh_app_data, pick, sign_in
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "admin-password-1"
@@ -52,10 +52,7 @@ def test_an_admin_makes_a_task_with_two_readers_and_sees_it_in_the_list(browser,
     url, ctx = app
     page = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True).new_page()
     errors = record_errors(page)
-    page.goto(url)
-    page.get_by_label("User name").fill("boss")
-    page.get_by_role("textbox", name="Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, url, "boss", PASSWORD)
     page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
     page.get_by_role("link", name="Labelling tasks").click()
     page.get_by_role("heading", name="Labelling tasks").wait_for(timeout=30_000)

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from db import engine as dbe
-from services import annotations, auth, importer, labelling
+from services import annotations, auth, importer, labelling, vocabulary
 from services.auth import SignedIn
 
 IMAGES = ("00000075_000.png", "00000100_000.png", "00000211_000.png")
@@ -260,3 +260,29 @@ def test_an_erased_map_disagrees_with_an_outlined_one_and_polygons_export_to_coc
     assert {c["id"]: c["name"] for c in doc["categories"]}[ann["category_id"]] == "lungs"
     assert ann["segmentation"] == [[80, 100, 200, 100, 200, 300, 80, 300]] and ann["area"] == 120 * 200
     assert ann["bbox"] == [80, 100, 120, 200]
+
+
+def test_the_ai_proposal_keeps_to_the_schema_and_names_the_ai_items_its_boxes_came_from(world):
+    from inference.registry import Registry
+    from inference.runner import Runner
+
+    ctx, users, image_ids = world
+    with dbe.read(ctx.engine) as s:
+        row = s.execute(text("SELECT id, pixel_sha256, file_sha256 FROM images ORDER BY id DESC LIMIT 1")).one()
+    image = {"id": row.id, "pixel_sha256": row.pixel_sha256, "file_sha256": row.file_sha256}
+    runner = Runner(Registry(ctx.settings.models_dir), "cpu")
+    ai = annotations.ai_reading(ctx, runner, image)
+    present = [k for k, v in ai.labels.items() if v == "present"]
+    assert present and not (vocabulary.NO_FINDING in present and len(present) > 1)
+    schema = tuple(present[:1])
+    labels, boxes, lm, prediction_id = annotations.ai_proposal(ctx, runner, image, schema, ("lungs",))
+    assert labels == {schema[0]: "present"} and all(b["label"] == schema[0] for b in boxes)
+    assert prediction_id is not None and lm is not None and set(np.unique(lm)) <= {0, 1}
+    with dbe.read(ctx.engine) as s:
+        items = dict(s.execute(text("SELECT id, key FROM prediction_items WHERE prediction_id = :p"),
+                               {"p": prediction_id}).all())  # fmt: skip
+    assert all(items[b["item_id"]].startswith(f"{b['label']}#") for b in boxes)
+    saved = annotations.save(ctx, users["ann"], row.id, labels=labels, boxes=boxes, label_map=lm,
+                             proposal_prediction_id=prediction_id)  # fmt: skip
+    assert annotations.head(ctx, row.id, None, users["ann"].user_id).proposal_prediction_id == prediction_id
+    assert saved.conflict is None
