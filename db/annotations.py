@@ -141,6 +141,10 @@ def task_images(s: Session, task_id: int) -> list[int]:
     )
 
 
+def task_image_count(s: Session, task_id: int) -> int:
+    return s.scalar(select(func.count()).where(LabellingTaskImage.task_id == task_id))
+
+
 def task_readers(s: Session, task_id: int) -> dict[str, tuple[int, bool]]:
     """{user name: (user id, adjudicator)} of a task."""
     rows = s.execute(

@@ -18,7 +18,7 @@ from db import annotations as repo
 from db import engine as dbe
 from db import repo as db_repo
 from db.models import AnnotationStatus, Image, LabellingTask, Role, utcnow
-from services import vocabulary
+from services import annotations, vocabulary
 from services.context import Context
 
 ORDERS = {
@@ -54,7 +54,7 @@ def _task(s: Session, row: LabellingTask) -> Task:
     readers = {name: adj for name, (_, adj) in repo.task_readers(s, row.id).items()}
     return Task(
         row.id, row.name, tuple(schema["findings"]), tuple(schema["boxes"]), tuple(schema["structures"]),
-        row.readers_per_image, row.blinded, row.queue_order, readers, len(repo.task_images(s, row.id)),
+        row.readers_per_image, row.blinded, row.queue_order, readers, repo.task_image_count(s, row.id),
     )  # fmt: skip
 
 
@@ -260,8 +260,6 @@ def closed(ctx: Context, task_id: int, image_id: int) -> bool:
 def visible_lines(ctx: Context, task_id: int, image_id: int, viewer) -> list:
     """The newest version of each line of the image that `viewer` may see: in a blinded task, a reader sees only
     their own work until the image is closed; adjudicators, admins and researchers see everyone's."""
-    from services import annotations  # the service above this one
-
     lines = annotations.heads(ctx, task_id, [image_id])
     with dbe.read(ctx.engine) as s:
         task = by_id(s, task_id)
