@@ -13,7 +13,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import generate_uid
 
 from services import vocabulary
 
@@ -237,7 +237,3 @@ def structured_report(source: Dataset, reading: Reading) -> Dataset:
 
 def _person(name: str) -> str:
     return f"{name}^"  # a single-component person name, marked as such
-
-
-def uid_of(ds: Dataset) -> UID:
-    return ds.SOPInstanceUID

@@ -29,7 +29,7 @@ def app(run_streamlit, tmp_path_factory, shared_data):
     [res] = importer.import_paths(ctx.engine, ctx.store, [shared_data / "nih" / "images" / IMAGE], max_bytes=2**30)
     boss = _user(ctx, "boss")
     task = labelling.create(
-        ctx, SignedIn(boss, "boss", "admin", False), name="lungs pilot", image_ids=[_image_id(ctx)],
+        ctx, SignedIn(boss, "boss", "admin", False), name="lungs pilot", image_ids=[res.image_id],
         readers={"ann": False, "bob": False, "adj": True}, readers_per_image=2, blinded=True,
     )  # fmt: skip
     return run_streamlit(REPO / "asgi.py", env), ctx, task
@@ -42,15 +42,6 @@ def _user(ctx, name):
 
     with dbe.read(ctx.engine) as s:
         return s.scalar(text("SELECT id FROM users WHERE username = :n"), {"n": name})
-
-
-def _image_id(ctx):
-    from sqlalchemy import text
-
-    from db import engine as dbe
-
-    with dbe.read(ctx.engine) as s:
-        return s.scalar(text("SELECT id FROM images"))
 
 
 def _sign_in(page, url, name):
