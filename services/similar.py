@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import Engine
 
+from db import engine as dbe
+from db import repo
 from inference import embeddings
 from inference.runner import Runner
 from inference.types import RESEARCH_USE, ModelRef
 from services import analysis, importer
-from services.store import private_dir, write_atomic
+from services.store import ImageStore, private_dir, write_atomic
 from viewer import dicom_io
 
 BATCH = 32  # images per forward pass: the model inputs of one batch are all that is held in memory
@@ -55,6 +58,17 @@ class EmbeddingCache:
         write_atomic(path, buf.getvalue())
 
 
+@dataclass(frozen=True)
+class Source:
+    """An image to search: where to read it, how output lines name it (`fields`: {"file": ...}, and
+    {"image_id": ...} for a stored image), and its pixel sha256 when known (a stored image): then a cached
+    embedding is used without reading the file."""
+
+    path: Path
+    fields: dict
+    pixel_sha256: str | None = None
+
+
 @dataclass
 class Embedded:
     """Images that were read and embedded, row i of `vectors` for files[i]; and the files refused."""
@@ -69,7 +83,7 @@ class Embedded:
 
 def embed_files(
     runner: Runner,
-    files: Iterable[Path],
+    files: Iterable[Path | Source],
     cache_root: Path,
     *,
     max_bytes: int,
@@ -77,7 +91,8 @@ def embed_files(
     layer: str = embeddings.DEFAULT_LAYER,
 ) -> tuple[Embedded, ModelRef]:
     """Read, check and embed each file (a cached embedding when its pixels were embedded before by the same
-    model and layer). ModelUnavailable when the model's weights are missing or changed."""
+    model and layer); `Embedded.files` names them by path. ModelUnavailable when the model's weights are
+    missing or changed."""
     spec = runner.registry.check(model)
     ref = ModelRef(spec.model_id, spec.version, spec.weights_sha256)
     cache = EmbeddingCache(cache_root, ref, layer)
@@ -96,7 +111,15 @@ def embed_files(
         out.computed += len(pending)
         pending.clear()
 
-    for path in files:
+    for src in files:
+        path = src.path if isinstance(src, Source) else src
+        known = src.pixel_sha256 if isinstance(src, Source) else None
+        if known and (v := cache.get(known)) is not None:  # a stored image seen before: not even read
+            out.files.append(str(path))
+            out.pixel_sha256.append(known)
+            vectors.append(v)
+            out.cached += 1
+            continue
         try:
             img = importer.load_checked(path, max_bytes=max_bytes)
         except importer.FileRejected as exc:
@@ -147,10 +170,25 @@ def _key(f: Path) -> str:
     return str(f.resolve() if f.exists() else f)
 
 
+def folder_sources(paths: Iterable[str | Path]) -> list[Source]:
+    """Files as given, and every file under given folders (recursive, as import walks them)."""
+    return [Source(f, {"file": str(f)}) for f in importer.iter_input_files(paths)]
+
+
+def stored_sources(engine: Engine, store: ImageStore) -> list[Source]:
+    """Every image in the database, read from the image store; named by image id and imported file name."""
+    with dbe.read(engine) as s:
+        rows = repo.stored_images(s)
+    return [
+        Source(store.path_for(file_sha), {"image_id": image_id, "file": name}, pixel_sha)
+        for image_id, file_sha, pixel_sha, name in rows
+    ]
+
+
 def search(
     runner: Runner,
     queries: Iterable[str | Path],
-    among: Iterable[str | Path],
+    among: Sequence[Source],
     cache_root: Path,
     *,
     max_bytes: int,
@@ -158,38 +196,34 @@ def search(
     model: str = embeddings.DEFAULT_MODEL,
     layer: str = embeddings.DEFAULT_LAYER,
 ) -> Iterator[dict]:
-    """One JSON-ready dict per query file (files as given, folders recursively), then one per refused file of
+    """One JSON-ready dict per query file (files as given, folders recursively), then one per refused image of
     `among` that is not a query: `status` "done" with `neighbours` [{file, distance}] nearest first, or
-    "rejected" with `code` and `reason`. Each file is read and embedded once even when it is both a query and
-    in `among`."""
+    "rejected" with `code` and `reason`. A query's own pixels are never its neighbour, under any name. Each
+    file is read and embedded once even when it is both a query and in `among`."""
     query_files = list(importer.iter_input_files(queries))
-    among_files = list(importer.iter_input_files(among))
-    unique = list(dict.fromkeys(_key(f) for f in [*query_files, *among_files]))
+    todo: dict[str, Path | Source] = {}
+    for f in query_files:
+        todo.setdefault(_key(f), Path(_key(f)))
+    for src in among:
+        todo.setdefault(_key(src.path), Source(Path(_key(src.path)), src.fields, src.pixel_sha256))
     embedded, ref = embed_files(
-        runner, map(Path, unique), cache_root, max_bytes=max_bytes, model=model, layer=layer
+        runner, todo.values(), cache_root, max_bytes=max_bytes, model=model, layer=layer
     )
     row_of = {f: i for i, f in enumerate(embedded.files)}
-    gallery_rows: dict[int, str] = {}  # embedded row -> the among file's name as given
-    for f in among_files:
-        if (row := row_of.get(_key(f))) is not None:
-            gallery_rows.setdefault(row, str(f))
-    rows = list(gallery_rows)
-    names = list(gallery_rows.values())
-    shas = [embedded.pixel_sha256[i] for i in rows]
+    gallery: dict[int, dict] = {}  # embedded row -> how output lines name it
+    for src in among:
+        if (row := row_of.get(_key(src.path))) is not None:
+            gallery.setdefault(row, src.fields)
+    rows, names = list(gallery), list(gallery.values())
     done = [row_of[_key(f)] for f in query_files if _key(f) in row_of]
-    found = dict(
-        zip(
-            done,
-            nearest_others(
-                embedded.vectors[rows],
-                shas,
-                embedded.vectors[done],
-                [embedded.pixel_sha256[i] for i in done],
-                k,
-            ),
-            strict=True,
-        )
+    found = nearest_others(
+        embedded.vectors[rows],
+        [embedded.pixel_sha256[i] for i in rows],
+        embedded.vectors[done],
+        [embedded.pixel_sha256[i] for i in done],
+        k,
     )
+    found_of = dict(zip(done, found, strict=True))
     provenance = {"id": ref.model_id, "version": ref.version, "weights_sha256": ref.weights_sha256}
     common = {"model": provenance, "layer": layer, "research_use": RESEARCH_USE}
     reported: set[str] = set()
@@ -203,13 +237,13 @@ def search(
         yield {
             "file": str(f),
             "status": "done",
-            "neighbours": [{"file": names[j], "distance": round(d, 6)} for j, d in found[row_of[key]]],
+            "neighbours": [names[j] | {"distance": round(d, 6)} for j, d in found_of[row_of[key]]],
             **common,
         }
-    for f in among_files:
-        key = _key(f)
+    for src in among:
+        key = _key(src.path)
         if key in reported or key not in embedded.rejected:
             continue
         reported.add(key)
         code, reason = embedded.rejected[key]
-        yield {"file": str(f), "status": "rejected", "code": code, "reason": reason, "among": True}
+        yield src.fields | {"status": "rejected", "code": code, "reason": reason, "among": True}

@@ -35,7 +35,11 @@ def test_unit_length_rows_with_their_model(runner, films, layer, dim):
     e = embeddings.embed_batch(runner, films, layer=layer)
     assert e.vectors.shape == (4, dim) and e.vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(e.vectors, axis=1), 1, atol=1e-5)
-    assert e.model.model_id == "cxr15_mobilenetv3" and e.model.version == "1.0.0" and len(e.model.weights_sha256) == 64
+    assert (
+        e.model.model_id == "cxr15_mobilenetv3"
+        and e.model.version == "1.0.0"
+        and len(e.model.weights_sha256) == 64
+    )
     assert e.layer == layer and e.timings_ms["total"] > 0
     # A batch gives each image what it gets alone (running BatchNorm statistics, no batch effects).
     alone = embeddings.embed_batch(runner, films[1:2], layer=layer).vectors[0]
@@ -44,7 +48,9 @@ def test_unit_length_rows_with_their_model(runner, films, layer, dim):
 
 
 def test_a_slightly_changed_film_stays_nearer_than_other_films(runner, films):
-    noisy = np.clip(films[0] + np.random.default_rng(0).normal(0, 0.01, films[0].shape), 0, 1).astype(np.float32)
+    noisy = np.clip(films[0] + np.random.default_rng(0).normal(0, 0.01, films[0].shape), 0, 1).astype(
+        np.float32
+    )
     e = embeddings.embed_batch(runner, [films[0], noisy, *films[1:]]).vectors
     d = np.linalg.norm(e[1:] - e[0], axis=1)
     assert d[0] < 0.1 and d[0] < d[1:].min() / 3

@@ -66,7 +66,9 @@ def among(shared_data, tmp_path_factory):
 def result(env, among, tmp_path_factory):
     """The query named as a file, and a second query that does not exist: one search over the folder."""
     missing = tmp_path_factory.mktemp("q") / "no_such_file.png"
-    r = run([among / f"auntminnie-a-{PATIENT_2}", missing, "--among", among, "--k", "4", "--device", "cpu"], env)
+    r = run(
+        [among / f"auntminnie-a-{PATIENT_2}", missing, "--among", among, "--k", "4", "--device", "cpu"], env
+    )
     return {"r": r, "lines": [json.loads(line) for line in r.stdout.splitlines()], "missing": missing}
 
 
@@ -134,7 +136,10 @@ def runner():
 def test_cache_second_run_computes_nothing_and_damage_is_recomputed(runner, among, tmp_path):
     files = sorted(among.iterdir())
     first, ref = similar.embed_files(runner, files, tmp_path, max_bytes=2**30)
-    assert (first.computed, first.cached) == (len(files) - 2, 1)  # broken.png refused; the copy hits the cache
+    assert (first.computed, first.cached) == (
+        len(files) - 2,
+        1,
+    )  # broken.png refused; the copy hits the cache
     second, _ = similar.embed_files(runner, files, tmp_path, max_bytes=2**30)
     assert (second.computed, second.cached) == (0, len(files) - 1)
     np.testing.assert_array_equal(first.vectors, second.vectors)
@@ -161,7 +166,9 @@ def test_same_patients_other_film_among_the_first_five(runner, shared_data, tmp_
         for r in csv.DictReader((root / "metadata.csv").open())
         if r["modality"] == "X-ray" and r["view"] in ("PA", "AP", "AP Supine")
     ]
-    emb, _ = similar.embed_files(runner, [root / "images" / r["file"] for r in rows], tmp_path, max_bytes=2**30)
+    emb, _ = similar.embed_files(
+        runner, [root / "images" / r["file"] for r in rows], tmp_path, max_bytes=2**30
+    )
     assert len(emb.files) == len(rows) == 356
     patients = [r["patientid"] for r in rows]
     counts = Counter(patients)
@@ -172,3 +179,34 @@ def test_same_patients_other_film_among_the_first_five(runner, shared_data, tmp_
     hits = [any(patients[j] == patients[q] for j, _ in near) for q, near in zip(queries, found, strict=True)]
     assert len(hits) == 213 and len({patients[q] for q in queries}) == 77
     assert np.mean(hits) >= 0.65
+
+
+def test_among_the_stored_images(ctx, app_env, runner, among, shared_data):
+    """`--among db`: every image of the app's store, named by image id; a stored image whose embedding is cached
+    is not read again, one whose file is gone and not cached is reported."""
+    from services import importer
+
+    covid = shared_data / "covid_followup" / "images"
+    stored = [covid / f"auntminnie-{x}-{PATIENT_2}" for x in "abc"] + [among / "JPCLN001.png"]
+    results = list(importer.import_paths(ctx.engine, ctx.store, stored, max_bytes=2**30))
+    assert [r.status for r in results] == ["imported"] * 4
+    r = run([among / f"auntminnie-a-{PATIENT_2}", "--among", "db", "--device", "cpu"], app_env)
+    assert r.returncode == 0, r.stderr
+    (line,) = [json.loads(x) for x in r.stdout.splitlines()]
+    near = line["neighbours"]
+    # The stored copy of the query is left out; the same patient's two other films come first.
+    assert [n["file"] for n in near[:2]] == [f"auntminnie-{x}-{PATIENT_2}" for x in "bc"]  # as imported
+    assert len(near) == 3 and all(isinstance(n["image_id"], int) for n in near)
+
+    cache = Path(app_env["CXR_REVIEW_DATA_DIR"]) / "embeddings"
+    sources = similar.stored_sources(ctx.engine, ctx.store)
+    sources[1].path.unlink()  # embedded by the run above: its cached embedding is used, the file not read
+    first = list(similar.search(runner, [among / "JPCLN002.png"], sources, cache, max_bytes=2**30, k=5))
+    assert len(first) == 1 and len(first[0]["neighbours"]) == 4
+    assert sources[1].fields["image_id"] in {n["image_id"] for n in first[0]["neighbours"]}
+    shutil.rmtree(cache)  # now nothing is cached: the missing file is reported with its image id
+    again = list(similar.search(runner, [among / "JPCLN002.png"], sources, cache, max_bytes=2**30, k=5))
+    assert len(again[0]["neighbours"]) == 3
+    assert again[1] | {"reason": None} == sources[1].fields | {
+        "status": "rejected", "code": "not_found", "reason": None, "among": True
+    }  # fmt: skip
