@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 from time import perf_counter
 
+import cv2
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from inference import embeddings  # noqa: E402
 from inference.registry import Registry  # noqa: E402
 from inference.runner import Runner, default_models_dir  # noqa: E402
-from services import similar  # noqa: E402
+from services import analysis, importer, similar  # noqa: E402
 
 FRONTAL = ("PA", "AP", "AP Supine")
 MAX_BYTES = 200 * 2**20
@@ -103,13 +105,15 @@ def main() -> None:
         (args.data / "jsrt" / "images512").glob("*.png")
     )
     files = files[:1000]
-    with tempfile.TemporaryDirectory() as cache:
-        t = perf_counter()
-        real, ref = similar.embed_files(runner, files, Path(cache), max_bytes=MAX_BYTES)
-        embed_s = perf_counter() - t
-        t = perf_counter()
-        again, _ = similar.embed_files(runner, files, Path(cache), max_bytes=MAX_BYTES)
-        cached_s = perf_counter() - t
+    cache = Path(
+        tempfile.mkdtemp(prefix="bench_similar_")
+    )  # the embedding cache of this run (removed at the end)
+    t = perf_counter()
+    real, ref = similar.embed_files(runner, files, cache, max_bytes=MAX_BYTES)
+    embed_s = perf_counter() - t
+    t = perf_counter()
+    again, _ = similar.embed_files(runner, files, cache, max_bytes=MAX_BYTES)
+    cached_s = perf_counter() - t
     t = perf_counter()
     xy = embeddings.embedding_map(real.vectors)
     map_s = perf_counter() - t
@@ -185,14 +189,24 @@ def main() -> None:
         f"\nfollow-up: {n_covid} frontal films of covid_followup, the query and copies of its pixels left out"
     )
     covid_files = files[:n_covid]
-    with tempfile.TemporaryDirectory() as cache:
-        for layer in embeddings.LAYERS:
-            emb, _ = similar.embed_files(runner, covid_files, Path(cache), max_bytes=MAX_BYTES, layer=layer)
-            kept = [patients[i] for i, f in enumerate(covid_files) if str(f) in emb.files]
-            rates = hit_rates(emb.vectors, kept, emb.pixel_sha256)
-            print(f"  {layer:12s} {rates['films']} films of {rates['patients']} patients: "
-                  f"hit@1 {rates['hit@1_films']:.3f} (patients {rates['hit@1_patients']:.3f}), "
-                  f"hit@5 {rates['hit@5_films']:.3f} (patients {rates['hit@5_patients']:.3f})")  # fmt: skip
+    for layer in embeddings.LAYERS:
+        emb, _ = similar.embed_files(runner, covid_files, cache, max_bytes=MAX_BYTES, layer=layer)
+        kept = [patients[i] for i, f in enumerate(covid_files) if str(f) in emb.files]
+        report(layer, hit_rates(emb.vectors, kept, emb.pixel_sha256))
+    shutil.rmtree(cache)
+    # A reference without the classifier: the same picture shrunk to 32 x 32, mean image removed.
+    imgs = [analysis.model_input(importer.load_checked(f, max_bytes=MAX_BYTES)) for f in covid_files]
+    thumbs = np.stack([cv2.resize(i, (32, 32), interpolation=cv2.INTER_AREA).ravel() for i in imgs])
+    report(
+        "pixels 32x32",
+        hit_rates(embeddings.l2_normalise(thumbs - thumbs.mean(0)), patients, emb.pixel_sha256),
+    )
+
+
+def report(name: str, rates: dict) -> None:
+    print(f"  {name:12s} {rates['films']} films of {rates['patients']} patients: "
+          f"hit@1 {rates['hit@1_films']:.3f} (patients {rates['hit@1_patients']:.3f}), "
+          f"hit@5 {rates['hit@5_films']:.3f} (patients {rates['hit@5_patients']:.3f})")  # fmt: skip
 
 
 if __name__ == "__main__":

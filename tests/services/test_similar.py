@@ -3,11 +3,8 @@ and the same-patient check on covid_followup."""
 
 import csv
 import json
-import os
 import shutil
 import stat
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,27 +15,20 @@ import pytest
 from inference.registry import Registry
 from inference.runner import Runner
 from services import similar
+from tests.conftest import MODELS, models_env, run_cli
 
-CLI = [sys.executable, "-m", "services.cli", "similar"]
-REPO = Path(__file__).resolve().parents[2]
-MODELS = Path(os.environ.get("CXR_REVIEW_MODELS_DIR", REPO.parent / "shared" / "models"))
 WEIGHTS = "cxr15_mobilenetv3small_nih_float_from_int8.pt"
 SHA256 = "0cdb24a96b813c2b0f3b4b06e632f31e6e497f4c57a259eca6d1c680ec7da751"  # shared/models/README.md
 PATIENT_2 = "2020_01_28_23_51_6665_2020_01_28_Vietnam_coronavirus.jpg"  # covid_followup, 4 frontal films
 
 
 def run(args, env):
-    return subprocess.run(
-        CLI + [str(a) for a in args], env={**os.environ, **env}, capture_output=True, text=True, timeout=300
-    )
+    return run_cli("similar", args, env)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    if not (MODELS / WEIGHTS).is_file():
-        pytest.skip(f"model weights not in {MODELS} (set CXR_REVIEW_MODELS_DIR)")
-    data = tmp_path_factory.mktemp("data")
-    return {"CXR_REVIEW_DATA_DIR": str(data), "CXR_REVIEW_MODELS_DIR": str(MODELS), "CXR_REVIEW_SETTINGS": ""}
+    return models_env(tmp_path_factory, WEIGHTS)
 
 
 @pytest.fixture(scope="module")
