@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from time import perf_counter
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inference.runner import Runner, _Clock, as_image
+from inference.runner import Runner, as_image
 from inference.types import ModelRef, ModelSpec
 
 DEFAULT_MODEL = "cxr15_mobilenetv3"
@@ -75,16 +76,17 @@ def embed_batch(
     weights are missing or changed."""
     if layer not in LAYERS:
         raise ValueError(f"unknown layer {layer!r}: one of {LAYERS}")
+    start = perf_counter()
+    spec = runner.registry.lookup(model)
+    if spec.task != "classification":
+        raise ValueError(f"{spec.ref} is a {spec.task} model, not classification")
+    net = runner.load(spec)
+    ref = ModelRef(spec.model_id, spec.version, spec.weights_sha256)
     imgs = [as_image(i) for i in imgs]
-    clock = _Clock(runner.device)
-    spec, net = runner._prepare("classification", model, clock)
     if not imgs:
-        return Embeddings(np.zeros((0, 0), np.float32), Runner._ref(spec), layer, clock.done())
-    with clock.phase("preprocess"):
-        x = runner._classifier_input(imgs, spec)
-    with clock.phase("forward"):
-        v = features(net, x, layer).float().cpu().numpy()
-    return Embeddings(l2_normalise(v), Runner._ref(spec), layer, clock.done())
+        return Embeddings(np.zeros((0, 0), np.float32), ref, layer, {"total": 0.0})
+    v = features(net, runner.classifier_input(imgs, spec), layer).float().cpu().numpy()
+    return Embeddings(l2_normalise(v), ref, layer, {"total": (perf_counter() - start) * 1000})
 
 
 class ExactIndex:
