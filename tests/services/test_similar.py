@@ -22,10 +22,6 @@ SHA256 = "0cdb24a96b813c2b0f3b4b06e632f31e6e497f4c57a259eca6d1c680ec7da751"  # s
 PATIENT_2 = "2020_01_28_23_51_6665_2020_01_28_Vietnam_coronavirus.jpg"  # covid_followup, 4 frontal films
 
 
-def run(args, env):
-    return run_cli("similar", args, env)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     return models_env(tmp_path_factory, WEIGHTS)
@@ -56,9 +52,8 @@ def among(shared_data, tmp_path_factory):
 def result(env, among, tmp_path_factory):
     """The query named as a file, and a second query that does not exist: one search over the folder."""
     missing = tmp_path_factory.mktemp("q") / "no_such_file.png"
-    r = run(
-        [among / f"auntminnie-a-{PATIENT_2}", missing, "--among", among, "--k", "4", "--device", "cpu"], env
-    )
+    query = among / f"auntminnie-a-{PATIENT_2}"
+    r = run_cli("similar", [query, missing, "--among", among, "--k", "4", "--device", "cpu"], env)
     return {"r": r, "lines": [json.loads(line) for line in r.stdout.splitlines()], "missing": missing}
 
 
@@ -100,7 +95,7 @@ def test_exit_0_when_all_read_and_2_for_usage_errors(env, among, shared_data, tm
     good.mkdir()
     for png in sorted((shared_data / "jsrt" / "images512").glob("*.png"))[:3]:
         shutil.copy(png, good)
-    r = run([good, "--among", good, "--k", "10", "--device", "cpu"], env)
+    r = run_cli("similar", [good, "--among", good, "--k", "10", "--device", "cpu"], env)
     assert r.returncode == 0, r.stderr
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert [Path(line["file"]).name for line in lines] == sorted(p.name for p in good.iterdir())
@@ -112,7 +107,7 @@ def test_exit_0_when_all_read_and_2_for_usage_errors(env, among, shared_data, tm
         ([good, "--among", good, "--model", "no_such_model"], "no_such_model"),
         ([good, "--among", good, "--model", "anatomy_unet_jsrt"], "classification"),
     ]:
-        r = run(args, env)
+        r = run_cli("similar", args, env)
         assert r.returncode == 2 and says in r.stderr and r.stdout == "", (args, r.stderr)
 
 
@@ -180,7 +175,7 @@ def test_among_the_stored_images(ctx, app_env, runner, among, shared_data):
     stored = [covid / f"auntminnie-{x}-{PATIENT_2}" for x in "abc"] + [among / "JPCLN001.png"]
     results = list(importer.import_paths(ctx.engine, ctx.store, stored, max_bytes=2**30))
     assert [r.status for r in results] == ["imported"] * 4
-    r = run([among / f"auntminnie-a-{PATIENT_2}", "--among", "db", "--device", "cpu"], app_env)
+    r = run_cli("similar", [among / f"auntminnie-a-{PATIENT_2}", "--among", "db", "--device", "cpu"], app_env)
     assert r.returncode == 0, r.stderr
     (line,) = [json.loads(x) for x in r.stdout.splitlines()]
     near = line["neighbours"]
