@@ -23,7 +23,8 @@ def controls(prior: priors.Prior | None, study_id: int) -> dict | None:
     on = st.toggle("Compare with prior", key=f"prior_on_{study_id}", help="Shows the patient's latest earlier "
                    "study beside this one; zoom, pan and window move both")  # fmt: skip
     more = f" · {prior.others} more earlier or undated" if prior.others else ""
-    st.caption(f"{prior.study_date} · {prior.days_before} days before this study{more}")
+    days = f"{prior.days_before} day{'s' * (prior.days_before != 1)}"
+    st.caption(f"{prior.study_date} · {days} before this study{more}")
     if not on:
         return None
     mode = st.radio("Prior view", MODES, key=f"prior_mode_{study_id}",

@@ -19,6 +19,8 @@ PASSWORD = "radiologist-pw"
 MODEL_RUN_MS = 300_000  # the models run once on each of the two films, on two shared CPU cores
 # Patient 143 of the collection: days 4 (AP) and 8 (AP supine) after the first symptoms.
 FILMS = ["covid-19-pneumonia-49-day4.jpg", "covid-19-pneumonia-49-day8.jpg"]
+# Patient 250, days 0 and 1 (AP supine, ICU): the AI's lung outlines of these films cannot be aligned.
+UNALIGNABLE = ["cb706009.jpg", "e1a4f870.jpg"]
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +35,10 @@ def app(run_streamlit, tmp_path_factory, shared_data):
         CXR_REVIEW_MODELS_DIR=str(SHARED / "models"), CXR_REVIEW_DEVICE="cpu",
     )  # fmt: skip
     meta = sidecar.load(folder / "metadata.csv", issuer="ieee8023-covid-chestxray", day_zero=dt.date(2020, 1, 1))
-    results = list(importer.import_paths(ctx.engine, ctx.store, [folder / "images" / f for f in FILMS],
+    results = list(importer.import_paths(ctx.engine, ctx.store, [folder / "images" / f for f in UNALIGNABLE + FILMS],
                                          max_bytes=2**30, metadata=meta))  # fmt: skip
-    assert [r.status for r in results] == ["imported", "imported"]
-    return run_streamlit(REPO / "asgi.py", env)
+    assert [r.status for r in results] == ["imported"] * 4
+    return run_streamlit(REPO / "asgi.py", env), results[1].study_id
 
 
 def _settle(page, ms: int = 1000) -> None:
@@ -61,17 +63,17 @@ def _pane_pixels(page, canvas: str) -> np.ndarray:
 
 
 def test_prior_beside_current_zoom_follows_and_difference_view(browser, app, record_errors):
-    url = app
+    url, unalignable = app
     page = browser.new_context(viewport={"width": 1600, "height": 1100}).new_page()
     errors = record_errors(page)
     sign_in(page, url, "rad", PASSWORD)
-    page.get_by_text("2 studies ·").wait_for(timeout=60_000)
+    page.get_by_text("4 studies ·").wait_for(timeout=60_000)
     grid = page.locator("[data-testid='stDataFrame']").first
     # Newest import first: the day-8 film, which has the day-4 film as its prior. The grid draws on a canvas;
     # its cells are also in the canvas's fallback table.
     cells = grid.locator("table td")
     cells.filter(has_text="has prior").first.wait_for(state="attached", timeout=30_000)
-    assert cells.filter(has_text="has prior").count() == 1
+    assert cells.filter(has_text="has prior").count() == 2
     assert grid.locator("table tr").nth(1).locator("td").filter(has_text="has prior").count() == 1
     page.screenshot(path=ARTIFACTS / "priors-01-worklist.png")
     box = grid.bounding_box()
@@ -129,4 +131,29 @@ def test_prior_beside_current_zoom_follows_and_difference_view(browser, app, rec
     page.get_by_text("Cardiothoracic ratio: then").or_(page.get_by_text("Scores then and now from")).first.wait_for()
     page.wait_for_timeout(500)
     page.screenshot(path=ARTIFACTS / "priors-05-change-table.png")
+
+    # Aligned: the prior registered on the lungs, shown as itself.
+    page.locator("label").filter(has_text="aligned").click()
+    frame.get_by_text("Prior 2020-01-05 · aligned on the lungs (overlap").wait_for(timeout=60_000)
+    _settle(page)
+    page.locator("[data-testid='stMain']").evaluate("e => e.scrollTo(0, 0)")
+    page.screenshot(path=ARTIFACTS / "priors-06-aligned.png")
+
+    # A pair whose lungs cannot be aligned: side by side, unaligned, with the reason; no difference picture.
+    # Back to the worklist, third row (newest import first): patient 250's day-1 film.
+    page.get_by_role("link", name="Worklist").click()
+    grid = page.locator("[data-testid='stDataFrame']").first
+    grid.locator("table td").filter(has_text="has prior").first.wait_for(state="attached", timeout=30_000)
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 20, box["y"] + 38 + 35 * 2 + 17)
+    page.wait_for_url(f"**study={unalignable}", timeout=60_000)
+    page.get_by_text("2020-01-01 · 1 day before this study").wait_for(timeout=60_000)
+    page.locator("label").filter(has_text="Compare with prior").click()
+    frame.locator("#stage2").wait_for(state="visible", timeout=60_000)
+    page.locator("label").filter(has_text="difference").click()
+    page.get_by_text("The prior is not aligned:").wait_for(timeout=MODEL_RUN_MS)
+    _settle(page)
+    frame.get_by_text("Prior 2020-01-01 · as acquired, scaled to fit").wait_for(timeout=30_000)
+    assert frame.get_by_text("Current − prior").count() == 0
+    page.screenshot(path=ARTIFACTS / "priors-07-not-aligned.png")
     assert not errors, errors
