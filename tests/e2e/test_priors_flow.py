@@ -111,6 +111,24 @@ def test_prior_beside_current_zoom_follows_and_difference_view(browser, app, rec
     assert (round(tx1 - tx0), round(ty1 - ty0)) == (80, 40)
     page.screenshot(path=ARTIFACTS / "priors-03-zoomed-together.png")
 
+    # Window/level dragged on the prior: both panes preview it, and both come back rendered at the new window.
+    before = [_pane_pixels(page, c).mean() for c in ("#image", "#image2")]
+    frame.get_by_role("button", name="W/L").click()
+    x, y = prior_box["x"] + prior_box["width"] / 2, prior_box["y"] + prior_box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 120, y + 80, steps=6)
+    preview = _frame(page).evaluate("() => [image.style.filter, image2.style.filter]")
+    page.mouse.up()
+    assert preview == ['url("#wl")', 'url("#wl")'], preview
+    page.locator("input[aria-label='Centre']:not([value='128.0'])").wait_for(timeout=60_000)  # the rerun's
+    _settle(page)
+    after = [_pane_pixels(page, c).mean() for c in ("#image", "#image2")]
+    assert all(a < b - 5 for a, b in zip(after, before, strict=True)), (before, after)  # a higher centre: both darker
+    assert _frame(page).evaluate("() => [image.style.filter, image2.style.filter]") == ["none", "none"]
+    assert _views(page) == panned  # the reader's zoom and pan outlive the rerun
+    frame.get_by_role("button", name="Pan").click()
+
     # The difference view: the models outline the lungs of both films, the prior is aligned and subtracted.
     page.locator("label").filter(has_text="difference").click()
     frame.get_by_text("Current − prior 2020-01-05").wait_for(timeout=MODEL_RUN_MS)
