@@ -44,12 +44,13 @@ def prior_png(
 
 @st.cache_data(max_entries=8, show_spinner="Subtracting the aligned prior…")
 def difference_png(
-    current_sha: str, prior_sha: str, window: tuple[float, float] | None, prior_window: tuple[float, float] | None,
-    invert: bool, matrix: tuple[tuple[float, ...], ...], label_map_key: str,
+    current_sha: str, prior_sha: str, invert: bool, matrix: tuple[tuple[float, ...], ...], label_map_key: str
 ) -> bytes:
-    current = _rendered(current_sha, window, invert)
+    """Of the default displays, whatever the reader's window: a narrow window clips both films, and the
+    difference of clipped pictures shows the clipping, not the change."""
+    current = _rendered(current_sha, None, invert)
     lungs = priors.mask_at(str(ctx().store.path_for(label_map_key)), current.shape)
-    diff = priors.difference_picture(current, _rendered(prior_sha, prior_window, invert), np.array(matrix), lungs)
+    diff = priors.difference_picture(current, _rendered(prior_sha, None, invert), np.array(matrix), lungs)
     return export.png_bytes(diff)
 
 

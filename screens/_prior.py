@@ -76,11 +76,10 @@ def _pane(cmp, prior, im, img, window, invert, date, now, then) -> dict:
             caption = f"Prior {prior.study_date} · aligned on the lungs (overlap {reg.iou:.0%})"
     current_caption = f"Current {date}" if date else "Current"
     if matrix is not None and cmp["mode"] == "difference":
-        png = _deps.difference_png(im["sha"], prior.image["file_sha256"], win, prior_win, invert, matrix,
-                                   now.anatomy["label_map"])  # fmt: skip
+        png = _deps.difference_png(im["sha"], prior.image["file_sha256"], invert, matrix, now.anatomy["label_map"])
         st.caption(
-            "Difference = current − aligned prior, grey levels matched inside the lungs: brighter = denser now, "
-            f"darker = clearer now. Aligned on lungs from {_ai_panel.provenance(now.anatomy)} · "
+            "Difference = current − aligned prior at their default windows, grey levels matched inside the "
+            f"lungs: brighter = denser now, darker = clearer now. Aligned on lungs from {_ai_panel.provenance(now.anatomy)} · "
             f":orange[{RESEARCH_USE}]"
         )
         return {"png": png, "caption": f"Current − prior {prior.study_date}", "current_caption": current_caption,
