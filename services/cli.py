@@ -147,10 +147,14 @@ def _cmd_import(args) -> int:
 
     try:
         day_zero = dt.date.fromisoformat(args.day_zero) if args.day_zero else None
+    except ValueError:
+        print(f"cxr-review: error: --day-zero {args.day_zero!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         metadata = (
             sidecar.load(args.metadata, issuer=args.issuer, day_zero=day_zero) if args.metadata else None
         )
-    except (sidecar.SidecarError, ValueError) as exc:  # ValueError: a --day-zero that is no date
+    except sidecar.SidecarError as exc:
         print(f"cxr-review: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     ctx = context.build()

@@ -136,3 +136,28 @@ def test_scores_of_another_model_version_and_implausible_ctrs_are_not_compared()
     assert c.rows == [{"Finding": "Effusion", "Then": None, "Now": 0.7, "Change": None, "Positive then": None,
                        "Positive now": True}]  # fmt: skip
     assert c.ctr == {"then": None, "now": 0.55, "change": None}
+
+
+def test_the_import_command_links_and_dates_followup_films(app_env, shared_data):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from services import context, settings
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "services.cli", *args], env={**os.environ, **app_env},
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    assert cli("db", "upgrade").returncode == 0
+    folder = shared_data / "covid_followup"
+    films = [str(folder / "images" / f"covid-19-pneumonia-49-day{d}.jpg") for d in (4, 8)]
+    bad = cli("import", *films, "--metadata", str(folder / "metadata.csv"), "--day-zero", "January 1st")
+    assert bad.returncode == 2 and "'January 1st' is not a date" in bad.stderr and not bad.stdout  # nothing imported
+    done = cli("import", *films, "--metadata", str(folder / "metadata.csv"), "--issuer", FOLLOWUP_ISSUER,
+               "--day-zero", "2020-01-01")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first, second = (json.loads(line)["study_id"] for line in done.stdout.splitlines())
+    p = priors.find(context.build(settings.load(app_env)).engine, second)
+    assert (p.study_id, p.study_date, p.days_before) == (first, dt.date(2020, 1, 5), 4)
