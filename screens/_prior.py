@@ -22,7 +22,8 @@ def controls(prior: priors.Prior | None, study_id: int) -> dict | None:
     st.markdown("**Prior**")
     on = st.toggle("Compare with prior", key=f"prior_on_{study_id}", help="Shows the patient's latest earlier "
                    "study beside this one; zoom, pan and window move both")  # fmt: skip
-    more = f" · {prior.others} more earlier or undated" if prior.others else ""
+    n = prior.others
+    more = f" · {n} more stud{'y' if n == 1 else 'ies'} of this patient" if n else ""
     days = f"{prior.days_before} day{'s' * (prior.days_before != 1)}"
     st.caption(f"{prior.study_date} · {days} before this study{more}")
     if not on:

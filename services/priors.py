@@ -27,7 +27,7 @@ class Prior:
     study_date: dt.date | None
     days_before: int | None  # current study date minus the prior's
     image: dict  # the prior film shown: {id, file_sha256, pixel_sha256, view, rows, columns}
-    others: int  # the patient's other studies besides this prior (undated ones included)
+    others: int  # the patient's other studies besides this one and this prior (later and undated ones too)
 
 
 def _image_dict(im) -> dict:
