@@ -142,7 +142,9 @@ class Study(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     # Identifiers live here for the worklist; they never go into logs.
-    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Who assigned patient_id (a hospital, a data set): one patient is the same (issuer, id); NULL = not given.
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(200))
     patient_age_years: Mapped[int | None] = mapped_column(Integer, index=True)
     patient_sex: Mapped[str | None] = mapped_column(String(1), index=True)

@@ -123,6 +123,7 @@ class WorklistRow:
     reviewed_by: str | None
     images: int
     imported_at: dt.datetime
+    has_prior: bool = False
 
 
 def _filtered(f: WorklistFilter) -> Select:
@@ -176,17 +177,18 @@ def list_studies(
     ids = list(s.scalars(_filtered(f).order_by(*_order_keys(sort, descending)).offset(offset).limit(limit)))
     if not ids:
         return [], total
-    reviewer = aliased(User)
+    reviewer, prior = aliased(User), aliased(Study)
     n_images = select(func.count(Image.id)).where(Image.study_id == Study.id).scalar_subquery()
+    has_prior = select(prior.id).where(_is_prior(prior, Study)).exists()
     rows = s.execute(
-        select(Study, reviewer.username, n_images)
+        select(Study, reviewer.username, n_images, has_prior)
         .outerjoin(reviewer, Study.reviewed_by_id == reviewer.id)
         .where(Study.id.in_(ids))
     ).all()
-    by_id = {st.id: (st, who, n) for st, who, n in rows}
+    by_id = {st.id: (st, who, n, p) for st, who, n, p in rows}
     out = []
     for sid in ids:
-        st, who, n = by_id[sid]
+        st, who, n, p = by_id[sid]
         out.append(
             WorklistRow(
                 study_id=st.id,
@@ -201,9 +203,50 @@ def list_studies(
                 reviewed_by=who,
                 images=n,
                 imported_at=st.created_at,
+                has_prior=bool(p),
             )
         )
     return out, total
+
+
+def _same_patient(other, study):
+    """Studies of one patient: the same Patient ID from the same issuer (both without one counts as the same)."""
+    return (
+        (other.patient_id == study.patient_id)
+        & other.issuer_of_patient_id.is_not_distinct_from(study.issuer_of_patient_id)
+        & (other.id != study.id)
+    )
+
+
+def _is_prior(other, study):
+    """`other` is a prior of `study`: the same patient, dated strictly earlier (undated studies are never
+    ordered, so they are never priors, nor have any)."""
+    return _same_patient(other, study) & (other.study_date < study.study_date)
+
+
+def patient_studies(s: Session, study_id: int) -> list[Study]:
+    """The other studies of this study's patient, newest first (undated last); none without a Patient ID."""
+    other, this = aliased(Study), aliased(Study)
+    q = (
+        select(other)
+        .join(this, _same_patient(other, this))
+        .where(this.id == study_id, this.patient_id.is_not(None))
+        .order_by(other.study_date.desc().nulls_last(), other.id.desc())
+    )
+    return list(s.scalars(q))
+
+
+def prior_study(s: Session, study_id: int) -> Study | None:
+    """The latest study of the same patient dated before this one, or None."""
+    other, this = aliased(Study), aliased(Study)
+    q = (
+        select(other)
+        .join(this, _is_prior(other, this))
+        .where(this.id == study_id)
+        .order_by(other.study_date.desc(), other.id.desc())
+        .limit(1)
+    )
+    return s.scalar(q)
 
 
 def neighbour_study(

@@ -66,6 +66,7 @@ def image_canvas(
     view_height: int = 720,
     image_id: str | None = None,
     annotate: dict | None = None,
+    compare: dict | None = None,
 ) -> dict | None:
     """Show `image_png` (width x height pixels) in the interactive viewer and return what the reader did.
 
@@ -80,6 +81,9 @@ def image_canvas(
     annotate: the editing tools (screens/_canvas/annotate.js): {"token" (a new one replaces the browser's
         state with this one), "labels" (box labels), "structures" [{"value", "name", "color"}], "boxes"
         [{"label", "x", "y", "w", "h"}], "mask" (a grey PNG label map at image size, bytes or None)}.
+    compare: a second pane beside the image that shares its zoom, pan and window preview, in the browser:
+        {"png" (bytes, at image size: the other picture already in this image's pixel frame), "caption",
+        "current_caption" (the first pane's), "windowed" (whether the window preview applies to it too)}.
 
     Returns None until the reader measures, windows or edits this image, then
     {"measurements": [{"x0", "y0", "x1", "y1", "length", "unit": "mm"|"px"}] (image pixels),
@@ -93,6 +97,8 @@ def image_canvas(
         raise ValueError("window and value_range go together")
     if pixel_spacing_mm is not None and min(pixel_spacing_mm) <= 0:
         raise ValueError(f"pixel spacing must be positive, got {pixel_spacing_mm}")
+    if compare is not None and _png_size(compare["png"]) != (width, height):
+        raise ValueError(f"the compare picture is {_png_size(compare['png'])}, not {(width, height)}")
     identity = _identity(image_id, width, height)
     value: Any = _component(
         image=_data_url(image_png),
@@ -115,6 +121,10 @@ def image_canvas(
         shapes=[{"label": None, "color": "#00e5ff", **shape} for shape in shapes or []],
         annotate=None if annotate is None else {
             **annotate, "mask": _data_url(annotate["mask"]) if annotate.get("mask") is not None else None,
+        },
+        compare=None if compare is None else {
+            "image": _data_url(compare["png"]), "caption": compare.get("caption", ""),
+            "current_caption": compare.get("current_caption", ""), "windowed": bool(compare.get("windowed", True)),
         },
         view_height=view_height,
         height=view_height + _CHROME_PX,  # read by Streamlit as the frame's height before the first render

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from inference.registry import Registry
 from inference.runner import Runner
-from services import agreement_report, analysis, context, studies
+from services import agreement_report, analysis, context, priors, studies
 from viewer import dicom_io, export, overlays, windowing
 
 
@@ -24,6 +25,33 @@ def decoded(file_sha256: str) -> dicom_io.DecodedImage:
 @st.cache_data(max_entries=24, show_spinner=False)
 def display_png(file_sha256: str, center: float | None, width: float | None, invert: bool) -> bytes:
     return studies.display_png(decoded(file_sha256), center, width, invert)
+
+
+def _rendered(file_sha256: str, window: tuple[float, float] | None, invert: bool) -> np.ndarray:
+    return windowing.render(decoded(file_sha256), windowing.Window(*window) if window else None, invert)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def prior_png(
+    prior_sha: str, shape: tuple[int, int], window: tuple[float, float] | None, invert: bool,
+    matrix: tuple[tuple[float, ...], ...] | None,
+) -> bytes:
+    """The prior as displayed (window None: its default), in the current film's frame: aligned by `matrix`
+    (current pixel -> prior pixel), else scaled to fit."""
+    aligned = None if matrix is None else np.array(matrix)
+    return export.png_bytes(priors.prior_picture(_rendered(prior_sha, window, invert), shape, aligned))
+
+
+@st.cache_data(max_entries=8, show_spinner="Subtracting the aligned prior…")
+def difference_png(
+    current_sha: str, prior_sha: str, invert: bool, matrix: tuple[tuple[float, ...], ...], label_map_key: str
+) -> bytes:
+    """Of the default displays, whatever the reader's window: a narrow window clips both films, and the
+    difference of clipped pictures shows the clipping, not the change."""
+    current = _rendered(current_sha, None, invert)
+    lungs = priors.mask_at(str(ctx().store.path_for(label_map_key)), current.shape)
+    diff = priors.difference_picture(current, _rendered(prior_sha, None, invert), np.array(matrix), lungs)
+    return export.png_bytes(diff)
 
 
 @st.cache_data(max_entries=12, show_spinner=False)

@@ -2,9 +2,9 @@ import streamlit as st
 
 from db import engine as dbe
 from db import repo
-from screens import _ai_panel, _deps, _keys, _signin
+from screens import _ai_panel, _deps, _keys, _prior, _signin
 from screens._canvas import image_canvas, requested_window
-from services import annotations, preferences, studies, verdicts
+from services import annotations, preferences, priors, studies, verdicts
 from viewer import dicom_io, geometry, windowing
 
 user = _signin.require_page("review")
@@ -60,6 +60,7 @@ if st.session_state.get("opened_study") != study_id and user.role in ("radiologi
     info["status"] = "in_review" if info["status"] == "new" else info["status"]
 
 flt, sort, desc = st.session_state.get("worklist_query", (repo.WorklistFilter(), "imported", True))
+prior = priors.find(ctx.engine, study_id)
 
 
 def go(step: int) -> None:
@@ -190,6 +191,7 @@ with side:
     # What the import recorded, and what this reading of the file found (for images imported before a check).
     for warning in dict.fromkeys([*im["warnings"], *img.header.warnings]):
         st.warning(warning)
+    cmp = _prior.controls(prior, study_id)
     st.divider()
     ai_key = f"ai_on_{study_id}"
     if ai_key not in st.session_state:  # as the reader left it last time, in any study and browser
@@ -208,6 +210,8 @@ with side:
         layers, shapes, bone_view = _ai_panel.controls(ai, ai_image, (img.header.rows, img.header.columns))
 
 with view_col:
+    now_ai, prior_ai = _prior.analyses(cmp, prior, ai, ai_image)
+    compare = _prior.pane(cmp, prior, im, img, window, invert, info["date"], now_ai, prior_ai)
     png = _deps.display_png(
         im["sha"], window.center if window else None, window.width if window else None, invert
     )
@@ -219,7 +223,8 @@ with view_col:
     with left:
         value = image_canvas(
             png, **canvas_args, window=(shown.center, shown.width), value_range=(lo, hi), layers=layers,
-            shapes=shapes, key=canvas_key, image_id=image_key, view_height=560 if side_by_side else 720,
+            shapes=shapes, key=canvas_key, image_id=image_key, view_height=560 if side_by_side or compare else 720,
+            compare=compare,
         )  # fmt: skip
     if right is not None:
         with right:
@@ -259,6 +264,7 @@ if ai is not None:
     st.markdown("**Your verdicts** (one per AI statement; changes are kept in the audit trail)")
     _ai_panel.verdicts(ai, study_id, ai_image, user, mine)
     _ai_panel.report(ai, study_id, ai_image, user, mine)
+_prior.change(now_ai, prior_ai, prior)
 if user.role in ("researcher", "admin"):
     with st.expander("Every reader's verdicts and annotations of this image (who and when)"):
         if judged := verdicts.on_image(ctx.engine, im["id"]):

@@ -79,6 +79,7 @@ table = [
         "Study date": _table.text(r.study_date),
         "Description": _table.text(r.study_description),
         "Images": r.images,
+        "Prior": "has prior" if r.has_prior else "",
         "Status": STATUS_LABELS[r.status],
         "Reviewed by": _table.text(r.reviewed_by),
         "Imported (UTC)": r.imported_at.strftime("%Y-%m-%d %H:%M"),

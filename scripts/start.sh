@@ -13,6 +13,14 @@ if [ -d "$SHARED/data" ]; then
   # Rejected files would make the exit code 1; the sample set has none, and the summary says so if it did.
   .venv/bin/cxr-review import "$SHARED/data/dicom" "$SHARED/data/nih/images" --metadata "$SHARED/data/nih/labels.csv" \
     | .venv/bin/python scripts/summarise_import.py || true
+  FOLLOWUP=$SHARED/data/covid_followup
+  if [ -f "$FOLLOWUP/metadata.csv" ]; then
+    echo "importing the frontal films of the COVID-19 follow-up patients (priors; laterals and CT left out)…"
+    # Dated day zero (2020-01-01) + the CSV's offset in days: the intervals are real, the calendar dates are not.
+    mapfile -t FILMS < <(.venv/bin/python scripts/followup_films.py "$FOLLOWUP/metadata.csv" "$FOLLOWUP/images")
+    .venv/bin/cxr-review import "${FILMS[@]}" --metadata "$FOLLOWUP/metadata.csv" --issuer ieee8023-covid-chestxray \
+      --day-zero 2020-01-01 | .venv/bin/python scripts/summarise_import.py || true
+  fi
 else
   echo "no sample data at $SHARED/data (set CXR_REVIEW_SHARED_DIR); starting with an empty worklist"
 fi

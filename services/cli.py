@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -145,7 +146,14 @@ def _cmd_import(args) -> int:
     from services import context, importer, sidecar
 
     try:
-        metadata = sidecar.load(args.metadata) if args.metadata else None
+        day_zero = dt.date.fromisoformat(args.day_zero) if args.day_zero else None
+    except ValueError:
+        print(f"cxr-review: error: --day-zero {args.day_zero!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        metadata = (
+            sidecar.load(args.metadata, issuer=args.issuer, day_zero=day_zero) if args.metadata else None
+        )
     except sidecar.SidecarError as exc:
         print(f"cxr-review: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -338,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="CSV",
         help="patient ID, age, sex and view for PNG/JPEG files, by file name (DICOM keyword or NIH column names)",
+    )
+    imp.add_argument(
+        "--issuer",
+        metavar="NAME",
+        help="IssuerOfPatientID for the --metadata rows that name none: a patient's studies link by (issuer, "
+        "patient ID), so give each data set its own",
+    )
+    imp.add_argument(
+        "--day-zero",
+        metavar="YYYY-MM-DD",
+        help="the date an `offset` column (days) of --metadata counts from: it dates the rows without a StudyDate",
     )
     imp.set_defaults(fn=_cmd_import)
 

@@ -130,6 +130,7 @@ def import_file(
             s,
             study_uid,
             patient_id=header.patient_id,
+            issuer_of_patient_id=header.issuer_of_patient_id,
             patient_name=header.patient_name,
             patient_age_years=header.patient_age_years,
             patient_sex=header.patient_sex,

@@ -1,20 +1,26 @@
 """Patient and view metadata for PNG/JPEG files, which carry none, from a CSV beside them.
 
-Columns are named by DICOM keyword (file, PatientID, PatientAge, PatientSex, ViewPosition, StudyDescription) or as
-in the NIH ChestX-ray14 `Data_Entry_2017.csv` (Image Index, Patient ID, Patient Age, Patient Gender, View Position).
-Rows are matched to files by file name. DICOM files ignore it: their header is the truth."""
+Columns are named by DICOM keyword (file, PatientID, IssuerOfPatientID, PatientAge, PatientSex, ViewPosition,
+StudyDate, StudyDescription), as in the NIH ChestX-ray14 `Data_Entry_2017.csv` (Image Index, Patient ID, Patient
+Age, Patient Gender, View Position) or as in the ieee8023 COVID-19 collection (patientid, age, sex, view, offset:
+days since symptoms, which dates a film given a day zero). Rows are matched to files by file name. DICOM files
+ignore it: their header is the truth."""
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 from pathlib import Path
 
 ALIASES = {
     "file": ("file", "Image Index"),
-    "patient_id": ("PatientID", "Patient ID"),
-    "patient_age_years": ("PatientAge", "Patient Age"),
-    "patient_sex": ("PatientSex", "Patient Gender"),
-    "view_position": ("ViewPosition", "View Position"),
+    "patient_id": ("PatientID", "Patient ID", "patientid"),
+    "issuer_of_patient_id": ("IssuerOfPatientID",),
+    "patient_age_years": ("PatientAge", "Patient Age", "age"),
+    "patient_sex": ("PatientSex", "Patient Gender", "sex"),
+    "view_position": ("ViewPosition", "View Position", "view"),
+    "study_date": ("StudyDate",),
+    "offset": ("offset",),
     "study_description": ("StudyDescription",),
 }
 
@@ -23,8 +29,30 @@ class SidecarError(Exception):
     pass
 
 
-def load(path: Path) -> dict[str, dict]:
-    """{file name: {header field: value}} from the CSV at path."""
+def _age(raw: str) -> int | None:
+    digits = raw.rstrip("Yy")
+    try:
+        years = float(digits)  # "061Y", "61", and "61.0" as the COVID-19 collection writes it
+    except ValueError:
+        return None
+    return int(years) if 0 <= years <= 130 else None
+
+
+def _date(raw: str) -> dt.date | None:
+    for fmt in ("%Y%m%d", "%Y-%m-%d"):
+        try:
+            return dt.datetime.strptime(raw, fmt).date()
+        except ValueError:
+            pass
+    return None
+
+
+def load(path: Path, *, issuer: str | None = None, day_zero: dt.date | None = None) -> dict[str, dict]:
+    """{file name: {header field: value}} from the CSV at path.
+
+    issuer: the IssuerOfPatientID of every row that names none: patient ids are only unique per issuer, so the
+        ids of two data sets must not link their patients' studies. day_zero: the date an `offset` column (in
+        days) counts from; it gives a row without a StudyDate its date (without day_zero offsets are ignored)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -42,16 +70,28 @@ def load(path: Path) -> dict[str, dict]:
                     if field == "file" or not raw:
                         continue
                     if field == "patient_age_years":
-                        digits = raw.rstrip("Yy")
-                        if not digits.isdigit() or not 0 <= int(digits) <= 130:
+                        if (age := _age(raw)) is None:
                             raise SidecarError(
                                 f"{path.name} line {line}: age {raw!r} is not a whole number of years"
                             )
-                        values[field] = int(digits)
+                        values[field] = age
+                    elif field == "study_date":
+                        if (date := _date(raw)) is None:
+                            raise SidecarError(f"{path.name} line {line}: StudyDate {raw!r} is not YYYYMMDD")
+                        values[field] = date
+                    elif field == "offset":
+                        try:
+                            days = int(float(raw))
+                        except ValueError:
+                            raise SidecarError(f"{path.name} line {line}: offset {raw!r} is not a number of days") from None
+                        if day_zero is not None:
+                            values.setdefault("study_date", day_zero + dt.timedelta(days=days))
                     elif field == "patient_sex":
                         values[field] = raw[0].upper() if raw[0].upper() in "MFO" else None
                     else:
                         values[field] = raw.upper() if field == "view_position" else raw
+                if issuer and "patient_id" in values:
+                    values.setdefault("issuer_of_patient_id", issuer)
                 out[Path(row[columns["file"]]).name] = values
             return out
     except (OSError, UnicodeDecodeError, csv.Error) as exc:

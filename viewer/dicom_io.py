@@ -195,6 +195,7 @@ class ImageHeader:
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
     patient_id: str | None = None  # stored in the DB only; never logged
+    issuer_of_patient_id: str | None = None  # idem; with patient_id it links a patient's studies
     patient_name: str | None = None  # idem
     patient_age_years: int | None = None
     patient_sex: str | None = None  # "M" | "F" | "O" | None
@@ -548,6 +549,7 @@ def _checked_dicom_header(ds: Dataset, path) -> ImageHeader:
         study_instance_uid=_text(ds, "StudyInstanceUID"),
         series_instance_uid=_text(ds, "SeriesInstanceUID"),
         patient_id=_text(ds, "PatientID"),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
         patient_name=_text(ds, "PatientName"),
         patient_age_years=_age_years(_text(ds, "PatientAge"), _date(ds, "PatientBirthDate"), study_date),
         patient_sex=sex if (sex := (_text(ds, "PatientSex") or "").upper()) in ("M", "F", "O") else None,

@@ -5,6 +5,11 @@ const post = (type, data = {}) => window.parent.postMessage({ isStreamlitMessage
 const $ = (id) => document.getElementById(id);
 const stage = $("stage"), imageCanvas = $("image"), overlay = $("overlay"), statusLine = $("status");
 const imageCtx = imageCanvas.getContext("2d"), ctx = overlay.getContext("2d");
+// The compare pane: a second picture in the same pixel frame, drawn with the same view (so it follows every zoom,
+// pan and window preview without a round trip to Python); the pointer's image point is marked in the other pane.
+const stage2 = $("stage2"), image2 = $("image2"), overlay2 = $("overlay2");
+const image2Ctx = image2.getContext("2d"), ctx2 = overlay2.getContext("2d");
+const overlays = [overlay, overlay2];
 const wlFuncs = document.querySelectorAll("#wl feFuncR, #wl feFuncG, #wl feFuncB");
 const modeButtons = document.querySelectorAll("button[data-mode]");
 const wlButton = document.querySelector('button[data-mode="wl"]');
@@ -17,6 +22,8 @@ let args = null; // the applied render args
 let identity = null;
 let picture = null; // {img, window}: the displayed PNG and the window the server rendered it with
 let layers = []; // render args' layers with their decoded images
+let compare = null; // {img, caption, windowed}: the second pane's picture, or null for one pane
+let cursorPane = null; // the overlay the pointer is over
 let view = null; // screen (CSS px) = image px * s + (tx, ty)
 let fitted = true; // the view follows the frame size until the reader zooms or pans
 let mode = "pan";
@@ -56,7 +63,7 @@ window.addEventListener("message", (e) => {
 async function onRender(a, theme) {
   const seq = ++renderSeq;
   applyTheme(theme);
-  const srcs = [a.image, ...a.layers.map((l) => l.png)];
+  const srcs = [a.image, ...a.layers.map((l) => l.png), ...(a.compare ? [a.compare.image] : [])];
   const imgs = await Promise.all(srcs.map(loadImage));
   if (seq !== renderSeq) return; // a newer render arrived while these decoded
   for (const src of images.keys()) if (!srcs.includes(src)) images.delete(src);
@@ -71,6 +78,7 @@ async function onRender(a, theme) {
   picture = { img: imgs[0], window: a.window };
   if (drag?.kind !== "wl") shownWindow = a.window;
   layers = a.layers.map((l, i) => ({ ...l, img: imgs[i + 1] }));
+  compare = a.compare ? { ...a.compare, img: imgs[imgs.length - 1] } : null;
   await editorRender(a); // annotate.js: the editing tools, when Python asks for them
   if (seq !== renderSeq) return;
   wlButton.disabled = !(a.window && a.value_range);
@@ -86,8 +94,11 @@ function applyTheme(theme) {
 }
 
 function layout() {
-  stage.style.height = `${args.view_height}px`;
-  for (const c of [imageCanvas, overlay]) {
+  stage2.hidden = !compare;
+  $("caption1").textContent = compare ? args.compare.current_caption || "" : "";
+  $("caption2").textContent = compare ? compare.caption : "";
+  for (const st of [stage, stage2]) st.style.height = `${args.view_height}px`;
+  for (const c of [imageCanvas, overlay, image2, overlay2]) {
     c.width = Math.round(stage.clientWidth * dpr());
     c.height = Math.round(args.view_height * dpr());
   }
@@ -167,14 +178,45 @@ function draw() {
   for (const m of measurements) drawMeasurement(m, false);
   if (draft) drawMeasurement(draft, true);
   editorDrawScreenSpace(ctx);
+  if (compare) drawCompare();
   updateStatus();
+}
+
+function drawCompare() {
+  const r = dpr(), { s, tx, ty } = view;
+  image2Ctx.setTransform(1, 0, 0, 1, 0, 0);
+  image2Ctx.fillStyle = "#000";
+  image2Ctx.fillRect(0, 0, image2.width, image2.height);
+  image2Ctx.setTransform(s * r, 0, 0, s * r, tx * r, ty * r);
+  image2Ctx.imageSmoothingEnabled = s * r < 4;
+  image2Ctx.imageSmoothingQuality = "high";
+  image2Ctx.drawImage(compare.img, 0, 0, args.image_width, args.image_height);
+  ctx2.setTransform(1, 0, 0, 1, 0, 0);
+  ctx2.clearRect(0, 0, overlay2.width, overlay2.height);
+  // The same image point in the pane the pointer is not over.
+  const other = cursorPane === overlay ? ctx2 : ctx;
+  if (cursor && cursorPane) {
+    const [x, y] = toScreen(cursor.x, cursor.y);
+    other.setTransform(r, 0, 0, r, 0, 0);
+    other.strokeStyle = "#00e5ff";
+    other.lineWidth = 1;
+    other.setLineDash([]);
+    other.beginPath();
+    other.moveTo(x - 8, y);
+    other.lineTo(x + 8, y);
+    other.moveTo(x, y - 8);
+    other.lineTo(x, y + 8);
+    other.stroke();
+  }
+  // For tests and for the curious: both panes' view, which is one.
+  stage.dataset.view = stage2.dataset.view = `${round2(s)},${round2(tx)},${round2(ty)}`;
 }
 
 // The PNG maps [c0 - w0/2, c0 + w0/2] to 0..1; remapping it linearly previews another window (c, w).
 function applyWindowPreview() {
   const from = picture.window, to = shownWindow;
   if (!from || !to || (from.center === to.center && from.width === to.width)) {
-    imageCanvas.style.filter = "none";
+    imageCanvas.style.filter = image2.style.filter = "none";
     return;
   }
   const slope = from.width / to.width;
@@ -184,6 +226,7 @@ function applyWindowPreview() {
     f.setAttribute("intercept", intercept);
   }
   imageCanvas.style.filter = "url(#wl)";
+  image2.style.filter = compare?.windowed ? "url(#wl)" : "none"; // a difference picture is not windowed
 }
 
 const toScreen = (x, y) => [x * view.s + view.tx, y * view.s + view.ty];
@@ -268,12 +311,17 @@ function emit() {
   });
 }
 
+function setCursors() {
+  overlay.style.cursor = CURSORS[mode];
+  overlay2.style.cursor = mode === "wl" ? CURSORS.wl : CURSORS.pan; // the compare pane pans, zooms and windows only
+}
+
 function setMode(m) {
   mode = m;
   draft = null;
   editor.polygon = null;
   for (const b of modeButtons) b.setAttribute("aria-pressed", String(b.dataset.mode === m));
-  overlay.style.cursor = CURSORS[m];
+  setCursors();
   if (args) draw();
 }
 
@@ -287,7 +335,7 @@ function clearMeasurements() {
 }
 
 function pointer(e) {
-  const r = overlay.getBoundingClientRect(), sx = e.clientX - r.left, sy = e.clientY - r.top;
+  const r = e.currentTarget.getBoundingClientRect(), sx = e.clientX - r.left, sy = e.clientY - r.top;
   return { sx, sy, x: (sx - view.tx) / view.s, y: (sy - view.ty) / view.s };
 }
 
@@ -307,15 +355,16 @@ function draggedWindow(p) {
   };
 }
 
-overlay.addEventListener("pointerdown", (e) => {
+function pointerDown(e) {
   if (!args || e.button > 1) return;
   e.preventDefault(); // no text selection or middle-button autoscroll; so focus by hand for the shortcuts
-  overlay.focus({ preventScroll: true });
-  overlay.setPointerCapture(e.pointerId);
+  const pane = e.currentTarget;
+  pane.focus({ preventScroll: true });
+  pane.setPointerCapture(e.pointerId);
   const p = pointer(e);
-  if (e.button === 1 || mode === "pan") {
+  if (e.button === 1 || mode === "pan" || (pane === overlay2 && mode !== "wl")) {
     drag = { kind: "pan", sx: p.sx, sy: p.sy };
-    overlay.style.cursor = "grabbing";
+    pane.style.cursor = "grabbing";
   } else if (isEditMode(mode)) {
     drag = { kind: "edit" };
     editorDown(p);
@@ -328,12 +377,13 @@ overlay.addEventListener("pointerdown", (e) => {
   } else if (shownWindow) {
     drag = { kind: "wl", sx: p.sx, sy: p.sy, from: shownWindow };
   }
-});
+}
 
-overlay.addEventListener("pointermove", (e) => {
+function pointerMove(e) {
   if (!args) return;
   const p = pointer(e);
   cursor = onImage(p) ? p : null;
+  cursorPane = e.currentTarget;
   if (drag?.kind === "pan") {
     view.tx += p.sx - drag.sx;
     view.ty += p.sy - drag.sy;
@@ -347,7 +397,7 @@ overlay.addEventListener("pointermove", (e) => {
   }
   if (draft) setDraftEnd(p);
   requestDraw();
-});
+}
 
 function endDrag(e) {
   if (!drag) return;
@@ -366,24 +416,29 @@ function endDrag(e) {
     emit();
   }
   drag = null;
-  overlay.style.cursor = CURSORS[mode];
+  setCursors();
   requestDraw();
 }
 
-overlay.addEventListener("pointerup", endDrag);
-overlay.addEventListener("pointercancel", endDrag);
-overlay.addEventListener("pointerleave", () => {
-  cursor = null;
-  if (args) updateStatus();
-});
-
-overlay.addEventListener("wheel", (e) => {
+function wheel(e) {
   if (!args) return;
   e.preventDefault();
   const p = pointer(e), px = e.deltaMode === 1 ? 16 : e.deltaMode === 2 ? stage.clientHeight : 1;
   zoomAt(p.sx, p.sy, Math.exp(-e.deltaY * px * 0.002));
   requestDraw();
-}, { passive: false });
+}
+
+for (const pane of overlays) {
+  pane.addEventListener("pointerdown", pointerDown);
+  pane.addEventListener("pointermove", pointerMove);
+  pane.addEventListener("pointerup", endDrag);
+  pane.addEventListener("pointercancel", endDrag);
+  pane.addEventListener("pointerleave", () => {
+    cursor = cursorPane = null;
+    if (args) requestDraw();
+  });
+  pane.addEventListener("wheel", wheel, { passive: false });
+}
 
 function oneToOne() {
   zoomAt(stage.clientWidth / 2, args.view_height / 2, 1 / dpr() / view.s);

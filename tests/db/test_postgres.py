@@ -246,6 +246,38 @@ def test_worklist_filters_sorts_pages_and_neighbours_match_sqlite(pg, lite):
         assert repo.neighbour_study(s, 10**9, repo.WorklistFilter(), "imported", True) is None
 
 
+def test_priors_link_by_patient_and_issuer_as_on_sqlite(pg, lite):
+    """IS NOT DISTINCT FROM on the issuer (NULL = NULL), dates strictly earlier, undated never a prior."""
+    day = dt.date(2024, 1, 1)
+    studies = [  # (patient, issuer, date)
+        ("A", None, day), ("A", None, day + dt.timedelta(days=9)), ("A", "H2", day + dt.timedelta(days=20)),
+        ("A", None, None), ("B", "H2", day), ("B", "H2", day + dt.timedelta(days=1)), (None, None, day),
+        (None, None, day + dt.timedelta(days=3)),
+    ]  # fmt: skip
+
+    def found(engine):
+        def tx(s):
+            for i, (patient, issuer, date) in enumerate(studies):
+                repo.get_or_create_study(s, f"1.2.9.{i}", patient_id=patient, issuer_of_patient_id=issuer,
+                                         study_date=date)  # fmt: skip
+
+        dbe.write(engine, tx)
+        with dbe.read(engine) as s:
+            uid = {st.id: st.study_instance_uid for st in s.scalars(select(Study))}
+            rows, _ = repo.list_studies(s, repo.WorklistFilter(), limit=100)
+            has = {uid[r.study_id]: r.has_prior for r in rows}
+            prior = {uid[i]: (p := repo.prior_study(s, i)) and p.study_instance_uid for i in uid}
+            linked = {uid[i]: sorted(x.study_instance_uid for x in repo.patient_studies(s, i)) for i in uid}
+        return has, prior, linked
+
+    on_pg = found(pg)
+    assert on_pg == found(lite)
+    has, prior, linked = on_pg
+    assert [k for k, v in sorted(has.items()) if v] == ["1.2.9.1", "1.2.9.5"]
+    assert prior["1.2.9.1"] == "1.2.9.0" and prior["1.2.9.5"] == "1.2.9.4" and prior["1.2.9.2"] is None
+    assert linked["1.2.9.0"] == ["1.2.9.1", "1.2.9.3"] and linked["1.2.9.7"] == []  # no Patient ID: no link
+
+
 # --- timestamps --------------------------------------------------------------------------------------------------
 def test_timestamps_come_back_timezone_aware_utc_whatever_the_server_timezone(pg):
     # A server in another zone (PostgreSQL sends timestamptz in the session's TimeZone).

@@ -1,0 +1,156 @@
+"""A study's prior (the same patient's latest earlier study), the AI's change between the two, and the prior's
+pictures in the current film's frame: as it is (scaled to fit), aligned on the lungs, or subtracted."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from db import engine as dbe
+from db import repo
+from services import analysis
+from services.context import Context
+from viewer import registration
+
+FRONTAL = ("PA", "AP", "AP SUPINE")
+# inference.postprocess.anatomy_problems about the lungs themselves (the others are about heart and CTR)
+LUNG_PROBLEMS = ("lung fields cover", "one lung field", "the smaller lung field")
+
+
+@dataclass(frozen=True)
+class Prior:
+    study_id: int
+    study_date: dt.date | None
+    days_before: int | None  # current study date minus the prior's
+    image: dict  # the prior film shown: {id, file_sha256, pixel_sha256, view, rows, columns}
+    others: int  # the patient's other studies besides this one and this prior (later and undated ones too)
+
+
+def _image_dict(im) -> dict:
+    return {"id": im.id, "file_sha256": im.file_sha256, "pixel_sha256": im.pixel_sha256,
+            "view": im.view_position, "rows": im.rows, "columns": im.columns}  # fmt: skip
+
+
+def find(engine, study_id: int) -> Prior | None:
+    """The prior to compare with, and its frontal film (the first PA/AP one, else its first image)."""
+    with dbe.read(engine) as s:
+        study, prior = repo.get_study(s, study_id), repo.prior_study(s, study_id)
+        if study is None or prior is None:
+            return None
+        images = repo.study_images(s, prior.id)
+        if not images:
+            return None
+        frontal = next((im for im in images if (im.view_position or "").upper() in FRONTAL), images[0])
+        return Prior(
+            study_id=prior.id,
+            study_date=prior.study_date,
+            days_before=(study.study_date - prior.study_date).days,
+            image=_image_dict(frontal),
+            others=len(repo.patient_studies(s, study_id)) - 1,
+        )
+
+
+# --- the AI's change -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Change:
+    rows: list[dict]  # {"Finding", "Then", "Now", "Change", "Positive then", "Positive now"}
+    ctr: dict | None  # {"then", "now", "change"} (a side None where unmeasured or implausible)
+    model: str  # the classifier both scores come from
+    comparable: bool  # False when the two scores come from different model versions
+    note: str | None
+
+
+def _model_ref(result: dict | None) -> tuple | None:
+    return None if result is None else (result["model"]["id"], result["model"]["version"],
+                                        result["model"]["weights_sha256"])  # fmt: skip
+
+
+def ai_change(now: analysis.Analysis, then: analysis.Analysis) -> Change:
+    """Each finding's score then and now, sorted by the size of the change, and the CTR then and now. Scores of
+    different model versions are not compared: each is shown, the change is not."""
+    comparable = _model_ref(now.findings) == _model_ref(then.findings) and now.findings is not None
+    rows = []
+    if now.findings is not None:
+        p_then = (then.findings or {}).get("probabilities", {}) if comparable else {}
+        for label, p in now.findings["probabilities"].items():
+            old = p_then.get(label)
+            thr = now.thresholds.get(label)
+            rows.append({
+                "Finding": label,
+                "Then": old,
+                "Now": float(p),
+                "Change": None if old is None else float(p) - float(old),
+                "Positive then": None if old is None or thr is None else old >= thr,
+                "Positive now": None if thr is None else p >= thr,
+            })  # fmt: skip
+        rows.sort(key=lambda r: -abs(r["Change"] or 0.0))
+    ctr_now, ctr_then = analysis.ctr_shown(now.anatomy), analysis.ctr_shown(then.anatomy)
+    ctr = None
+    if ctr_now or ctr_then:
+        a = ctr_then["ratio"] if ctr_then else None
+        b = ctr_now["ratio"] if ctr_now else None
+        ctr = {"then": a, "now": b, "change": None if a is None or b is None else b - a}
+    note = None
+    if not comparable and now.findings is not None:
+        note = "The prior was scored by another model version: its scores are not compared."
+    model = "" if now.findings is None else f"{now.findings['model']['id']} {now.findings['model']['version']}"
+    return Change(rows, ctr, model, comparable, note)
+
+
+# --- alignment and pictures -------------------------------------------------------------------------------------
+def mask_at(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """The lungs of a stored label map (its path) at a film's size (rows, columns)."""
+    lm = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if lm.shape != shape:
+        lm = cv2.resize(lm, shape[::-1], interpolation=cv2.INTER_NEAREST)
+    return lm == analysis.LUNGS
+
+
+def _unusable(result: analysis.Analysis) -> str | None:
+    if result.anatomy is None:
+        return "no AI lung outline (the anatomy model is unavailable)"
+    if result.anatomy.get("inverted_grey_scale"):
+        return "the film is stored with inverted grey levels: its AI lung outline is not usable"
+    # Only the lungs' own problems matter here: a heart outline or CTR out of range leaves the lungs usable.
+    if lung := [p for p in result.anatomy.get("problems", []) if p.startswith(LUNG_PROBLEMS)]:
+        return f"an implausible AI lung outline ({lung[0]})"
+    return None
+
+
+def align(
+    ctx: Context, now: analysis.Analysis, then: analysis.Analysis, now_shape, then_shape
+) -> registration.Registration:
+    """The prior aligned to the current film on the AI's lung masks, or refused with the reason."""
+    for name, result in (("current", now), ("prior", then)):
+        if (why := _unusable(result)) is not None:
+            return registration.Registration(None, None, None, f"the {name} film: {why}")
+    return _align_maps(
+        str(ctx.store.path_for(now.anatomy["label_map"])), str(ctx.store.path_for(then.anatomy["label_map"])),
+        tuple(now_shape), tuple(then_shape),
+    )  # fmt: skip
+
+
+@lru_cache(maxsize=64)
+def _align_maps(now_path: str, then_path: str, now_shape, then_shape) -> registration.Registration:
+    # Keyed by content-addressed paths: a cached alignment always belongs to these two label maps.
+    return registration.register(mask_at(now_path, now_shape), mask_at(then_path, then_shape))
+
+
+def prior_picture(prior8: np.ndarray, shape: tuple[int, int], matrix: np.ndarray | None) -> np.ndarray:
+    """The prior's 8-bit picture in the current film's frame: aligned with `matrix`, else scaled to fit."""
+    if matrix is None:
+        return registration.fit_into(prior8, shape)
+    return registration.warp_to_current(prior8, matrix, shape)
+
+
+def difference_picture(
+    current8: np.ndarray, prior8: np.ndarray, matrix: np.ndarray, current_lungs: np.ndarray
+) -> np.ndarray:
+    """current − aligned prior (registration.difference) at the current film's size."""
+    warped = registration.warp_to_current(prior8, matrix, current8.shape)
+    valid = registration.coverage(matrix, prior8.shape, current8.shape)
+    return registration.difference(current8, warped, current_lungs, valid)
