@@ -182,12 +182,33 @@ def _cmd_infer(args) -> int:
         return EXIT_USAGE
     rejected = 0
     lines = infer.infer_paths(
-        runner, args.paths, args.out, max_bytes=s.max_upload_bytes, picked=picked, metadata=metadata
+        runner, args.paths, args.out, max_bytes=s.max_upload_bytes, picked=picked, metadata=metadata,
+        in_force=_thresholds_in_force(s),
     )
     for line in lines:
         rejected += line.status == "rejected"
         print(json.dumps(line.to_json()), flush=True)
     return EXIT_SOME_REJECTED if rejected else EXIT_OK
+
+
+def _thresholds_in_force(s):
+    """spec -> the thresholds in force for it in the app's database (its active threshold set), or None where
+    there is no usable database (infer then uses the models' defaults and says so)."""
+    from db.engine import DatabaseBusy, DatabaseUnavailable
+    from services import context, threshold_sets
+
+    try:
+        ctx = context.build(s)
+    except (DatabaseUnavailable, DatabaseBusy):
+        return None
+
+    def in_force(spec):
+        try:
+            return threshold_sets.in_force(ctx, spec)
+        except (DatabaseUnavailable, DatabaseBusy) as exc:
+            return threshold_sets.InForce(dict(spec.thresholds), f"model defaults (database unreadable: {exc})")
+
+    return in_force
 
 
 def _cmd_render(args) -> int:
