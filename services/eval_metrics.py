@@ -137,15 +137,15 @@ def compare(a: Scored, b: Scored, finding: str, n_boot: int = 1000) -> dict:
     ia, y, sa = ia[keep], y[keep], sa[keep]
     sb = b.scores[ia, jb]
     out = {"finding": finding, "n": int(y.size), "n_pos": int(y.sum()), "undefined": curves.undefined_reason(y),
-           "a": a.spec.provenance(), "b": b.spec.provenance()}  # fmt: skip
+           "model_a": a.spec.provenance(), "model_b": b.spec.provenance()}  # fmt: skip
     if out["undefined"] is None:
         out |= metrics.paired_bootstrap_mean_auc_diff(y[:, None], sa[:, None], sb[:, None], n_boot=n_boot)
     return out
 
 
-def thresholds_for(ctx: Context, spec: ModelSpec) -> dict[str, float]:
+def thresholds_for(ctx: Context, spec: ModelSpec) -> threshold_sets.InForce:
     """The operating points in force for the version (its active threshold set, else its defaults)."""
-    return threshold_sets.in_force(ctx, spec).thresholds
+    return threshold_sets.in_force(ctx, spec)
 
 
 def csv_bytes(rows: list[dict]) -> bytes:

@@ -98,6 +98,8 @@ def read_folder(folder: Path, csv_path: Path, max_bytes: int) -> tuple[list[Row]
     """(rows, findings, problems) of an NIH-style CSV ("Image Index", "Finding Labels" |-separated or "No
     Finding"; "Patient Age", "Patient Gender", "View Position" and "Source" used when present) whose images lie
     in `folder`. Problems: {"line", "file", "reason"} per row left out."""
+    if not str(folder).strip() or not str(csv_path).strip():
+        raise EvalSetRefused("give the image folder and the labels CSV")
     folder, csv_path = Path(folder), Path(csv_path)
     if not folder.is_dir():
         raise EvalSetRefused(f"image folder {folder} does not exist")

@@ -214,7 +214,14 @@ def activate_in(s, spec: ModelSpec, set_id: int | None, user_id: int) -> str:
     return label
 
 
-def activate(ctx: Context, spec: ModelSpec, set_id: int | None, user_id: int) -> str:
+def _admin(role: str) -> None:
+    if role != "admin":
+        raise ThresholdSetRefused("only an admin puts a threshold set in force")
+
+
+def activate(ctx: Context, spec: ModelSpec, set_id: int | None, user_id: int, role: str) -> str:
+    """An admin puts a set (None: the model's defaults) in force for its version; its label."""
+    _admin(role)
     return dbe.write(ctx.engine, lambda s: activate_in(s, spec, set_id, user_id))
 
 
@@ -227,8 +234,9 @@ def history(ctx: Context, spec: ModelSpec) -> list[Activation]:
                 for a in _activations(s, spec)]  # fmt: skip
 
 
-def rollback(ctx: Context, spec: ModelSpec, user_id: int) -> str:
-    """Put the set in force before the current one back in force (a new activation); its label."""
+def rollback(ctx: Context, spec: ModelSpec, user_id: int, role: str) -> str:
+    """An admin puts the set in force before the current one back in force (a new activation); its label."""
+    _admin(role)
 
     def tx(s):
         past = _activations(s, spec)

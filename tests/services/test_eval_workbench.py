@@ -236,12 +236,14 @@ def test_threshold_sets_are_saved_activated_rolled_back_and_read_by_the_viewer(e
     a = threshold_sets.save(ctx, "screening", spec, {"Cardiomegaly": 0.2}, "target_sensitivity", uid, target=0.9)
     b = threshold_sets.save(ctx, "screening", spec, {"Cardiomegaly": 0.3}, "youden", uid)
     assert (a.label, b.label, b.rule, a.target) == ("screening v1", "screening v2", "youden", 0.9)
-    threshold_sets.activate(ctx, spec, a.id, uid)
-    threshold_sets.activate(ctx, spec, b.id, uid)
+    with pytest.raises(threshold_sets.ThresholdSetRefused, match="only an admin"):
+        threshold_sets.activate(ctx, spec, a.id, uid, "researcher")
+    threshold_sets.activate(ctx, spec, a.id, uid, "admin")
+    threshold_sets.activate(ctx, spec, b.id, uid, "admin")
     force = threshold_sets.in_force(ctx, spec)
     assert (force.source, force.thresholds["Cardiomegaly"]) == ("screening v2", 0.3)
     assert force.thresholds["Mass"] == spec.thresholds["Mass"]  # not in the set: the default
-    assert threshold_sets.rollback(ctx, spec, uid) == "screening v1"
+    assert threshold_sets.rollback(ctx, spec, uid, "admin") == "screening v1"
     assert [h.label for h in threshold_sets.history(ctx, spec)] == ["screening v1", "screening v2", "screening v1"]
     # the viewer reads the set in force with the stored results
     [image_id] = _import(ctx, nih, FILES[:1])

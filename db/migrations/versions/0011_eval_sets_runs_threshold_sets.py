@@ -135,11 +135,11 @@ def _edits_become_threshold_sets() -> None:
     sets = sa.table(
         "threshold_sets", sa.column("id", sa.Integer), sa.column("name"), sa.column("version"),
         sa.column("model_id"), sa.column("model_version"), sa.column("weights_sha256"), sa.column("thresholds"),
-        sa.column("rule"), sa.column("created_by_id"), sa.column("created_at", sa.DateTime(timezone=True)),
+        sa.column("rule"), sa.column("created_by_id"), sa.column("created_at"),
     )  # fmt: skip
     activations = sa.table(
         "threshold_set_activations", sa.column("model_id"), sa.column("model_version"),
-        sa.column("threshold_set_id"), sa.column("set_by_id"), sa.column("at", sa.DateTime(timezone=True)),
+        sa.column("threshold_set_id"), sa.column("set_by_id"), sa.column("at"),
     )  # fmt: skip
     for (model_id, version), group in groups.items():
         last = max(group, key=lambda r: r.updated_at)
