@@ -158,7 +158,7 @@ tabs = st.tabs(["Summary", "ROC and PR", "Calibration", "Operating point", "Subg
                key="ev_tab", on_change="rerun")  # fmt: skip
 with tabs[0]:
     rows = _deps.eval_summary(set_id, ref, stamp, tuple(sorted(force.thresholds.items())), n_boot)
-    st.dataframe([{k: _table.text(round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+    st.dataframe([{k: _table.text(f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
                  hide_index=True, width="stretch")  # fmt: skip
     _csv_button("Summary as CSV", rows, f"summary_{ref}.csv", f"ev_csv_sum_{key}")
 with tabs[1]:
@@ -189,7 +189,7 @@ with tabs[3]:
         st.info(f"No threshold in force for {finding}, or no labelled image.")
     else:
         st.markdown(f"At the threshold in force (**{op['threshold']:.4g}**, {force.source}):")
-        st.dataframe([{k: _table.text(round(v, 4) if isinstance(v, float) else v) for k, v in op.items()}],
+        st.dataframe([{k: _table.text(f"{v:.4g}" if isinstance(v, float) else v) for k, v in op.items()}],
                      hide_index=True)  # fmt: skip
         _csv_button("Operating point as CSV", [op], f"operating_point_{finding}.csv", f"ev_csv_op_{key}")
 with tabs[4]:

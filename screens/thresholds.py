@@ -13,6 +13,7 @@ from services import eval_runs, eval_sets, threshold_sets
 
 RULES = {k: v for k, v in threshold_sets.RULE_NAMES.items() if k != "manual"}
 DB_ERRORS = (dbe.DatabaseBusy, dbe.DatabaseUnavailable)
+COLUMNS = ("finding", "threshold", "TP", "FP", "FN", "TN", "sensitivity", "specificity", "PPV", "NPV", "note")
 
 user = _signin.require_page("thresholds")
 ctx, registry = _deps.ctx(), _deps.registry()
@@ -28,7 +29,7 @@ def _done(message: str) -> None:
 
 
 def _cell(v):
-    return _table.text(round(v, 4) if isinstance(v, float) else v)
+    return _table.text(f"{v:.4g}" if isinstance(v, float) else v)
 
 
 versions = [s.ref for s in registry.specs() if s.task == "classification"]
@@ -60,7 +61,7 @@ else:
     rows = []
     for f, p in proposal.items():
         if "undefined" in p:
-            rows.append({"finding": f, "threshold": "", "note": p["undefined"] + " (the default stays)"})
+            rows.append(dict.fromkeys(COLUMNS, "") | {"finding": f, "note": p["undefined"] + " (the default stays)"})
         else:
             rows.append({"finding": f, "threshold": p["threshold"], "TP": p["tp"], "FP": p["fp"], "FN": p["fn"],
                          "TN": p["tn"], "sensitivity": p["sensitivity"], "specificity": p["specificity"],

@@ -20,7 +20,8 @@ def config(filename: str) -> dict:
 
 
 def _title(what: str, model: dict) -> str:
-    return f"{what} · {model['id']}@{model['version']} (weights {model['weights_sha256'][:12]}…) · {RESEARCH_USE}"
+    return (f"{what}<br><sup>{model['id']}@{model['version']} · weights sha256 {model['weights_sha256'][:12]}…"
+            f"</sup><br><sup>{RESEARCH_USE}</sup>")  # fmt: skip
 
 
 def _band(fig: go.Figure, x: list[float], lo: list[float], hi: list[float]) -> None:
@@ -32,7 +33,7 @@ def _band(fig: go.Figure, x: list[float], lo: list[float], hi: list[float]) -> N
 def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
     fig.update_layout(title={"text": title, "font": {"size": 13}}, xaxis_title=x, yaxis_title=y, height=460,
                       xaxis_range=[0, 1], yaxis_range=[0, 1.02], legend={"orientation": "h", "y": -0.2},
-                      margin={"t": 60, "l": 50, "r": 20, "b": 40})  # fmt: skip
+                      margin={"t": 90, "l": 50, "r": 20, "b": 40})  # fmt: skip
     return fig
 
 
@@ -42,7 +43,7 @@ def roc(report: dict, model: dict) -> go.Figure:
     _band(fig, report["grid"], report["roc_band"]["lo"], report["roc_band"]["hi"])
     lo, hi = report["auc_ci95"]
     fig.add_trace(go.Scatter(x=report["roc"]["fpr"], y=report["roc"]["tpr"], mode="lines", line={"color": LINE},
-                             name=f"AUC {report['auc']:.3f} [{lo:.3f}–{hi:.3f}]", line_shape="hv"))  # fmt: skip
+                             name=f"AUC {report['auc']:.3f} [{lo:.3f}–{hi:.3f}]"))  # fmt: skip
     if (op := report.get("operating_point")) and op["sensitivity"] is not None and op["specificity"] is not None:
         fig.add_trace(go.Scatter(x=[1 - op["specificity"]], y=[op["sensitivity"]], mode="markers",
                                  marker={"size": 11, "color": "orange", "symbol": "diamond"},
@@ -100,8 +101,8 @@ def comparison(rows: list[dict], a: dict, b: dict) -> go.Figure:
     ))  # fmt: skip
     fig.add_vline(x=0, line_dash="dot", line_color="grey")
     fig.update_layout(
-        title={"text": f"AUC of {a['id']}@{a['version']} minus {b['id']}@{b['version']} (paired, same images) · "
-                       f"{RESEARCH_USE}", "font": {"size": 13}},
+        title={"text": f"AUC of {a['id']}@{a['version']} minus {b['id']}@{b['version']} (paired, same images)"
+                       f"<br><sup>{RESEARCH_USE}</sup>", "font": {"size": 13}},
         xaxis_title="AUC difference", height=80 + 28 * max(len(shown), 3), margin={"t": 60, "l": 140, "r": 20, "b": 40},
     )  # fmt: skip
     return fig
