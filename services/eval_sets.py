@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from db import audit, repo
+from db import accounts, audit, repo
 from db import engine as dbe
 from db.models import AnnotationStatus, AnnotationVersion, EvalSet, EvalSetItem, Image, Study, User, Verdict
 from services import importer
@@ -233,10 +233,6 @@ def _info(row: EvalSet, names: dict[int, str]) -> SetInfo:
                    row.created_at)  # fmt: skip
 
 
-def _names(s) -> dict[int, str]:
-    return dict(s.execute(select(User.id, User.username)).all())
-
-
 def store(
     ctx: Context, name: str, kind: str, truth_source: str, rows: list[Row], findings: list[str],
     problems: list[dict], user_id: int, folder: str | None = None,
@@ -288,7 +284,7 @@ def from_database(ctx: Context, name: str, f: repo.WorklistFilter, truth_source:
 def list_sets(ctx: Context) -> list[SetInfo]:
     """Every version of every set, newest first."""
     with dbe.read(ctx.engine) as s:
-        names = _names(s)
+        names = accounts.names(s)
         return [_info(r, names) for r in s.scalars(select(EvalSet).order_by(EvalSet.id.desc()))]
 
 
@@ -297,7 +293,7 @@ def get(ctx: Context, set_id: int) -> SetInfo:
         row = s.get(EvalSet, set_id)
         if row is None:
             raise LookupError(f"evaluation set {set_id} does not exist")
-        return _info(row, _names(s))
+        return _info(row, accounts.names(s))
 
 
 @dataclass(frozen=True)

@@ -67,15 +67,11 @@ class VersionRow:
     active: bool  # the version that runs for its task now
 
 
-def _user_names(s) -> dict[int, str]:
-    return {u.id: u.username for u in accounts.list_users(s)}
-
-
 def pins(ctx: Context, with_names: bool = True) -> dict[str, Pin]:
     """The stored choice per task (tasks without one run the registry's default); `with_names`: also who chose
     it (reads the users; the analysis path does not need it)."""
     with dbe.read(ctx.engine) as s:
-        names = _user_names(s) if with_names else {}
+        names = accounts.names(s) if with_names else {}
         return {
             task: Pin(task, r.model_id, r.model_version, r.weights_sha256, names.get(r.set_by_id), r.set_at)
             for task, r in repo.active_models(s).items()
@@ -138,7 +134,7 @@ def catalogue(registry: Registry, running: dict[str, ModelSpec]) -> list[Version
 def history(ctx: Context, task: str) -> list[HistoryEntry]:
     """Every change of the task's active version, newest first."""
     with dbe.read(ctx.engine) as s:
-        names = _user_names(s)
+        names = accounts.names(s)
         return [
             HistoryEntry(e.at, e.model_id, e.model_version, e.weights_sha256, names.get(e.set_by_id))
             for e in repo.active_model_history(s, task)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from db import audit, repo
+from db import accounts, audit, repo
 from db import engine as dbe
-from db.models import ThresholdSet, ThresholdSetActivation, User
+from db.models import ThresholdSet, ThresholdSetActivation
 from inference import curves
 from inference.types import ModelSpec
 from services.context import Context
@@ -78,10 +78,6 @@ class Activation:
 def _row(r: ThresholdSet, names: dict[int, str]) -> SetRow:
     return SetRow(r.id, r.name, r.version, r.model_id, r.model_version, r.weights_sha256, json.loads(r.thresholds),
                   r.rule, r.target, r.eval_set_id, names.get(r.created_by_id), r.created_at)  # fmt: skip
-
-
-def _names(s) -> dict[int, str]:
-    return dict(s.execute(select(User.id, User.username)).all())
 
 
 def _activations(s, spec: ModelSpec) -> list[ThresholdSetActivation]:
@@ -173,7 +169,7 @@ def save(
     target: float | None = None, eval_set_id: int | None = None,
 ) -> SetRow:  # fmt: skip
     def tx(s):
-        return _row(save_in(s, name, spec, thresholds, rule, user_id, target, eval_set_id), {}).id
+        return save_in(s, name, spec, thresholds, rule, user_id, target, eval_set_id).id
 
     return get(ctx, dbe.write(ctx.engine, tx))
 
@@ -183,7 +179,7 @@ def get(ctx: Context, set_id: int) -> SetRow:
         row = s.get(ThresholdSet, set_id)
         if row is None:
             raise LookupError(f"threshold set {set_id} does not exist")
-        return _row(row, _names(s))
+        return _row(row, accounts.names(s))
 
 
 def sets_of(ctx: Context, spec: ModelSpec | None = None) -> list[SetRow]:
@@ -192,7 +188,7 @@ def sets_of(ctx: Context, spec: ModelSpec | None = None) -> list[SetRow]:
         q = select(ThresholdSet).order_by(ThresholdSet.id.desc())
         if spec is not None:
             q = q.where(ThresholdSet.model_id == spec.model_id, ThresholdSet.model_version == spec.version)
-        names = _names(s)
+        names = accounts.names(s)
         return [_row(r, names) for r in s.scalars(q)]
 
 
@@ -228,7 +224,7 @@ def activate(ctx: Context, spec: ModelSpec, set_id: int | None, user_id: int, ro
 def history(ctx: Context, spec: ModelSpec) -> list[Activation]:
     """Every activation for the version, newest first (the first is in force)."""
     with dbe.read(ctx.engine) as s:
-        names = _names(s)
+        names = accounts.names(s)
         labels = {r.id: f"{r.name} v{r.version}" for r in s.scalars(select(ThresholdSet))}
         return [Activation(a.at, a.threshold_set_id, labels.get(a.threshold_set_id, DEFAULTS), names.get(a.set_by_id))
                 for a in _activations(s, spec)]  # fmt: skip
