@@ -144,9 +144,12 @@ def requeue_abandoned(ctx: Context, now: dt.datetime | None = None) -> int:
     """Queue again the runs left "running" whose heartbeat stopped more than STALE_S ago (their process
     stopped); they go on where they stopped. Returns how many."""
     cutoff = (now or utcnow()) - dt.timedelta(seconds=STALE_S)
+    stale = (EvalRun.status == "running") & ((EvalRun.heartbeat_at < cutoff) | EvalRun.heartbeat_at.is_(None))
+    with dbe.read(ctx.engine) as s:  # most page views find none: no write for them
+        if s.scalar(select(EvalRun.id).where(stale).limit(1)) is None:
+            return 0
 
     def tx(s):
-        stale = (EvalRun.status == "running") & ((EvalRun.heartbeat_at < cutoff) | EvalRun.heartbeat_at.is_(None))
         return s.execute(update(EvalRun).where(stale).values(status="queued", resumed=EvalRun.resumed + 1)).rowcount
 
     n = dbe.write(ctx.engine, tx)

@@ -20,7 +20,19 @@ from sqlalchemy import func, select
 
 from db import accounts, audit, repo
 from db import engine as dbe
-from db.models import AnnotationStatus, AnnotationVersion, EvalSet, EvalSetItem, Image, Study, User, Verdict
+from db.models import (
+    AnnotationStatus,
+    AnnotationVersion,
+    EvalSet,
+    EvalSetItem,
+    Image,
+    ReportStatus,
+    ReportVersion,
+    Study,
+    User,
+    Verdict,
+)
+from reports import labeller
 from services import importer
 from services.context import Context
 from services.vocabulary import FINDINGS, NO_FINDING
@@ -31,6 +43,7 @@ TRUTH_SOURCES = {
     "csv": "labels CSV",
     "verdicts": "radiologists' verdicts",
     "annotations": "annotators' final labels",
+    "reports": "labels from signed report text",
 }
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels")
 VERDICT_TRUTH = {"accept": True, "reject": False}  # uncertain: no answer
@@ -190,16 +203,34 @@ def _annotation_truth(s, image_ids: list[int]) -> dict[int, dict[str, bool | Non
     return {i: v for i, v in out.items() if v}
 
 
+def _report_truth(s, image_ids: list[int]) -> dict[int, dict[str, bool | None]]:
+    """Per image, the findings of its study's newest signed report (any reader), read by the report labeller:
+    present True, negated False, uncertain None, not mentioned False (the reader signed a report without it)."""
+    study_of = dict(s.execute(select(Image.id, Image.study_id).where(Image.id.in_(image_ids))).all())
+    newest = (
+        select(func.max(ReportVersion.id))
+        .where(ReportVersion.study_id.in_(set(study_of.values())), ReportVersion.status == ReportStatus.final)
+        .group_by(ReportVersion.study_id)
+    )
+    texts = dict(s.execute(select(ReportVersion.study_id, ReportVersion.text).where(ReportVersion.id.in_(newest))).all())
+    by_study = {}
+    for study_id, text in texts.items():
+        values = labeller.values(labeller.label(text))
+        by_study[study_id] = {f: {1: True, 0: False, None: False}.get(values.get(f)) for f in FINDINGS}
+    return {i: by_study[st] for i, st in study_of.items() if st in by_study}
+
+
 def read_database(ctx: Context, f: repo.WorklistFilter, truth_source: str) -> tuple[list[Row], list[str], list[dict]]:
     """(rows, findings, problems) of the images of the studies the worklist filter matches, labelled by
     `truth_source` (verdicts | annotations). An image without any answer from the source is left out."""
-    if truth_source not in ("verdicts", "annotations"):
-        raise EvalSetRefused(f"stored studies take their truth from verdicts or annotations, not {truth_source}")
+    readers = {"verdicts": _verdict_truth, "annotations": _annotation_truth, "reports": _report_truth}
+    if truth_source not in readers:
+        raise EvalSetRefused(f"stored studies take their truth from verdicts, annotations or reports, not {truth_source}")
     with dbe.read(ctx.engine) as s:
         ids = repo.image_ids(s, f)
         if not ids:
             raise EvalSetRefused("no stored study matches the filter")
-        truth = (_verdict_truth if truth_source == "verdicts" else _annotation_truth)(s, ids)
+        truth = readers[truth_source](s, ids)
         images = s.execute(
             select(Image, Study).join(Study, Study.id == Image.study_id).where(Image.id.in_(ids)).order_by(Image.id)
         ).all()

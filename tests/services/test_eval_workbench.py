@@ -140,6 +140,15 @@ def test_database_sets_take_truth_from_radiologists_verdicts_or_final_annotation
     made = eval_sets.from_database(ctx, "from finals", repo.WorklistFilter(), "annotations", uid)
     [item] = eval_sets.items(ctx, made.info.id)
     assert (item.image_id, item.labels) == (ids[2], {"Effusion": True, "Mass": None})
+    # signed report text, read by the report labeller: negation kept, unmentioned findings absent
+    from db import report_versions as rv
+
+    dbe.write(ctx.engine, lambda s: rv.add(s, studies[ids[1]], rad, rad, "FINDINGS: Small right pleural effusion. "
+                                           "No pneumothorax. IMPRESSION: Effusion.", parent_id=None, sign=True))
+    made = eval_sets.from_database(ctx, "from reports", repo.WorklistFilter(), "reports", uid)
+    [item] = eval_sets.items(ctx, made.info.id)
+    assert item.image_id == ids[1]
+    assert (item.labels["Effusion"], item.labels["Pneumothorax"], item.labels["Cardiomegaly"]) == (True, False, False)
     with pytest.raises(eval_sets.EvalSetRefused, match="no stored study matches"):
         eval_sets.from_database(ctx, "none", repo.WorklistFilter(text="nobody"), "verdicts", uid)
 
