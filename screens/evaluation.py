@@ -218,6 +218,13 @@ with tabs[5]:
         b = _deps.eval_scored(set_id, other, tuple(r.id for r in runs if r.ref == other and r.status == "done"))
         both = [f for f in scored.findings if f in b.findings]
         rows = [eval_metrics.compare(scored, b, f, n_boot) for f in both]
+        other_stamp = tuple(r.id for r in runs if r.ref == other and r.status == "done")
+        if finding in b.findings:
+            rb = _deps.eval_finding(set_id, other, other_stamp, finding, None, n_boot)
+            if report["undefined"] is None and rb["undefined"] is None:
+                st.plotly_chart(eval_figures.roc_pair(report, rb, model, b.spec.provenance()),
+                                config=eval_figures.config(f"roc_{finding}_{ref}_{other}"),
+                                key=f"ev_pair_{key}_{other}")  # fmt: skip
         st.plotly_chart(eval_figures.comparison(rows, model, b.spec.provenance()),
                         config=eval_figures.config(f"compare_{ref}_{other}"), key=f"ev_cmp_{set_id}_{ref}_{other}")  # fmt: skip
         table = [{"finding": r["finding"], "images": r["n"], "positives": r["n_pos"],

@@ -91,6 +91,23 @@ def subgroups(rows: list[dict], finding: str, by: str, model: dict) -> go.Figure
     return fig
 
 
+def roc_pair(a: dict, b: dict, model_a: dict, model_b: dict) -> go.Figure:
+    """Two versions' ROC curves of one finding on the same images, each with its band."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
+    for report, model, colour, band in ((a, model_a, LINE, BAND), (b, model_b, "rgb(214, 39, 40)",
+                                                                  "rgba(214, 39, 40, 0.15)")):  # fmt: skip
+        g, lo_band, hi_band = report["grid"], report["roc_band"]["lo"], report["roc_band"]["hi"]
+        fig.add_trace(go.Scatter(x=g, y=hi_band, mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=g, y=lo_band, mode="lines", line={"width": 0}, fill="tonexty", fillcolor=band,
+                                 showlegend=False, hoverinfo="skip"))  # fmt: skip
+        lo, hi = report["auc_ci95"]
+        fig.add_trace(go.Scatter(x=report["roc"]["fpr"], y=report["roc"]["tpr"], mode="lines", line={"color": colour},
+                                 name=f"{model['id']}@{model['version']}: AUC {report['auc']:.3f} [{lo:.3f}–{hi:.3f}]"))  # fmt: skip
+    return _layout(fig, f"ROC · {a['finding']} · two versions on the same images<br><sup>{RESEARCH_USE}</sup>",
+                   "1 - specificity", "sensitivity")  # fmt: skip
+
+
 def comparison(rows: list[dict], a: dict, b: dict) -> go.Figure:
     shown = [r for r in rows if r.get("difference") is not None]
     fig = go.Figure(go.Scatter(

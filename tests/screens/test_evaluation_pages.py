@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from services import auth, eval_metrics, eval_runs, eval_sets, threshold_sets
 from tests.conftest import sign_in_through_the_form
 
-MODEL = "cxr15_mobilenetv3@1.0.0"
+MODEL, OTHER = "cxr15_mobilenetv3@1.0.0", "cxr14_mobilenetv3_multilabel@1.1.0"
 FILES = ["00000075_000.png", "00000100_000.png", "00000211_000.png", "00000550_000.png", "00000797_000.png",
          "00000442_000.png", "00000404_000.png", "00000820_000.png"]  # fmt: skip
 USERS = {"res": "researcher", "boss": "admin"}
@@ -69,14 +69,16 @@ def test_a_researcher_makes_a_set_runs_a_model_and_reads_its_metrics(world):
     ]
     [info] = eval_sets.list_sets(ctx)
     assert info.report == [{"line": 10, "file": "gone.png", "reason": "image not found in the folder"}]
-    at.multiselect(key="ev_models").set_value([MODEL]).run()
+    at.multiselect(key="ev_models").set_value([MODEL, OTHER]).run()
     at.button(key="ev_run").click().run()
-    assert [s.value for s in at.success] == [f"Started: {MODEL} on nih-8 v1."]
-    [run] = _wait_for_runs(ctx, info.id)
-    assert (run.status, run.n_done) == ("done", 8)
+    assert [s.value for s in at.success] == [f"Started: {MODEL}, {OTHER} on nih-8 v1."]
+    runs = _wait_for_runs(ctx, info.id)
+    assert [(r.ref, r.status, r.n_done) for r in runs] == [(OTHER, "done", 8), (MODEL, "done", 8)]
     at.run()
     assert not at.exception
-    assert [p.proto.text for p in at.get("progress") if p.proto.value == 100] == [f"{MODEL} · done · 8/8"]
+    assert [p.proto.text for p in at.get("progress") if p.proto.value == 100] == [
+        f"{OTHER} · done · 8/8", f"{MODEL} · done · 8/8"]
+    at.selectbox(key="ev_version").set_value(MODEL).run()
     # the summary: Cardiomegaly's AUC as scikit-learn computes it, Hernia not defined with the reason
     summary = next(df.value for df in at.dataframe if "AUC" in df.value.columns).set_index("finding")
     sc = eval_metrics.scored(ctx, at_registry(), info.id, MODEL)
@@ -86,7 +88,11 @@ def test_a_researcher_makes_a_set_runs_a_model_and_reads_its_metrics(world):
     at.selectbox(key="ev_finding").set_value("Cardiomegaly").run()
     assert not at.exception
     charts = at.get("plotly_chart")
-    assert len(charts) >= 2  # ROC and PR, with their bands
+    assert len(charts) >= 5  # ROC, PR, reliability, the two versions' ROC, the paired differences
+    # side by side: the paired AUC difference per finding, "not defined" where there is no positive
+    compared = next(df.value for df in at.dataframe if "difference [95%]" in df.value.columns).set_index("finding")
+    assert compared.loc["Cardiomegaly", "difference [95%]"].startswith(("+", "-"))
+    assert compared.loc["Hernia", "difference [95%]"] == "not defined: no positive cases among 8"
     at.selectbox(key="ev_finding").set_value("Hernia").run()
     assert any("not defined (no positive cases among 8)" in i.value for i in at.info)
     at.radio(key="ev_group").set_value("view").run()
