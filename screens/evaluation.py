@@ -8,7 +8,7 @@ import streamlit as st
 
 from db import engine as dbe
 from db import repo
-from inference.types import RESEARCH_USE
+from inference.types import RESEARCH_USE, SCORE_KINDS
 from screens import _deps, _signin, _table
 from services import eval_figures, eval_metrics, eval_runs, eval_sets
 
@@ -149,7 +149,8 @@ finding = c2.selectbox("Finding", scored.findings, key="ev_finding")
 n_boot = c3.selectbox("Bootstrap resamples", [200, 1000, 2000], index=1, key="ev_boot")
 model = scored.spec.provenance()
 force = eval_metrics.thresholds_for(ctx, scored.spec)
-st.caption(f"{int(scored.has.sum())} of {len(scored.items)} images have a result of {ref} · thresholds in force: "
+st.caption(f"{int(scored.has.sum())} of {len(scored.items)} images have a result of {ref} · scores: "
+           f"{SCORE_KINDS[scored.spec.score_kind]} · thresholds in force: "
            f"{force.source} · 95% percentile bootstrap intervals, images resampled · {RESEARCH_USE}")  # fmt: skip
 report = _deps.eval_finding(set_id, ref, stamp, finding, force.thresholds.get(finding), n_boot)
 key = f"{set_id}_{ref}_{finding}"

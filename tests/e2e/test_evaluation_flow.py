@@ -52,7 +52,7 @@ def test_a_researcher_makes_a_set_runs_a_model_reads_the_roc_and_saves_a_thresho
     sign_in(page, url, "res", PASSWORD)
     page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
     page.get_by_role("link", name="Evaluation").click()
-    page.get_by_role("heading", name="Evaluation").wait_for(timeout=30_000)
+    page.get_by_role("heading", name="Evaluation", exact=True).wait_for(timeout=30_000)
     page.get_by_text("No evaluation set yet").wait_for(timeout=30_000)
 
     page.get_by_label("Set name").fill("nih-subset")
@@ -89,11 +89,11 @@ def test_a_researcher_makes_a_set_runs_a_model_reads_the_roc_and_saves_a_thresho
     page.locator(".js-plotly-plot").first.screenshot(path=ARTIFACTS / "evaluation-04b-roc-chart.png")
 
     page.reload()  # the run is recorded in the database: a reload shows it finished, with its metrics
-    page.get_by_role("heading", name="Evaluation").wait_for(timeout=60_000)
+    page.get_by_role("heading", name="Evaluation", exact=True).wait_for(timeout=60_000)
     page.get_by_text(f"{MODEL} · done · {N}/{N}").wait_for(timeout=60_000)
 
     page.get_by_role("link", name="Threshold sets").click()
-    page.get_by_role("heading", name="Threshold sets").wait_for(timeout=30_000)
+    page.get_by_role("heading", name="Threshold sets", exact=True).wait_for(timeout=30_000)
     page.get_by_role("heading", name="Choose on an evaluation set").wait_for(timeout=30_000)
     pick(page, "Rule", "target sensitivity")
     page.get_by_role("spinbutton", name="Target").wait_for(timeout=30_000)
