@@ -88,7 +88,7 @@ def main() -> None:
     t = time.perf_counter()
     for i in range(0, n, 16):
         chunk = items[i : i + 16]
-        xs = [analysis.model_input(eval_runs._load(ctx, made.info.folder, it)) for it in chunk]
+        xs = [analysis.model_input(eval_runs.load_item(ctx, made.info.folder, it)) for it in chunk]
         for it, res in zip(chunk, runner.classify_batch(xs, spec), strict=True):
             result = {"model": spec.provenance(), "timings_ms": {"total": res.timings_ms.get("total", 0.0)},
                       "score_kind": res.score_kind, "probabilities": res.probabilities}  # fmt: skip
@@ -117,7 +117,7 @@ def main() -> None:
         w.writeheader()
         w.writerows(ref_rows)
     ref_set = eval_sets.from_folder(ctx, "bench-reference", nih / "images", ref_csv, 1)
-    runner.classify(analysis.model_input(eval_runs._load(ctx, ref_set.info.folder, items[0])), OTHER)  # load it
+    runner.classify(analysis.model_input(eval_runs.load_item(ctx, ref_set.info.folder, items[0])), OTHER)  # load it
     t = time.perf_counter()
     _wait(ctx, eval_runs.start(ctx, runner, ref_set.info.id, [OTHER], 1))
     per_image = (time.perf_counter() - t) / ref_set.info.n_items

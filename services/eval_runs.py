@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select, update
 
-from db import audit, repo
+from db import audit
 from db import engine as dbe
 from db.models import EvalRun, EvalSet, Image, Prediction, utcnow
 from inference.runner import Runner
@@ -202,7 +202,7 @@ def stored_refs(s, pixel_hashes: list[str], spec: ModelSpec) -> dict[str, str]:
     return out
 
 
-def _load(ctx: Context, folder: str | None, item: eval_sets.Item) -> dicom_io.DecodedImage:
+def load_item(ctx: Context, folder: str | None, item: eval_sets.Item) -> dicom_io.DecodedImage:
     """The item's pixels, checked against the pixel hash the set recorded; FileRejected with the reason."""
     if item.image_id is not None:
         with dbe.read(ctx.engine) as s:
@@ -238,7 +238,7 @@ def execute(ctx: Context, runner: Runner, run_id: int) -> RunInfo:
     last = utcnow()
     for n, item in enumerate(todo, start=1):
         try:
-            img = _load(ctx, info.folder, item)
+            img = load_item(ctx, info.folder, item)
         except importer.FileRejected as exc:
             missing.append({"item": item.file_name or f"image {item.image_id}", "reason": exc.reason})
         else:
@@ -272,7 +272,3 @@ def finished_versions(ctx: Context, set_id: int) -> list[str]:
     """The "id@version" of every version with a finished run on the set, newest run first."""
     return list(dict.fromkeys(r.ref for r in runs_of(ctx, set_id) if r.status == "done"))
 
-
-def repo_filter(**values) -> repo.WorklistFilter:
-    """A worklist filter from the page's fields (empty ones ignored)."""
-    return repo.WorklistFilter(**{k: v for k, v in values.items() if v not in (None, "", ())})
