@@ -70,14 +70,23 @@ def bootstrap_curves(
         raise ValueError(reason)
     rng = np.random.default_rng(seed)
     aucs, aps, tprs, precs = [], [], [], []
+    order = np.argsort(-s, kind="mergesort")
+    y_sorted, s_sorted = y[order], s[order]
+    rank = np.empty(y.size, dtype=np.intp)
+    rank[order] = np.arange(y.size)  # a case's place in score order
     for _ in range(n_boot):
-        idx = rng.integers(0, y.size, y.size)
-        yb, sb = y[idx], s[idx]
-        if yb.all() or not yb.any():
+        # the resampled cases, taken in score order: one sort serves the ROC, the PR curve and both areas
+        idx = np.sort(rank[rng.integers(0, y.size, y.size)])
+        yb, sb = y_sorted[idx], s_sorted[idx]
+        n_pos = int(yb.sum())
+        if n_pos == 0 or n_pos == yb.size:
             continue
-        fpr, tpr, _ = roc_curve(yb, sb)
-        precision, recall, _ = precision_recall_curve(yb, sb)
-        aucs.append(roc_auc(yb, sb))
+        last_of_tie = np.r_[np.flatnonzero(np.diff(sb)), yb.size - 1]
+        tps = np.cumsum(yb)[last_of_tie]
+        fps = last_of_tie + 1 - tps
+        fpr, tpr = np.r_[0.0, fps / (yb.size - n_pos)], np.r_[0.0, tps / n_pos]
+        precision, recall = np.r_[1.0, tps / (last_of_tie + 1)], tpr
+        aucs.append(float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)))  # trapezoids: ties count half
         aps.append(float(np.sum(np.diff(recall) * precision[1:])))
         tprs.append(_tpr_on_grid(fpr, tpr))
         precs.append(_precision_on_grid(precision, recall))

@@ -104,3 +104,19 @@ def test_rules_refuse_a_missing_target_and_a_finding_without_positives():
         curves.choose_threshold(Y, S, "target_sensitivity")
     with pytest.raises(ValueError, match="no positive cases"):
         curves.choose_threshold([0, 0], [0.1, 0.2], "youden")
+
+
+def test_the_bootstrap_areas_are_those_of_each_resample():
+    # the bootstrap's one-sort shortcut against the plain functions on the same resamples (same seed)
+    y, s = _case(5, n=60, ties=True)
+    got = curves.bootstrap_curves(y, s, n_boot=50, seed=3)
+    rng = np.random.default_rng(3)
+    aucs, aps = [], []
+    for _ in range(50):
+        idx = rng.integers(0, y.size, y.size)
+        if y[idx].all() or not y[idx].any():
+            continue
+        aucs.append(roc_auc_score(y[idx], s[idx]))
+        aps.append(average_precision_score(y[idx], s[idx]))
+    np.testing.assert_allclose(got["auc_ci95"], np.quantile(aucs, [0.025, 0.975]), atol=1e-12)
+    np.testing.assert_allclose(got["ap_ci95"], np.quantile(aps, [0.025, 0.975]), atol=1e-12)
