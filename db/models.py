@@ -533,6 +533,8 @@ class ThresholdSet(Base):
     thresholds: Mapped[str] = mapped_column(Text)
     rule: Mapped[str] = mapped_column(String(32))
     target: Mapped[float | None] = mapped_column(Float)
+    # JSON {finding: {"rule", "target"}}: each finding's own rule where they differ (rule is then per_finding)
+    rules: Mapped[str | None] = mapped_column(Text)
     eval_set_id: Mapped[int | None] = mapped_column(ForeignKey("eval_sets.id", ondelete="SET NULL"))
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -11,9 +11,9 @@ from inference.types import RESEARCH_USE
 from screens import _deps, _signin, _table
 from services import eval_runs, eval_sets, threshold_sets
 
-RULES = {k: v for k, v in threshold_sets.RULE_NAMES.items() if k != "manual"}
+RULES = {k: v for k, v in threshold_sets.RULE_NAMES.items() if k not in ("manual", "per_finding")}
 DB_ERRORS = (dbe.DatabaseBusy, dbe.DatabaseUnavailable)
-COLUMNS = ("finding", "threshold", "TP", "FP", "FN", "TN", "sensitivity", "specificity", "PPV", "NPV", "note")
+COLUMNS = ("finding", "rule", "threshold", "TP", "FP", "FN", "TN", "sensitivity", "specificity", "PPV", "NPV", "note")
 
 user = _signin.require_page("thresholds")
 ctx, registry = _deps.ctx(), _deps.registry()
@@ -57,28 +57,40 @@ else:
     for f in scored.findings:
         _, y, s = scored.labelled(f)
         data[f] = (y, s)
-    proposal = threshold_sets.propose(data, rule, target)
+    with st.expander("A rule of its own for some findings"):
+        editor = st.data_editor(
+            [{"finding": f, "rule": rule, "target": target} for f in data], hide_index=True, width="stretch",
+            disabled=["finding"], key=f"ts_own_{set_id}_{ref}_{rule}_{target}",
+            column_config={"rule": st.column_config.SelectboxColumn("rule", options=list(RULES), required=True),
+                           "target": st.column_config.NumberColumn("target (target rules)", min_value=0.5,
+                                                                   max_value=1.0, step=0.01)},
+        )  # fmt: skip
+    own = {r["finding"]: (r["rule"], r["target"]) for r in editor if (r["rule"], r["target"]) != (rule, target)}
+    proposal = threshold_sets.propose(data, rule, target, own)
     rows = []
     for f, p in proposal.items():
         if "undefined" in p:
             rows.append(dict.fromkeys(COLUMNS, "") | {"finding": f, "note": p["undefined"] + " (the default stays)"})
         else:
-            rows.append({"finding": f, "threshold": p["threshold"], "TP": p["tp"], "FP": p["fp"], "FN": p["fn"],
+            rows.append({"finding": f, "rule": RULES[p["rule"]], "threshold": p["threshold"], "TP": p["tp"], "FP": p["fp"], "FN": p["fn"],
                          "TN": p["tn"], "sensitivity": p["sensitivity"], "specificity": p["specificity"],
                          "PPV": p["ppv"], "NPV": p["npv"], "note": ""})  # fmt: skip
     st.dataframe([{k: _cell(v) for k, v in r.items()} for r in rows], hide_index=True, width="stretch", key="ts_table")
-    st.caption(f"{RULES[rule]}{f' {target:.2f}' if target is not None else ''} on {sets[set_id].label}: the "
-               "counts are what each threshold gives on this set.")  # fmt: skip
+    st.caption(f"{RULES[rule]}{f' {target:.2f}' if target is not None else ''} on {sets[set_id].label}"
+               f"{f' ({len(own)} finding(s) with a rule of their own)' if own else ''}: the counts are what each "
+               "threshold gives on this set.")  # fmt: skip
     chosen = {f: p["threshold"] for f, p in proposal.items() if "undefined" not in p}
+    set_rule, per_finding = threshold_sets.rules_of(proposal, rule, target)
     with st.form("ts_save", border=True):
         name = st.text_input("Threshold set name", key="ts_name", max_chars=100)
         if st.form_submit_button("Save threshold set", type="primary"):
             try:
-                saved = threshold_sets.save(ctx, name, spec, chosen, rule, user.user_id, target, set_id)
+                saved = threshold_sets.save(ctx, name, spec, chosen, set_rule, user.user_id, target, set_id, per_finding)
             except (threshold_sets.ThresholdSetRefused, *DB_ERRORS) as exc:
                 st.error(f"Not saved: {_signin.sentence(exc)}")
             else:
-                _done(f"Saved {saved.label} of {ref} ({len(chosen)} thresholds, {RULES[rule]}).")
+                _done(f"Saved {saved.label} of {ref} ({len(chosen)} thresholds, "
+                      f"{threshold_sets.RULE_NAMES[set_rule]}).")
 
 # --- sets of this version, what is in force, history ----------------------------------------------------------
 st.subheader(f"Threshold sets of {ref}")
@@ -86,6 +98,9 @@ mine = threshold_sets.sets_of(ctx, spec)
 set_labels = {s.id: s.label for s in mine}
 names = {s.id: s.label for s in eval_sets.list_sets(ctx)}
 st.dataframe([{"set": s.label, "rule": threshold_sets.RULE_NAMES[s.rule], "target": _cell(s.target),
+               "rules": ", ".join(f"{k} {threshold_sets.RULE_NAMES[v['rule']]}"
+                                  + (f" {v['target']:.2f}" if v["target"] is not None else "")
+                                  for k, v in (s.rules or {}).items()),
                "evaluation set": names.get(s.eval_set_id, ""), "by": _cell(s.created_by),
                "at": f"{s.created_at:%Y-%m-%d %H:%M} UTC",
                "thresholds": ", ".join(f"{k} {v:.4g}" for k, v in s.thresholds.items())} for s in mine],

@@ -28,6 +28,7 @@ RULE_NAMES = {
     "target_specificity": "target specificity",
     "youden": "Youden's J",
     "max_f1": "maximum F1",
+    "per_finding": "a rule per finding",
     "manual": "set by hand",
 }
 DEFAULTS = "model defaults"
@@ -48,6 +49,7 @@ class SetRow:
     thresholds: dict[str, float]
     rule: str
     target: float | None
+    rules: dict | None
     eval_set_id: int | None
     created_by: str | None
     created_at: dt.datetime
@@ -77,7 +79,8 @@ class Activation:
 
 def _row(r: ThresholdSet, names: dict[int, str]) -> SetRow:
     return SetRow(r.id, r.name, r.version, r.model_id, r.model_version, r.weights_sha256, json.loads(r.thresholds),
-                  r.rule, r.target, r.eval_set_id, names.get(r.created_by_id), r.created_at)  # fmt: skip
+                  r.rule, r.target, json.loads(r.rules) if r.rules else None, r.eval_set_id,
+                  names.get(r.created_by_id), r.created_at)  # fmt: skip
 
 
 def _activations(s, spec: ModelSpec) -> list[ThresholdSetActivation]:
@@ -112,18 +115,30 @@ def in_force(ctx: Context, spec: ModelSpec) -> InForce:
         return in_force_in(s, spec)
 
 
-def propose(y_by_finding: dict[str, tuple], rule: str, target: float | None) -> dict[str, dict]:
-    """Per finding ({finding: (y, scores)}): the threshold the rule picks and the confusion there, or
-    {"undefined": why} where it cannot pick one."""
+def propose(
+    y_by_finding: dict[str, tuple], rule: str, target: float | None,
+    own: dict[str, tuple[str, float | None]] | None = None,
+) -> dict[str, dict]:  # fmt: skip
+    """Per finding ({finding: (y, scores)}): the threshold the rule picks (or the finding's `own` (rule, target))
+    and the confusion there with the rule used, or {"undefined": why} where it cannot pick one."""
     out = {}
     for finding, (y, s) in y_by_finding.items():
+        r, t = (own or {}).get(finding, (rule, target))
         try:
-            t = curves.choose_threshold(y, s, rule, target)
+            threshold = curves.choose_threshold(y, s, r, t)
         except ValueError as exc:
-            out[finding] = {"undefined": str(exc)}
+            out[finding] = {"undefined": str(exc), "rule": r, "target": t}
             continue
-        out[finding] = curves.confusion(y, s, t)
+        out[finding] = curves.confusion(y, s, threshold) | {"rule": r, "target": t}
     return out
+
+
+def rules_of(proposal: dict[str, dict], rule: str, target: float | None) -> tuple[str, dict | None]:
+    """(the set's rule, each finding's rule where they differ): `rule`, or per_finding with the findings'."""
+    used = {f: {"rule": p["rule"], "target": p["target"]} for f, p in proposal.items() if "undefined" not in p}
+    if all((u["rule"], u["target"]) == (rule, target) for u in used.values()):
+        return rule, None
+    return "per_finding", used
 
 
 def _check(spec: ModelSpec, thresholds: dict[str, float]) -> dict[str, float]:
@@ -141,7 +156,7 @@ def _check(spec: ModelSpec, thresholds: dict[str, float]) -> dict[str, float]:
 
 def save_in(
     s, name: str, spec: ModelSpec, thresholds: dict[str, float], rule: str, user_id: int,
-    target: float | None = None, eval_set_id: int | None = None,
+    target: float | None = None, eval_set_id: int | None = None, rules: dict | None = None,
 ) -> ThresholdSet:  # fmt: skip
     """Store the next version of `name` for this model version (inside the caller's transaction)."""
     name = name.strip()
@@ -156,7 +171,8 @@ def save_in(
     version = (s.scalar(select(func.max(ThresholdSet.version)).where(ThresholdSet.name == name)) or 0) + 1
     row = ThresholdSet(name=name, version=version, model_id=spec.model_id, model_version=spec.version,
                        weights_sha256=spec.weights_sha256, thresholds=json.dumps(values), rule=rule, target=target,
-                       eval_set_id=eval_set_id, created_by_id=user_id)  # fmt: skip
+                       rules=json.dumps(rules, sort_keys=True) if rules else None, eval_set_id=eval_set_id,
+                       created_by_id=user_id)  # fmt: skip
     s.add(row)
     s.flush()
     audit.add(s, "threshold_set_saved", actor_id=user_id, target=f"{name} v{version}",
@@ -166,10 +182,10 @@ def save_in(
 
 def save(
     ctx: Context, name: str, spec: ModelSpec, thresholds: dict[str, float], rule: str, user_id: int,
-    target: float | None = None, eval_set_id: int | None = None,
+    target: float | None = None, eval_set_id: int | None = None, rules: dict | None = None,
 ) -> SetRow:  # fmt: skip
     def tx(s):
-        return save_in(s, name, spec, thresholds, rule, user_id, target, eval_set_id).id
+        return save_in(s, name, spec, thresholds, rule, user_id, target, eval_set_id, rules).id
 
     return get(ctx, dbe.write(ctx.engine, tx))
 

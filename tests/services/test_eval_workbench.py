@@ -273,4 +273,22 @@ def test_proposed_thresholds_meet_their_target_on_the_set(env, tmp_path):
     s = np.array([0.9, 0.8, 0.4, 0.35, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05])
     got = threshold_sets.propose({"Mass": (y, s), "Hernia": (np.zeros(3, bool), np.ones(3))}, "target_sensitivity", 0.9)
     assert got["Mass"]["threshold"] == 0.35 and got["Mass"]["sensitivity"] == 1.0
-    assert got["Hernia"] == {"undefined": "cannot choose a threshold: no positive cases among 3"}
+    assert got["Hernia"]["undefined"] == "cannot choose a threshold: no positive cases among 3"
+    assert threshold_sets.rules_of(got, "target_sensitivity", 0.9) == ("target_sensitivity", None)
+    # a rule of its own for one finding: youden picks 0.35 here too, max F1 as well; target specificity 1.0: 0.8
+    own = threshold_sets.propose({"Mass": (y, s), "Nodule": (y, s)}, "youden", None,
+                                 {"Nodule": ("target_specificity", 1.0)})  # fmt: skip
+    assert (own["Mass"]["threshold"], own["Nodule"]["threshold"]) == (0.35, 0.8)
+    assert own["Nodule"]["specificity"] == 1.0 and own["Nodule"]["sensitivity"] == 0.5
+    rule, rules = threshold_sets.rules_of(own, "youden", None)
+    assert rule == "per_finding"
+    assert rules == {"Mass": {"rule": "youden", "target": None},
+                     "Nodule": {"rule": "target_specificity", "target": 1.0}}  # fmt: skip
+
+
+def test_a_set_with_a_rule_per_finding_keeps_each_rule(env):
+    ctx, runner, uid, _ = env
+    spec = runner.registry.resolve(MODEL)
+    rules = {"Mass": {"rule": "youden", "target": None}, "Nodule": {"rule": "target_specificity", "target": 0.95}}
+    saved = threshold_sets.save(ctx, "mixed", spec, {"Mass": 0.3, "Nodule": 0.6}, "per_finding", uid, rules=rules)
+    assert (saved.rule, saved.rules) == ("per_finding", rules)

@@ -95,6 +95,7 @@ def upgrade() -> None:
         sa.Column("thresholds", sa.Text(), nullable=False),
         sa.Column("rule", sa.String(length=32), nullable=False),
         sa.Column("target", sa.Float(), nullable=True),
+        sa.Column("rules", sa.Text(), nullable=True),
         sa.Column("eval_set_id", sa.Integer(), nullable=True),
         sa.Column("created_by_id", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
