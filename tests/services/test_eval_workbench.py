@@ -292,3 +292,21 @@ def test_a_set_with_a_rule_per_finding_keeps_each_rule(env):
     rules = {"Mass": {"rule": "youden", "target": None}, "Nodule": {"rule": "target_specificity", "target": 0.95}}
     saved = threshold_sets.save(ctx, "mixed", spec, {"Mass": 0.3, "Nodule": 0.6}, "per_finding", uid, rules=rules)
     assert (saved.rule, saved.rules) == ("per_finding", rules)
+
+
+def test_infer_writes_the_threshold_set_in_force_and_flags_by_it(env, tmp_path):
+    from services import infer
+
+    ctx, runner, uid, nih = env
+    spec = runner.registry.resolve(MODEL)
+    saved = threshold_sets.save(ctx, "everything", spec, dict.fromkeys(spec.thresholds, 0.0), "manual", uid)
+    threshold_sets.activate(ctx, spec, saved.id, uid, "admin")
+    [line] = infer.infer_paths(runner, [nih / "images" / FILES[0]], tmp_path / "out", max_bytes=2**30, picked=[spec],
+                               in_force=lambda sp: threshold_sets.in_force(ctx, sp))  # fmt: skip
+    doc = json.loads(Path(line.out).read_text())
+    assert doc["thresholds_from"] == "everything v1"
+    assert all(f["positive"] and f["threshold"] == 0.0 for f in doc["findings"])
+    [line] = infer.infer_paths(runner, [nih / "images" / FILES[0]], tmp_path / "out2", max_bytes=2**30, picked=[spec])
+    doc = json.loads(Path(line.out).read_text())
+    assert doc["thresholds_from"] == infer.NO_DATABASE
+    assert {f["label"]: f["threshold"] for f in doc["findings"]} == spec.thresholds
