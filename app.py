@@ -15,6 +15,8 @@ PAGES = {
     "import_studies": st.Page("screens/import_studies.py", title="Import", icon=":material/upload:"),
     "annotate": st.Page("screens/annotate.py", title="Annotate", icon=":material/draw:"),
     "tasks": st.Page("screens/tasks.py", title="Labelling tasks", icon=":material/checklist:"),
+    "evaluation": st.Page("screens/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
+    "thresholds": st.Page("screens/thresholds.py", title="Threshold sets", icon=":material/tune:"),
     "models": st.Page("screens/models.py", title="Models", icon=":material/model_training:"),
     "admin": st.Page("screens/admin.py", title="Users", icon=":material/group:"),
     "audit": st.Page("screens/audit.py", title="Audit", icon=":material/policy:"),

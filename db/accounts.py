@@ -28,6 +28,11 @@ def list_users(s: Session) -> list[User]:
     return list(s.scalars(select(User).order_by(User.username)))
 
 
+def names(s: Session) -> dict[int, str]:
+    """{user id: user name} of every account (who made or changed something, for display)."""
+    return dict(s.execute(select(User.id, User.username)).all())
+
+
 def add_user(s: Session, username: str, password_hash: str, role: Role, must_change_password: bool = False) -> User:
     user = User(username=username, password_hash=password_hash, role=role, must_change_password=must_change_password)
     s.add(user)

@@ -442,3 +442,116 @@ class AnnotationVersion(Base):
     label_map_sha256: Mapped[str | None] = mapped_column(String(64))  # PNG in the image store, 0..3
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# --- researcher workbench: evaluation sets, runs, threshold sets -----------------------------------------------
+class EvalSet(Base):
+    """One version of a named evaluation set: images (stored studies, or files of a folder) with ground truth
+    from one source (`truth_source`: csv | verdicts | annotations). A version is identified by
+    `content_sha256`, the hash of its file list and labels: making the set again with the same content gives
+    the same version, other content the next one. `findings`: JSON list of the findings labelled; `report`:
+    JSON per-row problems of the import (rows left out, with the reason)."""
+
+    __tablename__ = "eval_sets"
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_eval_set_version"),
+        UniqueConstraint("name", "content_sha256", name="uq_eval_set_content"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # folder | database
+    truth_source: Mapped[str] = mapped_column(String(16))
+    folder: Mapped[str | None] = mapped_column(Text)
+    findings: Mapped[str] = mapped_column(Text, default="[]")
+    n_items: Mapped[int] = mapped_column(Integer)
+    report: Mapped[str] = mapped_column(Text, default="[]")
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class EvalSetItem(Base):
+    """One image of an evaluation set and its ground truth (`labels`: JSON {finding: true | false | null},
+    null where the source has no usable answer, e.g. uncertain). An item is a stored image (`image_id`) or a
+    file of the set's folder (`file_name`); `pixel_sha256` is what model results are cached by."""
+
+    __tablename__ = "eval_set_items"
+    __table_args__ = (Index("ix_eval_set_items_set", "set_id", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    set_id: Mapped[int] = mapped_column(ForeignKey("eval_sets.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
+    file_name: Mapped[str | None] = mapped_column(String(255))
+    pixel_sha256: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[str] = mapped_column(Text, default="{}")
+    patient_sex: Mapped[str | None] = mapped_column(String(1))
+    patient_age_years: Mapped[int | None] = mapped_column(Integer)
+    view_position: Mapped[str | None] = mapped_column(String(16))
+    source: Mapped[str | None] = mapped_column(String(64))
+
+
+class EvalRun(Base):
+    """One model version run on one evaluation set in the background: its progress is kept here so that it
+    survives a page reload, and an interrupted run is picked up again (status queued | running | done |
+    failed). `missing`: JSON list of the items whose image could not be read, with the reason."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    set_id: Mapped[int] = mapped_column(ForeignKey("eval_sets.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    n_total: Mapped[int] = mapped_column(Integer)
+    n_done: Mapped[int] = mapped_column(Integer, default=0)
+    n_reused: Mapped[int] = mapped_column(Integer, default=0)
+    missing: Mapped[str] = mapped_column(Text, default="[]")
+    error: Mapped[str | None] = mapped_column(Text)
+    resumed: Mapped[int] = mapped_column(Integer, default=0)
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ThresholdSet(Base):
+    """A named, versioned set of operating thresholds (JSON {finding: threshold}) bound to one classification
+    model version, with how it was chosen: `rule` (target_sensitivity | target_specificity | youden | max_f1 |
+    manual), its `target`, the evaluation set it was chosen on, who and when."""
+
+    __tablename__ = "threshold_sets"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_threshold_set_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    model_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    thresholds: Mapped[str] = mapped_column(Text)
+    rule: Mapped[str] = mapped_column(String(32))
+    target: Mapped[float | None] = mapped_column(Float)
+    # JSON {finding: {"rule", "target"}}: each finding's own rule where they differ (rule is then per_finding)
+    rules: Mapped[str | None] = mapped_column(Text)
+    eval_set_id: Mapped[int | None] = mapped_column(ForeignKey("eval_sets.id", ondelete="SET NULL"))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ThresholdSetActivation(Base):
+    """Append-only history of which threshold set is in force for a model version (database triggers refuse
+    UPDATE and DELETE): the newest row wins; a row without a set returns to the model's defaults."""
+
+    __tablename__ = "threshold_set_activations"
+    __table_args__ = (Index("ix_threshold_set_activations_model", "model_id", "model_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    threshold_set_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_sets.id"))
+    set_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

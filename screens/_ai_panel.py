@@ -146,7 +146,8 @@ def findings_table(result: analysis.Analysis) -> None:
         rows, hide_index=True, width="stretch", height=35 * len(rows) + 38,
         column_config={"Score": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0)},
     )  # fmt: skip
-    st.caption(f"{f['score_kind']} · {provenance(f)} · {RESEARCH_USE}")
+    st.caption(f"{f['score_kind']} · thresholds: {result.thresholds_from or 'model defaults'} · {provenance(f)} · "
+               f"{RESEARCH_USE}")
 
 
 def _items(result: analysis.Analysis, mine_all: list[verdict_store.Mine]) -> list[dict]:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from inference.registry import Registry
 from inference.runner import Runner
-from services import agreement_report, analysis, context, priors, studies
+from services import agreement_report, analysis, context, eval_metrics, priors, studies
 from viewer import dicom_io, export, overlays, windowing
 
 
@@ -110,3 +110,20 @@ def heatmap_png(key: str, colourmap: str) -> bytes:
 def agreement(task_id: int, readers: tuple[str, ...], stamp: tuple[int, int]) -> dict:
     """A task's agreement report; `stamp` (its versions, newest version id) renews it whenever a reader saves."""
     return agreement_report.report(ctx(), task_id, list(readers))
+
+
+@st.cache_resource(max_entries=8, show_spinner="Reading the results…")
+def eval_scored(set_id: int, ref: str, stamp: tuple[int, ...]) -> eval_metrics.Scored:
+    """A version's stored scores on an evaluation set; `stamp` (its finished runs) renews it after a run."""
+    return eval_metrics.scored(ctx(), registry(), set_id, ref)
+
+
+@st.cache_data(max_entries=64, show_spinner="Computing curves and intervals…")
+def eval_finding(set_id: int, ref: str, stamp: tuple[int, ...], finding: str, threshold: float | None,
+                 n_boot: int) -> dict:  # fmt: skip
+    return eval_metrics.finding_report(eval_scored(set_id, ref, stamp), finding, threshold, n_boot)
+
+
+@st.cache_data(max_entries=16, show_spinner="Computing the summary…")
+def eval_summary(set_id: int, ref: str, stamp: tuple[int, ...], thresholds: tuple, n_boot: int) -> list[dict]:
+    return eval_metrics.summary_rows(eval_scored(set_id, ref, stamp), dict(thresholds), n_boot)

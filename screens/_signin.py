@@ -42,6 +42,8 @@ PAGE_ROLES: dict[str, frozenset[str]] = {
     "admin": frozenset({"admin"}),
     "audit": frozenset({"admin"}),
     "tasks": frozenset({"admin", "researcher"}),
+    "evaluation": frozenset({"admin", "researcher"}),
+    "thresholds": frozenset({"admin", "researcher"}),
     "account": ALL_ROLES,
 }
 

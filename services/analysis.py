@@ -22,7 +22,7 @@ from inference import postprocess
 from inference.registry import TASKS, Registry
 from inference.runner import Runner
 from inference.types import ModelSpec, ModelUnavailable
-from services import models_admin
+from services import models_admin, threshold_sets
 from services.context import Context
 from viewer import dicom_io, export, windowing
 
@@ -60,6 +60,7 @@ class Analysis:
     # The operating point per finding label in force now (an admin's edit, else the model's default), read
     # with the stored results so that one rerun of the viewer reads it once.
     thresholds: dict[str, float] = field(default_factory=dict)
+    thresholds_from: str = ""  # the threshold set in force, or "model defaults"
     # The stored predictions of the results above, {task: id}, and their stored items (prediction_items),
     # {task: {(kind, key): item id}}: what verdicts point at. A task whose items could not be stored yet has
     # none (its verdicts then go by their natural key, as before items existed).
@@ -162,6 +163,20 @@ def _store_prediction(s, task: str, result: dict, **fields) -> tuple[int, dict, 
     row = repo.add_prediction(s, task=task, result=text, **fields)
     stored = result if row.result == text else json.loads(row.result)
     return row.id, stored, db_items.ensure_items(s, row.id, prediction_items(task, stored))
+
+
+def store_result(
+    ctx: Context, task: str, spec: ModelSpec, pixel_sha256: str, result: dict, device: str
+) -> tuple[int, dict, dict[tuple[str, str], int]]:
+    """Store one computed result on these pixels and its items in one write: (prediction id, the stored result,
+    its item ids); the viewer and evaluation runs both read it back by (pixels, model version)."""
+    return dbe.write(
+        ctx.engine,
+        lambda s: _store_prediction(
+            s, task, result, pixel_sha256=pixel_sha256, model_id=spec.model_id, model_version=spec.version,
+            weights_sha256=spec.weights_sha256, device=device, timings_ms=result["timings_ms"]["total"],
+        ),
+    )  # fmt: skip
 
 
 def _store_older_items(
@@ -322,7 +337,8 @@ def analyse(
                 out.prediction_ids[task] = row.id
         stored_items = db_items.items_of(s, out.prediction_ids.values())
         if (cls := chosen.get("classification")) is not None:
-            out.thresholds = models_admin.thresholds_in_force(s, cls)
+            force = threshold_sets.in_force_in(s, cls)
+            out.thresholds, out.thresholds_from = force.thresholds, force.source
     if not compute and set(cached) != set(chosen):
         return None
     out.item_ids = {t: stored_items[pid] for t, pid in out.prediction_ids.items() if pid in stored_items}
@@ -351,14 +367,8 @@ def analyse(
             except ModelUnavailable as exc:
                 out.unavailable[exc.model_id] = exc.reason
                 continue
-            pid, result, out.item_ids[task] = dbe.write(
-                ctx.engine,
-                lambda s, r=result, sp=spec, t=task: _store_prediction(
-                    s, t, r, pixel_sha256=image["pixel_sha256"], model_id=sp.model_id,
-                    model_version=sp.version, weights_sha256=sp.weights_sha256, device=str(runner.device),
-                    timings_ms=r["timings_ms"]["total"],
-                ),
-            )  # fmt: skip
+            pid, result, out.item_ids[task] = store_result(ctx, task, spec, image["pixel_sha256"], result,
+                                                           str(runner.device))  # fmt: skip
             cached[task], out.prediction_ids[task] = result, pid
             out.computed_now.append(spec.model_id)
             log.info("computed %s %s in %.0f ms", spec.model_id, spec.version, result["timings_ms"]["total"])

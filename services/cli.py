@@ -63,7 +63,11 @@ def _cmd_users_add(args) -> int:
         return EXIT_USAGE
     print(
         f"created user {args.name!r} ({args.role})"
-        + (" with a one-time password from " + args.password_env if given else f" with the one-time password: {password}")
+        + (
+            " with a one-time password from " + args.password_env
+            if given
+            else f" with the one-time password: {password}"
+        )
         + " (to be changed at the first sign-in)"
     )
     return EXIT_OK
@@ -103,7 +107,9 @@ def _cmd_users_change(args) -> int:
         elif args.users_command == "reset":
             given = os.environ.get(args.password_env) if args.password_env else None
             if args.password_env and not given:
-                print(f"cxr-review: error: environment variable {args.password_env} is empty", file=sys.stderr)
+                print(
+                    f"cxr-review: error: environment variable {args.password_env} is empty", file=sys.stderr
+                )
                 return EXIT_USAGE
             password = auth.reset_password(ctx.engine, args.name, password=given)
             print(f"{args.name!r}: new one-time password (to be changed at the next sign-in)"
@@ -190,7 +196,13 @@ def _cmd_infer(args) -> int:
         return EXIT_USAGE
     rejected = 0
     lines = infer.infer_paths(
-        runner, args.paths, args.out, max_bytes=s.max_upload_bytes, picked=picked, metadata=metadata
+        runner,
+        args.paths,
+        args.out,
+        max_bytes=s.max_upload_bytes,
+        picked=picked,
+        metadata=metadata,
+        in_force=_thresholds_in_force(s),
     )
     for line in lines:
         rejected += line.status == "rejected"
@@ -244,6 +256,33 @@ def _cmd_similar(args) -> int:
     return EXIT_SOME_REJECTED if rejected else EXIT_OK
 
 
+def _thresholds_in_force(s):
+    """spec -> the thresholds in force for it in the app's database (its active threshold set), or None where
+    there is no usable database (infer then uses the models' defaults and says so)."""
+    from sqlalchemy.engine import make_url
+
+    from db.engine import DatabaseBusy, DatabaseUnavailable
+    from services import context, threshold_sets
+
+    url = make_url(s.db_url)
+    if url.get_backend_name() == "sqlite" and not (url.database and Path(url.database).is_file()):
+        return None  # no app here: opening the file would create an empty database
+    try:
+        ctx = context.build(s)
+    except (DatabaseUnavailable, DatabaseBusy):
+        return None
+
+    def in_force(spec):
+        try:
+            return threshold_sets.in_force(ctx, spec)
+        except (DatabaseUnavailable, DatabaseBusy) as exc:
+            return threshold_sets.InForce(
+                dict(spec.thresholds), f"model defaults (database unreadable: {exc})"
+            )
+
+    return in_force
+
+
 def _cmd_render(args) -> int:
     import math
 
@@ -251,8 +290,12 @@ def _cmd_render(args) -> int:
     from viewer import export, windowing
 
     window = windowing.Window(*args.window) if args.window else None
-    if window is not None and not (math.isfinite(window.center) and math.isfinite(window.width) and window.width > 0):
-        print("cxr-review: error: --window needs a finite centre and a finite positive width", file=sys.stderr)
+    if window is not None and not (
+        math.isfinite(window.center) and math.isfinite(window.width) and window.width > 0
+    ):
+        print(
+            "cxr-review: error: --window needs a finite centre and a finite positive width", file=sys.stderr
+        )
         return EXIT_USAGE
     try:  # the checks and limits of import: size cap, header checks, decoding in a limited worker
         img = importer.load_checked(args.file, max_bytes=settings.load().max_upload_bytes)
@@ -319,7 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("disable", "disable an account (its sessions end at once)"),
         ("enable", "enable a disabled account"),
         ("role", "change an account's role"),
-        ("reset", "give an account a new one-time password (printed unless --password-env; ends its sessions)"),
+        (
+            "reset",
+            "give an account a new one-time password (printed unless --password-env; ends its sessions)",
+        ),
         ("unlock", "lift the lockout of a user name after failed sign-ins"),
     ):
         change = users.add_parser(verb, help=text)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,10 +26,11 @@ from inference import postprocess
 from inference.registry import Registry
 from inference.runner import Runner
 from inference.types import ANATOMY_LABELS, RESEARCH_USE, ModelSpec, ModelUnavailable
-from services import analysis, importer
+from services import analysis, importer, threshold_sets
 from services.store import write_atomic
 from viewer import dicom_io, export
 
+NO_DATABASE = "model defaults (no database to read a threshold set from)"
 OUT_MODE = 0o644  # infer's outputs go to a folder the user chose, for sharing (the image store is private)
 
 
@@ -94,9 +95,11 @@ def infer_image(
     out_dir: Path,
     stem: str,
     view_position: str | None = None,
+    in_force: Callable[[ModelSpec], threshold_sets.InForce] | None = None,
 ) -> dict:
     """Run the chosen model per task on one decoded image, write its PNGs into out_dir and return the JSON
-    document (not yet written). A model that turns out unavailable while loading is reported, the rest run."""
+    document (not yet written). A model that turns out unavailable while loading is reported, the rest run.
+    `in_force`: the thresholds in force for a classifier (its active threshold set); without it, its defaults."""
     t_start = time.perf_counter()
     unavailable = dict(unavailable)
     header = img.header
@@ -188,19 +191,22 @@ def infer_image(
             unavailable[exc.model_id] = exc.reason
         else:
             ranked = sorted(res.probabilities.items(), key=lambda kv: -kv[1])
+            force = in_force(spec) if in_force else threshold_sets.InForce(dict(res.thresholds), NO_DATABASE)
             doc["findings"] = [
                 {
                     "label": label,
                     "probability": p,
-                    "positive": res.positive[label],
-                    "threshold": res.thresholds[label],
+                    "positive": p >= force.thresholds[label],
+                    "threshold": force.thresholds[label],
                 }
                 for label, p in ranked
             ]
+            doc["thresholds_from"] = force.source
+            p_pos = {f["label"]: f["positive"] for f in doc["findings"]}
             doc["score_kind"] = res.score_kind
             # Boxes of every finding, in the order of its probability; `positive` repeats the finding's verdict.
             doc["boxes"] = [
-                {"label": label, **box, "positive": res.positive[label]}
+                {"label": label, **box, "positive": p_pos[label]}
                 for label, _ in ranked
                 for box in boxes.get(label, [])
             ]
@@ -230,6 +236,7 @@ def infer_paths(
     max_bytes: int,
     picked: Iterable[ModelSpec] = (),
     metadata: dict[str, dict] | None = None,
+    in_force: Callable[[ModelSpec], threshold_sets.InForce] | None = None,
 ) -> Iterator[InferLine]:
     """One InferLine per input file, as each is done. `picked` replaces the default model of its task;
     `metadata` ({file name: fields}, services.sidecar) gives PNG/JPEG files their view position."""
@@ -247,7 +254,7 @@ def infer_paths(
             # Only the view: it changes what the CTR means; the patient fields stay out of the outputs.
             view = metadata.get(path.name, {}).get("view_position")
         stem = stems.take(path)
-        doc = infer_image(runner, chosen, unavailable, img, str(path), out_dir, stem, view)
+        doc = infer_image(runner, chosen, unavailable, img, str(path), out_dir, stem, view, in_force)
         target = out_dir / f"{stem}.json"
         write_atomic(target, (json.dumps(doc, indent=2) + "\n").encode(), mode=OUT_MODE)
         yield InferLine(file=str(path), status="done", out=str(target))

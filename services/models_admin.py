@@ -16,6 +16,7 @@ from db import accounts, audit, repo
 from db import engine as dbe
 from inference.registry import TASKS, Registry
 from inference.types import ModelSpec, ModelUnavailable
+from services import threshold_sets
 from services.context import Context
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,11 @@ class VersionRow:
     active: bool  # the version that runs for its task now
 
 
-def _user_names(s) -> dict[int, str]:
-    return {u.id: u.username for u in accounts.list_users(s)}
-
-
 def pins(ctx: Context, with_names: bool = True) -> dict[str, Pin]:
     """The stored choice per task (tasks without one run the registry's default); `with_names`: also who chose
     it (reads the users; the analysis path does not need it)."""
     with dbe.read(ctx.engine) as s:
-        names = _user_names(s) if with_names else {}
+        names = accounts.names(s) if with_names else {}
         return {
             task: Pin(task, r.model_id, r.model_version, r.weights_sha256, names.get(r.set_by_id), r.set_at)
             for task, r in repo.active_models(s).items()
@@ -137,7 +134,7 @@ def catalogue(registry: Registry, running: dict[str, ModelSpec]) -> list[Version
 def history(ctx: Context, task: str) -> list[HistoryEntry]:
     """Every change of the task's active version, newest first."""
     with dbe.read(ctx.engine) as s:
-        names = _user_names(s)
+        names = accounts.names(s)
         return [
             HistoryEntry(e.at, e.model_id, e.model_version, e.weights_sha256, names.get(e.set_by_id))
             for e in repo.active_model_history(s, task)
@@ -202,9 +199,8 @@ def rollback(ctx: Context, registry: Registry, task: str, user_id: int) -> str |
 
 
 def thresholds_in_force(s, spec: ModelSpec) -> dict[str, float]:
-    """The operating point per label of a classification version: an admin's value, else the default."""
-    edited = repo.thresholds(s, spec.model_id, spec.version)
-    return {label: edited.get(label, spec.thresholds[label]) for label in spec.thresholds}
+    """The operating point per label of a classification version: its active threshold set over its defaults."""
+    return threshold_sets.in_force_in(s, spec).thresholds
 
 
 def thresholds(ctx: Context, spec: ModelSpec) -> dict[str, float]:
@@ -213,7 +209,9 @@ def thresholds(ctx: Context, spec: ModelSpec) -> dict[str, float]:
 
 
 def save_thresholds(ctx: Context, spec: ModelSpec, values: dict[str, float], user_id: int) -> int:
-    """Store the thresholds that differ from what is in force now (one transaction); returns how many."""
+    """Apply the thresholds that differ from what is in force now: the values that differ from the defaults
+    become the next version of the threshold set "<id>@<version> edits" (rule: by hand), activated, in one
+    transaction. Returns how many changed."""
     if spec.task != "classification":
         raise ModelChoiceRefused(f"{spec.ref} is a {spec.task} model: it has no thresholds")
     unknown = set(values) - set(spec.labels)
@@ -228,10 +226,15 @@ def save_thresholds(ctx: Context, spec: ModelSpec, values: dict[str, float], use
         raise ModelChoiceRefused(f"thresholds must lie between 0 and 1: {bad}")
     current = thresholds(ctx, spec)
     changed = {k: float(v) for k, v in values.items() if abs(float(v) - current[k]) > 1e-12}
+    merged = current | changed
+    edits = {k: v for k, v in merged.items() if abs(v - spec.thresholds[k]) > 1e-12}
 
     def tx(s):
-        for label, value in changed.items():
-            repo.set_threshold(s, spec.model_id, spec.version, label, value, user_id)
+        if edits:
+            row = threshold_sets.save_in(s, f"{spec.ref} edits", spec, edits, "manual", user_id)
+            threshold_sets.activate_in(s, spec, row.id, user_id)
+        else:
+            threshold_sets.activate_in(s, spec, None, user_id)
         audit.add(s, "thresholds_changed", actor_id=user_id, target=spec.ref,
                   details={"from": {k: current[k] for k in changed}, "to": changed})  # fmt: skip
 
@@ -241,13 +244,16 @@ def save_thresholds(ctx: Context, spec: ModelSpec, values: dict[str, float], use
 
 
 def reset_thresholds(ctx: Context, spec: ModelSpec, user_id: int) -> int:
-    """Back to the model's default thresholds; returns how many edited values were dropped."""
+    """Back to the model's default thresholds (an activation of the defaults, kept in the threshold history);
+    returns how many values differed from them."""
+    current = thresholds(ctx, spec)
+    n = sum(abs(v - spec.thresholds[k]) > 1e-12 for k, v in current.items())
 
     def tx(s):
-        n = repo.reset_thresholds(s, spec.model_id, spec.version)
-        if n:
-            audit.add(s, "thresholds_changed", actor_id=user_id, target=spec.ref,
-                      details={"reset_to_defaults": n})  # fmt: skip
-        return n
+        repo.reset_thresholds(s, spec.model_id, spec.version)  # per-label edits from before threshold sets
+        threshold_sets.activate_in(s, spec, None, user_id)
+        audit.add(s, "thresholds_changed", actor_id=user_id, target=spec.ref, details={"reset_to_defaults": n})
 
-    return dbe.write(ctx.engine, tx)
+    if n:
+        dbe.write(ctx.engine, tx)
+    return n

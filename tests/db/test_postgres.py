@@ -477,7 +477,9 @@ def test_the_audit_is_append_only_on_postgresql_too(pg):
     with dbe.read(pg) as s:
         assert s.scalar(text("SELECT count(*) FROM audit_events")) == 1
         triggers = set(s.scalars(text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")))
-    assert triggers == {f"{t}_append_only" for t in ("audit_events", "verdict_events", "active_model_events", "annotation_versions", "report_versions")}
+    assert triggers == {f"{t}_append_only" for t in ("audit_events", "verdict_events", "active_model_events",
+                                                     "annotation_versions", "report_versions",
+                                                     "threshold_set_activations")}  # fmt: skip
 
 
 def test_lockout_after_ten_failures_on_postgresql(pg):

@@ -7,7 +7,7 @@ import streamlit as st
 from db import accounts, repo
 from db import engine as dbe
 from inference.registry import Registry
-from services import auth, context, models_admin, settings
+from services import auth, context, models_admin, settings, threshold_sets
 from tests.conftest import TEST_MODEL, sign_in_through_the_form
 
 BUILTIN = "cxr15_mobilenetv3@1.0.0"
@@ -80,8 +80,11 @@ def test_an_edited_threshold_persists_and_is_what_the_viewer_flags_with(env):
     at.button(key=f"FormSubmitter:thr_form_{BUILTIN}-Save thresholds").click().run()
     assert not at.exception
     assert [s.value for s in at.success] == [f"Saved 1 threshold of {BUILTIN}."]
-    with dbe.read(ctx.engine) as s:
-        assert repo.thresholds(s, "cxr15_mobilenetv3", "1.0.0") == {"Cardiomegaly": pytest.approx(0.123)}
+    # the edit is a threshold set of the version, in force
+    spec = registry.resolve(BUILTIN)
+    in_force = threshold_sets.in_force(ctx, spec)
+    assert (in_force.source, in_force.thresholds["Cardiomegaly"]) == (f"{BUILTIN} edits v1", pytest.approx(0.123))
+    assert threshold_sets.get(ctx, in_force.set_id).thresholds == {"Cardiomegaly": pytest.approx(0.123)}
     # what the viewer's positive flags use: read with the stored results
     spec = registry.resolve(BUILTIN)
     with dbe.read(ctx.engine) as s:
@@ -94,8 +97,8 @@ def test_an_edited_threshold_persists_and_is_what_the_viewer_flags_with(env):
     assert at.number_input(key=key).value == pytest.approx(0.123)
     assert any("Cardiomegaly 0.123" in c.value for c in at.caption)
     at.button(key=f"thr_reset_{BUILTIN}").click().run()
-    with dbe.read(ctx.engine) as s:
-        assert repo.thresholds(s, "cxr15_mobilenetv3", "1.0.0") == {}
+    assert threshold_sets.in_force(ctx, spec).source == threshold_sets.DEFAULTS
+    assert [a.label for a in threshold_sets.history(ctx, spec)] == [threshold_sets.DEFAULTS, f"{BUILTIN} edits v1"]
     assert at.number_input(key=f"thr_{BUILTIN}_Cardiomegaly_1").value == spec.thresholds["Cardiomegaly"]
 
 
@@ -103,8 +106,7 @@ def test_a_threshold_outside_zero_to_one_is_refused(env):
     ctx, registry = env
     with pytest.raises(models_admin.ModelChoiceRefused, match="between 0 and 1"):
         models_admin.save_thresholds(ctx, registry.resolve(BUILTIN), {"Cardiomegaly": 1.5}, 1)
-    with dbe.read(ctx.engine) as s:
-        assert repo.thresholds(s, "cxr15_mobilenetv3", "1.0.0") == {}
+    assert threshold_sets.sets_of(ctx) == []
 
 
 def test_the_active_version_is_set_rolled_back_and_reset_with_its_history(env):

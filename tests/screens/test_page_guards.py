@@ -18,7 +18,8 @@ SERVED = {
     "worklist": ("title", "Worklist"), "review": ("error", "This study no longer exists."),
     "import_studies": ("title", "Import studies"), "models": ("title", "Models"), "admin": ("title", "Users"),
     "audit": ("title", "Audit"), "account": ("title", "Account"), "annotate": ("title", "Annotate"),
-    "tasks": ("title", "Labelling tasks"),
+    "tasks": ("title", "Labelling tasks"), "evaluation": ("title", "Evaluation"),
+    "thresholds": ("title", "Threshold sets"),
 }  # fmt: skip
 
 

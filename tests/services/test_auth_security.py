@@ -277,7 +277,8 @@ def test_the_audit_is_append_only_in_the_database(ctx):
         triggers = set(s.scalars(text("SELECT name FROM sqlite_master WHERE type = 'trigger'")))
     assert triggers == {
         f"{t}_no_{v}"
-        for t in ("audit_events", "verdict_events", "active_model_events", "annotation_versions", "report_versions")
+        for t in ("audit_events", "verdict_events", "active_model_events", "annotation_versions", "report_versions",
+                  "threshold_set_activations")
         for v in ("update", "delete")
     }
     assert [r.action for r in _audit(ctx)] == ["user_added"]

@@ -1,0 +1,61 @@
+"""Migration 0011 on SQLite and PostgreSQL: the per-label threshold edits become one threshold set per model
+version, in force; the activation history is append-only; the way down drops the new tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from alembic import command
+from sqlalchemy import inspect, text
+
+from db import engine as dbe
+from db.models import ThresholdSet
+from inference.types import ModelSpec
+from services import threshold_sets
+
+T = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'w.db'}"
+    return request.getfixturevalue("pg_db_url")
+
+
+def test_per_label_edits_become_a_threshold_set_in_force(url):
+    cfg = dbe.alembic_config(url)
+    command.upgrade(cfg, "0008")
+    engine = dbe.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO users (id, username, password_hash, role, is_active, must_change_password, created_at) "
+                "VALUES (1, 'boss', 'x', 'admin', true, false, :t)"), {"t": T})  # fmt: skip
+            conn.execute(text(
+                "INSERT INTO model_thresholds (model_id, model_version, label, threshold, updated_by_id, updated_at) "
+                "VALUES ('m', '1.0.0', 'Mass', 0.25, 1, :t), ('m', '1.0.0', 'Nodule', 0.5, 1, :u), "
+                "('n', '2.0.0', 'Edema', 0.75, 1, :t)"), {"t": T, "u": T + dt.timedelta(hours=1)})  # fmt: skip
+        command.upgrade(cfg, "head")
+        with dbe.read(engine) as s:
+            rows = {(r.model_id, r.name): r for r in s.query(ThresholdSet)}
+            assert set(rows) == {("m", "m@1.0.0 edits"), ("n", "n@2.0.0 edits")}
+            assert json.loads(rows["m", "m@1.0.0 edits"].thresholds) == {"Mass": 0.25, "Nodule": 0.5}
+            assert rows["m", "m@1.0.0 edits"].created_at == T + dt.timedelta(hours=1)
+        spec = ModelSpec(model_id="m", version="1.0.0", task="classification", labels=("Mass", "Nodule", "Edema"),
+                         input_size=(224, 224), normalisation="none", weights_file="w.pt", weights_sha256="a" * 64,
+                         intended_use="test", source="test", thresholds={"Mass": 0.1, "Nodule": 0.1, "Edema": 0.1})  # fmt: skip
+        with dbe.read(engine) as s:
+            force = threshold_sets.in_force_in(s, spec)
+        assert force.source == "m@1.0.0 edits v1"
+        assert force.thresholds == {"Mass": 0.25, "Nodule": 0.5, "Edema": 0.1}
+        with pytest.raises(Exception, match="append-only"):
+            dbe.write(engine, lambda s: s.execute(text("DELETE FROM threshold_set_activations")))
+        command.downgrade(cfg, "0008")
+        assert "threshold_sets" not in inspect(engine).get_table_names()
+        with dbe.read(engine) as s:
+            assert s.scalar(text("SELECT count(*) FROM model_thresholds")) == 3
+    finally:
+        engine.dispose()

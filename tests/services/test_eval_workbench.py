@@ -1,0 +1,312 @@
+"""The researcher workbench's services on real NIH images, a real SQLite file and the real classifier:
+evaluation sets (folder + CSV, stored studies with verdicts or final annotations, per-row reports, versioning),
+background runs (reuse of the viewer's results, progress, resume, missing files), metrics against
+scikit-learn, threshold sets (save, activate, history, rollback; what the viewer reads)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sqlalchemy import update
+
+from db import accounts, repo
+from db import engine as dbe
+from db.models import AnnotationStatus, AnnotationVersion, EvalRun, Image, utcnow
+from inference.registry import Registry
+from inference.runner import Runner
+from services import analysis, auth, eval_metrics, eval_runs, eval_sets, importer, threshold_sets
+
+MODEL = "cxr15_mobilenetv3@1.0.0"
+FILES = ["00000075_000.png", "00000100_000.png", "00000211_000.png", "00000550_000.png", "00000797_000.png",
+         "00000442_000.png"]  # fmt: skip
+
+
+@pytest.fixture
+def env(ctx, shared_data, tmp_path):
+    registry = Registry(ctx.settings.models_dir)
+    runner = Runner(registry, "cpu")
+    uid = 1
+    auth.add_user(ctx.engine, "res", "researcher", "a-long-password-1")
+    auth.add_user(ctx.engine, "rad", "radiologist", "a-long-password-2")
+    return ctx, runner, uid, shared_data / "nih"
+
+
+def _nih_rows(nih: Path, names: list[str]) -> list[dict]:
+    with open(nih / "labels.csv", newline="") as fh:
+        rows = {r["Image Index"]: r for r in csv.DictReader(fh)}
+    return [rows[n] for n in names if n in rows]
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    columns = columns or list(rows[0])
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _folder_set(env, tmp_path, names=None, extra=()):
+    ctx, _, uid, nih = env
+    names = names or FILES
+    rows = _nih_rows(nih, names)
+    assert len(rows) == len(names), "the chosen NIH files must be in labels.csv"
+    csv_path = _write_csv(tmp_path / "labels.csv", rows + list(extra))
+    return eval_sets.from_folder(ctx, "nih-small", nih / "images", csv_path, uid)
+
+
+def test_a_folder_set_reports_each_bad_row_and_keeps_the_others(env, tmp_path):
+    bad = [
+        {"Image Index": "00000075_000.png", "Finding Labels": "Cardiomegaly"},  # named twice
+        {"Image Index": "no_such_file.png", "Finding Labels": "Mass"},
+        {"Image Index": "00000284_000.png", "Finding Labels": "Cardiomegaly|Dragons"},
+    ]
+    made = _folder_set(env, tmp_path, extra=bad)
+    assert made.new and made.info.version == 1 and made.info.n_items == len(FILES)
+    reasons = {(p["file"], p["reason"]) for p in made.left_out}
+    assert reasons == {
+        ("00000075_000.png", "file named twice"),
+        ("no_such_file.png", "image not found in the folder"),
+        ("00000284_000.png", "unknown finding(s) Dragons"),
+    }
+    assert made.info.report == made.left_out  # kept with the set
+    items = eval_sets.items(env[0], made.info.id)
+    first = items[0]
+    assert (first.file_name, first.labels["Cardiomegaly"], first.labels["Mass"]) == ("00000075_000.png", True, False)
+    assert (first.patient_sex, first.patient_age_years, first.view_position) == ("F", 61, "PA")
+
+
+def test_a_set_is_versioned_by_its_files_and_labels(env, tmp_path):
+    a = _folder_set(env, tmp_path)
+    again = _folder_set(env, tmp_path)  # the same content: the same version
+    assert (again.new, again.info.id, again.info.version) == (False, a.info.id, 1)
+    ctx, _, uid, nih = env
+    rows = _nih_rows(nih, FILES)
+    rows[0] = rows[0] | {"Finding Labels": "No Finding"}  # one label changed: the next version
+    b = eval_sets.from_folder(ctx, "nih-small", nih / "images", _write_csv(tmp_path / "b.csv", rows), uid)
+    assert (b.new, b.info.version) == (True, 2) and b.info.content_sha256 != a.info.content_sha256
+    fewer = _folder_set(env, tmp_path, names=FILES[:4])  # another file list: another version
+    assert fewer.info.version == 3
+
+
+def test_a_csv_without_the_needed_columns_is_refused_whole(env, tmp_path):
+    ctx, _, uid, nih = env
+    path = _write_csv(tmp_path / "x.csv", [{"Image Index": "00000075_000.png", "Labels": "Mass"}])
+    with pytest.raises(eval_sets.EvalSetRefused, match="lacks the column"):
+        eval_sets.from_folder(ctx, "x", nih / "images", path, uid)
+    assert eval_sets.list_sets(ctx) == []
+
+
+def _import(ctx, nih, names):
+    from services import sidecar
+
+    res = importer.import_paths(ctx.engine, ctx.store, [nih / "images" / n for n in names], max_bytes=2**30,
+                                metadata=sidecar.load(nih / "labels.csv"))  # fmt: skip
+    return [r.image_id for r in res]
+
+
+def test_database_sets_take_truth_from_radiologists_verdicts_or_final_annotations(env):
+    ctx, runner, uid, nih = env
+    ids = _import(ctx, nih, FILES[:3])
+    with dbe.read(ctx.engine) as s:
+        rad = next(u.id for u in accounts.list_users(s) if u.username == "rad")
+        studies = {i: s.get(Image, i).study_id for i in ids}
+
+    def verdict(s, image_id, finding, decision):
+        repo.upsert_verdict(s, repo.VerdictIn(studies[image_id], image_id, rad, "finding", finding, decision,
+                                              "cxr15_mobilenetv3", "1.0.0", "x" * 64))  # fmt: skip
+
+    def tx(s):
+        verdict(s, ids[0], "Cardiomegaly", "accept")
+        verdict(s, ids[0], "Mass", "reject")
+        verdict(s, ids[1], "Cardiomegaly", "uncertain")
+        s.add(AnnotationVersion(image_id=ids[2], task_id=None, reader_id=rad, status=AnnotationStatus.final,
+                                labels=json.dumps({"Effusion": "present", "Mass": "uncertain"})))  # fmt: skip
+
+    dbe.write(ctx.engine, tx)
+    made = eval_sets.from_database(ctx, "from verdicts", repo.WorklistFilter(), "verdicts", uid)
+    items = eval_sets.items(ctx, made.info.id)
+    assert [(it.image_id, it.labels) for it in items] == [(ids[0], {"Cardiomegaly": True, "Mass": False})]
+    assert {p["image_id"] for p in made.left_out} == {ids[1], ids[2]}  # only "uncertain", or nothing
+    assert made.info.findings == ["Cardiomegaly", "Mass"]
+    made = eval_sets.from_database(ctx, "from finals", repo.WorklistFilter(), "annotations", uid)
+    [item] = eval_sets.items(ctx, made.info.id)
+    assert (item.image_id, item.labels) == (ids[2], {"Effusion": True, "Mass": None})
+    # signed report text, read by the report labeller: negation kept, unmentioned findings absent
+    from db import report_versions as rv
+
+    dbe.write(ctx.engine, lambda s: rv.add(s, studies[ids[1]], rad, rad, "FINDINGS: Small right pleural effusion. "
+                                           "No pneumothorax. IMPRESSION: Effusion.", parent_id=None, sign=True))
+    made = eval_sets.from_database(ctx, "from reports", repo.WorklistFilter(), "reports", uid)
+    [item] = eval_sets.items(ctx, made.info.id)
+    assert item.image_id == ids[1]
+    assert (item.labels["Effusion"], item.labels["Pneumothorax"], item.labels["Cardiomegaly"]) == (True, False, False)
+    with pytest.raises(eval_sets.EvalSetRefused, match="no stored study matches"):
+        eval_sets.from_database(ctx, "none", repo.WorklistFilter(text="nobody"), "verdicts", uid)
+
+
+def _wait(ctx, run_ids, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [eval_runs.get(ctx, r) for r in run_ids]
+        if all(r.status in ("done", "failed") for r in runs):
+            return runs
+        time.sleep(0.2)
+    raise TimeoutError([eval_runs.get(ctx, r) for r in run_ids])
+
+
+def test_a_background_run_reuses_what_the_viewer_computed_and_the_metrics_match_sklearn(env, tmp_path):
+    ctx, runner, uid, nih = env
+    made = _folder_set(env, tmp_path)
+    # the viewer computed the first image already (imported and analysed): the run reuses it
+    [image_id] = _import(ctx, nih, FILES[:1])
+    with dbe.read(ctx.engine) as s:
+        image = s.get(Image, image_id)
+        ref = {"pixel_sha256": image.pixel_sha256, "file_sha256": image.file_sha256}
+    viewer = analysis.analyse(ctx, runner, ref)
+    [run_id] = eval_runs.start(ctx, runner, made.info.id, [MODEL], uid)
+    [run] = _wait(ctx, [run_id])
+    assert (run.status, run.n_done, run.n_total, run.n_reused, run.missing) == ("done", 6, 6, 1, [])
+    sc = eval_metrics.scored(ctx, runner.registry, made.info.id, MODEL)
+    assert sc.has.all()
+    j = sc.spec.labels.index("Cardiomegaly")
+    assert sc.scores[0, sc.findings.index("Cardiomegaly")] == viewer.findings["probabilities"][sc.spec.labels[j]]
+    # a second run computes nothing
+    [again] = _wait(ctx, eval_runs.start(ctx, runner, made.info.id, [MODEL], uid))
+    assert again.n_reused == 6
+    # metrics against sklearn on the same labels and scores
+    for finding in sc.findings:
+        _, y, s = sc.labelled(finding)
+        r = eval_metrics.finding_report(sc, finding, 0.5, n_boot=50)
+        if y.any() and not y.all():
+            assert r["auc"] == pytest.approx(roc_auc_score(y, s))
+            assert r["ap"] == pytest.approx(average_precision_score(y, s))
+        else:
+            assert "auc" not in r and r["undefined"].startswith("no positive cases")
+    rows = {r["finding"]: r for r in eval_metrics.summary_rows(sc, {}, n_boot=20)}
+    assert rows["Hernia"]["AUC"] == "not defined: no positive cases among 6"
+
+
+def test_an_interrupted_run_is_queued_again_and_a_vanished_file_is_reported(env, tmp_path):
+    ctx, runner, uid, nih = env
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for n in FILES[:3]:
+        shutil.copy(nih / "images" / n, folder)
+    made = eval_sets.from_folder(ctx, "copy", folder, _write_csv(tmp_path / "l.csv", _nih_rows(nih, FILES[:3])), uid)
+    (folder / FILES[1]).unlink()
+    # a run its process left "running" a minute ago: queued again when a worker starts, then finished
+    run_id = dbe.write(ctx.engine, lambda s: _add_run(s, made.info.id, runner, uid))
+    assert eval_runs.requeue_abandoned(ctx, now=utcnow()) == 1
+    assert eval_runs.ensure_worker(ctx, runner)
+    [run] = _wait(ctx, [run_id])
+    assert (run.status, run.resumed, run.n_done) == ("done", 1, 3)
+    assert run.missing == [{"item": FILES[1], "reason": "no such file"}]
+
+
+def _add_run(s, set_id, runner, uid):
+    spec = runner.registry.resolve(MODEL)
+    run = EvalRun(set_id=set_id, model_id=spec.model_id, model_version=spec.version, weights_sha256=spec.weights_sha256,
+                  status="running", n_total=3, created_by_id=uid,
+                  heartbeat_at=utcnow() - dt.timedelta(seconds=60))  # fmt: skip
+    s.add(run)
+    s.flush()
+    return run.id
+
+
+def test_a_fresh_running_run_of_another_process_is_left_alone(env, tmp_path):
+    ctx, runner, uid, nih = env
+    made = _folder_set(env, tmp_path, names=FILES[:2])
+    run_id = dbe.write(ctx.engine, lambda s: _add_run(s, made.info.id, runner, uid))
+    dbe.write(ctx.engine, lambda s: s.execute(update(EvalRun).values(heartbeat_at=utcnow())))
+    assert eval_runs.requeue_abandoned(ctx) == 0
+    assert eval_runs.get(ctx, run_id).status == "running"
+
+
+def test_a_segmentation_model_is_refused_for_a_run(env, tmp_path):
+    ctx, runner, uid, _ = env
+    made = _folder_set(env, tmp_path, names=FILES[:2])
+    with pytest.raises(eval_runs.RunRefused, match="only classification models"):
+        eval_runs.start(ctx, runner, made.info.id, ["anatomy_unet_jsrt@1.0.0"], uid)
+
+
+def test_threshold_sets_are_saved_activated_rolled_back_and_read_by_the_viewer(env):
+    ctx, runner, uid, nih = env
+    spec = runner.registry.resolve(MODEL)
+    assert threshold_sets.in_force(ctx, spec).source == threshold_sets.DEFAULTS
+    a = threshold_sets.save(ctx, "screening", spec, {"Cardiomegaly": 0.2}, "target_sensitivity", uid, target=0.9)
+    b = threshold_sets.save(ctx, "screening", spec, {"Cardiomegaly": 0.3}, "youden", uid)
+    assert (a.label, b.label, b.rule, a.target) == ("screening v1", "screening v2", "youden", 0.9)
+    with pytest.raises(threshold_sets.ThresholdSetRefused, match="only an admin"):
+        threshold_sets.activate(ctx, spec, a.id, uid, "researcher")
+    threshold_sets.activate(ctx, spec, a.id, uid, "admin")
+    threshold_sets.activate(ctx, spec, b.id, uid, "admin")
+    force = threshold_sets.in_force(ctx, spec)
+    assert (force.source, force.thresholds["Cardiomegaly"]) == ("screening v2", 0.3)
+    assert force.thresholds["Mass"] == spec.thresholds["Mass"]  # not in the set: the default
+    assert threshold_sets.rollback(ctx, spec, uid, "admin") == "screening v1"
+    assert [h.label for h in threshold_sets.history(ctx, spec)] == ["screening v1", "screening v2", "screening v1"]
+    # the viewer reads the set in force with the stored results
+    [image_id] = _import(ctx, nih, FILES[:1])
+    with dbe.read(ctx.engine) as s:
+        image = s.get(Image, image_id)
+        ref = {"pixel_sha256": image.pixel_sha256, "file_sha256": image.file_sha256}
+    res = analysis.analyse(ctx, runner, ref)
+    assert (res.thresholds_from, res.thresholds["Cardiomegaly"]) == ("screening v1", 0.2)
+    with pytest.raises(threshold_sets.ThresholdSetRefused, match="between 0 and 1"):
+        threshold_sets.save(ctx, "screening", spec, {"Cardiomegaly": float("nan")}, "manual", uid)
+    with pytest.raises(threshold_sets.ThresholdSetRefused, match="belongs to"):
+        threshold_sets.save(ctx, "screening", runner.registry.resolve("cxr14_mobilenetv3_multilabel@1.0.0"),
+                            {"Mass": 0.5}, "manual", uid)  # fmt: skip
+
+
+def test_proposed_thresholds_meet_their_target_on_the_set(env, tmp_path):
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
+    s = np.array([0.9, 0.8, 0.4, 0.35, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05])
+    got = threshold_sets.propose({"Mass": (y, s), "Hernia": (np.zeros(3, bool), np.ones(3))}, "target_sensitivity", 0.9)
+    assert got["Mass"]["threshold"] == 0.35 and got["Mass"]["sensitivity"] == 1.0
+    assert got["Hernia"]["undefined"] == "cannot choose a threshold: no positive cases among 3"
+    assert threshold_sets.rules_of(got, "target_sensitivity", 0.9) == ("target_sensitivity", None)
+    # a rule of its own for one finding: youden picks 0.35 here too, max F1 as well; target specificity 1.0: 0.8
+    own = threshold_sets.propose({"Mass": (y, s), "Nodule": (y, s)}, "youden", None,
+                                 {"Nodule": ("target_specificity", 1.0)})  # fmt: skip
+    assert (own["Mass"]["threshold"], own["Nodule"]["threshold"]) == (0.35, 0.8)
+    assert own["Nodule"]["specificity"] == 1.0 and own["Nodule"]["sensitivity"] == 0.5
+    rule, rules = threshold_sets.rules_of(own, "youden", None)
+    assert rule == "per_finding"
+    assert rules == {"Mass": {"rule": "youden", "target": None},
+                     "Nodule": {"rule": "target_specificity", "target": 1.0}}  # fmt: skip
+
+
+def test_a_set_with_a_rule_per_finding_keeps_each_rule(env):
+    ctx, runner, uid, _ = env
+    spec = runner.registry.resolve(MODEL)
+    rules = {"Mass": {"rule": "youden", "target": None}, "Nodule": {"rule": "target_specificity", "target": 0.95}}
+    saved = threshold_sets.save(ctx, "mixed", spec, {"Mass": 0.3, "Nodule": 0.6}, "per_finding", uid, rules=rules)
+    assert (saved.rule, saved.rules) == ("per_finding", rules)
+
+
+def test_infer_writes_the_threshold_set_in_force_and_flags_by_it(env, tmp_path):
+    from services import infer
+
+    ctx, runner, uid, nih = env
+    spec = runner.registry.resolve(MODEL)
+    saved = threshold_sets.save(ctx, "everything", spec, dict.fromkeys(spec.thresholds, 0.0), "manual", uid)
+    threshold_sets.activate(ctx, spec, saved.id, uid, "admin")
+    [line] = infer.infer_paths(runner, [nih / "images" / FILES[0]], tmp_path / "out", max_bytes=2**30, picked=[spec],
+                               in_force=lambda sp: threshold_sets.in_force(ctx, sp))  # fmt: skip
+    doc = json.loads(Path(line.out).read_text())
+    assert doc["thresholds_from"] == "everything v1"
+    assert all(f["positive"] and f["threshold"] == 0.0 for f in doc["findings"])
+    [line] = infer.infer_paths(runner, [nih / "images" / FILES[0]], tmp_path / "out2", max_bytes=2**30, picked=[spec])
+    doc = json.loads(Path(line.out).read_text())
+    assert doc["thresholds_from"] == infer.NO_DATABASE
+    assert {f["label"]: f["threshold"] for f in doc["findings"]} == spec.thresholds
