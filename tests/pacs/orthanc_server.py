@@ -1,0 +1,113 @@
+"""A real Orthanc for the PACS tests and bench/bench_pacs.py: Debian's `Orthanc` with its DICOMweb plugin, on
+loopback, on free ports, with its own JSON configuration and storage in a folder of the caller's, a registered
+user, started and stopped by the caller (the package's own system service is never used)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
+USER, PASSWORD = "cxr-pacs", "s3cret-Orthanc-pw"
+AET = "CXRTESTPACS"
+
+
+def binary() -> str | None:
+    return shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc",) if Path(p).exists()), None)
+
+
+def dicomweb_plugin() -> Path | None:
+    for d in PLUGIN_DIRS:
+        for p in sorted(d.glob("libOrthancDicomWeb.so*")):
+            return p
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Orthanc:
+    root: str  # http://127.0.0.1:PORT
+    dicom_port: int
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.root}/dicom-web"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def store(self, *files: Path) -> None:
+        """Send files with dcmtk's storescu (C-STORE to the DICOM port), as a modality would; -xy also proposes JPEG
+        baseline, which the SIIM file is in."""
+        subprocess.run(["storescu", "-xy", "-aet", "CXRTEST", "-aec", AET, "127.0.0.1", str(self.dicom_port), *map(str, files)],
+                       check=True, capture_output=True, timeout=120)  # fmt: skip
+
+    def clear(self) -> None:
+        """Delete every study (Orthanc's REST API), so that each test starts from an empty PACS."""
+        auth = (USER, PASSWORD)
+        for study in requests.get(f"{self.root}/studies", auth=auth, timeout=30).json():
+            requests.delete(f"{self.root}/studies/{study}", auth=auth, timeout=30).raise_for_status()
+
+
+@contextmanager
+def running(folder: Path, *, timeout_s: float = 60) -> Orthanc:
+    """Orthanc started with a configuration written to `folder` (storage there too), answering on loopback."""
+    exe, plugin = binary(), dicomweb_plugin()
+    assert exe and plugin, "Orthanc or its DICOMweb plugin is missing"
+    folder.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = free_port(), free_port()
+    conf = {
+        "Name": "CXR Review test PACS", "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "storage"), "Plugins": [str(plugin)],
+        "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
+        "RegisteredUsers": {USER: PASSWORD}, "HttpDescribeErrors": False, "WebDavEnabled": False,
+        "OrthancExplorerEnabled": False, "DicomServerEnabled": True, "DicomAet": AET, "DicomPort": dicom_port,
+        "DicomCheckCalledAet": True, "DicomAlwaysAllowStore": True, "DicomCheckModalityHost": False,
+        "StableAge": 1, "ConcurrentJobs": 1, "HttpThreadsCount": 8, "StorageCompression": False,
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Ssl": False,
+                     "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
+    }  # fmt: skip
+    cfg = folder / "orthanc.json"
+    cfg.write_text(json.dumps(conf, indent=1))
+    log = folder / "orthanc.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([exe, str(cfg)], stdout=out, stderr=subprocess.STDOUT, cwd=folder)
+    server = Orthanc(f"http://127.0.0.1:{http_port}", dicom_port, proc, log)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:  # answers once both the HTTP server and the plugin are up
+            if proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                r = requests.get(f"{server.dicomweb}/studies", auth=(USER, PASSWORD), timeout=2)
+                if r.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Orthanc did not answer within {timeout_s} s: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,225 @@
+"""PACS over DICOMweb against a real Orthanc: studies sent with dcmtk's storescu, found and retrieved with
+`cxr-review pacs`, analysed by the real models, and their SEG / SR stored back and read again from Orthanc."""
+
+from __future__ import annotations
+
+import json
+
+import highdicom as hd
+import pytest
+from pydicom.sr.codedict import codes
+
+from db import audit
+from db import engine as dbe
+from services import context, settings
+from services import pacs as pacs_svc
+from tests.pacs import orthanc_server
+from tests.pacs.conftest import cli, lines, variant
+
+DX = "nih_dx_chest_1024_nofinding_nccid.dcm"
+CR = "siim_cr_chest_pa_1024_jpeg_mono2.dcm"
+
+
+def _ctx(env):
+    return context.build(settings.load(env))
+
+
+def test_query_retrieve_analyse_and_store_seg_sr_back(pacs, pacs_env, shared_data, tmp_path):
+    pacs.store(shared_data / "dicom" / DX, shared_data / "dicom" / CR)
+
+    found = cli(["pacs", "query", "--modality", "DX"], pacs_env)
+    assert found.returncode == 0, found.stderr
+    (hit,) = lines(found)
+    assert hit["modalities"] == ["DX"] and hit["n_instances"] == 1 and hit["study_date"] is None
+    study_uid = hit["study_instance_uid"]
+    # The CR study is found by its patient and its date, the DX one (no Study Date) not from a date on.
+    cr = lines(cli(["pacs", "query", "--since", "19000101"], pacs_env))
+    assert [h["modalities"] for h in cr] == [["CR"]] and cr[0]["study_date"] == "19010101"
+    assert (
+        lines(cli(["pacs", "query", "--patient-id", "Covid0000"], pacs_env))[0]["study_instance_uid"]
+        == study_uid
+    )
+    assert lines(cli(["pacs", "query", "--patient-id", "nobody"], pacs_env)) == []
+
+    got = cli(["pacs", "retrieve", study_uid], pacs_env)
+    assert got.returncode == 0, got.stderr
+    (line,) = lines(got)
+    assert line["status"] == "imported" and line["study_instance_uid"] == study_uid and line["image_id"]
+    assert "1 file" in got.stderr or "imported" in got.stderr
+    again = cli(["pacs", "retrieve", study_uid], pacs_env)  # the import's de-duplication holds
+    assert again.returncode == 0 and [x["status"] for x in lines(again)] == ["duplicate"]
+
+    ctx = _ctx(pacs_env)
+    from db.models import Image
+    from inference.registry import Registry
+    from inference.runner import Runner
+    from services import analysis
+
+    with dbe.read(ctx.engine) as s:
+        image = s.get(Image, line["image_id"])
+        row = {"id": image.id, "pixel_sha256": image.pixel_sha256, "file_sha256": image.file_sha256}
+        assert image.modality == "DX" and image.rows == 1024
+        sop_uid = image.sop_instance_uid
+    result = analysis.analyse(ctx, Runner(Registry(ctx.settings.models_dir), "cpu"), row)
+    if result.findings is None or result.anatomy is None:
+        pytest.skip(
+            f"the shared classification / segmentation models are not available: {result.unavailable}"
+        )
+    cls, seg_model = result.findings["model"], result.anatomy["model"]
+
+    sent = cli(["pacs", "store", "--study", study_uid, "--what", "seg,sr"], pacs_env)
+    assert sent.returncode == 0, sent.stderr
+    objects = lines(sent)
+    assert sorted(o["kind"] for o in objects) == ["seg", "sr"]
+    assert all(o["status"] == "stored" and o["source"] == "ai" for o in objects)
+
+    # Read back from Orthanc (WADO-RS) and parsed with highdicom.
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    session.auth = (orthanc_server.USER, orthanc_server.PASSWORD)
+    dw = DICOMwebClient(pacs.dicomweb, session=session)
+    by_kind = {
+        o["kind"]: dw.retrieve_instance(study_uid, o["series_instance_uid"], o["sop_instance_uid"])
+        for o in objects
+    }
+    seg = hd.seg.Segmentation.from_dataset(by_kind["seg"])
+    assert seg.StudyInstanceUID == study_uid
+    labels = {d.SegmentLabel for d in seg.SegmentSequence}
+    assert labels and labels <= {"lungs", "heart", "clavicles"}
+    algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert (algo.AlgorithmName, algo.AlgorithmVersion) == (seg_model["id"], seg_model["version"])
+    assert algo.AlgorithmSource == f"weights sha256 {seg_model['weights_sha256']}"
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == sop_uid
+
+    sr = hd.sr.Comprehensive3DSR.from_dataset(by_kind["sr"])
+    flat = json.dumps(by_kind["sr"].to_json_dict())
+    assert cls["id"] in flat and cls["version"] in flat and f"weights_sha256={cls['weights_sha256']}" in flat
+    observer = [
+        i
+        for i in sr.ContentSequence
+        if i.ConceptNameCodeSequence[0].CodeValue == codes.DCM.DeviceObserverName.value
+    ]
+    assert [str(i.TextValue) for i in observer] == [cls["id"]]
+
+    with dbe.read(ctx.engine) as s:
+        rows = audit.events(s, actions=("pacs_retrieve", "pacs_store"))
+    assert sorted(r.action for r in rows) == ["pacs_retrieve", "pacs_retrieve", "pacs_store"]
+    assert all(study_uid not in (r.details + (r.target or "")) for r in rows)  # no UIDs in the audit
+
+
+def test_a_series_that_is_not_cr_or_dx_is_skipped_with_the_reason(pacs, pacs_env, shared_data, tmp_path):
+    src = shared_data / "dicom" / DX
+    ct = variant(src, tmp_path / "ct.dcm", Modality="CT", SeriesInstanceUID="1.2.826.0.1.3680043.8.498.1")
+    pacs.store(src, ct)
+    (hit,) = lines(cli(["pacs", "query"], pacs_env))
+    assert sorted(hit["modalities"]) == ["CT", "DX"] and hit["n_instances"] == 2
+    got = cli(["pacs", "retrieve", hit["study_instance_uid"]], pacs_env)
+    assert got.returncode == 0, got.stderr
+    out = lines(got)
+    assert [x["status"] for x in out] == ["imported", "skipped"]
+    assert out[1]["modality"] == "CT" and "not CR or DX" in out[1]["reason"]
+
+    # A study with nothing but such series: nothing to retrieve, said so, exit 1.
+    only_ct = variant(src, tmp_path / "ct2.dcm", Modality="CT", StudyInstanceUID="1.2.826.0.1.3680043.8.498.2",
+                      SeriesInstanceUID="1.2.826.0.1.3680043.8.498.3")  # fmt: skip
+    pacs.store(only_ct)
+    assert lines(cli(["pacs", "query", "--patient-id", "Covid0000"], pacs_env))[0]["modalities"] != ["CT"]
+    none = cli(["pacs", "retrieve", "1.2.826.0.1.3680043.8.498.2"], pacs_env)
+    assert none.returncode == 1
+    assert lines(none)[-1]["code"] == "no_cr_dx" and "no CR or DX series" in none.stderr
+
+
+def test_a_study_over_the_instance_cap_is_refused_whole(pacs, pacs_env, shared_data, tmp_path):
+    src = shared_data / "dicom" / DX
+    pacs.store(*(variant(src, tmp_path / f"{i}.dcm") for i in range(3)))
+    (hit,) = lines(cli(["pacs", "query"], pacs_env))
+    assert hit["n_instances"] == 3
+    capped = cli(
+        ["pacs", "retrieve", hit["study_instance_uid"]], {**pacs_env, "CXR_REVIEW_PACS_MAX_INSTANCES": "2"}
+    )
+    assert capped.returncode == 1
+    (line,) = lines(capped)
+    assert line["code"] == "too_many_instances" and "3 instances, over the limit of 2" in line["reason"]
+    assert "CXR_REVIEW_PACS_MAX_INSTANCES" in line["reason"]
+    ctx = _ctx(pacs_env)
+    from db.models import Image
+
+    with dbe.read(ctx.engine) as s:
+        assert s.query(Image).count() == 0  # nothing half-imported
+    ok = cli(["pacs", "retrieve", hit["study_instance_uid"]], pacs_env)
+    assert ok.returncode == 0 and [x["status"] for x in lines(ok)] == ["imported"] * 3
+
+
+def test_wrong_password_is_a_clear_error_without_the_password(pacs, pacs_env, shared_data):
+    pacs.store(shared_data / "dicom" / DX)
+    wrong = "Wr0ng-Pa55word-xyz"
+    for env in ({**pacs_env, "CXR_REVIEW_PACS_PASSWORD": wrong},
+                {**pacs_env, "CXR_REVIEW_PACS_PASSWORD": "",
+                 "CXR_REVIEW_PACS_URL": pacs.dicomweb.replace("http://", f"http://{orthanc_server.USER}:{wrong}@")}):  # fmt: skip
+        done = cli(["pacs", "query"], env)
+        assert done.returncode == 2 and done.stdout == ""
+        assert "refused the user name or password" in done.stderr
+        assert wrong not in done.stderr and orthanc_server.PASSWORD not in done.stderr
+        assert pacs.dicomweb in done.stderr  # the server named, without userinfo
+    # The right password inside the URL works the same as the variables.
+    url_env = {**pacs_env, "CXR_REVIEW_PACS_USER": "", "CXR_REVIEW_PACS_PASSWORD": "",
+               "CXR_REVIEW_PACS_URL": pacs.dicomweb.replace("http://", f"http://{orthanc_server.USER}:{orthanc_server.PASSWORD}@")}  # fmt: skip
+    done = cli(["pacs", "query"], url_env)
+    assert done.returncode == 0 and len(lines(done)) == 1
+    assert repr(settings.load(url_env)).count(orthanc_server.PASSWORD) == 0
+
+
+def test_a_stopped_or_slow_pacs_is_a_clear_error(pacs_env, tmp_path):
+    import socket
+
+    port = orthanc_server.free_port()  # nothing listens there: as a stopped Orthanc
+    down = cli(["pacs", "query"], {**pacs_env, "CXR_REVIEW_PACS_URL": f"http://127.0.0.1:{port}/dicom-web"})
+    assert (
+        down.returncode == 2 and f"cannot reach the PACS at http://127.0.0.1:{port}/dicom-web" in down.stderr
+    )
+    assert "Traceback" not in down.stderr
+    failed = cli(
+        ["pacs", "retrieve", "1.2.3"],
+        {**pacs_env, "CXR_REVIEW_PACS_URL": f"http://127.0.0.1:{port}/dicom-web"},
+    )
+    assert failed.returncode == 1 and lines(failed)[-1]["code"] == "unreachable"
+
+    with socket.socket() as silent:  # accepts the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/dicom-web"
+        slow = cli(
+            ["pacs", "query"], {**pacs_env, "CXR_REVIEW_PACS_URL": url, "CXR_REVIEW_PACS_TIMEOUT_S": "1"}
+        )
+    assert slow.returncode == 2 and "did not answer within 1 s" in slow.stderr
+
+
+def test_an_orthanc_stopped_mid_session(tmp_path, app_env, shared_data):
+    """Its own Orthanc, stopped after a query worked: the next call says the PACS cannot be reached."""
+    if orthanc_server.binary() is None or orthanc_server.dicomweb_plugin() is None:
+        pytest.skip("Orthanc or its DICOMweb plugin is not installed")
+    with orthanc_server.running(tmp_path / "orthanc") as server:
+        cfg = pacs_svc.Config(server.dicomweb, orthanc_server.USER, orthanc_server.PASSWORD, 10, 10)
+        server.store(shared_data / "dicom" / DX)
+        (hit,) = pacs_svc.query(cfg)
+        server.stop()
+        with pytest.raises(pacs_svc.PacsError) as err:
+            pacs_svc.query(cfg)
+        assert err.value.code == "unreachable" and server.dicomweb in err.value.message
+        dbe.upgrade(settings.load(app_env).db_url)
+        got = pacs_svc.retrieve(_ctx(app_env), cfg, hit.study_instance_uid)
+        assert got.error.code == "unreachable" and got.results == []
+
+
+def test_usage_errors(pacs_env):
+    assert cli(["pacs", "query", "--since", "2024-01-01"], pacs_env).returncode == 2
+    assert cli(["pacs", "query", "--modality", "CT"], pacs_env).returncode == 2
+    bad_uid = cli(["pacs", "retrieve", "not-a-uid"], pacs_env)
+    assert bad_uid.returncode == 2 and "digits and dots" in bad_uid.stderr
+    assert cli(["pacs", "store", "--study", "1.2.3", "--what", "png"], pacs_env).returncode == 2
+    not_here = cli(["pacs", "store", "--study", "1.2.3"], pacs_env)
+    assert not_here.returncode == 2 and "retrieve or import it first" in not_here.stderr
+    unset = cli(["pacs", "query"], {**pacs_env, "CXR_REVIEW_PACS_URL": ""})
+    assert unset.returncode == 2 and "CXR_REVIEW_PACS_URL" in unset.stderr
