@@ -294,6 +294,7 @@ class Stored:
         default_factory=list
     )  # {kind, image_id, sop_instance_uid, series_instance_uid, status}
     skipped: list[dict] = field(default_factory=list)  # {image_id, kind, reason}
+    models: list[str] = field(default_factory=list)  # "id version" of the models whose reading was sent (AI)
 
     def lines(self) -> list[dict]:
         base = {"study_instance_uid": self.study_instance_uid, "source": self.source}
@@ -318,6 +319,7 @@ def store(ctx: Context, cfg: Config, study_uid: str, what: tuple[str, ...], runn
         raise PacsError("not_found", f"{exc} in this app: retrieve or import it first") from None
     out = Stored(study_uid, source)
     datasets, meta = [], []
+    out.models = sorted({f"{m['id']} {m['version']}" for i in items for r in i.readings for m in r.models.values()})
     for item in items:
         if item.skipped:
             out.skipped.append({"image_id": item.image["id"], "kind": None, "reason": item.skipped})

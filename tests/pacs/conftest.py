@@ -61,3 +61,6 @@ def variant(src: Path, dst: Path, **changes) -> Path:
         setattr(ds, k, v)
     ds.save_as(dst, enforce_file_format=True)
     return dst
+
+
+from tests.screens.conftest import app_ctx  # noqa: E402,F401 (the page tests' app context, for the PACS tab)
