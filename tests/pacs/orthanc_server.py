@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from tests.servers import free_port, wait_until_answers
 
 PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
 USER, PASSWORD = "cxr-pacs", "s3cret-Orthanc-pw"
@@ -29,12 +29,6 @@ def dicomweb_plugin() -> Path | None:
         for p in sorted(d.glob("libOrthancDicomWeb.so*")):
             return p
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -94,20 +88,11 @@ def running(folder: Path, *, timeout_s: float = 60) -> Orthanc:
     with log.open("wb") as out:
         proc = subprocess.Popen([exe, str(cfg)], stdout=out, stderr=subprocess.STDOUT, cwd=folder)
     server = Orthanc(f"http://127.0.0.1:{http_port}", dicom_port, proc, log)
+    def dicomweb_up() -> bool:  # the HTTP server and the plugin both
+        return requests.get(f"{server.dicomweb}/studies", auth=(USER, PASSWORD), timeout=2).status_code == 200
+
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:  # answers once both the HTTP server and the plugin are up
-            if proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                r = requests.get(f"{server.dicomweb}/studies", auth=(USER, PASSWORD), timeout=2)
-                if r.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Orthanc did not answer within {timeout_s} s: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        wait_until_answers(proc, dicomweb_up, timeout_s, f"Orthanc (log: {log})")
         yield server
     finally:
         server.stop()
