@@ -1,5 +1,5 @@
 """A real Orthanc for the PACS tests and bench/bench_pacs.py: Debian's `Orthanc` with its DICOMweb plugin, on
-loopback, on free ports, with its own JSON configuration and storage in a folder of the caller's, a registered
+loopback (HTTP; DICOM only from the registered loopback modality), on free ports, with its own JSON configuration and storage in a folder of the caller's, a registered
 user, started and stopped by the caller (the package's own system service is never used)."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from tests.servers import free_port, wait_until_answers
 PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
 USER, PASSWORD = "cxr-pacs", "s3cret-Orthanc-pw"
 AET = "CXRTESTPACS"
+CALLING_AET = "CXRTEST"  # storescu's
 
 
 def binary() -> str | None:
@@ -54,7 +55,7 @@ class Orthanc:
     def store(self, *files: Path) -> None:
         """Send files with dcmtk's storescu (C-STORE to the DICOM port), as a modality would; -xy also proposes JPEG
         baseline, which the SIIM file is in."""
-        subprocess.run(["storescu", "-xy", "-aet", "CXRTEST", "-aec", AET, "127.0.0.1", str(self.dicom_port), *map(str, files)],
+        subprocess.run(["storescu", "-xy", "-aet", CALLING_AET, "-aec", AET, "127.0.0.1", str(self.dicom_port), *map(str, files)],
                        check=True, capture_output=True, timeout=120)  # fmt: skip
 
     def clear(self) -> None:
@@ -77,7 +78,11 @@ def running(folder: Path, *, timeout_s: float = 60) -> Orthanc:
         "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
         "RegisteredUsers": {USER: PASSWORD}, "HttpDescribeErrors": False, "WebDavEnabled": False,
         "OrthancExplorerEnabled": False, "DicomServerEnabled": True, "DicomAet": AET, "DicomPort": dicom_port,
-        "DicomCheckCalledAet": True, "DicomAlwaysAllowStore": True, "DicomCheckModalityHost": False,
+        # Orthanc 1.10 has no listen address for its DICOM port (HTTP is loopback-only through RemoteAccessAllowed):
+        # it accepts associations only from the one registered modality, by AE title and by host 127.0.0.1.
+        "DicomCheckCalledAet": True, "DicomCheckModalityHost": True, "DicomModalities": {"cxrtest": [CALLING_AET, "127.0.0.1", 104]},
+        "DicomAlwaysAllowEcho": False, "DicomAlwaysAllowStore": False, "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowFindWorklist": False, "DicomAlwaysAllowGet": False, "DicomAlwaysAllowMove": False,
         "StableAge": 1, "ConcurrentJobs": 1, "HttpThreadsCount": 8, "StorageCompression": False,
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Ssl": False,
                      "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
@@ -88,6 +93,7 @@ def running(folder: Path, *, timeout_s: float = 60) -> Orthanc:
     with log.open("wb") as out:
         proc = subprocess.Popen([exe, str(cfg)], stdout=out, stderr=subprocess.STDOUT, cwd=folder)
     server = Orthanc(f"http://127.0.0.1:{http_port}", dicom_port, proc, log)
+
     def dicomweb_up() -> bool:  # the HTTP server and the plugin both
         return requests.get(f"{server.dicomweb}/studies", auth=(USER, PASSWORD), timeout=2).status_code == 200
 

@@ -8,6 +8,7 @@ import json
 import highdicom as hd
 import pytest
 from pydicom.sr.codedict import codes
+from sqlalchemy import text as text_sql
 
 from db import audit
 from db import engine as dbe
@@ -223,3 +224,58 @@ def test_usage_errors(pacs_env):
     assert not_here.returncode == 2 and "retrieve or import it first" in not_here.stderr
     unset = cli(["pacs", "query"], {**pacs_env, "CXR_REVIEW_PACS_URL": ""})
     assert unset.returncode == 2 and "CXR_REVIEW_PACS_URL" in unset.stderr
+
+
+def test_final_annotations_go_to_the_pacs_instead_of_the_ai(pacs, app_env, shared_data):
+    """With a final version on the image, `store` sends the reader's outlines and labels (no model runs)."""
+    import numpy as np
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    from services import annotations, auth
+    from services.auth import SignedIn
+
+    pacs.store(shared_data / "dicom" / DX)
+    cfg = pacs_svc.Config(pacs.dicomweb, orthanc_server.USER, orthanc_server.PASSWORD, 30, 10)
+    dbe.upgrade(settings.load(app_env).db_url)
+    ctx = _ctx(app_env)
+    (hit,) = pacs_svc.query(cfg)
+    (got,) = pacs_svc.retrieve(ctx, cfg, hit.study_instance_uid).results
+    auth.add_user(ctx.engine, "boss", "admin", "boss-password-long")
+    with dbe.read(ctx.engine) as s:
+        boss_id = s.scalar(text_sql("SELECT id FROM users WHERE username = 'boss'"))
+    lm = np.zeros((1024, 1024), np.uint8)
+    lm[200:700, 150:450], lm[500:800, 450:650] = 1, 2
+    annotations.save(ctx, SignedIn(boss_id, "boss", "admin", False), got.image_id, status="final", label_map=lm,
+                     labels={"Effusion": "present", "Mass": "absent"},
+                     boxes=[{"label": "Effusion", "x": 100, "y": 600, "w": 200, "h": 150}])  # fmt: skip
+
+    done = pacs_svc.store(ctx, cfg, hit.study_instance_uid, ("seg", "sr"), runner=None, via="test")
+    assert done.source == "final" and done.models == []
+    assert sorted((o["kind"], o["status"]) for o in done.objects) == [("seg", "stored"), ("sr", "stored")]
+    session = requests.Session()
+    session.auth = (orthanc_server.USER, orthanc_server.PASSWORD)
+    dw = DICOMwebClient(pacs.dicomweb, session=session)
+    by_kind = {o["kind"]: dw.retrieve_instance(hit.study_instance_uid, o["series_instance_uid"], o["sop_instance_uid"])
+               for o in done.objects}  # fmt: skip
+    seg = hd.seg.Segmentation.from_dataset(by_kind["seg"])
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["lungs", "heart"]
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
+    masks = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[got.sop_instance_uid], combine_segments=False
+    )[0]
+    assert masks[..., 0].sum() == (lm == 1).sum() and masks[..., 1].sum() == (lm == 2).sum()
+    flat = json.dumps(by_kind["sr"].to_json_dict())
+    assert "boss^" in flat and "Effusion" in flat
+
+
+def test_the_test_orthanc_takes_studies_only_from_its_registered_loopback_modality(pacs, shared_data):
+    import subprocess
+
+    intruder = subprocess.run(["storescu", "-aet", "INTRUDER", "-aec", orthanc_server.AET, "127.0.0.1",
+                               str(pacs.dicom_port), str(shared_data / "dicom" / DX)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert intruder.returncode != 0 and "Calling AE Title Not Recognized" in intruder.stderr
+    import requests
+
+    assert requests.get(f"{pacs.dicomweb}/studies", timeout=10).status_code == 401  # no anonymous access
