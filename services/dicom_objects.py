@@ -131,7 +131,8 @@ def segmentation(source: Dataset, reading: Reading) -> Dataset | None:
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=hd.AlgorithmIdentificationSequence(
                     name=ai["id"], version=ai["version"], family=codes.DCM.ArtificialIntelligence,
-                    source=f"weights sha256 {ai['weights_sha256']}",
+                    # AlgorithmSource is an LO (64 characters): the sha256 goes into AlgorithmParameters (LT).
+                    source=MANUFACTURER, parameters={"weights_sha256": ai["weights_sha256"]},
                 ),
             )  # fmt: skip
         else:

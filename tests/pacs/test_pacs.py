@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import highdicom as hd
@@ -16,6 +17,7 @@ from services import context, settings
 from services import pacs as pacs_svc
 from tests.pacs import orthanc_server
 from tests.pacs.conftest import cli, lines, variant
+from tests.services.test_annotation_cli import _dciodvfy_errors
 
 DX = "nih_dx_chest_1024_nofinding_nccid.dcm"
 CR = "siim_cr_chest_pa_1024_jpeg_mono2.dcm"
@@ -91,8 +93,15 @@ def test_query_retrieve_analyse_and_store_seg_sr_back(pacs, pacs_env, shared_dat
     assert labels and labels <= {"lungs", "heart", "clavicles"}
     algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert (algo.AlgorithmName, algo.AlgorithmVersion) == (seg_model["id"], seg_model["version"])
-    assert algo.AlgorithmSource == f"weights sha256 {seg_model['weights_sha256']}"
+    assert algo.AlgorithmParameters == f"weights_sha256={seg_model['weights_sha256']}"
     assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == sop_uid
+
+    for (
+        kind,
+        ds,
+    ) in by_kind.items():  # valid objects, as the PACS holds them (the source file's own faults not copied)
+        ds.save_as(tmp_path / f"{kind}.dcm", enforce_file_format=True)
+        assert _dciodvfy_errors(tmp_path / f"{kind}.dcm") == [], kind
 
     sr = hd.sr.Comprehensive3DSR.from_dataset(by_kind["sr"])
     flat = json.dumps(by_kind["sr"].to_json_dict())
@@ -279,3 +288,26 @@ def test_the_test_orthanc_takes_studies_only_from_its_registered_loopback_modali
     import requests
 
     assert requests.get(f"{pacs.dicomweb}/studies", timeout=10).status_code == 401  # no anonymous access
+
+
+def test_no_credential_in_any_log_record(pacs, app_env, shared_data, caplog):
+    """Everything logged at DEBUG (ours, dicomweb-client's, requests'/urllib3's) during a refused and an accepted
+    query and a retrieve: no password (also not base64-encoded in a header), no user:password@ URL."""
+    import logging
+
+    pacs.store(shared_data / "dicom" / DX)
+    caplog.set_level(logging.DEBUG)
+    wrong = pacs_svc.Config(pacs.dicomweb, orthanc_server.USER, "Wr0ng-Pa55word-xyz", 30, 10)
+    with pytest.raises(pacs_svc.PacsError):
+        pacs_svc.query(wrong)
+    cfg = pacs_svc.Config(pacs.dicomweb, orthanc_server.USER, orthanc_server.PASSWORD, 30, 10)
+    (hit,) = pacs_svc.query(cfg)
+    dbe.upgrade(settings.load(app_env).db_url)
+    got = pacs_svc.retrieve(_ctx(app_env), cfg, hit.study_instance_uid, via="test")
+    assert got.ok and caplog.records
+    text = caplog.text
+    assert (
+        "Wr0ng-Pa55word-xyz" not in text and orthanc_server.PASSWORD not in text and "@127.0.0.1" not in text
+    )
+    basic = base64.b64encode(f"{orthanc_server.USER}:{orthanc_server.PASSWORD}".encode()).decode()
+    assert basic not in text and "Authorization" not in text
