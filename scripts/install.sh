@@ -12,7 +12,7 @@ command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
 # dciodvfy (David Clunie's DICOM validator) checks the SEG / SR exports in the tests.
 command -v dciodvfy >/dev/null 2>&1 || apt_missing+=(dicom3tools)
 # The PACS tests start their own Orthanc (loopback, free ports) and send it studies with dcmtk's storescu.
-command -v Orthanc >/dev/null 2>&1 || apt_missing+=(orthanc)
+{ [ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1; } || apt_missing+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || apt_missing+=(orthanc-dicomweb)
 command -v storescu >/dev/null 2>&1 || apt_missing+=(dcmtk)
 # Debian keeps initdb/pg_ctl off PATH, under /usr/lib/postgresql/<major>/bin.
