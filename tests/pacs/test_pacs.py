@@ -311,3 +311,35 @@ def test_no_credential_in_any_log_record(pacs, app_env, shared_data, caplog):
     )
     basic = base64.b64encode(f"{orthanc_server.USER}:{orthanc_server.PASSWORD}".encode()).decode()
     assert basic not in text and "Authorization" not in text
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("http://127.0.0.1:8042/dicom-web/", ("http://127.0.0.1:8042/dicom-web", None, None)),
+        ("https://u%40x:p%3Aw%40rd@pacs.example:443/dw", ("https://pacs.example:443/dw", "u@x", "p:w@rd")),
+        ("http://only-user@[::1]:8042/dicom-web", ("http://[::1]:8042/dicom-web", "only-user", None)),
+    ],
+)
+def test_the_pacs_url_loses_its_userinfo_into_the_credentials(url, expected):
+    s = settings.load({"CXR_REVIEW_SETTINGS": "", "CXR_REVIEW_PACS_URL": url})
+    assert (s.pacs_url, s.pacs_user, s.pacs_password) == expected
+    assert "p:w@rd" not in repr(s) and "u@x" not in repr(s)
+    given = settings.load({"CXR_REVIEW_SETTINGS": "", "CXR_REVIEW_PACS_URL": url, "CXR_REVIEW_PACS_USER": "v",
+                           "CXR_REVIEW_PACS_PASSWORD": "q"})  # fmt: skip
+    assert (given.pacs_user, given.pacs_password) == ("v", "q")  # the variables win over the URL
+
+
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"CXR_REVIEW_PACS_URL": "ftp://u:Secret-9@host/x"}, "must be an http:// or https:// URL"),
+        ({"CXR_REVIEW_PACS_URL": "http://u:Secret-9@host:port/x"}, "is not a valid URL"),
+        ({"CXR_REVIEW_PACS_TIMEOUT_S": "0"}, "CXR_REVIEW_PACS_TIMEOUT_S must be between"),
+        ({"CXR_REVIEW_PACS_MAX_INSTANCES": "many"}, "CXR_REVIEW_PACS_MAX_INSTANCES a whole number"),
+    ],
+)
+def test_bad_pacs_settings_are_refused_without_echoing_the_url(env, says):
+    with pytest.raises(settings.SettingsError) as err:
+        settings.load({"CXR_REVIEW_SETTINGS": "", **env})
+    assert says in str(err.value) and "Secret-9" not in str(err.value)
