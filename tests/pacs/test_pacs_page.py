@@ -60,7 +60,9 @@ def test_a_pacs_error_is_one_clear_message(env, pacs, monkeypatch):
     at.button(key="pacs_search").click().run()
     assert not at.exception
     (err,) = at.error
-    assert err.value.startswith(f"The search failed: the PACS at {pacs.dicomweb} refused the user name or password")
+    assert err.value.startswith(
+        f"The search failed: the PACS at {pacs.dicomweb} refused the user name or password"
+    )
     assert "not-the-password" not in str(at) and "Traceback" not in str(at)
 
 
@@ -68,3 +70,43 @@ def test_roles_that_may_not_import_see_neither_the_tab_nor_send(env):
     at = _page("res", "researcher-pw")
     assert not at.tabs  # the page itself is refused
     assert "pacs_search" not in [b.key for b in at.button]
+
+
+def _viewer(name, password, study_id):
+    at = sign_in_through_the_form(name, password)
+    at.session_state["study_id"] = study_id
+    return at.switch_page("screens/review.py").run()
+
+
+def test_send_to_pacs_in_the_viewer_only_for_importers_and_a_down_pacs_is_one_message(
+    env, shared_data, monkeypatch
+):
+    import streamlit as st
+    from sqlalchemy import text
+
+    from services import annotations, importer
+    from services.auth import SignedIn
+
+    (r,) = importer.import_paths(env.engine, env.store, [shared_data / DX], max_bytes=2**30)
+    at = _viewer("res", "researcher-pw", r.study_id)
+    assert not at.exception and "send_to_pacs" not in [b.key for b in at.button]
+
+    # A final version, so that nothing runs the models; then the PACS is stopped (nothing listens on its port).
+    auth.add_user(env.engine, "boss", "admin", "boss-password-long")
+    with dbe.read(env.engine) as s:
+        boss_id = s.scalar(text("SELECT id FROM users WHERE username = 'boss'"))
+    annotations.save(env, SignedIn(boss_id, "boss", "admin", False), r.image_id, status="final",
+                     labels={"Effusion": "present"})  # fmt: skip
+    port = orthanc_server.free_port()
+    monkeypatch.setenv("CXR_REVIEW_PACS_URL", f"http://127.0.0.1:{port}/dicom-web")
+    st.cache_resource.clear()  # the app's context holds the settings it was built with
+    at = _viewer("ann", "annotator-pw", r.study_id)
+    at.button(key="send_to_pacs").click().run()
+    assert not at.exception
+    (err,) = at.error
+    assert err.value.startswith(
+        f"Not sent to the PACS: cannot reach the PACS at http://127.0.0.1:{port}/dicom-web"
+    )
+    with dbe.read(env.engine) as s:
+        (row,) = audit.events(s, actions=("pacs_store",))
+    assert '"error": "unreachable"' in row.details and row.actor == "ann"
