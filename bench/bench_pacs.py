@@ -1,6 +1,7 @@
 """PACS throughput against a real Orthanc on loopback (Debian's, with its DICOMweb plugin, started here): studies/s of
-a QIDO-RS query and of a WADO-RS retrieval into a fresh database and store, compared in the same run with a plain
-local import of the same files (the reference: retrieval adds the download to it).
+a QIDO-RS query and of a WADO-RS retrieval into a fresh database and store (one study after another, and as
+`pacs retrieve` and the PACS tab do it: the next study downloading while one is imported), compared in the same run
+with a plain local import of the same files (the reference: retrieval adds the download to it).
 
 The studies are copies of the shared DX and CR samples (../shared/data/dicom) under new UIDs, one instance each, sent
 to Orthanc with dcmtk's storescu before the timing starts.
@@ -36,7 +37,11 @@ def _studies(folder: Path, n: int) -> list[Path]:
     out = []
     for i in range(n):
         ds = pydicom.dcmread(SHARED / "data" / "dicom" / SOURCES[i % 2])
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
+            generate_uid(),
+            generate_uid(),
+            generate_uid(),
+        )
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.PatientID = f"BENCH{i:04d}"
         out.append(folder / f"{i:04d}.dcm")
@@ -76,21 +81,32 @@ def main() -> None:
         )
         local_s = time.perf_counter() - t0
 
-        remote = _fresh_ctx(tmp / "remote")
-        t0 = time.perf_counter()
-        got = [pacs.retrieve(remote, cfg, h.study_instance_uid, via="bench") for h in hits]
-        retrieve_s = time.perf_counter() - t0
-        remote_status = Counter(r.status for g in got for r in g.results)
-        assert not any(g.error for g in got), [g.error.message for g in got if g.error]
+        runs = {}
+        for label, many in (("pacs retrieve, one study after another", False),
+                            ("pacs retrieve, next study downloading", True)):  # fmt: skip
+            remote = _fresh_ctx(tmp / label.replace(" ", "_").replace(",", ""))
+            uids = [h.study_instance_uid for h in hits]
+            t0 = time.perf_counter()
+            if many:
+                got = list(pacs.retrieve_many(remote, cfg, uids, via="bench"))
+            else:
+                got = [pacs.retrieve(remote, cfg, uid, via="bench") for uid in uids]
+            secs = time.perf_counter() - t0
+            assert not any(g.error for g in got), [g.error.message for g in got if g.error]
+            runs[label] = (secs, Counter(r.status for g in got for r in g.results))
 
     print(f"{n} one-instance studies (DX uncompressed / CR JPEG alternately), {mb:.1f} MB, Orthanc on loopback, "
           f"{os.cpu_count()} CPU cores")  # fmt: skip
     print(f"{'run':<42}{'seconds':>9}{'studies/s':>11}  statuses")
     print(f"{'storescu C-STORE into Orthanc (setup)':<42}{send_s:>9.2f}{n / send_s:>11.1f}")
     print(f"{'pacs query (QIDO-RS, all studies, mean)':<42}{query_s:>9.3f}{n / query_s:>11.0f}")
-    print(f"{'local import of the same files (reference)':<42}{local_s:>9.2f}{n / local_s:>11.1f}  {dict(local_status)}")
-    print(f"{'pacs retrieve (WADO-RS + import)':<42}{retrieve_s:>9.2f}{n / retrieve_s:>11.1f}  {dict(remote_status)}")
-    print(f"retrieve / local import time: {retrieve_s / local_s:.2f}x")
+    print(
+        f"{'local import of the same files (reference)':<42}{local_s:>9.2f}{n / local_s:>11.1f}  {dict(local_status)}"
+    )
+    for label, (secs, statuses) in runs.items():
+        print(
+            f"{label:<42}{secs:>9.2f}{n / secs:>11.1f}  {dict(statuses)}  {secs / local_s:.2f}x the local import's time"
+        )
 
 
 if __name__ == "__main__":

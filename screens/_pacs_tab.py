@@ -65,8 +65,8 @@ def render(ctx, user) -> None:
                             key="pacs_retrieve"):  # fmt: skip
         lines = []
         bar = st.progress(0.0, text="Retrieving…")
-        for n, uid in enumerate(picked, start=1):
-            got = pacs.retrieve(ctx, cfg, uid, user_id=user.user_id, client=_signin.client())
+        done = pacs.retrieve_many(ctx, cfg, picked, user_id=user.user_id, client=_signin.client())
+        for n, got in enumerate(done, start=1):
             lines += got.lines()
             bar.progress(n / len(picked), text=f"Retrieved {n} of {len(picked)} studies")
         st.session_state["last_import"] = lines

@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import logging
 import re
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -216,30 +218,45 @@ class Retrieval:
 
 
 def retrieve(ctx: Context, cfg: Config, study_uid: str, *, user_id: int | None = None, client: str | None = None,
-             via: str = "browser", progress: Callable[[int, int], None] | None = None) -> Retrieval:  # fmt: skip
+             via: str = "browser") -> Retrieval:  # fmt: skip
     """Bring a study's CR / DX instances in through the import's checks; series of other modalities are listed as
     skipped. Audited (pacs_retrieve, and the import's own rows per image and per batch)."""
-    out = Retrieval(study_uid)
-    try:
-        check_uid(study_uid)
-        with tempfile.TemporaryDirectory(prefix="cxr-pacs-") as tmp:
-            files = _download(cfg, study_uid, Path(tmp), out, progress)
+    return next(retrieve_many(ctx, cfg, [study_uid], user_id=user_id, client=client, via=via))
+
+
+def retrieve_many(ctx: Context, cfg: Config, study_uids: list[str], *, user_id: int | None = None,
+                  client: str | None = None, via: str = "browser") -> Iterator[Retrieval]:  # fmt: skip
+    """retrieve() of each study in turn, yielded as it is done. The next study downloads (a worker thread: HTTP and
+    its own temporary folder, never the database) while this one is imported; at most one study waits on disk."""
+    uids = list(study_uids)
+    with tempfile.TemporaryDirectory(prefix="cxr-pacs-") as tmp, ThreadPoolExecutor(1, "pacs-download") as pool:
+
+        def fetch(i: int) -> tuple[Retrieval, list[tuple[Path, str]], Path]:
+            out, folder = Retrieval(uids[i]), Path(tmp) / str(i)
+            folder.mkdir()
+            try:
+                return out, _download(cfg, check_uid(uids[i]), folder, out), folder
+            except PacsError as exc:
+                out.error = exc
+                return out, [], folder
+
+        ahead = pool.submit(fetch, 0) if uids else None
+        for i in range(len(uids)):
+            out, files, folder = ahead.result()
+            ahead = pool.submit(fetch, i + 1) if i + 1 < len(uids) else None
             for path, name in files:
                 out.results.append(importer.import_file(ctx.engine, ctx.store, path, max_bytes=ctx.settings.max_upload_bytes,
                                                         display_name=name, user_id=user_id))  # fmt: skip
-    except PacsError as exc:
-        out.error = exc
-    importer.record_batch(ctx.engine, out.results, actor_id=user_id, client=client, via=f"PACS ({via})")
-    counts = {k: sum(r.status == k for r in out.results) for k in ("imported", "duplicate", "rejected")}
-    study_ids = {r.study_id for r in out.results if r.study_id}
-    _audit(ctx, "pacs_retrieve", user_id, client, study_ids, {
-        "via": via, **counts, "series_skipped": len(out.skipped), "error": out.error.code if out.error else None,
-    })  # fmt: skip
-    return out
+            shutil.rmtree(folder)
+            importer.record_batch(ctx.engine, out.results, actor_id=user_id, client=client, via=f"PACS ({via})")
+            counts = {k: sum(r.status == k for r in out.results) for k in ("imported", "duplicate", "rejected")}
+            _audit(ctx, "pacs_retrieve", user_id, client, {r.study_id for r in out.results if r.study_id}, {
+                "via": via, **counts, "series_skipped": len(out.skipped), "error": out.error.code if out.error else None,
+            })  # fmt: skip
+            yield out
 
 
-def _download(cfg: Config, study_uid: str, tmp: Path, out: Retrieval,
-              progress: Callable[[int, int], None] | None) -> list[tuple[Path, str]]:  # fmt: skip
+def _download(cfg: Config, study_uid: str, tmp: Path, out: Retrieval) -> list[tuple[Path, str]]:
     """Every CR / DX instance of the study written to `tmp` (the series of other modalities go to out.skipped), or a
     PacsError before anything is imported."""
     dw = _client(cfg)
@@ -278,8 +295,6 @@ def _download(cfg: Config, study_uid: str, tmp: Path, out: Retrieval,
                 pydicom.dcmwrite(buf, ds, enforce_file_format=True)
             path.write_bytes(buf.getvalue())
             files.append((path, f"pacs/{sop}.dcm"))
-            if progress:
-                progress(done, max(total, done))
     return files
 
 

@@ -46,17 +46,14 @@ def _cmd_retrieve(args) -> int:
     except pacs.PacsError as exc:
         return _error(exc.message)
     failed = False
-    for uid in args.study_uids:
-        got = pacs.retrieve(ctx, cfg, uid, via="command line")
+    for got in pacs.retrieve_many(ctx, cfg, args.study_uids, via="command line"):
+        uid = got.study_instance_uid
         for line in got.lines():
             print(json.dumps(line), flush=True)
         if got.error:
             print(f"cxr-review: study {uid}: not retrieved: {got.error.message}", file=sys.stderr)
         elif got.results:
-            print(
-                f"cxr-review: study {uid}: {importer.batch_summary(r.status for r in got.results)}",
-                file=sys.stderr,
-            )
+            print(f"cxr-review: study {uid}: {importer.batch_summary(r.status for r in got.results)}", file=sys.stderr)
         failed |= not got.ok
     return EXIT_SOME_REJECTED if failed else EXIT_OK
 

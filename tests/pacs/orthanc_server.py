@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from tests.servers import free_port, wait_until_answers
+from tests.servers import free_ports, wait_until_answers
 
 PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
 USER, PASSWORD = "cxr-pacs", "s3cret-Orthanc-pw"
@@ -71,7 +71,23 @@ def running(folder: Path, *, timeout_s: float = 60) -> Orthanc:
     exe, plugin = binary(), dicomweb_plugin()
     assert exe and plugin, "Orthanc or its DICOMweb plugin is missing"
     folder.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
+    for attempt in range(
+        3
+    ):  # another process may take a picked port before Orthanc binds it: Orthanc then exits
+        try:
+            server = _start(exe, plugin, folder, timeout_s)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _start(exe: str, plugin: Path, folder: Path, timeout_s: float) -> Orthanc:
+    http_port, dicom_port = free_ports(2)
     conf = {
         "Name": "CXR Review test PACS", "StorageDirectory": str(folder / "storage"),
         "IndexDirectory": str(folder / "storage"), "Plugins": [str(plugin)],
@@ -99,6 +115,7 @@ def running(folder: Path, *, timeout_s: float = 60) -> Orthanc:
 
     try:
         wait_until_answers(proc, dicomweb_up, timeout_s, f"Orthanc (log: {log})")
-        yield server
-    finally:
+    except BaseException:
         server.stop()
+        raise
+    return server

@@ -17,6 +17,7 @@ from services import context, settings
 from services import pacs as pacs_svc
 from tests.pacs import orthanc_server
 from tests.pacs.conftest import cli, lines, variant
+from tests.servers import free_port
 from tests.services.test_annotation_cli import _dciodvfy_errors
 
 DX = "nih_dx_chest_1024_nofinding_nccid.dcm"
@@ -136,9 +137,15 @@ def test_a_series_that_is_not_cr_or_dx_is_skipped_with_the_reason(pacs, pacs_env
                       SeriesInstanceUID="1.2.826.0.1.3680043.8.498.3")  # fmt: skip
     pacs.store(only_ct)
     assert lines(cli(["pacs", "query", "--patient-id", "Covid0000"], pacs_env))[0]["modalities"] != ["CT"]
-    none = cli(["pacs", "retrieve", "1.2.826.0.1.3680043.8.498.2"], pacs_env)
+    # Several studies in one call, in the order given (the next one downloads while one is imported).
+    none = cli(["pacs", "retrieve", "1.2.826.0.1.3680043.8.498.2", hit["study_instance_uid"]], pacs_env)
     assert none.returncode == 1
-    assert lines(none)[-1]["code"] == "no_cr_dx" and "no CR or DX series" in none.stderr
+    out = lines(none)
+    ct_uid, dx_uid = "1.2.826.0.1.3680043.8.498.2", hit["study_instance_uid"]
+    assert [(x["study_instance_uid"], x["status"]) for x in out] == [
+        (ct_uid, "skipped"), (ct_uid, "failed"), (dx_uid, "duplicate"), (dx_uid, "skipped"),
+    ]  # fmt: skip
+    assert out[1]["code"] == "no_cr_dx" and "no CR or DX series" in none.stderr
 
 
 def test_a_study_over_the_instance_cap_is_refused_whole(pacs, pacs_env, shared_data, tmp_path):
@@ -184,7 +191,7 @@ def test_wrong_password_is_a_clear_error_without_the_password(pacs, pacs_env, sh
 def test_a_stopped_or_slow_pacs_is_a_clear_error(pacs_env, tmp_path):
     import socket
 
-    port = orthanc_server.free_port()  # nothing listens there: as a stopped Orthanc
+    port = free_port()  # nothing listens there: as a stopped Orthanc
     down = cli(["pacs", "query"], {**pacs_env, "CXR_REVIEW_PACS_URL": f"http://127.0.0.1:{port}/dicom-web"})
     assert (
         down.returncode == 2 and f"cannot reach the PACS at http://127.0.0.1:{port}/dicom-web" in down.stderr

@@ -10,6 +10,7 @@ from services import auth
 from tests.conftest import sign_in_through_the_form
 from tests.pacs import orthanc_server
 from tests.pacs.conftest import variant
+from tests.servers import free_port
 
 DX = "dicom/nih_dx_chest_1024_nofinding_nccid.dcm"
 
@@ -97,7 +98,7 @@ def test_send_to_pacs_in_the_viewer_only_for_importers_and_a_down_pacs_is_one_me
         boss_id = s.scalar(text("SELECT id FROM users WHERE username = 'boss'"))
     annotations.save(env, SignedIn(boss_id, "boss", "admin", False), r.image_id, status="final",
                      labels={"Effusion": "present"})  # fmt: skip
-    port = orthanc_server.free_port()
+    port = free_port()
     monkeypatch.setenv("CXR_REVIEW_PACS_URL", f"http://127.0.0.1:{port}/dicom-web")
     st.cache_resource.clear()  # the app's context holds the settings it was built with
     at = _viewer("ann", "annotator-pw", r.study_id)
