@@ -33,6 +33,14 @@ def image_by_pixel_hash(s: Session, pixel_sha256: str) -> Image | None:
     return s.scalar(select(Image).where(Image.pixel_sha256 == pixel_sha256).limit(1))
 
 
+def stored_images(s: Session) -> list[tuple[int, str, str, str]]:
+    """(id, file sha256, pixel sha256, original file name) of every stored image, by id."""
+    rows = s.execute(
+        select(Image.id, Image.file_sha256, Image.pixel_sha256, Image.original_filename).order_by(Image.id)
+    )
+    return [tuple(r) for r in rows]
+
+
 def get_or_create_study(s: Session, study_instance_uid: str, **fields) -> Study:
     study = s.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
     if study is None:

@@ -262,7 +262,8 @@ class Runner:
     ) -> BoneResult:
         return self.suppress_bones_batch([img], model_id, version)[0]
 
-    def _classifier_input(self, imgs: Sequence[np.ndarray], spec: ModelSpec) -> torch.Tensor:
+    def classifier_input(self, imgs: Sequence[np.ndarray], spec: ModelSpec) -> torch.Tensor:
+        """The normalised (N, 1, H, W) batch a classifier sees, on this runner's device."""
         x = torch.cat([resize(self._tensor(i), spec.input_size) for i in imgs])
         return (x - spec.mean) / spec.std
 
@@ -285,7 +286,7 @@ class Runner:
         clock = _Clock(self.device)
         spec, model = self._prepare("classification", model_id, clock, version)
         with clock.phase("preprocess"):
-            x = self._classifier_input(imgs, spec)
+            x = self.classifier_input(imgs, spec)
         with clock.phase("forward"):
             logits = model(x).float()
             if cal := spec.calibration:  # fitted per version (inference/calibration.py)
@@ -357,7 +358,7 @@ class Runner:
                 raise ValueError(f"{unknown} not labels of {spec.model_id}: {spec.labels}")
             indices = [spec.labels.index(label) for label in labels]
         with torch.no_grad():  # grad_cam enables autograd for the head only
-            cams, indices = grad_cam(model, self._classifier_input([img], spec), indices)
+            cams, indices = grad_cam(model, self.classifier_input([img], spec), indices)
             cams = F.interpolate(cams[None], size=img.shape, mode="bilinear", align_corners=False)[0]
             cams = cams.clamp_(0, 1).cpu().numpy()
         return {spec.labels[i]: cam for i, cam in zip(indices, cams, strict=True)}

@@ -8,7 +8,7 @@ import streamlit as st
 from db import engine as dbe
 from db import report_versions
 from inference.types import RESEARCH_USE
-from screens import _deps, _signin
+from screens import _deps, _signin, _table
 from services import analysis, pacs, report_check, reporting
 from services import verdicts as verdict_store
 from viewer import overlays
@@ -316,6 +316,33 @@ def _show_overlay(image_id: int, finding: str) -> None:
     st.session_state[f"ai_cam_{image_id}"] = finding
 
 
+def _show_ctr(image_id: int) -> None:
+    st.session_state[f"ai_ctr_{image_id}"] = True
+
+
+def _sentence_links(text: str, result: analysis.Analysis, study_id: int, image_id: int) -> None:
+    """Each sentence that speaks of a finding or the CTR, with a button per overlay: a click shows it in the
+    viewer (the heatmap picked, the CTR lines switched on), so the reader checks a sentence against the image."""
+    heatmaps = set((result.findings or {}).get("heatmaps", {}))
+    links = report_check.sentence_links(text, heatmaps, analysis.ctr_shown(result.anatomy) is not None)
+    if not links:
+        return
+    shown = st.session_state.get(f"ai_cam_{image_id}")
+    with st.expander(f"Sentences linked to the AI overlays ({len(links)}): a click shows the overlay", expanded=True):
+        for i, link in enumerate(links):
+            with st.container(horizontal=True, vertical_alignment="center", gap="small", key=f"report_link_{i}"):
+                st.markdown(f"“{_table.plain(link.sentence)}”")
+                for finding in link.findings:
+                    st.button(finding, key=f"report_link_{study_id}_{i}_{finding}", on_click=_show_overlay,
+                              args=(image_id, finding), type="primary" if shown == finding else "secondary",
+                              icon=":material/visibility:", help=f"Show the {finding} heatmap in the viewer")  # fmt: skip
+                if link.ctr:
+                    st.button("CTR lines", key=f"report_link_{study_id}_{i}_ctr", on_click=_show_ctr,
+                              args=(image_id,), icon=":material/straighten:",
+                              type="primary" if st.session_state.get(f"ai_ctr_{image_id}") else "secondary",
+                              help="Show the cardiothoracic ratio's measurement lines in the viewer")  # fmt: skip
+
+
 def _report_msg(study_id: int, kind: str, text: str) -> None:
     st.session_state[f"report_msg_{study_id}"] = (kind, text)
 
@@ -433,6 +460,7 @@ def report(result: analysis.Analysis, study_id: int, image: dict, user, mine_all
         getattr(st, kind_msg[0])(kind_msg[1])
     if report_versions.is_locked(newest):
         _signed(study_id, user, versions, names)
+        _sentence_links(newest.text, result, study_id, image["id"])
         heatmaps = set((result.findings or {}).get("heatmaps", {}))
         _flags(report_versions.consistency_of(newest), study_id, image["id"], heatmaps, locked=True)
         _history(versions, names)
@@ -456,6 +484,7 @@ def report(result: analysis.Analysis, study_id: int, image: dict, user, mine_all
     else:
         st.caption(":orange[Edited by hand: it no longer follows the verdicts.] “Regenerate from verdicts” would "
                    "replace it with a new draft (your text is kept as a version).")  # fmt: skip
+    _sentence_links(text, result, study_id, image["id"])
     consistency = report_versions.consistency_of(newest)
     earlier = (consistency or {}).get("flags", [])
     parent = newest.id if newest else None

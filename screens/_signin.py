@@ -209,15 +209,15 @@ def _await_cookie() -> None:
     """Right after sign-in, the first page waits until the browser has stored the session cookie (the frame
     that asks the server for it loads a moment after the page; without the wait, a reload in that moment
     signed out)."""
-    st.title("CXR Review")
-    st.caption("Signing in…")
     stored = _session_cookie.store(st.session_state[GRANT_KEY])
     if stored is None:
+        st.title("CXR Review")
+        st.caption("Signing in…")
         st.stop()  # the frame's answer reruns the page
     del st.session_state[COOKIE_PENDING_KEY], st.session_state[GRANT_KEY]
     if stored is False:
         st.session_state["cookie_refused"] = True
-    st.rerun()
+    # The page renders in this same run, under the (zero-height) frame: no further rerun before the reader sees it.
 
 
 def _change_one_time_password(user: auth.SignedIn) -> None:

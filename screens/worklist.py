@@ -18,6 +18,20 @@ SORTS = {
 STATUS_LABELS = {"new": "New", "in_review": "In review", "reviewed": "Reviewed"}
 
 _signin.require_page("worklist")
+
+
+def open_study(study_id: int) -> None:
+    st.session_state["study_id"] = study_id
+    # A fresh table next time, so coming back to the worklist does not reopen the same study.
+    st.session_state["wl_gen"] = st.session_state.get("wl_gen", 0) + 1
+    st.switch_page("screens/review.py")
+
+
+# A row picked in the table drawn last opens its study before anything else runs: the worklist is not queried and
+# drawn again on the way to the viewer (half the wait of opening a study).
+picked = st.session_state.get(drawn) if (drawn := st.session_state.get("wl_table_key")) else None
+if picked and picked["selection"]["rows"] and picked["selection"]["rows"][0] < len(st.session_state["wl_row_ids"]):
+    open_study(st.session_state["wl_row_ids"][picked["selection"]["rows"][0]])
 st.title("Worklist")
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns([2, 1.2, 1, 2])
@@ -74,13 +88,15 @@ table = [
 st.caption(
     f"{total} stud{'y' if total == 1 else 'ies'} · page {page} of {pages} · select a row to open the study"
 )
-event = st.dataframe(
+st.session_state["wl_table_key"] = table_key = f"wl_table_{page}_{st.session_state.get('wl_gen', 0)}"
+st.session_state["wl_row_ids"] = [r.study_id for r in rows]
+st.dataframe(  # a pick reruns the page, whose first lines open the study
     table,
     hide_index=True,
     width="stretch",
     on_select="rerun",
     selection_mode="single-row",
-    key=f"wl_table_{page}_{st.session_state.get('wl_gen', 0)}",
+    key=table_key,
     height=min(38 + 35 * max(1, len(table)), 38 + 35 * 20),
 )
 n1, n2, n3 = st.columns([1, 1, 6])
@@ -93,8 +109,3 @@ if n2.button("Next page ▶", disabled=page >= pages, key="wl_next"):
 if not rows:
     st.info("No studies match. Import studies on the Import page, or clear the filters.")
 
-if event.selection.rows:
-    st.session_state["study_id"] = rows[event.selection.rows[0]].study_id
-    # A fresh table next time, so coming back to the worklist does not reopen the same study.
-    st.session_state["wl_gen"] = st.session_state.get("wl_gen", 0) + 1
-    st.switch_page("screens/review.py")

@@ -190,6 +190,52 @@ def _cmd_infer(args) -> int:
     return EXIT_SOME_REJECTED if rejected else EXIT_OK
 
 
+def _cmd_similar(args) -> int:
+    from inference.device import DeviceUnavailable
+    from inference.embeddings import DEFAULT_MODEL
+    from inference.registry import Registry
+    from inference.runner import Runner
+    from inference.types import ModelUnavailable
+    from services import context, settings, similar
+
+    s = settings.load()
+    if args.k < 1:
+        print("cxr-review: error: --k must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    if args.among is None and not args.among_db:
+        print("cxr-review: error: give --among DIR, --among db or --among-db", file=sys.stderr)
+        return EXIT_USAGE
+    if args.among is not None and str(args.among) != "db" and not args.among.is_dir():
+        print(f"cxr-review: error: --among {args.among} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    among = []
+    if args.among_db or str(args.among) == "db":  # the word "db": the app's images (write ./db for a folder)
+        ctx = context.build(s)
+        among += similar.stored_sources(ctx.engine, ctx.store)
+    if args.among is not None and str(args.among) != "db":
+        among += similar.folder_sources([args.among])
+    try:
+        runner = Runner(Registry(s.models_dir), args.device or s.device)
+        spec = runner.registry.resolve(args.model or DEFAULT_MODEL)
+        if spec.task != "classification":
+            raise KeyError(f"{spec.ref} is a {spec.task} model; embeddings come from a classification model")
+        lines = similar.search(
+            runner, args.paths, among, s.data_dir / "embeddings", max_bytes=s.max_upload_bytes, k=args.k,
+            model=spec.ref, layer=args.layer,
+        )  # fmt: skip
+        rejected = 0
+        for line in lines:
+            rejected += line["status"] == "rejected"
+            print(json.dumps(line), flush=True)
+    except (DeviceUnavailable, ModelUnavailable) as exc:
+        print(f"cxr-review: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyError as exc:
+        print(f"cxr-review: error: --model {args.model}: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_SOME_REJECTED if rejected else EXIT_OK
+
+
 def _cmd_render(args) -> int:
     import math
 
@@ -321,6 +367,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="view position of PNG/JPEG files, by file name (as import)",
     )
     inf.set_defaults(fn=_cmd_infer)
+
+    sim = sub.add_parser(
+        "similar",
+        help="the images of --among that look most like each given image (DICOM/PNG/JPEG files or folders); "
+        "one JSON line per file (research use only)",
+    )
+    sim.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    sim.add_argument(
+        "--among", type=Path, metavar="DIR|db",
+        help='search the images in this folder; the word "db": every image in the app\'s database',
+    )  # fmt: skip
+    sim.add_argument("--among-db", action="store_true", help="also search every image in the app's database")
+    sim.add_argument("--k", type=int, default=5, help="neighbours per image (default 5)")
+    sim.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: CXR_REVIEW_DEVICE")
+    sim.add_argument("--model", metavar="ID[@VERSION]", help="classification model whose features are used")
+    sim.add_argument(
+        "--layer", choices=["bneck_grid4", "penultimate"], default="bneck_grid4",
+        help="which features (default bneck_grid4: finds the same patient's other film far more often)",
+    )  # fmt: skip
+    sim.set_defaults(fn=_cmd_similar)
 
     ren = sub.add_parser("render", help="write the exact 8-bit image the viewer shows by default")
     ren.add_argument("file", type=Path)

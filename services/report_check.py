@@ -116,6 +116,40 @@ def check(
     return Result(flags=flags)
 
 
+# The measurement sentence of the draft ("Cardiothoracic ratio 0.56, ...") and what a reader writes for it.
+_CTR = re.compile(r"\b(cardio-?thoracic ratio|CTR)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SentenceLink:
+    """A sentence of the report and the AI overlays it speaks of: finding heatmaps, the CTR lines."""
+
+    sentence: str
+    span: tuple[int, int]
+    findings: tuple[str, ...]  # in the order the sentence names them, each once
+    ctr: bool
+
+
+def sentence_links(text: str, heatmaps: set[str], ctr_available: bool) -> list[SentenceLink]:
+    """Each sentence of the read sections that names a finding with a heatmap (present, negated or uncertain:
+    the reader checks all three against the image) or the cardiothoracic ratio when it is shown, in text order."""
+    text = text or ""
+    named: dict[tuple[int, int], list[str]] = {}
+    for m in labeller.find_mentions(text):
+        if m.finding in heatmaps and m.finding not in named.setdefault(m.sentence_span, []):
+            named[m.sentence_span].append(m.finding)
+    links = []
+    for section, start, end in labeller.sections(text):
+        if not labeller.is_read(section):
+            continue
+        for span in labeller.sentences(text, start, end):
+            sentence = text[span[0] : span[1]]
+            ctr = ctr_available and _CTR.search(sentence) is not None
+            if named.get(span) or ctr:
+                links.append(SentenceLink(sentence.strip(), span, tuple(named.get(span, ())), ctr))
+    return links
+
+
 def carry_acknowledgements(result: Result, earlier: list[dict]) -> Result:
     """Acknowledgements (and notes) of earlier flags of the same finding and kind stay on the new check."""
     acked = {(f["finding"], f["kind"]): f for f in earlier if f.get("acknowledged")}

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CXR_REVIEW_SHARED_DIR", REPO.parent / "shared"))
+MODELS = Path(os.environ.get("CXR_REVIEW_MODELS_DIR", SHARED / "models"))
+
+
+def run_cli(command: str, args, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`cxr-review COMMAND ARGS...` as a user runs it: a real process, this environment plus `env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", command, *map(str, args)],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def models_env(tmp_path_factory, weights: str) -> dict[str, str]:
+    """Environment for the CLI: the shared models and a fresh data folder; skips when `weights` is missing."""
+    if not (MODELS / weights).is_file():
+        pytest.skip(f"model weights not in {MODELS} (set CXR_REVIEW_MODELS_DIR)")
+    data = tmp_path_factory.mktemp("data")
+    return {"CXR_REVIEW_DATA_DIR": str(data), "CXR_REVIEW_MODELS_DIR": str(MODELS), "CXR_REVIEW_SETTINGS": ""}
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The report in a real Chromium: accept a finding and the draft follows at once; write a sentence that negates a
 finding the AI scores positive, save, and the consistency check flags it; its button shows that finding's heatmap
-in the viewer; acknowledge it with a note and sign: the report is final and locked."""
+in the viewer, as do the links of the draft's sentences; acknowledge it with a note and sign: the report is final and locked."""
 
 from __future__ import annotations
 
@@ -60,6 +60,20 @@ def test_draft_follows_a_flag_shows_its_overlay_is_acknowledged_and_the_report_s
     _wait_value(page, draft, "Atelectasis.")
     page.get_by_text("Follows the verdicts").wait_for(timeout=30_000)
 
+    # The draft's sentence links to its overlay: a click shows the Atelectasis heatmap in the viewer
+    with dbe.read(ctx.engine) as s:
+        image_id = repo.study_images(s, study_id)[0].id
+    heatmap = page.locator(f".st-key-ai_cam_{image_id}")
+    assert heatmap.get_by_label("Finding heatmap").input_value() == "(none)"
+    link = page.locator(".st-key-report_link_0")
+    assert "Atelectasis." in link.inner_text()
+    link.get_by_role("button", name="Atelectasis").click()
+    _settle(page, 1000)
+    assert heatmap.get_by_label("Finding heatmap").input_value().startswith("Atelectasis")
+    assert page.get_by_text("Heatmap opacity").count() == 1
+    link.scroll_into_view_if_needed()
+    page.screenshot(path=ARTIFACTS / "report-00-sentence-link.png")
+
     # Write a sentence negating a finding the AI scores positive, save: a flag
     editor = page.get_by_label(draft)
     editor.fill(WORDS)
@@ -76,9 +90,6 @@ def test_draft_follows_a_flag_shows_its_overlay_is_acknowledged_and_the_report_s
     # Its button shows the finding's heatmap in the viewer
     flag.get_by_role("button", name="Show overlay").click()
     _settle(page, 1000)
-    with dbe.read(ctx.engine) as s:
-        image_id = repo.study_images(s, study_id)[0].id
-    heatmap = page.locator(f".st-key-ai_cam_{image_id}")
     assert heatmap.get_by_label("Finding heatmap").input_value().startswith("Effusion")
     assert page.get_by_text("Heatmap opacity").count() == 1
     page.locator("[data-testid='stMain']").evaluate("e => e.scrollTo(0, 0)")

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,9 +11,9 @@ import pytest
 from inference.registry import Registry
 from inference.runner import Runner
 from services import infer
+from tests.conftest import models_env, run_cli
 from viewer import dicom_io
 
-CLI = [sys.executable, "-m", "services.cli", "infer"]
 REPO = Path(__file__).resolve().parents[2]
 MODELS = Path(os.environ.get("CXR_REVIEW_MODELS_DIR", REPO.parent / "shared" / "models"))
 # The sha256 of each weights file as /work/shared/models/README.md publishes it.
@@ -33,17 +31,12 @@ FIELDS = {
 
 
 def run(args, env):
-    return subprocess.run(
-        CLI + [str(a) for a in args], env={**os.environ, **env}, capture_output=True, text=True, timeout=300
-    )
+    return run_cli("infer", args, env)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    if not (MODELS / BONE_WEIGHTS).is_file():
-        pytest.skip(f"model weights not in {MODELS} (set CXR_REVIEW_MODELS_DIR)")
-    data = tmp_path_factory.mktemp("data")
-    return {"CXR_REVIEW_DATA_DIR": str(data), "CXR_REVIEW_MODELS_DIR": str(MODELS), "CXR_REVIEW_SETTINGS": ""}
+    return models_env(tmp_path_factory, BONE_WEIGHTS)
 
 
 @pytest.fixture(scope="module")

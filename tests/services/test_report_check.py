@@ -68,3 +68,31 @@ def test_acknowledgements_carry_over_to_the_same_flag_of_a_new_check():
     earlier = [{"finding": "Effusion", "kind": "negated_but_ai_positive", "acknowledged": True, "note": "tiny"}]
     carried = {f.finding: (f.acknowledged, f.note) for f in rc.carry_acknowledgements(new, earlier).flags}
     assert carried == {"Effusion": (True, "tiny"), "Cardiomegaly": (False, None)}
+
+
+def test_sentences_link_to_the_heatmaps_they_name_and_to_the_ctr_lines():
+    from services import reporting
+    from services.analysis import Analysis
+
+    result = Analysis(
+        anatomy={"ctr": {"ratio": 0.56}, "problems": []},
+        findings={"probabilities": {"Cardiomegaly": 0.9, "Effusion": 0.8}},
+    )
+    draft = reporting.draft(result, {("finding", "Cardiomegaly"), ("finding", "Effusion"), ("ctr", "ctr")}, "PA")
+    links = rc.sentence_links(draft, {"Cardiomegaly", "Effusion", "Nodule"}, ctr_available=True)
+    by_sentence = {link.sentence: (link.findings, link.ctr) for link in links}
+    assert by_sentence["Pleura: Pleural effusion."] == (("Effusion",), False)
+    assert by_sentence["Heart and mediastinum: The heart is enlarged."] == (("Cardiomegaly",), False)
+    (ctr,) = [s for s, (_, is_ctr) in by_sentence.items() if is_ctr]
+    assert ctr.startswith("Cardiothoracic ratio 0.56")
+    assert by_sentence["Pleural effusion; The heart is enlarged"] == (("Effusion", "Cardiomegaly"), False)
+    assert [link.span for link in links] == sorted(link.span for link in links)
+    assert all(draft[link.span[0] : link.span[1]].strip() == link.sentence for link in links)
+
+
+def test_negated_findings_link_too_but_not_findings_without_a_heatmap_nor_unread_sections():
+    text = "INDICATION: nodule?\nFINDINGS: No pneumothorax. Small nodule. CTR 0.4.\nIMPRESSION: Normal."
+    links = rc.sentence_links(text, {"Pneumothorax"}, ctr_available=False)
+    assert [(link.sentence, link.findings, link.ctr) for link in links] == [("No pneumothorax.", ("Pneumothorax",), False)]
+    assert [link.ctr for link in rc.sentence_links(text, set(), ctr_available=True)] == [True]
+    assert rc.sentence_links("", {"Pneumothorax"}, True) == []

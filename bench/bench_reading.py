@@ -1,0 +1,150 @@
+"""The radiologist's waits as felt in Chromium, each with a reference measured in the same run.
+
+1. Sign-in: from the click on "Sign in" (a fresh browser each time) to the worklist's table. Goal <= 1 s.
+2. Open a study from the worklist: from the click on its row to the viewer's canvas drawn (its status line shows
+   the zoom, which it writes at the end of its first draw). Goal <= 300 ms.
+3. Revisit with the AI on: back to the worklist, open the same study again, until the canvas is drawn and the
+   cached AI findings show. Goal <= 300 ms.
+Reference: a switch to the Account page (a page with nothing to compute) from the sidebar, until its title shows:
+the floor of any page change in this app (a Streamlit rerun and its round trip).
+
+    python bench/bench_reading.py [--runs N]
+
+Run it with nothing else on the machine: it measures what a reader waits for, CPU contention included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWER_FRAME, fresh_app_data, streamlit_server  # noqa: E402
+
+SHARED = Path(os.environ.get("CXR_REVIEW_SHARED_DIR", REPO.parent / "shared"))
+PASSWORD = "bench-reader-pw"
+DICOM = SHARED / "data" / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"
+DRAWN = "() => document.getElementById('status')?.textContent.startsWith('Zoom')"
+
+
+def _stats(ms: list[float]) -> str:
+    return f"median {statistics.median(ms):7.0f} ms   min {min(ms):7.0f} ms   max {max(ms):7.0f} ms   (n={len(ms)})"
+
+
+def _idle(page) -> None:
+    page.locator('[data-test-script-state="notRunning"]').wait_for(timeout=300_000)
+
+
+def _sign_in(browser, url: str) -> tuple[object, float]:
+    page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+    page.goto(url)
+    page.get_by_role("button", name="Sign in").wait_for(timeout=60_000)
+    page.get_by_label("User name").fill("rad")
+    page.get_by_role("textbox", name="Password").fill(PASSWORD)
+    t0 = time.perf_counter()
+    page.get_by_role("button", name="Sign in").click()
+    page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=60_000)
+    return page, (time.perf_counter() - t0) * 1000
+
+
+def _open_first_row(page, *also: str) -> float:
+    grid = page.locator("[data-testid='stDataFrame']").first
+    grid.wait_for(timeout=60_000)
+    _idle(page)
+    box = grid.bounding_box()
+    t0 = time.perf_counter()
+    page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row's selection cell
+    # The viewer's frame is new on each page change: the one of this visit, then its first draw.
+    frame = page.wait_for_selector(VIEWER_FRAME, timeout=300_000).content_frame()
+    frame.wait_for_function(DRAWN, polling="raf", timeout=300_000)
+    for text in also:
+        page.get_by_text(text).first.wait_for(timeout=300_000)
+    return (time.perf_counter() - t0) * 1000
+
+
+def _to_worklist(page) -> None:
+    page.get_by_role("link", name="Worklist").click()
+    page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=60_000)
+    _idle(page)
+
+
+def _to_account(page) -> float:
+    t0 = time.perf_counter()
+    page.get_by_role("link", name="Account").click()
+    page.get_by_role("heading", name="Account").wait_for(timeout=60_000)
+    return (time.perf_counter() - t0) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=7)
+    runs = ap.parse_args().runs
+    from playwright.sync_api import sync_playwright
+
+    from services import importer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env, ctx = fresh_app_data(
+            Path(tmp), {"rad": ("radiologist", PASSWORD)}, CXR_REVIEW_MODELS_DIR=str(SHARED / "models"),
+            CXR_REVIEW_DEVICE="cpu",
+        )  # fmt: skip
+        (imported,) = importer.import_paths(ctx.engine, ctx.store, [DICOM], max_bytes=2**30)
+        assert imported.status == "imported", imported
+        with streamlit_server(REPO / "asgi.py", env) as url, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            signs, opens, revisits, accounts = [], [], [], []
+            # Warm-up (not counted): the server's first page and the models' first run.
+            page, _ = _sign_in(browser, url)
+            _open_first_row(page)
+            _idle(page)
+            if not page.get_by_role("switch", name="AI overlays").is_checked():
+                page.locator("label").filter(has_text="AI overlays").first.click()
+            page.get_by_text("AI findings · Research use only").wait_for(timeout=300_000)
+            _idle(page)
+            # The AI switch is kept per reader: off for "open", on for "revisit".
+            page.locator("label").filter(has_text="AI overlays").first.click()
+            _idle(page)
+            page.context.close()
+            for _ in range(runs):
+                page, ms = _sign_in(browser, url)
+                signs.append(ms)
+                accounts.append(_to_account(page))
+                _to_worklist(page)
+                opens.append(_open_first_row(page))
+                _idle(page)
+                page.context.close()
+            page, _ = _sign_in(browser, url)
+            _open_first_row(page)
+            _idle(page)
+            page.locator("label").filter(has_text="AI overlays").first.click()
+            page.get_by_text("AI findings · Research use only").wait_for(timeout=300_000)
+            _idle(page)
+            for _ in range(runs):
+                _to_worklist(page)
+                revisits.append(_open_first_row(page, "AI findings · Research use only"))
+                _idle(page)
+            page.locator("label").filter(has_text="AI overlays").first.click()  # leave the reader's switch off
+            _idle(page)
+            browser.close()
+    print(f"Chromium headless, {os.cpu_count()} CPUs, Streamlit server on loopback, one 1024 x 1024 DICOM study")
+    print(f"reference: switch to the Account page      {_stats(accounts)}")
+    ref = statistics.median(accounts)
+    for name, ms, goal in (
+        ("1. sign-in to the worklist             ", signs, 1000),
+        ("2. open a study (canvas drawn)          ", opens, 300),
+        ("3. revisit with AI on (findings shown)  ", revisits, 300),
+    ):
+        med = statistics.median(ms)
+        print(f"{name} {_stats(ms)}   x{med / ref:4.1f} the reference   goal <= {goal} ms: "
+              f"{'met' if med <= goal else 'NOT met'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
