@@ -8,8 +8,8 @@ import streamlit as st
 from db import engine as dbe
 from db import report_versions
 from inference.types import RESEARCH_USE
-from screens import _deps, _table
-from services import analysis, report_check, reporting
+from screens import _deps, _signin, _table
+from services import analysis, pacs, report_check, reporting
 from services import verdicts as verdict_store
 from viewer import overlays
 
@@ -537,3 +537,27 @@ def report(result: analysis.Analysis, study_id: int, image: dict, user, mine_all
         st.caption("The consistency check runs when you save or sign.")
     if versions:
         _history(versions, names)
+
+
+def may_send_to_pacs(user) -> bool:
+    """A PACS is configured and the user's role may import (and so retrieve) studies."""
+    return bool(_deps.ctx().settings.pacs_url) and user.role in _signin.PAGE_ROLES["import_studies"]
+
+
+def send_to_pacs(study_uid: str, user) -> None:
+    """The study's final annotations, or else the AI's reading, to the PACS as DICOM SEG and SR; says what went."""
+    ctx = _deps.ctx()
+    try:
+        cfg = pacs.config(ctx.settings)
+        with st.spinner("Sending to the PACS (the AI models run first on images they have not read)…"):
+            done = pacs.store(ctx, cfg, study_uid, pacs.FORMATS, _deps.runner(), user_id=user.user_id,
+                              client=_signin.client())  # fmt: skip
+    except pacs.PacsError as exc:
+        st.error(f"Not sent to the PACS: {exc.message}")
+        return
+    kinds = [o["kind"].upper() for o in done.objects if o["status"] == "stored"]
+    what = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
+    source = "the final annotations" if done.source == "final" else f"the AI's reading ({', '.join(done.models)})"
+    st.success(f"Sent to the PACS at {cfg.url}: {what} from {source} · {RESEARCH_USE}")
+    for s in done.skipped:
+        st.warning(f"Image {s['image_id']}: {(s['kind'] or '').upper()} not sent: {s['reason']}")

@@ -28,6 +28,7 @@ with dbe.read(ctx.engine) as s:
         st.query_params["study"] = str(study_id)
     info = {
         "patient_id": study.patient_id,
+        "study_uid": study.study_instance_uid,
         "age": study.patient_age_years,
         "sex": study.patient_sex,
         "date": study.study_date,
@@ -103,6 +104,12 @@ with top[1].container(horizontal=True, horizontal_alignment="right", gap="small"
                 st.error(_signin.sentence(exc))
             else:
                 st.rerun()
+    send = _ai_panel.may_send_to_pacs(user) and st.button(
+        "Send to PACS", key="send_to_pacs", icon=":material/cloud_upload:",
+        help="The final annotations, or else the AI's reading, as DICOM SEG and SR (Research use only)",
+    )  # fmt: skip
+if send:
+    _ai_panel.send_to_pacs(info["study_uid"], user)
 st.caption(
     f"Status: **{info['status'].replace('_', ' ')}**"
     + (f" by {info['reviewed_by']}" if info["reviewed_by"] else "")

@@ -468,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     report_cli.add_parsers(sub)  # reports label, reports evaluate
 
+    from services import pacs_cli
+
+    pacs_cli.add_parsers(sub)  # pacs query, retrieve, store
+
     srv = sub.add_parser("serve", help="start the web app")
     srv.add_argument("--address", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8501)

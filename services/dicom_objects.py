@@ -5,6 +5,7 @@ that the SEG and SR have a DICOM instance to reference."""
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -65,6 +66,23 @@ def _clean(ds: Dataset) -> Dataset:
     return ds
 
 
+# Type 2 attributes of the patient and study modules that highdicom copies from the source into a SEG or SR: present
+# (empty where unknown) in every valid image, missing in some real ones (NIH's DX sample has no Patient's Birth Date).
+_TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                      "ReferringPhysicianName", "StudyID", "AccessionNumber")  # fmt: skip
+
+
+def with_type2(source: Dataset) -> Dataset:
+    """`source` (a copy) with the Type 2 attributes a derived object copies, empty where the source lacks them."""
+    missing = [k for k in _TYPE2_FROM_SOURCE if k not in source]
+    if not missing:
+        return source
+    out = copy.deepcopy(source)  # a header without pixels: small
+    for k in missing:
+        setattr(out, k, "")
+    return out
+
+
 def secondary_capture(
     pixels: np.ndarray, study: dict, pixel_spacing: tuple[float, float] | None, pixel_sha256: str
 ) -> Dataset:
@@ -113,13 +131,15 @@ def segmentation(source: Dataset, reading: Reading) -> Dataset | None:
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=hd.AlgorithmIdentificationSequence(
                     name=ai["id"], version=ai["version"], family=codes.DCM.ArtificialIntelligence,
-                    source=f"weights sha256 {ai['weights_sha256']}",
+                    # AlgorithmSource is an LO (64 characters): the sha256 goes into AlgorithmParameters (LT).
+                    source=MANUFACTURER, parameters={"weights_sha256": ai["weights_sha256"]},
                 ),
             )  # fmt: skip
         else:
             kw["algorithm_type"] = hd.seg.SegmentAlgorithmTypeValues.MANUAL
         descriptions.append(hd.seg.SegmentDescription(**kw))
     masks = np.stack([lm == v for v, _ in present], axis=-1)[None]
+    source = with_type2(source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         seg = hd.seg.Segmentation(
@@ -223,6 +243,7 @@ def structured_report(source: Dataset, reading: Reading) -> Dataset:
         imaging_measurements=groups or None,
         title=codes.DCM.ImagingMeasurementReport,
     )  # fmt: skip
+    source = with_type2(source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         sr = hd.sr.Comprehensive3DSR(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from db import audit
@@ -243,41 +244,49 @@ def _polygon_area(pts: np.ndarray) -> float:
 def _write_dicom(ctx: Context, fmt: str, item: Item, out_dir: Path) -> Exported:
     img = item.image
     result = Exported(img["id"], img["original_filename"], "exported", [])
+    objects, reason = dicom_datasets(ctx, fmt, item)
+    if reason:
+        result.status, result.reason = "skipped", reason
+        return result
+    suffixes = [""] if len(item.readings) == 1 else [f".{n + 1}" for n in range(len(item.readings))]
+    for kind, n, ds in objects:
+        name = f"{_stem(img)}.sc.dcm" if kind == "sc" else f"{_stem(img)}{suffixes[n]}.{fmt}.dcm"
+        _save(ds, out_dir / name)
+        result.files.append(name)
+    return result
+
+
+def dicom_datasets(ctx: Context, fmt: str, item: Item) -> tuple[list[tuple[str, int, Dataset]], str | None]:
+    """The SEG or SR objects of an item's readings as (kind, reading index, dataset), a PNG/JPEG source's Secondary
+    Capture ("sc") first where they reference it; or no objects and the reason (a file or PACS store shares this)."""
+    img = item.image
     path = ctx.store.path_for(img["file_sha256"])
     if not path.exists():
-        result.status, result.reason = "skipped", "its stored file is missing from the image store"
-        return result
+        return [], "its stored file is missing from the image store"
     try:
         if img["source_format"] == "dicom":
             source = dicom_io.source_dataset(path)
-        else:  # PNG / JPEG: a Secondary Capture of the pixels comes first, and is written beside
+        else:  # PNG / JPEG: a Secondary Capture of the pixels comes first
             pixels = windowing.render(dicom_io.load(path))
             source = dicom_objects.secondary_capture(pixels, img["study"], img["spacing"], img["pixel_sha256"])
     except dicom_io.ImageRejected as exc:
-        result.status, result.reason = "skipped", f"its stored file cannot be read ({exc.code})"
-        return result
+        return [], f"its stored file cannot be read ({exc.code})"
     except OSError as exc:  # the message would name the store's path
-        result.status, result.reason = "skipped", f"its stored file cannot be read ({type(exc).__name__})"
-        return result
+        return [], f"its stored file cannot be read ({type(exc).__name__})"
+    objects = []
     for n, reading in enumerate(item.readings):
-        suffix = "" if len(item.readings) == 1 else f".{n + 1}"
         ds = (
             dicom_objects.segmentation(source, reading)
             if fmt == "seg"
             else dicom_objects.structured_report(source, reading)
         )
-        if ds is None:
-            continue
-        name = f"{_stem(img)}{suffix}.{fmt}.dcm"
-        _save(ds, out_dir / name)
-        result.files.append(name)
-    if not result.files:
-        result.status, result.reason = "skipped", "no label map to write" if fmt == "seg" else "nothing to write"
-    elif img["source_format"] != "dicom":  # the instance the SEG / SR reference, written only when they are
-        name = f"{_stem(img)}.sc.dcm"
-        _save(source, out_dir / name)
-        result.files.insert(0, name)
-    return result
+        if ds is not None:
+            objects.append((fmt, n, ds))
+    if not objects:
+        return [], "no label map to write" if fmt == "seg" else "nothing to write"
+    if img["source_format"] != "dicom":  # the instance the SEG / SR reference, sent only when they are
+        objects.insert(0, ("sc", -1, source))
+    return objects, None
 
 
 def _save(ds, path: Path) -> None:

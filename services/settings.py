@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -25,6 +26,12 @@ class Settings:
     max_upload_mb: int
     device: str
     settings_file: Path | None
+    # PACS (DICOMweb): the URL without any user:password@ (taken out into the fields below); never repr'd.
+    pacs_url: str | None = None
+    pacs_user: str | None = field(default=None, repr=False)
+    pacs_password: str | None = field(default=None, repr=False)
+    pacs_timeout_s: float = 30.0
+    pacs_max_instances: int = 100
 
     @property
     def max_upload_bytes(self) -> int:
@@ -68,6 +75,22 @@ def load(env: dict[str, str] | None = None) -> Settings:
         make_url(db_url)
     except ArgumentError as exc:  # never echo the URL: it may hold a password
         raise SettingsError("CXR_REVIEW_DB_URL is not a valid SQLAlchemy database URL") from exc
+    pacs_url, pacs_user, pacs_password = _pacs_url(get("pacs_url", "").strip())
+    pacs_user = get("pacs_user", "") or pacs_user
+    pacs_password = get("pacs_password", "") or pacs_password
+    try:
+        pacs_timeout_s = float(get("pacs_timeout_s", "30"))
+        pacs_max_instances = int(get("pacs_max_instances", "100"))
+    except ValueError as exc:
+        raise SettingsError(
+            "CXR_REVIEW_PACS_TIMEOUT_S must be a number of seconds and CXR_REVIEW_PACS_MAX_INSTANCES a whole number"
+        ) from exc
+    if not 0 < pacs_timeout_s <= 3600:
+        raise SettingsError(f"CXR_REVIEW_PACS_TIMEOUT_S must be between 0 and 3600 seconds, not {pacs_timeout_s:g}")
+    if not 1 <= pacs_max_instances <= 100_000:
+        raise SettingsError(
+            f"CXR_REVIEW_PACS_MAX_INSTANCES must be between 1 and 100000, not {pacs_max_instances}"
+        )
     return Settings(
         db_url=db_url,
         data_dir=data_dir,
@@ -75,4 +98,27 @@ def load(env: dict[str, str] | None = None) -> Settings:
         max_upload_mb=max_upload_mb,
         device=device,
         settings_file=path if path.is_file() else None,
+        pacs_url=pacs_url,
+        pacs_user=pacs_user or None,
+        pacs_password=pacs_password or None,
+        pacs_timeout_s=pacs_timeout_s,
+        pacs_max_instances=pacs_max_instances,
     )
+
+
+def _pacs_url(url: str) -> tuple[str | None, str, str]:
+    """(the URL without user:password@, the user, the password) of CXR_REVIEW_PACS_URL. Errors never echo the URL: it
+    may hold a password."""
+    if not url:
+        return None, "", ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a port that is not a number)
+    except ValueError as exc:
+        raise SettingsError("CXR_REVIEW_PACS_URL is not a valid URL") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError("CXR_REVIEW_PACS_URL must be an http:// or https:// URL with a host name")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    clean = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return clean, unquote(parts.username or ""), unquote(parts.password or "")
