@@ -43,8 +43,11 @@ with st.expander("New evaluation set", expanded=not eval_sets.list_sets(ctx)):
     if source == "folder":
         c1, c2 = st.columns(2)
         folder = c1.text_input("Image folder (on the server)", key="ev_folder")
-        labels = c2.text_input("Labels CSV (on the server; NIH style: Image Index, Finding Labels)", key="ev_csv")
-        st.caption("Patient Age, Patient Gender, View Position and Source are used for subgroups when present. "
+        labels = c2.text_input(
+            "Labels CSV (on the server; NIH style: Image Index, Finding Labels)", key="ev_csv"
+        )
+        st.caption(f"Both under a dataset folder: {', '.join(map(str, ctx.settings.dataset_roots))}. "
+                   "Patient Age, Patient Gender, View Position and Source are used for subgroups when present. "
                    "Rows with unknown findings or images that are not found are left out and listed.")  # fmt: skip
     else:
         c1, c2, c3, c4, c5 = st.columns([1, 0.8, 1.4, 0.8, 0.8])
@@ -53,12 +56,15 @@ with st.expander("New evaluation set", expanded=not eval_sets.list_sets(ctx)):
         text = c3.text_input("Search", key="ev_text", placeholder="Patient ID, accession, description")
         age_min = c4.number_input("Age from", 0, 130, value=None, key="ev_age_min")
         age_max = c5.number_input("Age to", 0, 130, value=None, key="ev_age_max")
-        truth = st.radio("Ground truth", list(DB_TRUTH), format_func=DB_TRUTH.get, horizontal=True, key="ev_truth")
+        truth = st.radio(
+            "Ground truth", list(DB_TRUTH), format_func=DB_TRUTH.get, horizontal=True, key="ev_truth"
+        )
     if st.button("Create set", type="primary", key="ev_create"):
         try:
             with st.spinner("Reading the images…"):
                 if source == "folder":
-                    made = eval_sets.from_folder(ctx, name, folder.strip(), labels.strip(), user.user_id)
+                    made = eval_sets.from_folder(ctx, name, folder.strip(), labels.strip(), user.user_id,
+                                                 confined=True)  # fmt: skip
                 else:
                     flt = repo.WorklistFilter(sex=tuple(sex), view=view.strip() or None, text=text.strip() or None,
                                               age_min=age_min, age_max=age_max)  # fmt: skip
@@ -90,9 +96,15 @@ if info.report:
 
 # --- runs -------------------------------------------------------------------------------------------------------
 st.subheader("Runs")
-versions = [s.ref for s in runner.registry.specs() if s.task == "classification" and runner.registry.problem(s) is None]
+versions = [
+    s.ref
+    for s in runner.registry.specs()
+    if s.task == "classification" and runner.registry.problem(s) is None
+]
 c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
-chosen = c1.multiselect("Model versions", versions, key="ev_models", placeholder="Choose one or more versions")
+chosen = c1.multiselect(
+    "Model versions", versions, key="ev_models", placeholder="Choose one or more versions"
+)
 if c2.button("Run", type="primary", key="ev_run", disabled=not chosen):
     try:
         eval_runs.start(ctx, runner, set_id, chosen, user.user_id)
@@ -168,11 +180,29 @@ with tabs[1]:
     else:
         c1, c2 = st.columns(2)
         with c1:
-            st.plotly_chart(eval_figures.roc(report, model), config=eval_figures.config(f"roc_{finding}"), key=f"ev_roc_{key}")
-            _csv_button("ROC data as CSV", eval_metrics.curve_rows(report, "roc"), f"roc_{finding}.csv", f"ev_csv_roc_{key}")
+            st.plotly_chart(
+                eval_figures.roc(report, model),
+                config=eval_figures.config(f"roc_{finding}"),
+                key=f"ev_roc_{key}",
+            )
+            _csv_button(
+                "ROC data as CSV",
+                eval_metrics.curve_rows(report, "roc"),
+                f"roc_{finding}.csv",
+                f"ev_csv_roc_{key}",
+            )
         with c2:
-            st.plotly_chart(eval_figures.pr(report, model), config=eval_figures.config(f"pr_{finding}"), key=f"ev_pr_{key}")
-            _csv_button("PR data as CSV", eval_metrics.curve_rows(report, "pr"), f"pr_{finding}.csv", f"ev_csv_pr_{key}")
+            st.plotly_chart(
+                eval_figures.pr(report, model),
+                config=eval_figures.config(f"pr_{finding}"),
+                key=f"ev_pr_{key}",
+            )
+            _csv_button(
+                "PR data as CSV",
+                eval_metrics.curve_rows(report, "pr"),
+                f"pr_{finding}.csv",
+                f"ev_csv_pr_{key}",
+            )
 with tabs[2]:
     if "calibration" not in report:
         st.info(f"No image with a result and a label for {finding}.")
@@ -216,7 +246,9 @@ with tabs[5]:
         st.info("Run a second version on this set to compare.")
     else:
         other = st.selectbox("Against", others, key="ev_against")
-        b = _deps.eval_scored(set_id, other, tuple(r.id for r in runs if r.ref == other and r.status == "done"))
+        b = _deps.eval_scored(
+            set_id, other, tuple(r.id for r in runs if r.ref == other and r.status == "done")
+        )
         both = [f for f in scored.findings if f in b.findings]
         rows = [eval_metrics.compare(scored, b, f, n_boot) for f in both]
         other_stamp = tuple(r.id for r in runs if r.ref == other and r.status == "done")
@@ -234,4 +266,6 @@ with tabs[5]:
                   "difference [95%]": "not defined: " + r["undefined"] if r["undefined"]
                   else f"{r['difference']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"} for r in rows]  # fmt: skip
         st.dataframe(table, hide_index=True, width="stretch")
-        _csv_button("Comparison as CSV", table, f"compare_{ref}_{other}.csv", f"ev_csv_cmp_{set_id}_{ref}_{other}")
+        _csv_button(
+            "Comparison as CSV", table, f"compare_{ref}_{other}.csv", f"ev_csv_cmp_{set_id}_{ref}_{other}"
+        )

@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${CXR_REVIEW_SHARED_DIR:-$(cd .. && pwd)/shared}
 export CXR_REVIEW_MODELS_DIR=${CXR_REVIEW_MODELS_DIR:-$SHARED/models}
+# Folders whose images and labels a researcher may name on the Evaluation page: the sample data.
+export CXR_REVIEW_DATASET_ROOTS=${CXR_REVIEW_DATASET_ROOTS:-$SHARED/data}
 
 bash scripts/install.sh
 .venv/bin/cxr-review db upgrade

@@ -84,7 +84,9 @@ class SetInfo:
 
     @property
     def label(self) -> str:
-        return f"{self.name} v{self.version} ({self.n_items} images, truth: {TRUTH_SOURCES[self.truth_source]})"
+        return (
+            f"{self.name} v{self.version} ({self.n_items} images, truth: {TRUTH_SOURCES[self.truth_source]})"
+        )
 
 
 @dataclass
@@ -212,7 +214,11 @@ def _report_truth(s, image_ids: list[int]) -> dict[int, dict[str, bool | None]]:
         .where(ReportVersion.study_id.in_(set(study_of.values())), ReportVersion.status == ReportStatus.final)
         .group_by(ReportVersion.study_id)
     )
-    texts = dict(s.execute(select(ReportVersion.study_id, ReportVersion.text).where(ReportVersion.id.in_(newest))).all())
+    texts = dict(
+        s.execute(
+            select(ReportVersion.study_id, ReportVersion.text).where(ReportVersion.id.in_(newest))
+        ).all()
+    )
     by_study = {}
     for study_id, text in texts.items():
         values = labeller.values(labeller.label(text))
@@ -220,25 +226,34 @@ def _report_truth(s, image_ids: list[int]) -> dict[int, dict[str, bool | None]]:
     return {i: by_study[st] for i, st in study_of.items() if st in by_study}
 
 
-def read_database(ctx: Context, f: repo.WorklistFilter, truth_source: str) -> tuple[list[Row], list[str], list[dict]]:
+def read_database(
+    ctx: Context, f: repo.WorklistFilter, truth_source: str
+) -> tuple[list[Row], list[str], list[dict]]:
     """(rows, findings, problems) of the images of the studies the worklist filter matches, labelled by
     `truth_source` (verdicts | annotations). An image without any answer from the source is left out."""
     readers = {"verdicts": _verdict_truth, "annotations": _annotation_truth, "reports": _report_truth}
     if truth_source not in readers:
-        raise EvalSetRefused(f"stored studies take their truth from verdicts, annotations or reports, not {truth_source}")
+        raise EvalSetRefused(
+            f"stored studies take their truth from verdicts, annotations or reports, not {truth_source}"
+        )
     with dbe.read(ctx.engine) as s:
         ids = repo.image_ids(s, f)
         if not ids:
             raise EvalSetRefused("no stored study matches the filter")
         truth = readers[truth_source](s, ids)
         images = s.execute(
-            select(Image, Study).join(Study, Study.id == Image.study_id).where(Image.id.in_(ids)).order_by(Image.id)
+            select(Image, Study)
+            .join(Study, Study.id == Image.study_id)
+            .where(Image.id.in_(ids))
+            .order_by(Image.id)
         ).all()
         rows, problems = [], []
         for image, study in images:
             labels = truth.get(image.id, {})
             if not any(v is not None for v in labels.values()):
-                problems.append({"image_id": image.id, "reason": f"no ground truth from {TRUTH_SOURCES[truth_source]}"})
+                problems.append(
+                    {"image_id": image.id, "reason": f"no ground truth from {TRUTH_SOURCES[truth_source]}"}
+                )
                 continue
             rows.append(Row(
                 pixel_sha256=image.pixel_sha256, image_id=image.id, labels=labels,
@@ -302,9 +317,30 @@ def store(
     return Made(get(ctx, set_id), new, problems)
 
 
-def from_folder(ctx: Context, name: str, folder: Path, csv_path: Path, user_id: int) -> Made:
+def check_under_roots(folder: Path | str, csv_path: Path | str, roots: tuple[Path, ...]) -> None:
+    """Refuse a folder or labels file outside the dataset folders (CXR_REVIEW_DATASET_ROOTS), before anything is
+    read: a path typed in the browser must not read, or reveal the existence of, other files of the server."""
+    for what, path in (("image folder", folder), ("labels CSV", csv_path)):
+        if not str(path).strip():
+            continue
+        resolved = Path(path).expanduser().resolve()  # symbolic links and .. followed first
+        if not any(resolved.is_relative_to(root) for root in roots):
+            raise EvalSetRefused(
+                f"the {what} must lie under a dataset folder ({', '.join(map(str, roots))}; "
+                "CXR_REVIEW_DATASET_ROOTS sets them)"
+            )
+
+
+def from_folder(
+    ctx: Context, name: str, folder: Path, csv_path: Path, user_id: int, *, confined: bool = False
+) -> Made:
+    """A set from a folder and its labels CSV. `confined` (the browser): only under the dataset folders."""
+    if confined:
+        check_under_roots(folder, csv_path, ctx.settings.dataset_roots)
     rows, findings, problems = read_folder(folder, csv_path, ctx.settings.max_upload_bytes)
-    return store(ctx, name, "folder", "csv", rows, findings, problems, user_id, folder=str(Path(folder).resolve()))
+    return store(
+        ctx, name, "folder", "csv", rows, findings, problems, user_id, folder=str(Path(folder).resolve())
+    )
 
 
 def from_database(ctx: Context, name: str, f: repo.WorklistFilter, truth_source: str, user_id: int) -> Made:
@@ -342,7 +378,9 @@ class Item:
 
 def items(ctx: Context, set_id: int) -> list[Item]:
     with dbe.read(ctx.engine) as s:
-        rows = s.scalars(select(EvalSetItem).where(EvalSetItem.set_id == set_id).order_by(EvalSetItem.position))
+        rows = s.scalars(
+            select(EvalSetItem).where(EvalSetItem.set_id == set_id).order_by(EvalSetItem.position)
+        )
         return [
             Item(r.id, r.pixel_sha256, json.loads(r.labels), r.file_name, r.image_id, r.patient_sex,
                  r.patient_age_years, r.view_position, r.source)

@@ -32,6 +32,9 @@ class Settings:
     pacs_password: str | None = field(default=None, repr=False)
     pacs_timeout_s: float = 30.0
     pacs_max_instances: int = 100
+    # Folders whose images and label files a researcher may name in the browser (evaluation sets): nothing else on
+    # the server can be read that way.
+    dataset_roots: tuple[Path, ...] = ()
 
     @property
     def max_upload_bytes(self) -> int:
@@ -86,7 +89,9 @@ def load(env: dict[str, str] | None = None) -> Settings:
             "CXR_REVIEW_PACS_TIMEOUT_S must be a number of seconds and CXR_REVIEW_PACS_MAX_INSTANCES a whole number"
         ) from exc
     if not 0 < pacs_timeout_s <= 3600:
-        raise SettingsError(f"CXR_REVIEW_PACS_TIMEOUT_S must be between 0 and 3600 seconds, not {pacs_timeout_s:g}")
+        raise SettingsError(
+            f"CXR_REVIEW_PACS_TIMEOUT_S must be between 0 and 3600 seconds, not {pacs_timeout_s:g}"
+        )
     if not 1 <= pacs_max_instances <= 100_000:
         raise SettingsError(
             f"CXR_REVIEW_PACS_MAX_INSTANCES must be between 1 and 100000, not {pacs_max_instances}"
@@ -103,7 +108,21 @@ def load(env: dict[str, str] | None = None) -> Settings:
         pacs_password=pacs_password or None,
         pacs_timeout_s=pacs_timeout_s,
         pacs_max_instances=pacs_max_instances,
+        dataset_roots=_roots(
+            file_values.get("dataset_roots")
+            if not env.get("CXR_REVIEW_DATASET_ROOTS")
+            else env["CXR_REVIEW_DATASET_ROOTS"],
+            data_dir,
+        ),
     )
+
+
+def _roots(value, data_dir: Path) -> tuple[Path, ...]:
+    """CXR_REVIEW_DATASET_ROOTS (folders joined by os.pathsep) or the settings file's `dataset_roots` (a list or
+    such a string); default: <data dir>/datasets."""
+    parts = value if isinstance(value, list) else str(value or "").split(os.pathsep)
+    roots = tuple(Path(str(p)).expanduser().resolve() for p in parts if str(p).strip())
+    return roots or (data_dir / "datasets",)
 
 
 def _pacs_url(url: str) -> tuple[str | None, str, str]:

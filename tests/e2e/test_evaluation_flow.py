@@ -6,6 +6,7 @@ set at a target sensitivity of 0.9."""
 from __future__ import annotations
 
 import csv
+import os
 import re
 
 import pytest
@@ -25,7 +26,8 @@ def app(run_streamlit, tmp_path_factory):
     if not nih.is_dir():
         pytest.skip(f"shared data not found at {nih}")
     folder = tmp_path_factory.mktemp("evaluation-e2e")
-    env, ctx = fresh_app_data(folder / "data", {"res": ("researcher", PASSWORD)})
+    env, ctx = fresh_app_data(folder / "data", {"res": ("researcher", PASSWORD)},
+                              CXR_REVIEW_DATASET_ROOTS=os.pathsep.join([str(nih), str(folder)]))  # fmt: skip
     with open(nih / "labels.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         rows = [r for _, r in zip(range(N), reader, strict=False)]

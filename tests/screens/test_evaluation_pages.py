@@ -6,6 +6,7 @@ and a threshold set chosen at a target sensitivity, saved by a researcher and pu
 from __future__ import annotations
 
 import csv
+import os
 import time
 
 import pytest
@@ -25,7 +26,9 @@ def password(name: str) -> str:
 
 
 @pytest.fixture
-def world(app_ctx, shared_data, tmp_path):
+def world(app_ctx, shared_data, tmp_path, monkeypatch):
+    # The browser may name folders under the dataset roots only: the shared images and this test's labels.
+    monkeypatch.setenv("CXR_REVIEW_DATASET_ROOTS", os.pathsep.join([str(shared_data / "nih"), str(tmp_path)]))
     for name, role in USERS.items():
         auth.add_user(app_ctx.engine, name, role, password(name))
     nih = shared_data / "nih"
@@ -140,3 +143,21 @@ def test_a_threshold_set_at_a_target_sensitivity_is_saved_and_put_in_force_by_an
     assert threshold_sets.in_force(ctx, spec).source == "screening v1"
     at.button(key="ts_rollback").click().run()
     assert threshold_sets.in_force(ctx, spec).source == threshold_sets.DEFAULTS
+
+
+def test_a_folder_outside_the_dataset_roots_is_refused_before_anything_is_read(world, tmp_path_factory):
+    ctx, folder, labels = world
+    outside = tmp_path_factory.mktemp("elsewhere")
+    secret = outside / "labels.csv"
+    secret.write_text("Image Index,Finding Labels\n")
+    at = page("res", "evaluation")
+    at.text_input(key="ev_name").input("sneaky")
+    for f, csv_path in ((outside, labels), (folder, secret), (folder / ".." / ".." / "..", labels),
+                        (outside / "no-such-folder", labels)):  # fmt: skip
+        at.text_input(key="ev_folder").input(str(f))
+        at.text_input(key="ev_csv").input(str(csv_path))
+        at.button(key="ev_create").click().run()
+        assert not at.exception
+        (err,) = at.error
+        assert "must lie under a dataset folder" in err.value and "does not exist" not in err.value
+    assert eval_sets.list_sets(ctx) == []
