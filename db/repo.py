@@ -209,11 +209,28 @@ def list_studies(
     return out, total
 
 
+# Patient IDs that name nobody: what anonymisers and exports write where the real one was removed. Ids of only
+# zeros (or empty) are caught separately.
+PLACEHOLDER_PATIENT_IDS = ("ANON", "ANONYMOUS", "ANONYMIZED", "ANONYMISED", "UNKNOWN", "NONE", "NULL", "N/A", "NA",
+                           "-", "?", "X", "XXX", "XXXX", "NO ID", "NOID", "UNK", "TEST", "PATIENT")  # fmt: skip
+
+
+def _named(study):
+    """A Patient ID that names one person: present, not blank, not all zeros, not a placeholder."""
+    pid = func.upper(func.trim(study.patient_id))
+    return study.patient_id.is_not(None) & (func.ltrim(pid, "0") != "") & pid.not_in(PLACEHOLDER_PATIENT_IDS)
+
+
 def _same_patient(other, study):
-    """Studies of one patient: the same Patient ID from the same issuer (both without one counts as the same)."""
+    """Studies of one patient: the same named Patient ID from the same issuer, never without one (a bare id such
+    as NIH's "75" is another data set's "75" too), and no sex disagreeing where both record it."""
     return (
         (other.patient_id == study.patient_id)
-        & other.issuer_of_patient_id.is_not_distinct_from(study.issuer_of_patient_id)
+        & _named(study)
+        & study.issuer_of_patient_id.is_not(None)
+        & (func.trim(study.issuer_of_patient_id) != "")
+        & (other.issuer_of_patient_id == study.issuer_of_patient_id)
+        & or_(other.patient_sex.is_(None), study.patient_sex.is_(None), other.patient_sex == study.patient_sex)
         & (other.id != study.id)
     )
 
@@ -225,7 +242,8 @@ def _is_prior(other, study):
 
 
 def patient_studies(s: Session, study_id: int) -> list[Study]:
-    """The other studies of this study's patient, newest first (undated last); none without a Patient ID."""
+    """The other studies of this study's patient, newest first (undated last); none without a named Patient ID
+    and an issuer (see _same_patient)."""
     other, this = aliased(Study), aliased(Study)
     q = (
         select(other)

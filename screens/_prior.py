@@ -9,8 +9,18 @@ import streamlit as st
 from inference.types import RESEARCH_USE
 from screens import _ai_panel, _deps
 from services import analysis, priors
+from viewer import dicom_io
 
 MODES = ["side by side", "aligned", "difference"]
+# What a prior whose stored film (or AI outline) is gone or undecodable raises: the prior pane says so, the rest
+# of the page (the current film, its verdicts and report) renders.
+UNREADABLE = (FileNotFoundError, dicom_io.ImageRejected, priors.LabelMapUnreadable)
+
+
+def _cannot_show(exc: Exception) -> None:
+    why = exc.message if isinstance(exc, dicom_io.ImageRejected) else (
+        "its stored file is missing" if isinstance(exc, FileNotFoundError) else str(exc))  # fmt: skip
+    st.error(f"The prior cannot be shown: {why}.")
 
 
 def controls(prior: priors.Prior | None, study_id: int) -> dict | None:
@@ -26,6 +36,11 @@ def controls(prior: priors.Prior | None, study_id: int) -> dict | None:
     more = f" · {n} more stud{'y' if n == 1 else 'ies'} of this patient" if n else ""
     days = f"{prior.days_before} day{'s' * (prior.days_before != 1)}"
     st.caption(f"{prior.study_date} · {days} before this study{more}")
+    if not prior.comparable:
+        st.info(prior.note[0].upper() + prior.note[1:] + ".")
+        return None
+    if prior.note:
+        st.caption(f"Prior: {prior.note}")
     if not on:
         return None
     mode = st.radio("Prior view", MODES, key=f"prior_mode_{study_id}",
@@ -45,7 +60,13 @@ def analyses(cmp: dict | None, prior: priors.Prior | None, now: analysis.Analysi
     if cmp is None or prior is None or (cmp["mode"] == "side by side" and now is None):
         return now, None
     with cmp["notes"]:
-        return now or _ai_panel.load(ai_image), _ai_panel.load(_prior_image(prior))
+        now = now or _ai_panel.load(ai_image)
+        try:
+            return now, _ai_panel.load(_prior_image(prior))
+        except UNREADABLE as exc:
+            _cannot_show(exc)
+            cmp["failed"] = True
+            return now, None
 
 
 def pane(
@@ -53,10 +74,14 @@ def pane(
     now: analysis.Analysis | None, then: analysis.Analysis | None,
 ) -> dict | None:
     """The canvas's compare pane, or None. A prior that cannot be aligned is shown as it is, with the reason."""
-    if cmp is None or prior is None:
+    if cmp is None or prior is None or cmp.get("failed"):
         return None
     with cmp["notes"]:
-        return _pane(cmp, prior, im, img, window, invert, date, now, then)
+        try:
+            return _pane(cmp, prior, im, img, window, invert, date, now, then)
+        except UNREADABLE as exc:
+            _cannot_show(exc)
+            return None
 
 
 def _pane(cmp, prior, im, img, window, invert, date, now, then) -> dict:
@@ -67,14 +92,15 @@ def _pane(cmp, prior, im, img, window, invert, date, now, then) -> dict:
         img.header.source_format, img.header.bits_stored)  # fmt: skip
     win = (window.center, window.width) if window else None
     prior_win = win if same_scale else None
-    matrix, caption = None, f"Prior {prior.study_date} · as acquired, scaled to fit"
+    who = f" · Patient ID {prior.patient_id}" if prior.patient_id else ""  # the same patient as the current film
+    matrix, caption = None, f"Prior {prior.study_date}{who} · as acquired, scaled to fit"
     if cmp["mode"] != "side by side":
         reg = priors.align(_deps.ctx(), now, then, shape, (prior.image["rows"], prior.image["columns"]))
         if not reg.ok:
             st.warning(f"The prior is not aligned: {reg.reason}. The two films are shown side by side, unaligned.")
         else:
             matrix = tuple(map(tuple, reg.matrix.tolist()))
-            caption = f"Prior {prior.study_date} · aligned on the lungs (overlap {reg.iou:.0%})"
+            caption = f"Prior {prior.study_date}{who} · aligned on the lungs (overlap {reg.iou:.0%})"
     current_caption = f"Current {date}" if date else "Current"
     if matrix is not None and cmp["mode"] == "difference":
         png = _deps.difference_png(im["sha"], prior.image["file_sha256"], invert, matrix, now.anatomy["label_map"])
@@ -83,7 +109,7 @@ def _pane(cmp, prior, im, img, window, invert, date, now, then) -> dict:
             f"lungs: brighter = denser now, darker = clearer now. Aligned on lungs from {_ai_panel.provenance(now.anatomy)} · "
             f":orange[{RESEARCH_USE}]"
         )
-        return {"png": png, "caption": f"Current − prior {prior.study_date}", "current_caption": current_caption,
+        return {"png": png, "caption": f"Current − prior {prior.study_date}{who}", "current_caption": current_caption,
                 "windowed": False}  # fmt: skip
     if matrix is not None:
         st.caption(f"Aligned on lungs from {_ai_panel.provenance(now.anatomy)} · :orange[{RESEARCH_USE}]")

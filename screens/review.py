@@ -61,7 +61,6 @@ if st.session_state.get("opened_study") != study_id and user.role in ("radiologi
     info["status"] = "in_review" if info["status"] == "new" else info["status"]
 
 flt, sort, desc = st.session_state.get("worklist_query", (repo.WorklistFilter(), "imported", True))
-prior = priors.find(ctx.engine, study_id)
 
 
 def go(step: int) -> None:
@@ -128,6 +127,7 @@ if len(images) > 1:
 else:
     idx = 0
 im = images[idx]
+prior = priors.find(ctx.engine, study_id, im["view"])  # frontal with frontal only
 try:
     img = _deps.decoded(im["sha"])
 except dicom_io.ImageRejected as exc:

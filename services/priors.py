@@ -17,8 +17,10 @@ from services.context import Context
 from viewer import registration
 
 FRONTAL = ("PA", "AP", "AP SUPINE")
+LATERAL = ("LL", "RL", "LATERAL", "LAT", "L", "R LATERAL", "L LATERAL")
 # inference.postprocess.anatomy_problems about the lungs themselves (the others are about heart and CTR)
 LUNG_PROBLEMS = ("lung fields cover", "one lung field", "the smaller lung field")
+VIEW_NOT_RECORDED = "the view is not recorded: check that both films are frontal"
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,21 @@ class Prior:
     study_id: int
     study_date: dt.date | None
     days_before: int | None  # current study date minus the prior's
-    image: dict  # the prior film shown: {id, file_sha256, pixel_sha256, view, rows, columns}
+    # the prior film shown: {id, file_sha256, pixel_sha256, view, rows, columns}; None: no comparable prior (note)
+    image: dict | None
     others: int  # the patient's other studies besides this one and this prior (later and undated ones too)
+    patient_id: str | None = None  # the prior's (the same as the current study's: it is the same patient)
+    note: str | None = None  # why there is no comparable prior, or that a view is not recorded
+
+    @property
+    def comparable(self) -> bool:
+        return self.image is not None
+
+
+def view_kind(view: str | None) -> str:
+    """"frontal", "lateral", "unknown" (not recorded) or "other" (oblique, CT slice, ...)."""
+    v = (view or "").strip().upper()
+    return "unknown" if not v else "frontal" if v in FRONTAL else "lateral" if v in LATERAL else "other"
 
 
 def _image_dict(im) -> dict:
@@ -35,23 +50,42 @@ def _image_dict(im) -> dict:
             "view": im.view_position, "rows": im.rows, "columns": im.columns}  # fmt: skip
 
 
-def find(engine, study_id: int) -> Prior | None:
-    """The prior to compare with, and its frontal film (the first PA/AP one, else its first image)."""
+def _comparable_film(images) -> tuple[object | None, bool]:
+    """A study's film to compare with a frontal one: its first frontal film, else its first of unrecorded view
+    (True: the view is not recorded); a lateral never."""
+    for kind in ("frontal", "unknown"):
+        if im := next((im for im in images if view_kind(im.view_position) == kind), None):
+            return im, kind == "unknown"
+    return None, False
+
+
+def find(engine, study_id: int, current_view: str | None = None) -> Prior | None:
+    """The prior to compare the current film (of view `current_view`) with: the patient's latest earlier study
+    with a frontal film (or one of unrecorded view, said in `note`), frontal with frontal only. None without an
+    earlier study; a Prior with image None and the reason in `note` where none is comparable."""
     with dbe.read(engine) as s:
-        study, prior = repo.get_study(s, study_id), repo.prior_study(s, study_id)
-        if study is None or prior is None:
+        study = repo.get_study(s, study_id)
+        if study is None or study.study_date is None:
             return None
-        images = repo.study_images(s, prior.id)
-        if not images:
+        linked = repo.patient_studies(s, study_id)  # newest first
+        earlier = [x for x in linked if x.study_date is not None and x.study_date < study.study_date]
+        if not earlier:
             return None
-        frontal = next((im for im in images if (im.view_position or "").upper() in FRONTAL), images[0])
-        return Prior(
-            study_id=prior.id,
-            study_date=prior.study_date,
-            days_before=(study.study_date - prior.study_date).days,
-            image=_image_dict(frontal),
-            others=len(repo.patient_studies(s, study_id)) - 1,
-        )
+
+        def made(prior, image: dict | None, note: str | None) -> Prior:
+            return Prior(study_id=prior.id, study_date=prior.study_date,
+                         days_before=(study.study_date - prior.study_date).days, image=image,
+                         others=len(linked) - 1, patient_id=prior.patient_id, note=note)  # fmt: skip
+
+        if (kind := view_kind(current_view)) in ("lateral", "other"):
+            return made(earlier[0], None, f"no comparable prior: this film is a {current_view} view, and priors are "
+                                          "compared frontal with frontal")  # fmt: skip
+        for prior in earlier:
+            film, unrecorded = _comparable_film(repo.study_images(s, prior.id))
+            if film is not None:
+                note = VIEW_NOT_RECORDED if unrecorded or kind == "unknown" else None
+                return made(prior, _image_dict(film), note)
+        return made(earlier[0], None, "no comparable prior: the patient's earlier studies have no frontal film")
 
 
 # --- the AI's change -------------------------------------------------------------------------------------------
@@ -102,12 +136,25 @@ def ai_change(now: analysis.Analysis, then: analysis.Analysis) -> Change:
 
 
 # --- alignment and pictures -------------------------------------------------------------------------------------
-def mask_at(path: str, shape: tuple[int, int]) -> np.ndarray:
-    """The lungs of a stored label map (its path) at a film's size (rows, columns)."""
-    lm = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+class LabelMapUnreadable(Exception):
+    """A stored AI label map is missing or cannot be decoded."""
+
+
+def _label_map_at(path: str, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        lm = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    except OSError as exc:
+        raise LabelMapUnreadable(f"the stored AI outline is missing ({type(exc).__name__})") from exc
+    if lm is None or lm.ndim != 2:
+        raise LabelMapUnreadable("the stored AI outline cannot be decoded")
     if lm.shape != shape:
         lm = cv2.resize(lm, shape[::-1], interpolation=cv2.INTER_NEAREST)
-    return lm == analysis.LUNGS
+    return lm
+
+
+def mask_at(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """The lungs of a stored label map (its path) at a film's size (rows, columns); LabelMapUnreadable."""
+    return _label_map_at(path, shape) == analysis.LUNGS
 
 
 def _unusable(result: analysis.Analysis) -> str | None:
@@ -124,7 +171,8 @@ def _unusable(result: analysis.Analysis) -> str | None:
 def align(
     ctx: Context, now: analysis.Analysis, then: analysis.Analysis, now_shape, then_shape
 ) -> registration.Registration:
-    """The prior aligned to the current film on the AI's lung masks, or refused with the reason."""
+    """The prior aligned to the current film on the AI's lung masks (the heart telling left from right), or
+    refused with the reason."""
     for name, result in (("current", now), ("prior", then)):
         if (why := _unusable(result)) is not None:
             return registration.Registration(None, None, None, f"the {name} film: {why}")
@@ -137,7 +185,15 @@ def align(
 @lru_cache(maxsize=64)
 def _align_maps(now_path: str, then_path: str, now_shape, then_shape) -> registration.Registration:
     # Keyed by content-addressed paths: a cached alignment always belongs to these two label maps.
-    return registration.register(mask_at(now_path, now_shape), mask_at(then_path, then_shape))
+    maps = []
+    for name, path, shape in (("current", now_path, now_shape), ("prior", then_path, then_shape)):
+        try:
+            maps.append(_label_map_at(path, shape))
+        except LabelMapUnreadable as exc:
+            return registration.Registration(None, None, None, f"the {name} film: {exc}")
+    (now_lm, then_lm) = maps
+    return registration.register(now_lm == analysis.LUNGS, then_lm == analysis.LUNGS,
+                                 now_lm == analysis.HEART, then_lm == analysis.HEART)  # fmt: skip
 
 
 def prior_picture(prior8: np.ndarray, shape: tuple[int, int], matrix: np.ndarray | None) -> np.ndarray:

@@ -25,6 +25,9 @@ ALIASES = {
 }
 
 
+MAX_OFFSET_DAYS = 36_500  # an `offset` beyond a century from day zero is a typo, not a film's date
+
+
 class SidecarError(Exception):
     pass
 
@@ -81,11 +84,18 @@ def load(path: Path, *, issuer: str | None = None, day_zero: dt.date | None = No
                         values[field] = date
                     elif field == "offset":
                         try:
-                            days = int(float(raw))
-                        except ValueError:
+                            days = int(float(raw))  # "inf" and "1e400" overflow: ValueError's cousin
+                        except (ValueError, OverflowError):
                             raise SidecarError(f"{path.name} line {line}: offset {raw!r} is not a number of days") from None
+                        if abs(days) > MAX_OFFSET_DAYS:
+                            raise SidecarError(f"{path.name} line {line}: offset {raw!r} is more than "
+                                               f"{MAX_OFFSET_DAYS} days (a century) from day zero")  # fmt: skip
                         if day_zero is not None:
-                            values.setdefault("study_date", day_zero + dt.timedelta(days=days))
+                            try:
+                                values.setdefault("study_date", day_zero + dt.timedelta(days=days))
+                            except OverflowError:  # a day zero near year 1 or 9999
+                                raise SidecarError(f"{path.name} line {line}: offset {raw!r} from the day zero "
+                                                   "leaves the calendar (years 1–9999)") from None  # fmt: skip
                     elif field == "patient_sex":
                         values[field] = raw[0].upper() if raw[0].upper() in "MFO" else None
                     else:

@@ -24,6 +24,9 @@ FINE_SCALE_STEPS = (0.97, 0.985, 1.015, 1.03)  # then around the best of those
 SCALE_RANGE = (0.25, 4.0)  # prior pixels per current pixel: films come in many sizes
 MAX_ANISOTROPY = 1.5  # one axis stretched this much more than the other: pixels are square, chests are not that
 MAX_AFFINE_ANISOTROPY = 1.25  # what the affine refinement may stretch one axis more than the other
+MIN_HEART_FRACTION = 0.005  # a heart outline smaller than this (of the film) tells no side
+MIN_HEART_OFFSET = 0.02  # the heart's centroid this far (of the film's width) off the lungs' midline tells a side
+MIRRORED = "the prior looks mirrored left–right (aligned on the lungs, its heart is not on the current heart's side)"
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,34 @@ def _implausible(w: np.ndarray, max_anisotropy: float = MAX_ANISOTROPY) -> str |
     return None
 
 
-def register(current_lungs: np.ndarray, prior_lungs: np.ndarray) -> Registration:
-    """Align the prior's lung mask (bool or 0/1, its film's size) to the current's (its film's size).
+def _heart_offset(heart: np.ndarray, midline_x: float) -> float | None:
+    """The heart's centroid right (+) or left (-) of the midline, in work pixels; None where there is no heart."""
+    return None if heart.mean() < MIN_HEART_FRACTION else _centroid_area(heart)[0][0] - midline_x
+
+
+def _mirrored(w: np.ndarray, current_heart, prior_heart, midline_x: float) -> bool:
+    """Whether the prior's heart, carried into the current frame by w, is not on the current heart's side of the
+    current lungs' midline (not even half as far out): both lungs together are nearly symmetric, so the lungs
+    alone align a film flipped left–right about as well as the right one, its heart then near the midline or
+    across it."""
+    if current_heart is None or prior_heart is None:
+        return False
+    now = _heart_offset(_work_mask(current_heart > 0), midline_x)
+    back = cv2.warpAffine(_work_mask(prior_heart > 0), w, (WORK, WORK), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    then = _heart_offset(back, midline_x)
+    if now is None or then is None or abs(now) < MIN_HEART_OFFSET * WORK:
+        return False  # no heart outline on a film, or a heart too central to tell a side
+    return then * math.copysign(1.0, now) < abs(now) / 2
+
+
+def register(
+    current_lungs: np.ndarray,
+    prior_lungs: np.ndarray,
+    current_heart: np.ndarray | None = None,
+    prior_heart: np.ndarray | None = None,
+) -> Registration:
+    """Align the prior's lung mask (bool or 0/1, its film's size) to the current's (its film's size). The hearts
+    (the same sizes), where given, tell left from right: a prior whose heart lands on the other side is refused.
 
     A similarity (shift, rotation, one scale): disease changes a lung outline (a consolidation drops out of an
     AI's mask), and a full affine fit bends the whole film to follow it; a similarity cannot. For each scale
@@ -150,6 +179,8 @@ def register(current_lungs: np.ndarray, prior_lungs: np.ndarray) -> Registration
     full = _to_full(w, current_lungs.shape, prior_lungs.shape)
     if (why := _implausible(full)) is not None:
         return _refused(why, None, iou_before)
+    if _mirrored(w, current_heart, prior_heart, cf[0]):
+        return _refused(MIRRORED, iou, iou_before)
     if iou < MIN_IOU:
         return _refused(
             f"the lungs overlap only {iou:.0%} after alignment (at least {MIN_IOU:.0%} needed)", iou, iou_before

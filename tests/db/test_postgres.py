@@ -247,19 +247,22 @@ def test_worklist_filters_sorts_pages_and_neighbours_match_sqlite(pg, lite):
 
 
 def test_priors_link_by_patient_and_issuer_as_on_sqlite(pg, lite):
-    """IS NOT DISTINCT FROM on the issuer (NULL = NULL), dates strictly earlier, undated never a prior."""
+    """A named Patient ID and the same non-NULL issuer (a NULL issuer links nobody, nor does a placeholder id or
+    a disagreeing sex), dates strictly earlier, undated never a prior."""
     day = dt.date(2024, 1, 1)
-    studies = [  # (patient, issuer, date)
-        ("A", None, day), ("A", None, day + dt.timedelta(days=9)), ("A", "H2", day + dt.timedelta(days=20)),
-        ("A", None, None), ("B", "H2", day), ("B", "H2", day + dt.timedelta(days=1)), (None, None, day),
-        (None, None, day + dt.timedelta(days=3)),
+    studies = [  # (patient, issuer, date, sex)
+        ("A", "H1", day, None), ("A", "H1", day + dt.timedelta(days=9), "F"), ("A", "H2", day + dt.timedelta(days=20), None),
+        ("A", "H1", None, None), ("B", "H2", day, None), ("B", "H2", day + dt.timedelta(days=1), None), (None, None, day, None),
+        (None, None, day + dt.timedelta(days=3), None), ("A", None, day, None), ("A", None, day + dt.timedelta(days=40), None),
+        ("ANON", "H1", day, None), (" anon", "H1", day + dt.timedelta(days=2), None), ("C", "H1", day, "F"),
+        ("C", "H1", day + dt.timedelta(days=5), "M"), ("00", "H1", day, None), ("00", "H1", day + dt.timedelta(days=1), None),
     ]  # fmt: skip
 
     def found(engine):
         def tx(s):
-            for i, (patient, issuer, date) in enumerate(studies):
+            for i, (patient, issuer, date, sex) in enumerate(studies):
                 repo.get_or_create_study(s, f"1.2.9.{i}", patient_id=patient, issuer_of_patient_id=issuer,
-                                         study_date=date)  # fmt: skip
+                                         study_date=date, patient_sex=sex)  # fmt: skip
 
         dbe.write(engine, tx)
         with dbe.read(engine) as s:
@@ -276,6 +279,8 @@ def test_priors_link_by_patient_and_issuer_as_on_sqlite(pg, lite):
     assert [k for k, v in sorted(has.items()) if v] == ["1.2.9.1", "1.2.9.5"]
     assert prior["1.2.9.1"] == "1.2.9.0" and prior["1.2.9.5"] == "1.2.9.4" and prior["1.2.9.2"] is None
     assert linked["1.2.9.0"] == ["1.2.9.1", "1.2.9.3"] and linked["1.2.9.7"] == []  # no Patient ID: no link
+    assert linked["1.2.9.9"] == [] and linked["1.2.9.11"] == [] and linked["1.2.9.13"] == []  # no issuer, "ANON", sex
+    assert linked["1.2.9.15"] == []  # an id of zeros
 
 
 # --- timestamps --------------------------------------------------------------------------------------------------

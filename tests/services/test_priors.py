@@ -14,11 +14,18 @@ LIMIT = 50 * 2**20
 FOLLOWUP_ISSUER = "ieee8023-covid-chestxray"
 
 
-def _dicom_copy(shared_data, tmp_path, name, patient_id, date, issuer=None):
+HOSP = "HOSP-A"
+
+
+def _dicom_copy(shared_data, tmp_path, name, patient_id, date, issuer=HOSP, sex=None, view=None):
     ds = pydicom.dcmread(shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm")
     ds.PatientID, ds.StudyDate = patient_id, date
     if issuer:
         ds.IssuerOfPatientID = issuer
+    if sex is not None:
+        ds.PatientSex = sex
+    if view is not None:
+        ds.ViewPosition = view
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (pydicom.uid.generate_uid() for _ in range(3))
     ds.PixelData = ds.PixelData[:-2] + bytes([len(name), 7])  # other pixels: not a duplicate of the others
     ds.save_as(tmp_path / name)
@@ -64,6 +71,51 @@ def test_undated_studies_are_never_priors(ctx, shared_data, tmp_path):
         assert [x.id for x in repo.patient_studies(s, dated)] == [undated]
 
 
+def test_the_same_patient_id_without_an_issuer_links_nobody(ctx, shared_data, tmp_path):
+    # Two imports with the same bare id (DICOMs without the tag, PNGs imported without --issuer): two people, as
+    # likely as one. A placeholder id links nobody even with an issuer.
+    bare = [_study(ctx, _dicom_copy(shared_data, tmp_path, f"n{i}.dcm", "75", d, issuer=None))
+            for i, d in enumerate(("20240105", "20240301"))]  # fmt: skip
+    anon = [_study(ctx, _dicom_copy(shared_data, tmp_path, f"a{i}.dcm", pid, d))
+            for i, (pid, d) in enumerate((("ANON", "20240105"), ("anon ", "20240301"), ("000", "20240101"),
+                                          ("000", "20240401"), ("UNKNOWN", "20240101"), ("Unknown", "20240501")))]  # fmt: skip
+    assert _worklist(ctx) == dict.fromkeys(bare + anon, False)
+    with dbe.read(ctx.engine) as s:
+        assert all(repo.patient_studies(s, i) == [] for i in bare + anon)
+    assert priors.find(ctx.engine, bare[1]) is None
+
+
+def test_the_same_patient_id_and_issuer_with_another_sex_is_not_linked(ctx, shared_data, tmp_path):
+    first = _study(ctx, _dicom_copy(shared_data, tmp_path, "f.dcm", "PAT-9", "20240105", sex="F"))
+    male = _study(ctx, _dicom_copy(shared_data, tmp_path, "m.dcm", "PAT-9", "20240301", sex="M"))
+    unknown = _study(ctx, _dicom_copy(shared_data, tmp_path, "u.dcm", "PAT-9", "20240401", sex=""))
+    assert priors.find(ctx.engine, male) is None
+    assert priors.find(ctx.engine, unknown).study_id == male  # a sex not recorded contradicts nothing
+    with dbe.read(ctx.engine) as s:
+        assert [x.id for x in repo.patient_studies(s, first)] == [unknown]
+
+
+def test_frontal_is_compared_with_frontal_only(ctx, shared_data, tmp_path):
+    pa = _study(ctx, _dicom_copy(shared_data, tmp_path, "pa.dcm", "PAT-7", "20240105", view="PA"))
+    lat = _study(ctx, _dicom_copy(shared_data, tmp_path, "ll.dcm", "PAT-7", "20240201", view="LL"))
+    ap = _study(ctx, _dicom_copy(shared_data, tmp_path, "ap.dcm", "PAT-7", "20240301", view="AP"))
+    # The latest earlier study is a lateral: the frontal one before it is the prior.
+    p = priors.find(ctx.engine, ap, "AP")
+    assert (p.study_id, p.image["view"], p.note) == (pa, "PA", None)
+    # A lateral current film has no comparable prior, and says so.
+    p = priors.find(ctx.engine, lat, "LL")
+    assert p.image is None and not p.comparable and "no comparable prior" in p.note and "frontal" in p.note
+    # Only a lateral before: no comparable prior either.
+    nl = _study(ctx, _dicom_copy(shared_data, tmp_path, "nl.dcm", "PAT-8", "20240105", view="LATERAL"))
+    assert nl and priors.find(ctx.engine, _study(ctx, _dicom_copy(shared_data, tmp_path, "n2.dcm", "PAT-8",
+                                                                  "20240201", view="PA")), "PA").image is None
+    # A film of unrecorded view is compared, with a word that its view is not recorded.
+    nv = _study(ctx, _dicom_copy(shared_data, tmp_path, "nv.dcm", "PAT-7", "20240401", view=""))
+    p = priors.find(ctx.engine, nv, None)
+    assert p.study_id == ap and p.comparable and p.note == priors.VIEW_NOT_RECORDED
+    assert p.patient_id == "PAT-7"
+
+
 def test_followup_films_are_linked_by_the_csv_patient_column_and_dated_by_offset(ctx, shared_data):
     folder = shared_data / "covid_followup"
     meta = sidecar.load(folder / "metadata.csv", issuer=FOLLOWUP_ISSUER, day_zero=dt.date(2020, 1, 1))
@@ -96,7 +148,9 @@ def test_the_followup_import_selects_frontal_films_of_patients_with_two_or_more(
     assert len({meta[f.name]["patient_id"] for f in chosen}) == 77
 
 
-@pytest.mark.parametrize("bad", ["offset\nx.png,soon\n", "StudyDate\nx.png,yesterday\n"])
+@pytest.mark.parametrize("bad", ["offset\nx.png,soon\n", "StudyDate\nx.png,yesterday\n", "offset\nx.png,inf\n",
+                                 "offset\nx.png,1e400\n", "offset\nx.png,-nan\n",
+                                 "offset\nx.png,99999999999999999999\n", "offset\nx.png,36501\n"])
 def test_a_bad_date_or_offset_in_the_csv_is_a_clear_error(tmp_path, bad):
     head, row = bad.split("\n")[:2]
     (tmp_path / "m.csv").write_text(f"file,{head}\n{row}\n")

@@ -116,3 +116,33 @@ def test_an_unaligned_prior_fits_into_the_current_frame_keeping_its_aspect():
     assert out.shape == (100, 300)
     cols = np.nonzero(out.max(axis=0))[0]
     assert (cols.min(), cols.max()) == (125, 174)  # 50 columns wide, centred
+
+
+# JSRT/SCR label maps (0 background, 1 lungs, 2 heart, 3 clavicles), drawn by hand: the heart tells left from right.
+LABEL_MAPS = ["JPCLN001.png", "JPCNN021.png"]
+
+
+@pytest.fixture(scope="module", params=LABEL_MAPS)
+def anatomy(request, shared_data) -> tuple[np.ndarray, np.ndarray]:
+    lm = cv2.imread(str(shared_data / "jsrt" / "masks512" / request.param), cv2.IMREAD_UNCHANGED)
+    assert lm is not None and 0.15 < (lm == 1).mean() < 0.6 and 0.03 < (lm == 2).mean() < 0.2, "not a label map"
+    return lm == 1, lm == 2
+
+
+def test_a_prior_mirrored_left_right_is_refused_though_its_lungs_overlap(anatomy):
+    lungs, heart = anatomy
+    # Both lungs together are nearly symmetric: on the lungs alone the mirrored film is aligned, overlapping well.
+    alone = registration.register(lungs, lungs[:, ::-1])
+    assert alone.ok and alone.iou > 0.65
+    reg = registration.register(lungs, lungs[:, ::-1], heart, heart[:, ::-1])
+    assert not reg.ok and reg.matrix is None
+    assert reg.reason == registration.MIRRORED and "mirrored left–right" in reg.reason
+
+
+def test_the_same_film_moved_not_mirrored_is_aligned_with_its_heart(anatomy):
+    lungs, heart = anatomy
+    h, w = lungs.shape
+    truth = _similarity(5.0, 1.05, 12.0, -9.0, (w / 2, h / 2))
+    reg = registration.register(lungs, _moved(lungs, truth, (h, w)), heart, _moved(heart, truth, (h, w)))
+    assert reg.ok, reg.reason
+    assert reg.iou > 0.9
