@@ -93,14 +93,14 @@ def _pane(cmp, prior, im, img, window, invert, date, now, then) -> dict:
     win = (window.center, window.width) if window else None
     prior_win = win if same_scale else None
     who = f" · Patient ID {prior.patient_id}" if prior.patient_id else ""  # the same patient as the current film
-    matrix, caption = None, f"Prior {prior.study_date}{who} · as acquired, scaled to fit"
+    matrix, caption = None, f"Prior {prior.study_date} · as acquired, scaled to fit{who}"
     if cmp["mode"] != "side by side":
         reg = priors.align(_deps.ctx(), now, then, shape, (prior.image["rows"], prior.image["columns"]))
         if not reg.ok:
             st.warning(f"The prior is not aligned: {reg.reason}. The two films are shown side by side, unaligned.")
         else:
             matrix = tuple(map(tuple, reg.matrix.tolist()))
-            caption = f"Prior {prior.study_date}{who} · aligned on the lungs (overlap {reg.iou:.0%})"
+            caption = f"Prior {prior.study_date} · aligned on the lungs (overlap {reg.iou:.0%}){who}"
     current_caption = f"Current {date}" if date else "Current"
     if matrix is not None and cmp["mode"] == "difference":
         png = _deps.difference_png(im["sha"], prior.image["file_sha256"], invert, matrix, now.anatomy["label_map"])

@@ -84,7 +84,8 @@ def test_prior_beside_current_zoom_follows_and_difference_view(browser, app, rec
     page.locator("label").filter(has_text="Compare with prior").click()
     frame = page.frame_locator(VIEWER_FRAME).first
     frame.locator("#stage2").wait_for(state="visible", timeout=60_000)
-    frame.get_by_text("Prior 2020-01-05 · as acquired, scaled to fit").wait_for(timeout=30_000)
+    # The prior's Patient ID in its caption: the same patient as the current film, as the reader can check.
+    frame.get_by_text("Prior 2020-01-05 · as acquired, scaled to fit · Patient ID 143").wait_for(timeout=30_000)
     _settle(page)
     fitted = _views(page)
     assert fitted[0] and fitted[0] == fitted[1]
