@@ -2,6 +2,7 @@
 worklist's "has prior", and the AI's change between a study and its prior."""
 
 import datetime as dt
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -192,7 +193,7 @@ def test_scores_of_another_model_version_and_implausible_ctrs_are_not_compared()
     assert c.ctr == {"then": None, "now": 0.55, "change": None}
 
 
-def test_the_import_command_links_and_dates_followup_films(app_env, shared_data):
+def test_the_import_command_links_and_dates_followup_films(app_env, shared_data, tmp_path):
     import json
     import os
     import subprocess
@@ -209,6 +210,10 @@ def test_the_import_command_links_and_dates_followup_films(app_env, shared_data)
     films = [str(folder / "images" / f"covid-19-pneumonia-49-day{d}.jpg") for d in (4, 8)]
     bad = cli("import", *films, "--metadata", str(folder / "metadata.csv"), "--day-zero", "January 1st")
     assert bad.returncode == 2 and "'January 1st' is not a date" in bad.stderr and not bad.stdout  # nothing imported
+    (tmp_path / "m.csv").write_text(f"file,patientid,offset\n{Path(films[0]).name},143,4\n{Path(films[1]).name},143,1e400\n")
+    bad = cli("import", *films, "--metadata", str(tmp_path / "m.csv"), "--day-zero", "2020-01-01")
+    assert bad.returncode == 2 and "m.csv line 3: offset '1e400'" in bad.stderr and not bad.stdout
+    assert "Traceback" not in bad.stderr
     done = cli("import", *films, "--metadata", str(folder / "metadata.csv"), "--issuer", FOLLOWUP_ISSUER,
                "--day-zero", "2020-01-01")  # fmt: skip
     assert done.returncode == 0, done.stderr
