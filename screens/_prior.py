@@ -30,15 +30,16 @@ def controls(prior: priors.Prior | None, study_id: int) -> dict | None:
     if prior is None:
         return None
     st.markdown("**Prior**")
-    on = st.toggle("Compare with prior", key=f"prior_on_{study_id}", help="Shows the patient's latest earlier "
-                   "study beside this one; zoom, pan and window move both")  # fmt: skip
     n = prior.others
     more = f" · {n} more stud{'y' if n == 1 else 'ies'} of this patient" if n else ""
     days = f"{prior.days_before} day{'s' * (prior.days_before != 1)}"
-    st.caption(f"{prior.study_date} · {days} before this study{more}")
-    if not prior.comparable:
+    if not prior.comparable:  # a lateral on either side: nothing to put beside this film
+        st.caption(f"Latest earlier study {prior.study_date} · {days} before this study{more}")
         st.info(prior.note[0].upper() + prior.note[1:] + ".")
         return None
+    on = st.toggle("Compare with prior", key=f"prior_on_{study_id}", help="Shows the patient's latest earlier "
+                   "study beside this one; zoom, pan and window move both")  # fmt: skip
+    st.caption(f"{prior.study_date} · {days} before this study{more}")
     if prior.note:
         st.caption(f"Prior: {prior.note}")
     if not on:

@@ -12,17 +12,18 @@ from tests.screens.test_app import env, signed_in  # noqa: F401  (fixture)
 SOURCE = "nih_dx_chest_1024_nofinding_nccid.dcm"  # native pixels: a changed byte is another film
 
 
-def _film(shared_data, tmp_path, name: str, date: str):
+def _film(shared_data, tmp_path, name: str, date: str, view: str = "PA"):
     ds = pydicom.dcmread(shared_data / "dicom" / SOURCE)
-    ds.PatientID, ds.IssuerOfPatientID, ds.StudyDate = "PAT-1", "HOSP-A", date
+    ds.PatientID, ds.IssuerOfPatientID, ds.StudyDate, ds.ViewPosition = "PAT-1", "HOSP-A", date, view
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (pydicom.uid.generate_uid() for _ in range(3))
     ds.save_as(tmp_path / name)
     return tmp_path / name
 
 
-def _open_with_a_broken_prior(env, shared_data, tmp_path, broken: str):  # noqa: F811
+def _open_with_a_broken_prior(env, shared_data, tmp_path, broken: str, view: str = "PA"):  # noqa: F811
     # Two films of one patient (a copy with the same pixels would be a duplicate: the current's differ).
-    films = [_film(shared_data, tmp_path, f"{n}.dcm", d) for n, d in (("prior", "20240105"), ("now", "20240301"))]
+    films = [_film(shared_data, tmp_path, "prior.dcm", "20240105"), _film(shared_data, tmp_path, "now.dcm",
+                                                                          "20240301", view)]  # fmt: skip
     ds = pydicom.dcmread(films[1])
     ds.PixelData = ds.PixelData[:-2] + b"\x01\x02"  # other pixels: not a duplicate of the prior
     ds.save_as(films[1])
@@ -31,7 +32,8 @@ def _open_with_a_broken_prior(env, shared_data, tmp_path, broken: str):  # noqa:
     prior_id, current_id = (r.study_id for r in results)
     with dbe.read(env.engine) as s:
         path = env.store.path_for(repo.study_images(s, prior_id)[0].file_sha256)
-    path.unlink()
+    if broken != "no":
+        path.unlink()
     if broken == "undecodable":
         path.write_bytes(b"DICM" + b"\x00" * 500)
     at = signed_in("rad", "radiologist-pw")
@@ -62,3 +64,10 @@ def test_with_the_ai_on_a_missing_prior_leaves_the_current_verdicts_and_report(e
     assert any("Your verdicts" in m.value for m in at.markdown)
     assert at.text_area(key=f"report_text_{sid}").value  # the current study's report draft
     assert at.button(key="quick_accept")  # the AI statements of the current film can be judged
+
+
+def test_a_lateral_current_film_has_no_comparable_prior_and_says_so(env, shared_data, tmp_path):  # noqa: F811
+    at, sid = _open_with_a_broken_prior(env, shared_data, tmp_path, "no", view="LL")
+    assert [i.value for i in at.info if "prior" in i.value] == [
+        "No comparable prior: this film is a LL view, and priors are compared frontal with frontal."]  # fmt: skip
+    assert not [t for t in at.toggle if t.key == f"prior_on_{sid}"]
