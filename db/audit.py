@@ -17,7 +17,7 @@ ACTIONS = (
     "user_added", "user_disabled", "user_enabled", "role_changed", "password_reset", "password_changed",
     "import", "import_batch", "export", "model_activated", "model_default", "model_rollback", "thresholds_changed",
     "annotation_saved", "annotations_imported", "task_created", "study_reviewed", "study_reopened",
-    "report_saved", "report_signed", "report_amended",
+    "report_saved", "report_signed", "report_amended", "gate_overridden",
 )  # fmt: skip
 
 
