@@ -41,8 +41,12 @@ def load(image: dict, user=None) -> analysis.Analysis:
         bar = st.progress(0.0)
         result = analysis.analyse(ctx, runner, image, lambda text, frac: bar.progress(frac, text=text),
                                   reader_id=reader)  # fmt: skip
-        status.update(label=f"AI results ready ({', '.join(result.computed_now) or 'cached'})", state="complete",
-                      expanded=False)  # fmt: skip
+        label = (
+            "Quality gate: the AI does not read this image"
+            if result.withheld
+            else f"AI results ready ({', '.join(result.computed_now) or 'cached'})"
+        )
+        status.update(label=label, state="complete", expanded=False)
     return result
 
 

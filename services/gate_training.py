@@ -37,7 +37,16 @@ log = logging.getLogger("cxr_review.training")
 MODEL_ID = "quality_gate"
 INVERTED_NIH = {"00017625_000.png", "00017999_000.png"}  # stored inverted (README, "inverted grey scale")
 FRONTAL_VIEWS = {"PA", "AP", "AP Supine"}
-SAMPLE_PACKAGES = ("sklearn", "pydicom", "data_store", "networkx", "sympy", "streamlit", "matplotlib", "skimage")
+SAMPLE_PACKAGES = (
+    "sklearn",
+    "pydicom",
+    "data_store",
+    "networkx",
+    "sympy",
+    "streamlit",
+    "matplotlib",
+    "skimage",
+)
 SAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 CHEST_SAMPLES = {"RG1"}  # pydicom-data's NEMA WG04 chest CR (RG1_*.dcm)
 PASS_THRESHOLD = 0.5
@@ -132,7 +141,9 @@ def made_picture(i: int, side: int = 256) -> np.ndarray:
                         cv2.FONT_HERSHEY_SIMPLEX, 0.5, int(rng.integers(0, 100)), 1)  # fmt: skip
     else:
         f = rng.uniform(2, 20)
-        img = 0.5 + 0.5 * np.sin(2 * np.pi * f * (xx * np.cos(rng.uniform(0, 3)) + yy * np.sin(rng.uniform(0, 3))))
+        img = 0.5 + 0.5 * np.sin(
+            2 * np.pi * f * (xx * np.cos(rng.uniform(0, 3)) + yy * np.sin(rng.uniform(0, 3)))
+        )
     img = np.asarray(img, np.float64)
     return ((img - img.min()) / max(1e-6, np.ptp(img))).astype(np.float32)
 
@@ -156,6 +167,11 @@ def held_out(group: str, seed: int, fraction: float = 0.3) -> bool:
     if group in ALWAYS_HELD_OUT:
         return True
     return int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest(), 16) % 1000 < fraction * 1000
+
+
+def held_out_paths(shared: Path, report: str, seed: int = 0) -> list[str]:
+    """The files of one figures row that a gate trained with `seed` did not train on."""
+    return [s.path for s in collect(shared, made=0) if s.report == report and held_out(s.group, seed)]
 
 
 def load_all(sources: list[Source], cache: Path | None) -> tuple[list[Source], np.ndarray]:
@@ -214,6 +230,33 @@ def figures(probs: np.ndarray, kinds: list[str], rows: list[str], threshold: flo
         "n_frontal": len(acc),
         "n_refusals": len(ref),
     }
+
+
+def fold_of(group: str, seed: int, k: int) -> int:
+    return int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest(), 16) % k
+
+
+def cross_validate(args) -> dict:
+    """The recipe's figures out of fold: K models, each trained without one fold of groups and measured on it
+    (every real picture measured once, by a model that never saw its patient or source). Writes no version."""
+    common.start_run(args.seed, "cpu", args.threads)
+    sources, images = load_all(collect(Path(args.shared)), args.cache)
+    fold = np.array([fold_of(s.group, args.seed, args.cv) for s in sources])
+    probs, kinds, rows = [], [], []
+    for k in range(args.cv):
+        val = fold == k
+        tr_kinds = [s.kind for s, v in zip(sources, val, strict=True) if not v]
+        model = gate_train.train(images[~val], tr_kinds, epochs=args.epochs, seed=args.seed,
+                                 **({"lr": args.lr} if args.lr else {}))  # fmt: skip
+        common.rounded_fp16(model)
+        va_src = [s for s, v in zip(sources, val, strict=True) if v]
+        pics, kk, rr = evaluation_set(va_src, images[val], args.seed)
+        probs.append(gate_train.probabilities(model, pics))
+        kinds += kk
+        rows += rr
+        log.info("fold %d of %d done", k + 1, args.cv)
+    return {"cv_folds": args.cv, "epochs": args.epochs, "seed": args.seed,
+            "out_of_fold": figures(np.concatenate(probs), kinds, rows, PASS_THRESHOLD)}  # fmt: skip
 
 
 def run(args) -> dict:

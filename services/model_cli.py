@@ -102,6 +102,9 @@ def _cmd_train_gate(args) -> int:
     if not (Path(args.shared) / "nih" / "labels.csv").is_file():
         print(f"cxr-review: error: {args.shared} holds no nih/labels.csv (the shared data folder?)", file=sys.stderr)
         return EXIT_USAGE
+    if args.cv:
+        print(json.dumps(gate_training.cross_validate(args)))
+        return EXIT_OK
     meta = gate_training.run(args)
     print(json.dumps({k: meta[k] for k in ("model_id", "version", "weights_sha256", "model_json", "validation")}))
     return EXIT_OK
@@ -257,6 +260,8 @@ def add_parsers(sub) -> None:
     gate.add_argument("--version")
     gate.add_argument("--threads", type=int)
     gate.add_argument("--cache", type=Path, metavar="NPZ", help="keep the loaded pictures here between runs")
+    gate.add_argument("--cv", type=int, metavar="K",
+                      help="instead of writing a version, the recipe's figures out of fold over K groups of patients")  # fmt: skip
     gate.set_defaults(fn=run, handler=_cmd_train_gate)
 
     ev = sub.add_parser("eval", help="evaluate a model version; JSON on stdout")

@@ -40,7 +40,11 @@ class GateNet(nn.Module):
         chans = (1, width, 2 * width, 4 * width, 4 * width)
         layers: list[nn.Module] = []
         for cin, cout in zip(chans, chans[1:], strict=False):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(0.3)
         self.head = nn.Linear(chans[-1] * (side // 16) ** 2, classes)

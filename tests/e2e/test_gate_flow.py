@@ -4,7 +4,6 @@ is stored and audited, and the AI output then shows with a note that the gate wa
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
@@ -24,10 +23,7 @@ REASON = "Checked by eye: readable enough for a research look"
 
 
 def _held_out_lateral(shared_data):
-    with open(shared_data / "covid_followup" / "metadata.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["view"] == "L"]
-    row = next(r for r in rows if gate_training.held_out(f"covid:{r['patientid']}", 0))
-    return shared_data / "covid_followup" / "images" / row["file"]
+    return gate_training.held_out_paths(shared_data, "lateral (covid_followup)")[0]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +36,9 @@ def app(run_streamlit, tmp_path_factory, shared_data):
         tmp_path_factory.mktemp("e2e-gate-data"), {"rad": ("radiologist", PASSWORD)},
         CXR_REVIEW_MODELS_DIR=str(SHARED / "models"), CXR_REVIEW_DEVICE="cpu",
     )  # fmt: skip
-    (result,) = importer.import_paths(ctx.engine, ctx.store, [_held_out_lateral(shared_data)], max_bytes=2**30)
+    (result,) = importer.import_paths(
+        ctx.engine, ctx.store, [_held_out_lateral(shared_data)], max_bytes=2**30
+    )
     assert result.study_id is not None
     return run_streamlit(REPO / "asgi.py", env), ctx
 
@@ -77,6 +75,7 @@ def test_a_lateral_film_is_refused_with_the_reason_and_the_override_is_recorded(
     assert page.get_by_text("Research use only").first.is_visible()
     button = page.get_by_role("button", name="Override the quality gate")
     assert button.is_disabled()  # a reason is required
+    refused.scroll_into_view_if_needed()
     page.screenshot(path=ARTIFACTS / "gate-01-lateral-refused.png")
 
     page.get_by_label("Reason to override (recorded with your name)").fill(REASON)
@@ -87,7 +86,7 @@ def test_a_lateral_film_is_refused_with_the_reason_and_the_override_is_recorded(
     page.get_by_text("Finding heatmap").wait_for(timeout=MODEL_RUN_MS)
     _idle(page)
     assert page.get_by_text(REASON).first.is_visible()
-    page.locator("[data-testid='stMain']").evaluate("e => e.scrollTo(0, 0)")
+    page.get_by_text("Quality gate overridden").scroll_into_view_if_needed()
     page.screenshot(path=ARTIFACTS / "gate-02-overridden.png")
 
     with dbe.read(ctx.engine) as s:

@@ -98,7 +98,9 @@ def test_a_frontal_film_turned_or_cut_down_is_refused(runner, held_out):
     upright = [runner.quality_gate(x).passed for x in pics]
     turned = [runner.quality_gate(np.ascontiguousarray(np.rot90(x))) for x in pics]
     upside = [runner.quality_gate(np.ascontiguousarray(x[::-1])) for x in pics]
-    corner = [runner.quality_gate(np.ascontiguousarray(x[: x.shape[0] // 2, : x.shape[1] // 2])) for x in pics]
+    corner = [
+        runner.quality_gate(np.ascontiguousarray(x[: x.shape[0] // 2, : x.shape[1] // 2])) for x in pics
+    ]
     inverted = [runner.quality_gate(1.0 - x) for x in pics]
     assert sum(upright) >= 19
     for name, got in (("rot90", turned), ("upside down", upside), ("corner", corner), ("inverted", inverted)):
@@ -111,7 +113,9 @@ def test_a_frontal_film_turned_or_cut_down_is_refused(runner, held_out):
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory, runner):
     data = tmp_path_factory.mktemp("data")
-    s = settings.load({"CXR_REVIEW_DATA_DIR": str(data), "CXR_REVIEW_MODELS_DIR": str(MODELS), "CXR_REVIEW_SETTINGS": ""})
+    s = settings.load(
+        {"CXR_REVIEW_DATA_DIR": str(data), "CXR_REVIEW_MODELS_DIR": str(MODELS), "CXR_REVIEW_SETTINGS": ""}
+    )
     dbe.upgrade(s.db_url)
     c = context.build(s)
     return c
@@ -130,15 +134,12 @@ def _imported(ctx, path) -> dict:
 
 
 def _lateral(shared_data) -> Path:
-    import csv
-
-    with open(shared_data / "covid_followup" / "metadata.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["view"] == "L"]
-    held = [r for r in rows if gate_training.held_out(f"covid:{r['patientid']}", 0)]
-    return shared_data / "covid_followup" / "images" / held[0]["file"]
+    return Path(gate_training.held_out_paths(shared_data, "lateral (covid_followup)")[0])
 
 
-def test_a_refused_image_gets_no_ai_output_until_a_reader_overrides_with_a_reason(ctx, runner, rad, shared_data):
+def test_a_refused_image_gets_no_ai_output_until_a_reader_overrides_with_a_reason(
+    ctx, runner, rad, shared_data
+):
     image = _imported(ctx, _lateral(shared_data))
     first = analysis.analyse(ctx, runner, image, reader_id=rad)
     assert first.gate["passed"] is False and "lateral" in first.gate["reasons"][0]
@@ -160,7 +161,10 @@ def test_a_refused_image_gets_no_ai_output_until_a_reader_overrides_with_a_reaso
     with dbe.read(ctx.engine) as s:
         (row,) = s.scalars(select(GateOverride)).all()
         assert (row.image_id, row.user_id, row.model_id, row.reason) == (
-            image["id"], rad, "quality_gate", "frontal enough for me"
+            image["id"],
+            rad,
+            "quality_gate",
+            "frontal enough for me",
         )
         assert "lateral" in json.loads(row.gate_reasons)[0]
         (event,) = audit.events(s, actions=("gate_overridden",))
@@ -178,7 +182,13 @@ def test_a_passed_image_runs_every_model_and_says_so(ctx, runner, rad, shared_da
 
 def test_a_missing_gate_model_says_quality_not_checked_everywhere(tmp_path, shared_data):
     no_gate = Runner(Registry(MODELS, trained_roots=[]), "cpu")
-    s = settings.load({"CXR_REVIEW_DATA_DIR": str(tmp_path), "CXR_REVIEW_MODELS_DIR": str(MODELS), "CXR_REVIEW_SETTINGS": ""})
+    s = settings.load(
+        {
+            "CXR_REVIEW_DATA_DIR": str(tmp_path),
+            "CXR_REVIEW_MODELS_DIR": str(MODELS),
+            "CXR_REVIEW_SETTINGS": "",
+        }
+    )
     dbe.upgrade(s.db_url)
     c = context.build(s)
     res = analysis.analyse(c, no_gate, _imported(c, _lateral(shared_data)))
@@ -196,7 +206,9 @@ def test_infer_on_a_lateral_film_writes_the_refusal_and_no_findings(runner, shar
     lateral = _lateral(shared_data)
     frontal = shared_data / "jsrt" / "images512" / "JPCNN001.png"
     cv2.imwrite(str(tmp_path / "frontal.png"), cv2.imread(str(frontal), cv2.IMREAD_GRAYSCALE))
-    lines = list(infer.infer_paths(runner, [lateral, tmp_path / "frontal.png"], tmp_path / "out", max_bytes=2**30))
+    lines = list(
+        infer.infer_paths(runner, [lateral, tmp_path / "frontal.png"], tmp_path / "out", max_bytes=2**30)
+    )
     refused, passed = (json.loads(Path(line.out).read_text()) for line in lines)
     gate = refused["quality_gate"]
     assert gate["passed"] is False and "lateral" in gate["reasons"][0]
@@ -205,3 +217,24 @@ def test_infer_on_a_lateral_film_writes_the_refusal_and_no_findings(runner, shar
     assert [m["task"] for m in refused["models"]] == ["quality_gate"]
     assert passed["quality_gate"]["passed"] is True and passed["quality_gate"]["reasons"] == []
     assert passed["findings"] and passed["anatomy_mask"]
+
+
+def test_train_gate_writes_a_version_the_registry_serves_with_its_held_out_figures(shared_data, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "models"
+    r = subprocess.run(
+        [sys.executable, "-m", "services.cli", "train", "gate", "--shared", str(shared_data), "--out", str(out),
+         "--epochs", "1", "--threads", "1", "--version", "0.0.1"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    meta = json.loads((out / "quality_gate" / "0.0.1" / "model.json").read_text())
+    assert meta["weights_sha256"] == summary["weights_sha256"] and meta["task"] == "quality_gate"
+    assert meta["data"]["n_train"] > 0 and meta["data"]["n_held_out"] > 0
+    rows = meta["validation"]["per_kind"]
+    assert rows["lateral (covid_followup)"]["n"] == len(gate_training.held_out_paths(shared_data, "lateral (covid_followup)"))
+    spec = Registry(MODELS, trained_roots=[out]).check("quality_gate@0.0.1")  # sha256 checked
+    assert spec.thresholds == {"frontal": 0.5} and spec.labels[0] == "frontal"
