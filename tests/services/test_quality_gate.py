@@ -238,3 +238,17 @@ def test_train_gate_writes_a_version_the_registry_serves_with_its_held_out_figur
     assert rows["lateral (covid_followup)"]["n"] == len(gate_training.held_out_paths(shared_data, "lateral (covid_followup)"))
     spec = Registry(MODELS, trained_roots=[out]).check("quality_gate@0.0.1")  # sha256 checked
     assert spec.thresholds == {"frontal": 0.5} and spec.labels[0] == "frontal"
+
+
+def test_frontal_films_from_sources_it_never_saw_pass_and_a_mislabelled_monochrome1_file_is_refused(
+    runner, shared_data
+):
+    # TBX11K and the bone-suppression pairs are not in the gate's data at all.
+    unseen = sorted((shared_data / "tbx11k" / "imgs").rglob("*.png")) + sorted(
+        (shared_data / "bone_pairs" / "authentic").glob("*.jpg")
+    )
+    got = verdicts(runner, unseen)
+    assert len(got) >= 10 and all(v.passed for v in got), [v.reasons for v in got]
+    # The same pixels as a PA film, tagged MONOCHROME1: displayed (and seen by the models) inverted.
+    (mono1,) = verdicts(runner, [shared_data / "dicom" / "siim_cr_chest_pa_1024_jpeg_mono1_variant.dcm"])
+    assert not mono1.passed and "inverted" in mono1.reasons[0]
