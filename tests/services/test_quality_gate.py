@@ -252,3 +252,11 @@ def test_frontal_films_from_sources_it_never_saw_pass_and_a_mislabelled_monochro
     # The same pixels as a PA film, tagged MONOCHROME1: displayed (and seen by the models) inverted.
     (mono1,) = verdicts(runner, [shared_data / "dicom" / "siim_cr_chest_pa_1024_jpeg_mono1_variant.dcm"])
     assert not mono1.passed and "inverted" in mono1.reasons[0]
+
+
+def test_an_ai_export_skips_a_refused_image_with_the_gate_reason(ctx, runner, shared_data):
+    from services import exports
+
+    second_lateral = gate_training.held_out_paths(shared_data, "lateral (covid_followup)")[1]
+    item = exports._ai_item(ctx, runner, _imported(ctx, second_lateral))
+    assert item.readings == [] and item.skipped.startswith("refused by the quality gate: lateral view")
