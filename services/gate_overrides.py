@@ -57,9 +57,10 @@ def record(engine: Engine, image_id: int, user_id: int, gate: dict, reason: str)
                            weights_sha256=sha, gate_reasons=json.dumps(gate.get("reasons", [])), reason=reason)  # fmt: skip
         s.add(row)
         s.flush()
+        # The reader's free text stays in gate_overrides: the audit's details are PHI-free by rule.
         audit.add(s, "gate_overridden", actor_id=user_id, target=f"image {image_id}",
                   details={"model": f"{model_id}@{version}", "gate_reasons": gate.get("reasons", []),
-                           "reason": reason})  # fmt: skip
+                           "override_id": row.id})  # fmt: skip
         return Override(row.reason, row.created_at.isoformat())
 
     return dbe.write(engine, tx)
