@@ -17,7 +17,7 @@ ACTIONS = (
     "user_added", "user_disabled", "user_enabled", "role_changed", "password_reset", "password_changed",
     "import", "import_batch", "export", "model_activated", "model_default", "model_rollback", "thresholds_changed",
     "annotation_saved", "annotations_imported", "task_created", "study_reviewed", "study_reopened",
-    "report_saved", "report_signed", "report_amended", "pacs_retrieve", "pacs_store",
+    "report_saved", "report_signed", "report_amended", "pacs_retrieve", "pacs_store", "gate_overridden",
     "eval_set_created", "eval_run_started", "threshold_set_saved", "threshold_set_activated",
 )  # fmt: skip
 

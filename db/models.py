@@ -224,6 +224,26 @@ class Prediction(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class GateOverride(Base):
+    """A reader's decision to see the AI output on an image the quality gate refused, with the reason: one row
+    per image, reader and gate model version (a new gate version asks again)."""
+
+    __tablename__ = "gate_overrides"
+    __table_args__ = (
+        UniqueConstraint("image_id", "user_id", "model_id", "model_version", "weights_sha256", name="uq_gate_override"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    model_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    gate_reasons: Mapped[str] = mapped_column(Text)  # JSON list: what the gate said
+    reason: Mapped[str] = mapped_column(Text)  # the reader's
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Decision(str, enum.Enum):
     accept = "accept"
     reject = "reject"

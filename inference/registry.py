@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 MODEL_JSON = "model.json"
 ASSETS_MODELS = Path(__file__).resolve().parents[1] / "assets" / "models"
 TASKS = ("segmentation", "bone_suppression", "classification")
+GATE_TASK = "quality_gate"  # runs before the TASKS and decides whether their output is shown
+KNOWN_TASKS = (*TASKS, GATE_TASK)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -128,8 +130,8 @@ def spec_from_json(meta: dict, directory: Path, families: dict[str, ModuleType] 
         raise InvalidModelJson(
             f"model.json says {model_id}@{version} but lies in {directory.parent.name}/{directory.name}"
         )
-    if meta["task"] not in TASKS:
-        raise InvalidModelJson(f"unknown task {meta['task']!r}; known: {list(TASKS)}")
+    if meta["task"] not in KNOWN_TASKS:
+        raise InvalidModelJson(f"unknown task {meta['task']!r}; known: {list(KNOWN_TASKS)}")
     if meta["family"] not in families:
         raise InvalidModelJson(f"no module in inference/models builds family {meta['family']!r}")
     labels = tuple(str(x) for x in meta["labels"])
@@ -322,6 +324,10 @@ class Registry:
             return self._modules[spec.model_id].build
         family = self._families[spec.family]
         return lambda: family.build(spec)
+
+    def family(self, spec: ModelSpec) -> ModuleType:
+        """The inference/models module that builds a trained version (its helpers: input, verdict)."""
+        return self._families[spec.family]
 
     def weights_path(self, model_id: str | ModelSpec, version: str | None = None) -> Path:
         spec = self.lookup(model_id, version)

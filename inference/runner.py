@@ -32,6 +32,7 @@ from inference.types import (
     AnatomyResult,
     BoneResult,
     ClassificationResult,
+    GateResult,
     ModelRef,
     ModelSpec,
     ModelUnavailable,
@@ -232,6 +233,24 @@ class Runner:
             labels = logits[0, :, top : top + h, left : left + w].argmax(0).to(torch.uint8).cpu().numpy()
             label_map = clean_label_map(labels)
         return AnatomyResult(label_map, self._ref(spec), clock.done())
+
+    @torch.inference_mode()
+    def quality_gate(
+        self, img: np.ndarray, model_id: str | ModelSpec | None = None, version: str | None = None
+    ) -> GateResult:
+        """Is this a frontal chest radiograph the models can read? Passed when P(frontal) reaches the version's
+        threshold; otherwise the reasons (its family's `verdict`)."""
+        img = as_image(img)
+        clock = _Clock(self.device)
+        spec, model = self._prepare("quality_gate", model_id, clock, version)
+        family = self.registry.family(spec)
+        with clock.phase("preprocess"):
+            x = self._tensor(family.gate_input(img, spec.input_size[0]))
+        with clock.phase("forward"):
+            p = torch.softmax(model((x - spec.mean) / spec.std), 1)[0].cpu().numpy()
+        probs = {label: float(v) for label, v in zip(spec.labels, p, strict=True)}
+        passed, reasons = family.verdict(probs, spec.thresholds.get(family.FRONTAL, 0.5))
+        return GateResult(passed, reasons, probs, self._ref(spec), clock.done())
 
     @torch.inference_mode()
     def suppress_bones_batch(

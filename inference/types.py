@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-Task = Literal["segmentation", "bone_suppression", "classification"]
+Task = Literal["segmentation", "bone_suppression", "classification", "quality_gate"]
 
 RESEARCH_USE = "Research use only. Not for diagnosis or clinical decisions."
 ANATOMY_LABELS = ("background", "lungs", "heart", "clavicles")
@@ -126,6 +126,17 @@ class ClassificationResult:
     @property
     def top_label(self) -> str:
         return max(self.probabilities, key=self.probabilities.__getitem__)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The quality gate's verdict: passed, and when not, the reasons a reader reads."""
+
+    passed: bool
+    reasons: list[str]
+    probabilities: dict[str, float]
+    model: ModelRef
+    timings_ms: dict[str, float]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from db import engine as dbe
 from db import report_versions
 from inference.types import RESEARCH_USE
 from screens import _deps, _signin, _table
-from services import analysis, pacs, report_check, reporting
+from services import analysis, gate_overrides, pacs, report_check, reporting
 from services import verdicts as verdict_store
 from viewer import overlays
 
@@ -28,26 +28,79 @@ def model_text(m: dict) -> str:
     return f"{m['id']} {m['version']} · sha256 {m['weights_sha256'][:12]}…"
 
 
-def load(image: dict) -> analysis.Analysis:
-    """Stored results at once; otherwise the models run now, with progress shown."""
+def load(image: dict, user=None) -> analysis.Analysis:
+    """Stored results at once; otherwise the models run now, with progress shown. The quality gate runs first;
+    the reader's override of a refusal is theirs alone."""
     ctx = _deps.ctx()
     runner = _deps.runner()
-    cached = analysis.analyse_cached(ctx, runner, image)
+    reader = getattr(user, "user_id", None)
+    cached = analysis.analyse_cached(ctx, runner, image, reader)
     if cached is not None:
         return cached
     with st.status("Running the AI models on this image (first time only)…", expanded=True) as status:
         bar = st.progress(0.0)
-        result = analysis.analyse(ctx, runner, image, lambda text, frac: bar.progress(frac, text=text))
-        status.update(label=f"AI results ready ({', '.join(result.computed_now) or 'cached'})", state="complete",
-                      expanded=False)  # fmt: skip
+        result = analysis.analyse(ctx, runner, image, lambda text, frac: bar.progress(frac, text=text),
+                                  reader_id=reader)  # fmt: skip
+        label = (
+            "Quality gate: the AI does not read this image"
+            if result.withheld
+            else f"AI results ready ({', '.join(result.computed_now) or 'cached'})"
+        )
+        status.update(label=label, state="complete", expanded=False)
     return result
 
 
-def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int]) -> tuple[list, list, dict]:
+def _override(image: dict, user, gate: dict) -> None:
+    """Button callback: record the reader's override with the reason typed."""
+    reason = st.session_state.get(f"gate_reason_{image['id']}", "")
+    try:
+        gate_overrides.record(_deps.ctx().engine, image["id"], user.user_id, gate, reason)
+    except (gate_overrides.OverrideNotSaved, dbe.DatabaseBusy) as exc:
+        st.session_state["gate_msg"] = f"Override not saved: {exc}"
+
+
+def gate_status(result: analysis.Analysis, image: dict, user) -> None:
+    """What the quality gate said: refused (why, and an override with a required reason), overridden, not
+    checked, or passed."""
+    gate = result.gate
+    if not gate:
+        return
+    reasons = "; ".join(gate["reasons"])
+    if gate["passed"] is None:
+        st.warning(f"**Quality not checked** ({reasons}): nothing has checked that this is a frontal chest "
+                   "radiograph the models can read.", icon=":material/help:")  # fmt: skip
+        return
+    by = model_text(gate["model"])
+    if gate["passed"]:
+        st.caption(f"Quality gate passed: a frontal chest radiograph · {by}")
+        return
+    if result.gate_override is not None:
+        st.warning(f"**Quality gate overridden** by you (“{result.gate_override.reason}”). The gate refused this "
+                   f"image: {reasons}. The AI output below is shown anyway · {by}", icon=":material/warning:")  # fmt: skip
+        return
+    with st.container(border=True, key="quality_gate_refused"):
+        st.error(f"**Quality gate: the AI does not read this image** — {reasons}. No finding scores, heatmaps, "
+                 "boxes or CTR are shown.", icon=":material/block:")  # fmt: skip
+        st.caption(f"{by} · Research use only")
+        if msg := st.session_state.pop("gate_msg", None):
+            st.error(msg)
+        if user is None:
+            return
+        reason = st.text_input("Reason to override (recorded with your name)", key=f"gate_reason_{image['id']}",
+                               max_chars=gate_overrides.MAX_REASON,
+                               placeholder="e.g. a frontal film, only slightly rotated")  # fmt: skip
+        st.button("Override the quality gate", key=f"gate_override_{image['id']}", disabled=not reason.strip(),
+                  on_click=_override, args=(image, user, gate), icon=":material/gpp_maybe:")  # fmt: skip
+
+
+def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int], user=None) -> tuple[list, list, dict]:
     """Overlay widgets; returns canvas layers, shapes and the bone-suppression view settings."""
     key = image["id"]
     layers, shapes, bone_view = [], [], {"mode": "off"}
     st.markdown("**AI overlays** · :orange[Research use only]")
+    gate_status(result, image, user)
+    if result.withheld:
+        return layers, shapes, bone_view
     for model_id, reason in result.unavailable.items():
         st.warning(f"{model_id} unavailable: {reason}")
     if result.anatomy and result.anatomy.get("inverted_grey_scale"):

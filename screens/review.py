@@ -212,9 +212,9 @@ with side:
     ai_image = {"id": im["id"], "pixel_sha256": im["pixel_sha"], "file_sha256": im["sha"], "view": im["view"],
                 "spacing": im["spacing"]}  # fmt: skip
     if ai_on:
-        ai = _ai_panel.load(ai_image)
+        ai = _ai_panel.load(ai_image, user)
         mine = _ai_panel.my_verdicts(ai_image, user)
-        layers, shapes, bone_view = _ai_panel.controls(ai, ai_image, (img.header.rows, img.header.columns))
+        layers, shapes, bone_view = _ai_panel.controls(ai, ai_image, (img.header.rows, img.header.columns), user)
 
 with view_col:
     now_ai, prior_ai = _prior.analyses(cmp, prior, ai, ai_image)

@@ -19,10 +19,10 @@ from db import annotations as db_items
 from db import engine as dbe
 from db import repo
 from inference import postprocess
-from inference.registry import TASKS, Registry
+from inference.registry import GATE_TASK, TASKS, Registry
 from inference.runner import Runner
 from inference.types import ModelSpec, ModelUnavailable
-from services import models_admin, threshold_sets
+from services import gate_overrides, models_admin, threshold_sets
 from services.context import Context
 from viewer import dicom_io, export, windowing
 
@@ -33,6 +33,7 @@ BOX_THRESHOLD = 0.6  # Grad-CAM level that outlines a box; fixed per release, sh
 CTR_LIMIT = 0.5
 AP_NOTE = "AP view: the heart is magnified, so the ratio overstates its size; less reliable than PA."
 NO_VIEW_NOTE = "View not recorded as PA: the 0.50 limit applies to PA films."
+NOT_CHECKED = "quality not checked"
 
 
 def ctr_shown(anatomy: dict | None) -> dict | None:
@@ -57,6 +58,11 @@ class Analysis:
     findings: dict | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     computed_now: list[str] = field(default_factory=list)
+    # The quality gate's verdict (gate_result / gate_not_checked) and the reader's override of a refusal
+    # (gate_overrides.Override) under which the results above are shown; refused and not overridden: the
+    # results above are None, nothing else was run.
+    gate: dict | None = None
+    gate_override: gate_overrides.Override | None = None
     # The operating point per finding label in force now (an admin's edit, else the model's default), read
     # with the stored results so that one rerun of the viewer reads it once.
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -70,6 +76,11 @@ class Analysis:
     def item_id(self, task: str, kind: str, key: str) -> int | None:
         """The stored id of one AI statement of `task`'s result, or None."""
         return self.item_ids.get(task, {}).get((kind, key))
+
+    @property
+    def withheld(self) -> bool:
+        """The gate refused the image and this reader has not overridden it: no AI output is shown."""
+        return bool(self.gate) and self.gate["passed"] is False and self.gate_override is None
 
     @property
     def models(self) -> list[dict]:
@@ -309,10 +320,56 @@ def specs_for(
     return chosen, unavailable
 
 
-def analyse_cached(ctx: Context, runner: Runner, image: dict) -> Analysis | None:
+def gate_result(runner: Runner, x: np.ndarray, spec: ModelSpec) -> dict:
+    """The quality gate's JSON-ready verdict on x: {passed, reasons, probabilities, model, timings_ms}."""
+    res = runner.quality_gate(x, spec)
+    return {"passed": res.passed, "reasons": res.reasons, "probabilities": res.probabilities,
+            "model": spec.provenance(), "timings_ms": with_total(res.timings_ms)}  # fmt: skip
+
+
+def gate_not_checked(reason: str) -> dict:
+    """What every AI output carries when the gate model cannot run: it says so instead of passing silently."""
+    return {"passed": None, "reasons": [f"{NOT_CHECKED}: {reason}"], "model": None}
+
+
+def gate_spec(registry: Registry) -> tuple[ModelSpec | None, dict | None]:
+    """(the gate model to run, None) or (None, gate_not_checked with why)."""
+    try:
+        return registry.for_task(GATE_TASK), None
+    except ModelUnavailable as exc:
+        return None, gate_not_checked(exc.reason)
+
+
+def _gate(ctx: Context, runner: Runner, image: dict, compute: bool) -> tuple[dict | None, np.ndarray | None]:
+    """(the gate's verdict, stored or computed now and stored; None when not stored and compute is False, the
+    model input when it was decoded here)."""
+    spec, missing = gate_spec(runner.registry)
+    if spec is None:
+        return missing, None
+    ref = (spec.model_id, spec.version, spec.weights_sha256)
+    with dbe.read(ctx.engine) as s:
+        row = repo.get_predictions(s, image["pixel_sha256"], [ref]).get(ref)
+        if row is not None:
+            return json.loads(row.result), None
+    if not compute:
+        return None, None
+    x = model_input(dicom_io.load(ctx.store.path_for(image["file_sha256"])))
+    try:
+        gate = gate_result(runner, x, spec)
+    except ModelUnavailable as exc:
+        return gate_not_checked(exc.reason), x
+    dbe.write(ctx.engine, lambda s: repo.add_prediction(
+        s, task=GATE_TASK, result=json.dumps(gate), pixel_sha256=image["pixel_sha256"], model_id=spec.model_id,
+        model_version=spec.version, weights_sha256=spec.weights_sha256, device=str(runner.device),
+        timings_ms=gate["timings_ms"]["total"],
+    ))  # fmt: skip
+    return gate, x
+
+
+def analyse_cached(ctx: Context, runner: Runner, image: dict, reader_id: int | None = None) -> Analysis | None:
     """The stored results when every available model has them already, else None (nothing is computed; the
     items of predictions stored before items existed are stored, once)."""
-    return analyse(ctx, runner, image, compute=False)
+    return analyse(ctx, runner, image, compute=False, reader_id=reader_id)
 
 
 def analyse(
@@ -321,12 +378,23 @@ def analyse(
     image: dict,
     progress: Callable[[str, float], None] | None = None,
     compute: bool = True,
+    reader_id: int | None = None,
 ) -> Analysis | None:
     """All AI results of a stored image: from the database when present, else computed now and stored
-    (compute=False: None unless everything is stored). `image` holds the row's pixel_sha256 and file_sha256."""
+    (compute=False: None unless everything is stored). `image` holds the row's id, pixel_sha256 and
+    file_sha256. The quality gate comes first: when it refuses the image and the reader (`reader_id`) has not
+    overridden it, only its verdict comes back and no other model runs."""
+    gate, x = _gate(ctx, runner, image, compute)
+    if gate is None:
+        return None
+    override = None
+    if gate["passed"] is False and reader_id is not None:
+        override = gate_overrides.of_reader(ctx.engine, image["id"], reader_id, gate)
+    if gate["passed"] is False and override is None:
+        return Analysis(gate=gate)
     # The admin's active version per task where it can run, else the registry's default.
     chosen, unavailable = models_admin.active_specs(ctx, runner.registry)
-    out = Analysis(unavailable=unavailable)
+    out = Analysis(unavailable=unavailable, gate=gate, gate_override=override)
     cached: dict[str, dict] = {}
     with dbe.read(ctx.engine) as s:
         refs = {task: (spec.model_id, spec.version, spec.weights_sha256) for task, spec in chosen.items()}
@@ -350,7 +418,7 @@ def analyse(
     }
     if older:
         out.item_ids |= _store_older_items(ctx, older)
-    x = lungs = None
+    lungs = None
     for i, task in enumerate(TASKS):
         if task not in chosen:
             continue

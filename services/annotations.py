@@ -326,6 +326,7 @@ class AIReading:
     label_map: np.ndarray | None
     models: dict[str, dict]
     prediction_id: int | None
+    gate: dict | None = None  # the quality gate's verdict; refused: nothing above (no statement, no model)
 
 
 def ai_reading(ctx: Context, runner, image: dict) -> AIReading:
@@ -351,7 +352,7 @@ def ai_reading(ctx: Context, runner, image: dict) -> AIReading:
     if (a := result.anatomy) is not None:
         models["segmentation"] = a["model"]
         lm = analysis.label_map(ctx, a)
-    return AIReading(labels, boxes, lm, models, result.prediction_ids.get("classification"))
+    return AIReading(labels, boxes, lm, models, result.prediction_ids.get("classification"), result.gate)
 
 
 def ai_proposal(ctx: Context, runner, image: dict, findings: tuple[str, ...], structures: tuple[str, ...]):

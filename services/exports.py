@@ -51,7 +51,8 @@ class Exported:
 class Item:
     image: dict  # the image row's fields, with its study's
     readings: list[dicom_objects.Reading]
-    skipped: str | None = None  # why nothing of this image can be exported (the AI could not read its file)
+    skipped: str | None = None  # why nothing of this image is exported (the AI could not read its file, or
+    # the quality gate refused it)
 
 
 def _image_dict(image: Image, study: Study) -> dict:
@@ -132,16 +133,18 @@ def _ai_item(ctx: Context, runner, img: dict) -> Item:
     """The AI's reading of one image; an image whose stored file is missing or unreadable is skipped with the
     reason (the other images are still analysed and exported)."""
     try:
-        return Item(img, [_ai_reading(ctx, runner, img)])
+        ai = annotations.ai_reading(ctx, runner, img)
     except (dicom_io.ImageRejected, OSError) as exc:
         if not ctx.store.path_for(img["file_sha256"]).exists():
             return Item(img, [], skipped="its stored file is missing from the image store")
         return Item(img, [], skipped=f"its stored file cannot be read ({type(exc).__name__})")
+    if ai.gate and ai.gate["passed"] is False:
+        return Item(img, [], skipped="refused by the quality gate: " + "; ".join(ai.gate["reasons"]))
+    return Item(img, [_ai_reading(ai)])
 
 
-def _ai_reading(ctx: Context, runner, img: dict) -> dicom_objects.Reading:
-    """The AI's statements on an image (computed now when not stored), with the models that made them."""
-    ai = annotations.ai_reading(ctx, runner, img)
+def _ai_reading(ai: annotations.AIReading) -> dicom_objects.Reading:
+    """The AI's statements on an image as a reading, with the models that made them."""
     observer = ai.models["classification"]["id"] if "classification" in ai.models else "AI"
     return dicom_objects.Reading(observer=observer, labels=ai.labels, boxes=ai.boxes, label_map=ai.label_map,
                                  models=ai.models)  # fmt: skip

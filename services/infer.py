@@ -105,6 +105,14 @@ def infer_image(
     header = img.header
     view = view_position or header.view_position
     x = analysis.model_input(img)
+    gate_spec, gate = analysis.gate_spec(runner.registry)
+    if gate_spec is not None:
+        try:
+            gate = analysis.gate_result(runner, x, gate_spec)
+        except ModelUnavailable as exc:
+            gate = analysis.gate_not_checked(exc.reason)
+    if gate["model"] is None:
+        unavailable[analysis.GATE_TASK] = gate["reasons"][0]
     doc: dict = {
         "research_use": RESEARCH_USE,
         "input": {
@@ -116,6 +124,9 @@ def infer_image(
             "pixel_spacing_mm": list(header.pixel_spacing_mm) if header.pixel_spacing_mm else None,
         },
         "device": str(runner.device),
+        # Checked before any other model: refused, nothing else runs and every AI field stays null.
+        "quality_gate": {k: gate[k] for k in ("passed", "reasons", "model")}
+        | ({"probabilities": gate["probabilities"]} if "probabilities" in gate else {}),
         "models": [],
         "unavailable": unavailable,
         "anatomy_mask": None,
@@ -142,6 +153,11 @@ def infer_image(
     def ran(spec: ModelSpec, ms: dict[str, float]) -> None:
         doc["models"].append(spec.provenance() | {"task": spec.task})
         timings[spec.model_id] = ms["total"]
+
+    if gate_spec is not None and "timings_ms" in gate:
+        ran(gate_spec, gate["timings_ms"])
+    if gate["passed"] is False:
+        chosen = {}
 
     lungs = None
     if spec := chosen.get("segmentation"):

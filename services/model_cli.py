@@ -96,6 +96,20 @@ def _cmd_train_classification(args) -> int:
     return EXIT_OK
 
 
+def _cmd_train_gate(args) -> int:
+    from services import gate_training
+
+    if not (Path(args.shared) / "nih" / "labels.csv").is_file():
+        print(f"cxr-review: error: {args.shared} holds no nih/labels.csv (the shared data folder?)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.cv:
+        print(json.dumps(gate_training.cross_validate(args)))
+        return EXIT_OK
+    meta = gate_training.run(args)
+    print(json.dumps({k: meta[k] for k in ("model_id", "version", "weights_sha256", "model_json", "validation")}))
+    return EXIT_OK
+
+
 def _classification_config(args, out: Path | None = None):
     from inference.training.classification import ClassificationConfig
 
@@ -233,6 +247,22 @@ def add_parsers(sub) -> None:
                      help="store raw sigmoids instead of Platt-calibrated probabilities fitted on validation")  # fmt: skip
     _add_common_train(cls, epochs=12)
     cls.set_defaults(fn=run, handler=_cmd_train_classification)
+
+    gate = tsub.add_parser("gate", help="quality gate: frontal chest radiograph or not (small CNN, CPU minutes)")
+    gate.add_argument("--shared", required=True, type=Path, metavar="DIR",
+                      help="the shared data folder (nih/, jsrt/, covid_followup/)")  # fmt: skip
+    gate.add_argument("--out", type=Path, metavar="DIR", default=None,
+                      help="root of model versions (default: <models dir>/trained; the project's: assets/models)")  # fmt: skip
+    gate.add_argument("--epochs", type=int, default=20)
+    gate.add_argument("--lr", type=float)
+    gate.add_argument("--seed", type=int, default=0)
+    gate.add_argument("--model-id")
+    gate.add_argument("--version")
+    gate.add_argument("--threads", type=int)
+    gate.add_argument("--cache", type=Path, metavar="NPZ", help="keep the loaded pictures here between runs")
+    gate.add_argument("--cv", type=int, metavar="K",
+                      help="instead of writing a version, the recipe's figures out of fold over K groups of patients")  # fmt: skip
+    gate.set_defaults(fn=run, handler=_cmd_train_gate)
 
     ev = sub.add_parser("eval", help="evaluate a model version; JSON on stdout")
     esub = ev.add_subparsers(dest="eval_task", required=True)

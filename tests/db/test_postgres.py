@@ -493,3 +493,25 @@ def test_lockout_after_ten_failures_on_postgresql(pg):
     assert isinstance(results[-1], auth.Locked) and results[:-1] == [None] * (auth.LOCKOUT_FAILURES - 1)
     assert isinstance(auth.authenticate(pg, "rad", "long-enough-pw"), auth.Locked)
     assert auth.unlock(pg, "rad") and auth.authenticate(pg, "rad", "long-enough-pw").username == "rad"
+
+
+def test_a_quality_gate_override_is_stored_once_per_reader_and_gate_version_and_audited(pg, shared_data, tmp_path):
+    from db.models import GateOverride
+    from services import gate_overrides
+
+    _import(pg, ImageStore(tmp_path / "pg"), shared_data / "dicom")
+    auth.add_user(pg, "rad", "radiologist", "long-enough-pw")
+    with dbe.read(pg) as s:
+        image_id = s.scalar(select(Image.id).limit(1))
+        rad_id = s.scalar(select(User.id).where(User.username == "rad"))
+    gate = {"passed": False, "reasons": ["lateral view"], "model": {"id": "quality_gate", "version": "1.0.0",
+                                                                    "weights_sha256": "a" * 64}}  # fmt: skip
+    first = gate_overrides.record(pg, image_id, rad_id, gate, "readable")
+    again = gate_overrides.record(pg, image_id, rad_id, gate, "another reason")  # the first one stays
+    assert first.reason == again.reason == "readable"
+    assert gate_overrides.of_reader(pg, image_id, rad_id, gate).reason == "readable"
+    newer = gate | {"model": gate["model"] | {"version": "1.1.0"}}
+    assert gate_overrides.of_reader(pg, image_id, rad_id, newer) is None  # a new gate version asks again
+    with dbe.read(pg) as s:
+        assert s.scalar(select(func.count(GateOverride.id))) == 1
+        assert s.scalar(text("SELECT count(*) FROM audit_events WHERE action = 'gate_overridden'")) == 1

@@ -188,8 +188,24 @@ def test_the_ai_panel_says_when_an_image_is_stored_with_an_inverted_grey_scale(e
     assert not at.error
     at.toggle(key=f"ai_on_{r.study_id}").set_value(True).run(timeout=180)
     assert not at.exception
+    # The quality gate refuses it first, saying why; nothing else is shown.
     assert ["inverted grey scale" in e.value for e in at.error] == [True]
+    assert "Quality gate: the AI does not read this image" in at.error[0].value
     assert any("Research use only" in m.value for m in at.markdown)
+    assert not [s for s in at.selectbox if s.label == "Finding heatmap"]
+    # A reader who overrides it (a reason is required) sees the results, under the anatomy check's warning.
+    from db import engine as dbe
+    from db import repo
+
+    with dbe.read(env.engine) as s:
+        image_id = repo.image_by_sop(s, r.sop_instance_uid).id
+    assert at.button(key=f"gate_override_{image_id}").disabled
+    at.text_input(key=f"gate_reason_{image_id}").input("looked at it: stored inverted, want the outlines").run()
+    at.button(key=f"gate_override_{image_id}").click().run(timeout=180)
+    assert not at.exception
+    assert any("Quality gate overridden" in w.value for w in at.warning)
+    assert any("inverted grey scale" in e.value and "anatomy model" in e.value for e in at.error)
+    assert [s for s in at.selectbox if s.label == "Finding heatmap"]
 
 
 def test_the_ctr_lines_are_labelled_in_mm_where_the_image_has_a_pixel_spacing(env, shared_data, tmp_path):

@@ -17,7 +17,7 @@ from db.models import Prediction, PredictionItem, Role
 from inference.postprocess import LUNGS, clip_to_mask
 from inference.registry import Registry
 from inference.runner import Runner
-from services import analysis, context, importer, reporting, settings
+from services import analysis, context, gate_overrides, importer, reporting, settings
 from viewer import dicom_io
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,10 +77,12 @@ def test_first_analysis_runs_every_model_and_stores_one_row_each(ctx, first, stu
     with dbe.read(ctx.engine) as s:
         rows = s.scalars(select(Prediction)).all()
         stored = {(r.pixel_sha256, r.model_id, r.model_version, r.weights_sha256): r.timings_ms for r in rows}
+    assert first.gate["passed"] is True  # the quality gate ran first and is stored too
     expected = {
-        (study["image"]["pixel_sha256"], m["id"], m["version"], m["weights_sha256"]) for m in first.models
+        (study["image"]["pixel_sha256"], m["id"], m["version"], m["weights_sha256"])
+        for m in [*first.models, first.gate["model"]]
     }
-    assert stored.keys() == expected and len(rows) == 3
+    assert stored.keys() == expected and len(rows) == 4
     # The row's time is the model's total, counted once (not its phases added to the runner's total).
     for result in (first.anatomy, first.bone, first.findings):
         key = (study["image"]["pixel_sha256"], *result["model"].values())
@@ -177,7 +179,8 @@ def test_predictions_stored_before_items_get_them_in_one_write_on_their_first_vi
     older = {"pixel_sha256": "e" * 64, "file_sha256": study["image"]["file_sha256"], "view": None}
 
     def copy(s):
-        for row in s.scalars(select(Prediction).where(Prediction.id.in_(list(first.prediction_ids.values())))):
+        # every stored result of the study's pixels, the quality gate's included
+        for row in s.scalars(select(Prediction).where(Prediction.pixel_sha256 == study["image"]["pixel_sha256"])):
             s.add(Prediction(pixel_sha256=older["pixel_sha256"], model_id=row.model_id,
                              model_version=row.model_version, weights_sha256=row.weights_sha256, task=row.task,
                              device=row.device, timings_ms=row.timings_ms, result=row.result))  # fmt: skip
@@ -370,7 +373,12 @@ def test_inverted_images_are_flagged_when_analysed_and_in_results_stored_before_
     with dbe.read(own.engine) as db:
         im = repo.image_by_sop(db, res.sop_instance_uid)
         image = {"id": im.id, "pixel_sha256": im.pixel_sha256, "file_sha256": im.file_sha256, "view": None}
-    assert analysis.analyse(own, runner, image).anatomy["inverted_grey_scale"] is True
+    # The quality gate refuses it first; a reader who overrides it sees the anatomy check's verdict too.
+    refused = analysis.analyse(own, runner, image)
+    assert refused.withheld and refused.anatomy is None and "inverted" in refused.gate["reasons"][0]
+    reader = dbe.write(own.engine, lambda db: accounts.add_user(db, "reader", "x", Role.radiologist).id)
+    gate_overrides.record(own.engine, image["id"], reader, refused.gate, "to see the anatomy check")
+    assert analysis.analyse(own, runner, image, reader_id=reader).anatomy["inverted_grey_scale"] is True
 
     def drop_flag(db):
         row = db.scalars(select(Prediction).where(Prediction.task == "segmentation")).one()
@@ -380,5 +388,5 @@ def test_inverted_images_are_flagged_when_analysed_and_in_results_stored_before_
 
     dbe.write(own.engine, drop_flag)
     analysis._INVERTED_ON_READING.clear()
-    again = analysis.analyse_cached(own, runner, image)
+    again = analysis.analyse_cached(own, runner, image, reader)
     assert again.computed_now == [] and again.anatomy["inverted_grey_scale"] is True

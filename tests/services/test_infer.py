@@ -26,7 +26,7 @@ BONE_WEIGHTS = "bone_suppression_kalisz_ae_torch.pt"
 FIELDS = {
     "models", "findings", "anatomy_mask", "bone_suppressed", "ctr", "view_position", "ctr_note", "boxes",
     "timings_ms", "research_use", "input", "unavailable", "anatomy_problems", "ctr_measured",
-    "inverted_grey_scale",
+    "inverted_grey_scale", "quality_gate",
 }  # fmt: skip
 
 
@@ -97,10 +97,12 @@ def test_json_fields_and_provenance(result, inputs):
     for file, doc in result["docs"].items():
         assert FIELDS <= doc.keys(), file
         assert "research use" in doc["research_use"].lower()
-        assert {m["id"]: m["weights_sha256"] for m in doc["models"]} == README_SHA256
+        gate = doc["quality_gate"]
+        assert gate["passed"] is True and gate["reasons"] == [] and doc["models"][0] == gate["model"] | {"task": "quality_gate"}
+        assert {m["id"]: m["weights_sha256"] for m in doc["models"][1:]} == README_SHA256
         assert all(m["version"] for m in doc["models"]) and doc["unavailable"] == {}
-        assert set(doc["timings_ms"]) == {*README_SHA256, "total"}
-        assert doc["timings_ms"]["total"] == pytest.approx(sum(doc["timings_ms"][m] for m in README_SHA256))
+        assert set(doc["timings_ms"]) == {*README_SHA256, "quality_gate", "total"}
+        assert doc["timings_ms"]["total"] == pytest.approx(sum(doc["timings_ms"][m] for m in [*README_SHA256, "quality_gate"]))
     dx = result["docs"][str(inputs["dx"])]
     assert dx["input"]["pixel_sha256"] == dicom_io.pixel_sha256(dicom_io.load(inputs["dx"]))
     assert (dx["input"]["rows"], dx["input"]["columns"]) == (1024, 1024)
@@ -155,7 +157,8 @@ def test_changed_weights_make_one_model_unavailable_and_the_others_still_run(inp
     lines = list(infer.infer_paths(runner, [inputs["png"]], out, max_bytes=50 * 2**20))
     assert [line.status for line in lines] == ["done"]
     doc = json.loads(Path(lines[0].out).read_text())
-    assert doc["unavailable"].keys() == {"bone_suppression_ae"}
+    assert doc["unavailable"].keys() == {"bone_suppression_ae", "quality_gate"}  # no gate under trained_roots=[]
+    assert doc["quality_gate"]["passed"] is None and doc["quality_gate"]["reasons"][0].startswith("quality not checked")
     assert "sha256 mismatch" in doc["unavailable"]["bone_suppression_ae"]
     assert doc["bone_suppressed"] is None and "bone_suppression_ae" not in doc["timings_ms"]
     assert [m["id"] for m in doc["models"]] == ["anatomy_unet_jsrt", "cxr15_mobilenetv3"]
