@@ -167,19 +167,23 @@ def read_folder(folder: Path, csv_path: Path, max_bytes: int) -> tuple[list[Row]
 # --- stored studies and their ground truth ---------------------------------------------------------------------
 def _verdict_truth(s, image_ids: list[int]) -> dict[int, dict[str, bool | None]]:
     """Per image, per finding: the radiologists' majority of accept (present) and reject (absent); a tie or
-    only "uncertain" gives no answer (None)."""
-    votes: dict[int, dict[str, list[bool]]] = {}
+    only "uncertain" gives no answer (None). One vote per reader: a reader who judged the finding under several
+    model versions votes with the newest verdict."""
+    newest: dict[tuple[int, str, int], bool | None] = {}
     q = (
-        select(Verdict.image_id, Verdict.item_key, Verdict.decision)
+        select(Verdict.image_id, Verdict.item_key, Verdict.reader_id, Verdict.decision)
         .join(User, User.id == Verdict.reader_id)
         .where(Verdict.image_id.in_(image_ids), Verdict.item_kind == "finding", User.role == "radiologist")
+        .order_by(Verdict.updated_at, Verdict.id)
     )
-    for image_id, finding, decision in s.execute(q):
+    for image_id, finding, reader_id, decision in s.execute(q):
         if finding in FINDINGS:
-            vote = VERDICT_TRUTH.get(decision.value)
-            votes.setdefault(image_id, {}).setdefault(finding, [])
-            if vote is not None:
-                votes[image_id][finding].append(vote)
+            newest[image_id, finding, reader_id] = VERDICT_TRUTH.get(decision.value)  # later rows win
+    votes: dict[int, dict[str, list[bool]]] = {}
+    for (image_id, finding, _), vote in newest.items():
+        per = votes.setdefault(image_id, {}).setdefault(finding, [])
+        if vote is not None:
+            per.append(vote)
     out = {}
     for image_id, per in votes.items():
         out[image_id] = {}

@@ -310,3 +310,28 @@ def test_infer_writes_the_threshold_set_in_force_and_flags_by_it(env, tmp_path):
     doc = json.loads(Path(line.out).read_text())
     assert doc["thresholds_from"] == infer.NO_DATABASE
     assert {f["label"]: f["threshold"] for f in doc["findings"]} == spec.thresholds
+
+
+def test_a_radiologist_votes_once_per_finding_with_the_newest_verdict(env):
+    ctx, runner, uid, nih = env
+    auth.add_user(ctx.engine, "rad2", "radiologist", "a-long-password-3")
+    [image_id] = _import(ctx, nih, FILES[:1])
+    with dbe.read(ctx.engine) as s:
+        readers = {u.username: u.id for u in accounts.list_users(s)}
+        study_id = s.get(Image, image_id).study_id
+
+    def verdict(reader, finding, decision, version):
+        dbe.write(ctx.engine, lambda s: repo.upsert_verdict(s, repo.VerdictIn(
+            study_id, image_id, readers[reader], "finding", finding, decision, "cxr15_mobilenetv3", version,
+            "x" * 64)))  # fmt: skip
+
+    # rad judged Mass under two versions, changing their mind: one vote, the newest (reject)
+    verdict("rad", "Mass", "accept", "1.0.0")
+    verdict("rad", "Mass", "reject", "1.1.0")
+    # rad accepted Nodule under two versions, rad2 rejected it: one vote each, a tie, no answer
+    verdict("rad", "Nodule", "accept", "1.0.0")
+    verdict("rad", "Nodule", "accept", "1.1.0")
+    verdict("rad2", "Nodule", "reject", "1.0.0")
+    made = eval_sets.from_database(ctx, "votes", repo.WorklistFilter(), "verdicts", uid)
+    [item] = eval_sets.items(ctx, made.info.id)
+    assert item.labels == {"Mass": False, "Nodule": None}
