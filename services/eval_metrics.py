@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from inference import curves, metrics
-from inference.types import ModelSpec
+from inference.types import RESEARCH_USE, ModelSpec
 from services import eval_runs, eval_sets, threshold_sets
 from services.context import Context
 
@@ -148,15 +149,32 @@ def thresholds_for(ctx: Context, spec: ModelSpec) -> threshold_sets.InForce:
     return threshold_sets.in_force(ctx, spec)
 
 
-def csv_bytes(rows: list[dict]) -> bytes:
-    """Rows as CSV (the download beside each figure)."""
+def provenance(specs: list[ModelSpec], info: eval_sets.SetInfo) -> list[str]:
+    """What every download says about where its numbers come from: research use, each model version (id,
+    version, weights sha256) and the evaluation set (name, version, content sha256)."""
+    lines = [RESEARCH_USE]
+    lines += [f"model {sp.model_id} version {sp.version} weights sha256 {sp.weights_sha256}" for sp in specs]
+    lines.append(f"evaluation set {info.name} v{info.version} content sha256 {info.content_sha256}")
+    return lines
+
+
+def csv_bytes(rows: list[dict], provenance: list[str]) -> bytes:
+    """Rows as CSV (the download beside each figure), after "# " comment lines with the provenance."""
     if not rows:
         return b""
     buf = io.StringIO()
+    for line in provenance:
+        buf.write(f"# {line}\n")
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue().encode()
+
+
+def file_name(what: str, specs: list[ModelSpec], info: eval_sets.SetInfo, suffix: str = "csv") -> str:
+    """A download's name: what it is, each model id and version, the set's name and version."""
+    parts = [what, *(f"{sp.model_id}-{sp.version}" for sp in specs), f"{info.name}-v{info.version}"]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(parts)) + f".{suffix}"
 
 
 def curve_rows(report: dict, which: str) -> list[dict]:

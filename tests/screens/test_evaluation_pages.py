@@ -10,6 +10,7 @@ import os
 import time
 
 import pytest
+import streamlit as st
 from sklearn.metrics import roc_auc_score
 
 from services import auth, eval_metrics, eval_runs, eval_sets, threshold_sets
@@ -57,8 +58,16 @@ def _wait_for_runs(ctx, set_id, timeout=300):
     raise TimeoutError(eval_runs.runs_of(ctx, set_id))
 
 
-def test_a_researcher_makes_a_set_runs_a_model_and_reads_its_metrics(world):
+def test_a_researcher_makes_a_set_runs_a_model_and_reads_its_metrics(world, monkeypatch):
     ctx, folder, labels = world
+    downloads = {}  # every CSV the page offers, by file name (st.download_button still runs)
+    real = st.download_button
+
+    def spy(label, data, file_name=None, *args, **kwargs):
+        downloads[file_name] = data
+        return real(label, data, file_name, *args, **kwargs)
+
+    monkeypatch.setattr(st, "download_button", spy)
     at = page("res", "evaluation")
     assert not at.exception
     assert at.title[0].value == "Evaluation" and "Research use only" in at.caption[0].value
@@ -100,6 +109,16 @@ def test_a_researcher_makes_a_set_runs_a_model_and_reads_its_metrics(world):
     assert any("not defined (no positive cases among 8)" in i.value for i in at.info)
     at.radio(key="ev_group").set_value("view").run()
     assert not at.exception
+    # every CSV names the model version(s), their weights, the set and its version, in its lines and its name
+    specs = [at_registry().resolve(r) for r in (MODEL, OTHER)]
+    assert any(f"{specs[0].model_id}-{specs[0].version}" in n for n in downloads)
+    for n, data in downloads.items():
+        assert n.endswith("_nih-8-v1.csv"), n
+        named = [sp for sp in specs if f"{sp.model_id}-{sp.version}" in n]
+        text = data.decode()
+        assert named and text.startswith("# Research use only"), n
+        assert all(f"{sp.model_id} version {sp.version} weights sha256 {sp.weights_sha256}" in text for sp in named)
+        assert f"# evaluation set nih-8 v1 content sha256 {info.content_sha256}" in text, n
 
 
 def at_registry():
