@@ -516,6 +516,9 @@ class EvalRun(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Set by the worker that claimed the run: only its holder writes progress, so a worker whose run was
+    # requeued and claimed by another process stops instead of writing over it.
+    worker_token: Mapped[str | None] = mapped_column(String(32))
 
 
 class ThresholdSet(Base):

@@ -321,14 +321,19 @@ def store(
     return Made(get(ctx, set_id), new, problems)
 
 
+def under_roots(path: Path | str, roots: tuple[Path, ...]) -> bool:
+    """Whether `path`, symbolic links and .. followed, lies under one of the dataset folders."""
+    resolved = Path(path).expanduser().resolve()
+    return any(resolved.is_relative_to(root) for root in roots)
+
+
 def check_under_roots(folder: Path | str, csv_path: Path | str, roots: tuple[Path, ...]) -> None:
     """Refuse a folder or labels file outside the dataset folders (CXR_REVIEW_DATASET_ROOTS), before anything is
     read: a path typed in the browser must not read, or reveal the existence of, other files of the server."""
     for what, path in (("image folder", folder), ("labels CSV", csv_path)):
         if not str(path).strip():
             continue
-        resolved = Path(path).expanduser().resolve()  # symbolic links and .. followed first
-        if not any(resolved.is_relative_to(root) for root in roots):
+        if not under_roots(path, roots):
             raise EvalSetRefused(
                 f"the {what} must lie under a dataset folder ({', '.join(map(str, roots))}; "
                 "CXR_REVIEW_DATASET_ROOTS sets them)"

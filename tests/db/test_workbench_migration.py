@@ -59,3 +59,43 @@ def test_per_label_edits_become_a_threshold_set_in_force(url):
             assert s.scalar(text("SELECT count(*) FROM model_thresholds")) == 3
     finally:
         engine.dispose()
+
+
+def test_a_run_is_claimed_with_a_token_and_its_staleness_is_read_on_the_database_clock(url):
+    from types import SimpleNamespace
+
+    from db.models import EvalRun, EvalSet
+    from services import eval_runs
+
+    dbe.upgrade(url)
+    engine = dbe.make_engine(url)
+    ctx = SimpleNamespace(engine=engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO users (id, username, password_hash, role, is_active, must_change_password, created_at) "
+                "VALUES (1, 'res', 'x', 'researcher', true, false, :t)"), {"t": T})  # fmt: skip
+
+        def tx(s):
+            s.add(EvalSet(id=1, name="s", version=1, content_sha256="c" * 64, kind="folder", truth_source="csv",
+                          findings="[]", n_items=1, report="[]", created_by_id=1))  # fmt: skip
+            s.flush()
+            s.add(EvalRun(set_id=1, model_id="m", model_version="1", weights_sha256="w" * 64, status="queued",
+                          n_total=1, created_by_id=1))  # fmt: skip
+
+        dbe.write(engine, tx)
+        run_id, token = eval_runs._claim(ctx)
+        with dbe.read(engine) as s:
+            now, run = eval_runs.db_now(s), s.get(EvalRun, run_id)
+            assert (run.status, run.worker_token) == ("running", token)
+            assert now.tzinfo is not None and abs((now - run.heartbeat_at).total_seconds()) < 5
+        assert eval_runs.requeue_abandoned(ctx) == 0  # fresh by the database's clock
+        later = now + dt.timedelta(seconds=eval_runs.STALE_S + 1)
+        assert eval_runs.requeue_abandoned(ctx, now=later) == 1
+        with pytest.raises(eval_runs.RunLost):  # the old holder's writes no longer land
+            eval_runs._Owner(ctx, run_id, token).write(n_done=1)
+        with dbe.read(engine) as s:
+            run = s.get(EvalRun, run_id)
+            assert (run.status, run.worker_token, run.n_done, run.resumed) == ("queued", None, 0, 1)
+    finally:
+        engine.dispose()

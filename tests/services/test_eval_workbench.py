@@ -6,16 +6,18 @@ scikit-learn, threshold sets (save, activate, history, rollback; what the viewer
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from db import accounts, repo
 from db import engine as dbe
@@ -31,6 +33,9 @@ FILES = ["00000075_000.png", "00000100_000.png", "00000211_000.png", "00000550_0
 
 @pytest.fixture
 def env(ctx, shared_data, tmp_path):
+    # runs read a folder set's files only under the dataset folders: the shared images and this test's files
+    ctx = dataclasses.replace(ctx, settings=dataclasses.replace(
+        ctx.settings, dataset_roots=((shared_data / "nih").resolve(), tmp_path.resolve())))  # fmt: skip
     registry = Registry(ctx.settings.models_dir)
     runner = Runner(registry, "cpu")
     uid = 1
@@ -335,3 +340,145 @@ def test_a_radiologist_votes_once_per_finding_with_the_newest_verdict(env):
     made = eval_sets.from_database(ctx, "votes", repo.WorklistFilter(), "verdicts", uid)
     [item] = eval_sets.items(ctx, made.info.id)
     assert item.labels == {"Mass": False, "Nodule": None}
+
+
+def test_a_csv_download_names_its_model_version_weights_and_evaluation_set(env, tmp_path):
+    ctx, runner, uid, _ = env
+    made = _folder_set(env, tmp_path, names=FILES[:2])
+    spec = runner.registry.resolve(MODEL)
+    other = runner.registry.resolve("cxr14_mobilenetv3_multilabel@1.0.0")
+    lines = eval_metrics.provenance([spec, other], made.info)
+    text = eval_metrics.csv_bytes([{"finding": "Mass", "AUC": 0.7}], lines).decode()
+    head = [ln for ln in text.splitlines() if ln.startswith("# ")]
+    assert head[0].startswith("# Research use only")
+    assert f"# model {spec.model_id} version {spec.version} weights sha256 {spec.weights_sha256}" in head
+    assert f"# model {other.model_id} version {other.version} weights sha256 {other.weights_sha256}" in head
+    assert f"# evaluation set nih-small v1 content sha256 {made.info.content_sha256}" in head
+    assert text.splitlines()[len(head):] == ["finding,AUC", "Mass,0.7"]
+    name = eval_metrics.file_name("roc_Pleural Thickening", [spec], made.info)
+    assert name == f"roc_Pleural_Thickening_{spec.model_id}-{spec.version}_nih-small-v1.csv"
+
+
+def _slow_first_item(monkeypatch):
+    """run_task waits on its first call until released: an item slower than STALE_S."""
+    entered, release, real = threading.Event(), threading.Event(), analysis.run_task
+
+    def slow(*args, **kwargs):
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "run_task", slow)
+    return entered, release
+
+
+def test_a_slow_item_keeps_its_run_alive_and_it_is_not_claimed_twice(env, tmp_path, monkeypatch):
+    ctx, runner, uid, _ = env
+    monkeypatch.setattr(eval_runs, "STALE_S", 1.0)
+    monkeypatch.setattr(eval_runs, "HEARTBEAT_S", 0.1, raising=False)
+    made = _folder_set(env, tmp_path, names=FILES[:2])
+    entered, release = _slow_first_item(monkeypatch)
+    [run_id] = eval_runs.start(ctx, runner, made.info.id, [MODEL], uid)
+    assert entered.wait(120)
+    with dbe.read(ctx.engine) as s:
+        began = eval_runs.db_now(s)
+    while True:  # the item runs for longer than STALE_S by the database's clock
+        with dbe.read(ctx.engine) as s:
+            if (eval_runs.db_now(s) - began).total_seconds() > 2.5 * eval_runs.STALE_S:
+                break
+        time.sleep(0.05)
+    assert eval_runs.requeue_abandoned(ctx) == 0  # another server process finds it alive
+    release.set()
+    [run] = _wait(ctx, [run_id])
+    assert (run.status, run.resumed, run.n_done) == ("done", 0, 2)
+
+
+def test_a_worker_whose_run_was_taken_over_stops_and_writes_nothing(env, tmp_path, monkeypatch):
+    ctx, runner, uid, _ = env
+    made = _folder_set(env, tmp_path, names=FILES[:3])
+    run_id = dbe.write(ctx.engine, lambda s: _add_run(s, made.info.id, runner, uid))
+    dbe.write(ctx.engine, lambda s: s.execute(update(EvalRun).values(status="queued")))
+    run_id, token = eval_runs._claim(ctx)
+    real = analysis.run_task
+
+    def taken_over(*args, **kwargs):  # meanwhile another process requeued the run and claimed it
+        dbe.write(ctx.engine, lambda s: s.execute(update(EvalRun).values(worker_token="other", n_done=0)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "run_task", taken_over)
+    with pytest.raises(eval_runs.RunLost):
+        eval_runs.execute(ctx, runner, run_id, token)
+    run = eval_runs.get(ctx, run_id)
+    assert (run.status, run.n_done, run.finished_at) == ("running", 0, None)  # the other worker's to write
+
+
+def test_a_busy_database_at_a_progress_write_does_not_fail_the_run(env, tmp_path, monkeypatch):
+    ctx, runner, uid, _ = env
+    monkeypatch.setattr(eval_runs, "BEAT_S", 0.0)  # progress after every item
+    made = _folder_set(env, tmp_path, names=FILES[:2])
+    busy, real_store, real_write = threading.Event(), analysis.store_result, dbe.write
+
+    def store(*args, **kwargs):
+        out = real_store(*args, **kwargs)
+        busy.set()  # the run's next write finds the database busy
+        return out
+
+    def write(engine, fn, **kwargs):
+        if threading.current_thread().name == "eval-runs" and busy.is_set():
+            busy.clear()
+            raise dbe.DatabaseBusy(5)
+        return real_write(engine, fn, **kwargs)
+
+    monkeypatch.setattr(analysis, "store_result", store)
+    monkeypatch.setattr(dbe, "write", write)
+    [run] = _wait(ctx, eval_runs.start(ctx, runner, made.info.id, [MODEL], uid))
+    assert (run.status, run.n_done, run.error) == ("done", 2, None)
+
+
+def test_a_run_queued_while_the_worker_decides_to_stop_is_still_done(env, tmp_path, monkeypatch):
+    ctx, runner, uid, _ = env
+    made = _folder_set(env, tmp_path, names=FILES[:1])
+    real_claim, late = eval_runs._claim, []
+
+    def claim(c):
+        got = real_claim(c)
+        if got is None and not late:  # a page queues a run just after the worker found none
+            late.append(dbe.write(ctx.engine, lambda s: _add_run(s, made.info.id, runner, uid)))
+            dbe.write(ctx.engine, lambda s: s.execute(update(EvalRun).where(EvalRun.id == late[0])
+                                                      .values(status="queued")))  # fmt: skip
+            asker = threading.Thread(target=eval_runs.ensure_worker, args=(ctx, runner))
+            asker.start()
+            asker.join(2)  # the page's ensure_worker, racing the worker's exit
+        return got
+
+    monkeypatch.setattr(eval_runs, "_claim", claim)
+    _wait(ctx, eval_runs.start(ctx, runner, made.info.id, [MODEL], uid))
+    deadline = time.monotonic() + 30
+    while not late and time.monotonic() < deadline:  # the worker looks for more work after its run
+        time.sleep(0.05)
+    [run] = _wait(ctx, late, timeout=30)
+    assert run.status == "done"
+
+
+def test_a_deleted_image_and_a_folder_outside_the_dataset_roots_are_reported_not_read(env, tmp_path):
+    ctx, runner, uid, nih = env
+    ids = _import(ctx, nih, FILES[:2])
+    with dbe.read(ctx.engine) as s:
+        rad = next(u.id for u in accounts.list_users(s) if u.username == "rad")
+        studies = {s.get(Image, i).study_id for i in ids}
+    from db import report_versions as rv
+
+    for study in studies:
+        dbe.write(ctx.engine, lambda s, st=study: rv.add(s, st, rad, rad, "IMPRESSION: No mass.", parent_id=None,
+                                                         sign=True))  # fmt: skip
+    made = eval_sets.from_database(ctx, "stored", repo.WorklistFilter(), "reports", uid)
+    assert made.info.n_items == 2
+    dbe.write(ctx.engine, lambda s: s.execute(delete(Image).where(Image.id == ids[0])))
+    [run] = _wait(ctx, eval_runs.start(ctx, runner, made.info.id, [MODEL], uid))
+    assert run.missing == [{"item": "image no longer in the store", "reason": "image no longer in the store"}]
+    # a folder set whose folder is no longer under a dataset folder: nothing is read from it
+    folder = _folder_set(env, tmp_path, names=FILES[:1])
+    narrow = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, dataset_roots=(tmp_path,)))
+    [run] = _wait(narrow, eval_runs.start(narrow, runner, folder.info.id, [MODEL], uid))
+    assert run.missing == [{"item": FILES[0], "reason": "the file does not lie under a dataset folder (any more)"}]
