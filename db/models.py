@@ -558,3 +558,5 @@ class ThresholdSetActivation(Base):
     threshold_set_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_sets.id"))
     set_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # A rollback undoes the activation before it: a second rollback walks past both to the one before.
+    is_rollback: Mapped[bool] = mapped_column(default=False, server_default=false())

@@ -124,5 +124,5 @@ else:
 history = threshold_sets.history(ctx, spec)
 if history:
     st.markdown("**History** (newest first; the first is in force)")
-    st.dataframe([{"at": f"{h.at:%Y-%m-%d %H:%M:%S} UTC", "in force": h.label, "by": _cell(h.by)} for h in history],
+    st.dataframe([{"at": f"{h.at:%Y-%m-%d %H:%M:%S} UTC", "in force": h.label + (" (rollback)" if h.rollback else ""), "by": _cell(h.by)} for h in history],
                  hide_index=True)  # fmt: skip

@@ -75,6 +75,7 @@ class Activation:
     set_id: int | None
     label: str  # the set's label, or DEFAULTS
     by: str | None
+    rollback: bool = False
 
 
 def _row(r: ThresholdSet, names: dict[int, str]) -> SetRow:
@@ -208,7 +209,7 @@ def sets_of(ctx: Context, spec: ModelSpec | None = None) -> list[SetRow]:
         return [_row(r, names) for r in s.scalars(q)]
 
 
-def activate_in(s, spec: ModelSpec, set_id: int | None, user_id: int) -> str:
+def activate_in(s, spec: ModelSpec, set_id: int | None, user_id: int, *, rollback: bool = False) -> str:
     """Put a set (None: the defaults) in force for its version, inside the caller's transaction; its label."""
     label = DEFAULTS
     if set_id is not None:
@@ -221,8 +222,9 @@ def activate_in(s, spec: ModelSpec, set_id: int | None, user_id: int) -> str:
             raise ThresholdSetRefused(f"{row.name} v{row.version} was chosen for other weights of {spec.ref}")
         label = f"{row.name} v{row.version}"
     s.add(ThresholdSetActivation(model_id=spec.model_id, model_version=spec.version, threshold_set_id=set_id,
-                                 set_by_id=user_id))  # fmt: skip
-    audit.add(s, "threshold_set_activated", actor_id=user_id, target=spec.ref, details={"set": label})
+                                 set_by_id=user_id, is_rollback=rollback))  # fmt: skip
+    audit.add(s, "threshold_set_activated", actor_id=user_id, target=spec.ref,
+              details={"set": label, "rollback": rollback})  # fmt: skip
     return label
 
 
@@ -242,19 +244,33 @@ def history(ctx: Context, spec: ModelSpec) -> list[Activation]:
     with dbe.read(ctx.engine) as s:
         names = accounts.names(s)
         labels = {r.id: f"{r.name} v{r.version}" for r in s.scalars(select(ThresholdSet))}
-        return [Activation(a.at, a.threshold_set_id, labels.get(a.threshold_set_id, DEFAULTS), names.get(a.set_by_id))
-                for a in _activations(s, spec)]  # fmt: skip
+        return [Activation(a.at, a.threshold_set_id, labels.get(a.threshold_set_id, DEFAULTS), names.get(a.set_by_id),
+                           a.is_rollback) for a in _activations(s, spec)]  # fmt: skip
+
+
+def _stack(activations: list[ThresholdSetActivation]) -> list[int | None]:
+    """What a rollback can go back to, oldest first, the top in force: each activation puts its set on top, each
+    rollback took the top off (so two rollbacks in a row go back two steps, not back and forth)."""
+    stack: list[int | None] = []
+    for a in sorted(activations, key=lambda a: a.id):
+        if a.is_rollback:
+            if stack:
+                stack.pop()
+        else:
+            stack.append(a.threshold_set_id)
+    return stack
 
 
 def rollback(ctx: Context, spec: ModelSpec, user_id: int, role: str) -> str:
-    """An admin puts the set in force before the current one back in force (a new activation); its label."""
+    """An admin puts back in force what was in force before the current activation (a new activation, marked
+    a rollback; a second rollback goes one step further back, to the model's defaults at the start); its label."""
     _admin(role)
 
     def tx(s):
-        past = _activations(s, spec)
-        if len(past) < 1:
-            raise ThresholdSetRefused(f"no threshold set was ever activated for {spec.ref}")
-        previous = past[1].threshold_set_id if len(past) > 1 else None
-        return activate_in(s, spec, previous, user_id)
+        stack = _stack(_activations(s, spec))
+        if not stack:
+            raise ThresholdSetRefused(f"nothing to roll back for {spec.ref}: every activation was rolled back")
+        stack.pop()
+        return activate_in(s, spec, stack[-1] if stack else None, user_id, rollback=True)
 
     return dbe.write(ctx.engine, tx)

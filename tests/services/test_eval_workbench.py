@@ -482,3 +482,22 @@ def test_a_deleted_image_and_a_folder_outside_the_dataset_roots_are_reported_not
     narrow = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, dataset_roots=(tmp_path,)))
     [run] = _wait(narrow, eval_runs.start(narrow, runner, folder.info.id, [MODEL], uid))
     assert run.missing == [{"item": FILES[0], "reason": "the file does not lie under a dataset folder (any more)"}]
+
+
+def test_two_rollbacks_in_a_row_go_back_two_steps_not_back_and_forth(env):
+    ctx, runner, uid, _ = env
+    spec = runner.registry.resolve(MODEL)
+    a = threshold_sets.save(ctx, "a", spec, {"Mass": 0.2}, "manual", uid)
+    b = threshold_sets.save(ctx, "b", spec, {"Mass": 0.3}, "manual", uid)
+    threshold_sets.activate(ctx, spec, a.id, uid, "admin")
+    threshold_sets.activate(ctx, spec, b.id, uid, "admin")
+    assert threshold_sets.rollback(ctx, spec, uid, "admin") == "a v1"
+    assert threshold_sets.rollback(ctx, spec, uid, "admin") == threshold_sets.DEFAULTS  # before A, not B again
+    assert threshold_sets.in_force(ctx, spec).thresholds["Mass"] == spec.thresholds["Mass"]
+    with pytest.raises(threshold_sets.ThresholdSetRefused, match="nothing to roll back"):
+        threshold_sets.rollback(ctx, spec, uid, "admin")
+    assert [(h.label, h.rollback) for h in threshold_sets.history(ctx, spec)] == [
+        (threshold_sets.DEFAULTS, True), ("a v1", True), ("b v1", False), ("a v1", False)]
+    # a new activation after the rollbacks: one rollback returns to the defaults again
+    threshold_sets.activate(ctx, spec, b.id, uid, "admin")
+    assert threshold_sets.rollback(ctx, spec, uid, "admin") == threshold_sets.DEFAULTS

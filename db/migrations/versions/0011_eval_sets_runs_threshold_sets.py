@@ -113,6 +113,7 @@ def upgrade() -> None:
         sa.Column("threshold_set_id", sa.Integer(), nullable=True),
         sa.Column("set_by_id", sa.Integer(), nullable=True),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("is_rollback", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.ForeignKeyConstraint(["set_by_id"], ["users.id"]),
         sa.ForeignKeyConstraint(["threshold_set_id"], ["threshold_sets.id"]),
         sa.PrimaryKeyConstraint("id"),
