@@ -501,3 +501,15 @@ def test_two_rollbacks_in_a_row_go_back_two_steps_not_back_and_forth(env):
     # a new activation after the rollbacks: one rollback returns to the defaults again
     threshold_sets.activate(ctx, spec, b.id, uid, "admin")
     assert threshold_sets.rollback(ctx, spec, uid, "admin") == threshold_sets.DEFAULTS
+
+
+def test_a_finding_whose_target_needs_a_threshold_above_1_is_left_out_not_the_whole_set(env):
+    ctx, runner, uid, _ = env
+    spec = runner.registry.resolve(MODEL)
+    y = np.array([1, 1, 0, 0], bool)
+    got = threshold_sets.propose({"Mass": (y, np.array([0.9, 0.8, 1.0, 0.1])), "Nodule": (y, np.array([0.9, 0.8, 0.3, 0.1]))},
+                                 "target_specificity", 1.0)  # fmt: skip
+    assert got["Mass"]["undefined"].startswith("cannot reach the target")
+    chosen = {f: p["threshold"] for f, p in got.items() if "undefined" not in p}
+    saved = threshold_sets.save(ctx, "strict", spec, chosen, "target_specificity", uid, target=1.0)
+    assert saved.thresholds == {"Nodule": 0.8}
