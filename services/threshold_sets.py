@@ -85,26 +85,36 @@ def _row(r: ThresholdSet, names: dict[int, str]) -> SetRow:
 
 
 def _activations(s, spec: ModelSpec) -> list[ThresholdSetActivation]:
+    return _activations_of(s, spec.model_id, spec.version)
+
+
+def _activations_of(s, model_id: str, version: str) -> list[ThresholdSetActivation]:
     return list(s.scalars(
         select(ThresholdSetActivation)
-        .where(ThresholdSetActivation.model_id == spec.model_id, ThresholdSetActivation.model_version == spec.version)
+        .where(ThresholdSetActivation.model_id == model_id, ThresholdSetActivation.model_version == version)
         .order_by(ThresholdSetActivation.id.desc())
     ))  # fmt: skip
 
 
 def in_force_in(s, spec: ModelSpec) -> InForce:
     """What `in_force` returns, inside the caller's session."""
-    defaults = dict(spec.thresholds)
-    history = _activations(s, spec)
+    return in_force_of(s, spec.model_id, spec.version, spec.weights_sha256, spec.thresholds)
+
+
+def in_force_of(s, model_id: str, version: str, weights_sha256: str, defaults: dict[str, float]) -> InForce:
+    """`in_force_in` for a version known by its stored results (id, version, weights and their default
+    thresholds) rather than by the registry, e.g. one that is no longer installed."""
+    defaults = dict(defaults)
+    history = _activations_of(s, model_id, version)
     if not history:  # per-label edits of a database that never had threshold sets
-        edited = repo.thresholds(s, spec.model_id, spec.version)
+        edited = repo.thresholds(s, model_id, version)
         merged = {k: edited.get(k, v) for k, v in defaults.items()}
         return InForce(merged, "per-label edits" if edited else DEFAULTS)
     newest = history[0]
     if newest.threshold_set_id is None:
         return InForce(defaults, DEFAULTS)
     row = s.get(ThresholdSet, newest.threshold_set_id)
-    if row.weights_sha256 and row.weights_sha256 != spec.weights_sha256:
+    if row.weights_sha256 and row.weights_sha256 != weights_sha256:
         return InForce(defaults, DEFAULTS, note=f"{row.name} v{row.version} was chosen for other weights")
     chosen = json.loads(row.thresholds)
     return InForce({k: float(chosen.get(k, v)) for k, v in defaults.items()}, f"{row.name} v{row.version}", row.id)

@@ -513,3 +513,27 @@ def test_a_finding_whose_target_needs_a_threshold_above_1_is_left_out_not_the_wh
     chosen = {f: p["threshold"] for f, p in got.items() if "undefined" not in p}
     saved = threshold_sets.save(ctx, "strict", spec, chosen, "target_specificity", uid, target=1.0)
     assert saved.thresholds == {"Nodule": 0.8}
+
+
+def test_the_uncertainty_queue_reads_the_threshold_set_in_force(env):
+    from services import labelling
+
+    ctx, runner, uid, nih = env
+    spec = runner.registry.resolve(MODEL)
+    ids = _import(ctx, nih, FILES[:2])
+    probs = {}
+    for i in ids:
+        with dbe.read(ctx.engine) as s:
+            image = s.get(Image, i)
+            ref = {"pixel_sha256": image.pixel_sha256, "file_sha256": image.file_sha256}
+        probs[i] = analysis.analyse(ctx, runner, ref).findings["probabilities"]
+    # the finding the two images' scores differ most on; the others' thresholds at 1, far from every score
+    label = max(spec.thresholds, key=lambda k: abs(labelling._logit(probs[ids[0]][k]) - labelling._logit(probs[ids[1]][k])))
+    for i in ids:  # the threshold at one image's score: that image is the most uncertain, first in the queue
+        chosen = dict.fromkeys(spec.thresholds, 1.0) | {label: probs[i][label]}
+        saved = threshold_sets.save(ctx, f"at {i}", spec, chosen, "manual", uid)
+        threshold_sets.activate(ctx, spec, saved.id, uid, "admin")
+        with dbe.read(ctx.engine) as s:
+            images = [s.get(Image, j) for j in ids]
+            keys = labelling._priorities(ctx, s, "t", "uncertainty", images)
+        assert min(keys, key=keys.get) == i and keys[i] == pytest.approx(0.0, abs=1e-6)
