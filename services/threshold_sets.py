@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from db import accounts, audit, repo
 from db import engine as dbe
@@ -198,7 +199,14 @@ def save(
     def tx(s):
         return save_in(s, name, spec, thresholds, rule, user_id, target, eval_set_id, rules).id
 
-    return get(ctx, dbe.write(ctx.engine, tx))
+    try:
+        set_id = dbe.write(ctx.engine, tx)
+    except IntegrityError:  # another request saved this name's next version meanwhile: number after it
+        try:
+            set_id = dbe.write(ctx.engine, tx)
+        except IntegrityError as exc:
+            raise ThresholdSetRefused(f"{name} was being saved by someone else at the same time: try again") from exc
+    return get(ctx, set_id)
 
 
 def get(ctx: Context, set_id: int) -> SetRow:

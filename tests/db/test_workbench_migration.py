@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 
 import pytest
 from alembic import command
@@ -97,5 +98,55 @@ def test_a_run_is_claimed_with_a_token_and_its_staleness_is_read_on_the_database
         with dbe.read(engine) as s:
             run = s.get(EvalRun, run_id)
             assert (run.status, run.worker_token, run.n_done, run.resumed) == ("queued", None, 0, 1)
+    finally:
+        engine.dispose()
+
+
+def test_a_name_saved_twice_at_the_same_time_gets_the_next_version_not_an_error(pg_db_url):
+    import threading
+    from types import SimpleNamespace
+
+    from sqlalchemy.orm import Session
+
+    from db.models import EvalSet
+    from services import eval_sets
+
+    dbe.upgrade(pg_db_url)
+    engine = dbe.make_engine(pg_db_url)
+    ctx = SimpleNamespace(engine=engine)
+    spec = ModelSpec(model_id="m", version="1.0.0", task="classification", labels=("Mass",), input_size=(224, 224),
+                     normalisation="none", weights_file="w.pt", weights_sha256="a" * 64, intended_use="test",
+                     source="test", thresholds={"Mass": 0.1})  # fmt: skip
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO users (id, username, password_hash, role, is_active, must_change_password, created_at) "
+                "VALUES (1, 'res', 'x', 'researcher', true, false, :t)"), {"t": T})  # fmt: skip
+        rows = [eval_sets.Row(pixel_sha256="p" * 64, labels={"Mass": True}, file_name="a.png")]
+        saves = {
+            "eval set": (EvalSet(name="n", version=1, content_sha256="c" * 64, kind="folder", truth_source="csv",
+                                 findings="[]", n_items=1, report="[]", created_by_id=1),
+                         lambda: eval_sets.store(ctx, "n", "folder", "csv", rows, ["Mass"], [], 1).info.version),
+            "threshold set": (ThresholdSet(name="t", version=1, model_id="m", model_version="1.0.0",
+                                           weights_sha256="a" * 64, thresholds="{}", rule="manual", created_by_id=1),
+                              lambda: threshold_sets.save(ctx, "t", spec, {"Mass": 0.5}, "manual", 1).version),
+        }  # fmt: skip
+        for what, (first, second) in saves.items():
+            other = Session(engine)  # another request: its version 1 not committed yet
+            other.add(first)
+            other.flush()
+            got = []
+            racer = threading.Thread(target=lambda: got.append(second()))  # noqa: B023 - run before the next turn
+            racer.start()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # the racer read no version yet and waits on the unique index
+                with engine.connect() as c:
+                    if c.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")):
+                        break
+                time.sleep(0.01)
+            other.commit()
+            other.close()
+            racer.join(60)
+            assert got == [2], what
     finally:
         engine.dispose()

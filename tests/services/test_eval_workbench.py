@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import datetime as dt
 import json
+import os
 import shutil
 import threading
 import time
@@ -537,3 +538,21 @@ def test_the_uncertainty_queue_reads_the_threshold_set_in_force(env):
             images = [s.get(Image, j) for j in ids]
             keys = labelling._priorities(ctx, s, "t", "uncertainty", images)
         assert min(keys, key=keys.get) == i and keys[i] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_labels_file_that_is_not_a_regular_file_or_too_large_is_refused_before_it_is_read(env, tmp_path, monkeypatch):
+    ctx, _, uid, nih = env
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(eval_sets.EvalSetRefused, match="is not a regular file"):
+        eval_sets.from_folder(ctx, "x", nih / "images", fifo, uid)
+    rows = _nih_rows(nih, FILES[:3])
+    path = _write_csv(tmp_path / "big.csv", rows)
+    monkeypatch.setattr(eval_sets, "MAX_CSV_BYTES", path.stat().st_size - 1)
+    with pytest.raises(eval_sets.EvalSetRefused, match="is larger than"):
+        eval_sets.from_folder(ctx, "x", nih / "images", path, uid)
+    monkeypatch.setattr(eval_sets, "MAX_CSV_BYTES", 50 * 2**20)
+    monkeypatch.setattr(eval_sets, "MAX_CSV_ROWS", 2)
+    with pytest.raises(eval_sets.EvalSetRefused, match="has more than 2 rows: split the set"):
+        eval_sets.from_folder(ctx, "x", nih / "images", path, uid)
+    assert eval_sets.list_sets(ctx) == []
