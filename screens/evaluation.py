@@ -150,7 +150,9 @@ else:
     st.caption("No run on this set yet.")
 
 # --- metrics ----------------------------------------------------------------------------------------------------
-done = eval_runs.finished_versions(ctx, set_id)
+done, gone = eval_runs.known_versions(runner.registry, eval_runs.finished_versions(ctx, set_id))
+if gone:
+    st.caption(f"Finished runs of {', '.join(gone)}: no longer installed, so their metrics cannot be shown.")
 if not done:
     st.stop()
 st.subheader("Metrics")

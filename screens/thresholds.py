@@ -33,6 +33,9 @@ def _cell(v):
 
 
 versions = [s.ref for s in registry.specs() if s.task == "classification"]
+if not versions:
+    st.info("No classification model is installed.")
+    st.stop()
 ref = st.selectbox("Model version", versions, key="ts_version")
 spec = registry.resolve(ref)
 force = threshold_sets.in_force(ctx, spec)

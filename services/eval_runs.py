@@ -386,3 +386,17 @@ def finished_versions(ctx: Context, set_id: int) -> list[str]:
     """The "id@version" of every version with a finished run on the set, newest run first."""
     return list(dict.fromkeys(r.ref for r in runs_of(ctx, set_id) if r.status == "done"))
 
+
+
+def known_versions(registry, refs: list[str]) -> tuple[list[str], list[str]]:
+    """(the versions among `refs` the registry still has, those it no longer has): the metrics of a version need
+    its spec (labels, weights), so the pages offer only the first and name the others."""
+    known, gone = [], []
+    for ref in refs:
+        try:
+            registry.resolve(ref)
+        except KeyError:
+            gone.append(ref)
+        else:
+            known.append(ref)
+    return known, gone

@@ -180,3 +180,20 @@ def test_a_folder_outside_the_dataset_roots_is_refused_before_anything_is_read(w
         (err,) = at.error
         assert "must lie under a dataset folder" in err.value and "does not exist" not in err.value
     assert eval_sets.list_sets(ctx) == []
+
+
+def test_finished_runs_of_a_version_no_longer_installed_are_named_not_a_crash(world):
+    from db import engine as dbe
+    from db.models import EvalRun
+
+    ctx, folder, labels = world
+    made = eval_sets.from_folder(ctx, "nih-8", folder, labels, 1)
+    dbe.write(ctx.engine, lambda s: s.add(EvalRun(
+        set_id=made.info.id, model_id="retired_model", model_version="0.1.0", weights_sha256="r" * 64,
+        status="done", n_total=8, n_done=8, created_by_id=1)))  # fmt: skip
+    at = page("res", "evaluation")
+    assert not at.exception
+    assert any("retired_model@0.1.0: no longer installed" in c.value for c in at.caption)
+    assert not [s for s in at.selectbox if s.key == "ev_version"]  # nothing left to show metrics of
+    at = page("res", "thresholds")
+    assert not at.exception
