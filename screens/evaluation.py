@@ -216,8 +216,7 @@ with tabs[2]:
         st.plotly_chart(eval_figures.reliability(report, model), config=eval_figures.config(f"reliability_{finding}"),
                         key=f"ev_cal_{key}")  # fmt: skip
         cal = report["calibration"]
-        bins = [{"mean_predicted": p, "observed_rate": t, "images": c}
-                for p, t, c in zip(cal["prob_pred"], cal["prob_true"], cal["counts"], strict=True)]  # fmt: skip
+        bins = eval_metrics.reliability_rows(report)
         st.markdown(f"ECE **{cal['ece']:.4f}** · Brier score **{report['brier']:.4f}**")
         _csv_button("Reliability bins as CSV", bins, f"reliability_{finding}", f"ev_csv_cal_{key}")
 with tabs[3]:
@@ -240,10 +239,7 @@ with tabs[4]:
                             config=eval_figures.config(f"subgroups_{by}_{finding}"), key=f"ev_sub_{key}_{by}")  # fmt: skip
         if any(g["gap"] for g in groups):
             st.warning("A group's interval lies apart from another's: the gap is wider than the intervals.")
-        table = [{"group": g["group"], "images": g["images"], "positives": g["positives"],
-                  "AUC": "not defined: " + g["note"] if g["auc"] is None
-                  else f"{g['auc']:.3f} [{g['ci95'][0]:.3f}–{g['ci95'][1]:.3f}]",
-                  "gap": "wider than the intervals" if g["gap"] else ""} for g in groups]  # fmt: skip
+        table = eval_metrics.subgroup_rows(groups)
         st.dataframe(table, hide_index=True)
         _csv_button("Subgroups as CSV", table, f"subgroups_{by}_{finding}", f"ev_csv_sub_{key}_{by}")
 with tabs[5]:
@@ -266,10 +262,6 @@ with tabs[5]:
                                 key=f"ev_pair_{key}_{other}")  # fmt: skip
         st.plotly_chart(eval_figures.comparison(rows, model, b.spec.provenance()),
                         config=eval_figures.config(f"compare_{ref}_{other}"), key=f"ev_cmp_{set_id}_{ref}_{other}")  # fmt: skip
-        table = [{"finding": r["finding"], "images": r["n"], "positives": r["n_pos"],
-                  f"AUC {ref}": _table.text(r.get("a") if isinstance(r.get("a"), float) else None),
-                  f"AUC {other}": _table.text(r.get("b") if isinstance(r.get("b"), float) else None),
-                  "difference [95%]": "not defined: " + r["undefined"] if r["undefined"]
-                  else f"{r['difference']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"} for r in rows]  # fmt: skip
-        st.dataframe(table, hide_index=True, width="stretch")
+        table = eval_metrics.comparison_rows(rows, ref, other)
+        st.dataframe([{k: _table.text(v) for k, v in r.items()} for r in table], hide_index=True, width="stretch")
         _csv_button("Comparison as CSV", table, "compare", f"ev_csv_cmp_{set_id}_{ref}_{other}", [scored.spec, b.spec])

@@ -43,6 +43,11 @@ class Scored:
         return idx, y, self.scores[idx, j] if idx.size else np.array([])
 
 
+def labelled_by_finding(sc: Scored) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{finding: (y, scores)} of the images with a result and a label for it (what the threshold rules read)."""
+    return {f: sc.labelled(f)[1:] for f in sc.findings}
+
+
 def scored(ctx: Context, registry, set_id: int, ref: str) -> Scored:
     spec = registry.resolve(ref)
     info = eval_sets.get(ctx, set_id)
@@ -142,6 +147,31 @@ def compare(a: Scored, b: Scored, finding: str, n_boot: int = 1000) -> dict:
     if out["undefined"] is None:
         out |= metrics.paired_bootstrap_mean_auc_diff(y[:, None], sa[:, None], sb[:, None], n_boot=n_boot)
     return out
+
+
+def reliability_rows(report: dict) -> list[dict]:
+    """The reliability bins of a finding's report as rows (the table and its CSV)."""
+    cal = report["calibration"]
+    return [{"mean_predicted": p, "observed_rate": t, "images": c}
+            for p, t, c in zip(cal["prob_pred"], cal["prob_true"], cal["counts"], strict=True)]  # fmt: skip
+
+
+def subgroup_rows(groups: list[dict]) -> list[dict]:
+    """`subgroups` as the table and its CSV: AUC with its interval, or why it is not shown."""
+    return [{"group": g["group"], "images": g["images"], "positives": g["positives"],
+             "AUC": "not defined: " + g["note"] if g["auc"] is None
+             else f"{g['auc']:.3f} [{g['ci95'][0]:.3f}–{g['ci95'][1]:.3f}]",
+             "gap": "wider than the intervals" if g["gap"] else ""} for g in groups]  # fmt: skip
+
+
+def comparison_rows(compared: list[dict], ref: str, other: str) -> list[dict]:
+    """`compare` per finding as the table and its CSV: both AUCs (None where not defined) and the paired
+    difference with its interval, or why it is not defined."""
+    return [{"finding": r["finding"], "images": r["n"], "positives": r["n_pos"],
+             f"AUC {ref}": r.get("a") if isinstance(r.get("a"), float) else None,
+             f"AUC {other}": r.get("b") if isinstance(r.get("b"), float) else None,
+             "difference [95%]": "not defined: " + r["undefined"] if r["undefined"]
+             else f"{r['difference']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"} for r in compared]  # fmt: skip
 
 
 def thresholds_for(ctx: Context, spec: ModelSpec) -> threshold_sets.InForce:

@@ -145,6 +145,34 @@ def propose(
     return out
 
 
+PROPOSAL_COLUMNS = ("finding", "rule", "threshold", "TP", "FP", "FN", "TN", "sensitivity", "specificity", "PPV", "NPV",
+                    "note")  # fmt: skip
+
+
+def own_rules(edited: list[dict], rule: str, target: float | None) -> dict[str, tuple[str, float | None]]:
+    """{finding: (rule, target)} of the rows of the "rule of its own" table that differ from the set's rule."""
+    return {r["finding"]: (r["rule"], r["target"]) for r in edited if (r["rule"], r["target"]) != (rule, target)}
+
+
+def proposal_rows(proposal: dict[str, dict]) -> list[dict]:
+    """The proposal as the page's table (PROPOSAL_COLUMNS): the threshold each rule picks and the counts it
+    gives, or why none (the default stays)."""
+    rows = []
+    for f, p in proposal.items():
+        if "undefined" in p:
+            rows.append(dict.fromkeys(PROPOSAL_COLUMNS, "") | {"finding": f, "note": p["undefined"] + " (the default stays)"})
+        else:
+            rows.append({"finding": f, "rule": RULE_NAMES[p["rule"]], "threshold": p["threshold"], "TP": p["tp"],
+                         "FP": p["fp"], "FN": p["fn"], "TN": p["tn"], "sensitivity": p["sensitivity"],
+                         "specificity": p["specificity"], "PPV": p["ppv"], "NPV": p["npv"], "note": ""})  # fmt: skip
+    return rows
+
+
+def chosen_thresholds(proposal: dict[str, dict]) -> dict[str, float]:
+    """The thresholds a proposal saves: the findings where a rule could pick one."""
+    return {f: p["threshold"] for f, p in proposal.items() if "undefined" not in p}
+
+
 def rules_of(proposal: dict[str, dict], rule: str, target: float | None) -> tuple[str, dict | None]:
     """(the set's rule, each finding's rule where they differ): `rule`, or per_finding with the findings'."""
     used = {f: {"rule": p["rule"], "target": p["target"]} for f, p in proposal.items() if "undefined" not in p}

@@ -6,6 +6,7 @@ and a threshold set chosen at a target sensitivity, saved by a researcher and pu
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import time
 
@@ -30,6 +31,9 @@ def password(name: str) -> str:
 def world(app_ctx, shared_data, tmp_path, monkeypatch):
     # The browser may name folders under the dataset roots only: the shared images and this test's labels.
     monkeypatch.setenv("CXR_REVIEW_DATASET_ROOTS", os.pathsep.join([str(shared_data / "nih"), str(tmp_path)]))
+    # the same roots for the runs this test starts itself (they read a folder set's files only under them)
+    roots = ((shared_data / "nih").resolve(), tmp_path.resolve())
+    app_ctx = dataclasses.replace(app_ctx, settings=dataclasses.replace(app_ctx.settings, dataset_roots=roots))
     for name, role in USERS.items():
         auth.add_user(app_ctx.engine, name, role, password(name))
     nih = shared_data / "nih"

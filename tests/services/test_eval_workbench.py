@@ -556,3 +556,29 @@ def test_a_labels_file_that_is_not_a_regular_file_or_too_large_is_refused_before
     with pytest.raises(eval_sets.EvalSetRefused, match="has more than 2 rows: split the set"):
         eval_sets.from_folder(ctx, "x", nih / "images", path, uid)
     assert eval_sets.list_sets(ctx) == []
+
+
+def test_the_pages_tables_come_from_the_services():
+    proposal = {"Mass": {"threshold": 0.4, "tp": 3, "fp": 1, "fn": 0, "tn": 5, "sensitivity": 1.0, "specificity": 5 / 6,
+                         "ppv": 0.75, "npv": 1.0, "f1": 0.86, "rule": "youden", "target": None},
+                "Hernia": {"undefined": "cannot choose a threshold: no positive cases among 9", "rule": "youden",
+                           "target": None}}  # fmt: skip
+    rows = {r["finding"]: r for r in threshold_sets.proposal_rows(proposal)}
+    assert (rows["Mass"]["rule"], rows["Mass"]["TP"], rows["Mass"]["note"]) == ("Youden's J", 3, "")
+    assert rows["Hernia"]["note"] == "cannot choose a threshold: no positive cases among 9 (the default stays)"
+    assert list(rows["Hernia"]) == list(threshold_sets.PROPOSAL_COLUMNS)
+    assert threshold_sets.chosen_thresholds(proposal) == {"Mass": 0.4}
+    edited = [{"finding": "Mass", "rule": "youden", "target": None},
+              {"finding": "Nodule", "rule": "target_sensitivity", "target": 0.95}]  # fmt: skip
+    assert threshold_sets.own_rules(edited, "youden", None) == {"Nodule": ("target_sensitivity", 0.95)}
+    groups = [{"group": "PA", "images": 9, "positives": 3, "auc": 0.75, "ci95": [0.5, 0.9], "note": None, "gap": True},
+              {"group": "AP", "images": 2, "positives": 1, "auc": None, "ci95": None, "note": "fewer than 5 images",
+               "gap": False}]  # fmt: skip
+    assert [r["AUC"] for r in eval_metrics.subgroup_rows(groups)] == ["0.750 [0.500–0.900]",
+                                                                      "not defined: fewer than 5 images"]
+    compared = [{"finding": "Mass", "n": 9, "n_pos": 3, "undefined": None, "a": 0.8, "b": 0.7, "difference": 0.1,
+                 "ci95": [-0.05, 0.2]}]  # fmt: skip
+    [row] = eval_metrics.comparison_rows(compared, "m@1", "m@2")
+    assert (row["AUC m@1"], row["AUC m@2"], row["difference [95%]"]) == (0.8, 0.7, "+0.100 [-0.050, +0.200]")
+    report = {"calibration": {"prob_pred": [0.1, 0.8], "prob_true": [0.0, 1.0], "counts": [4, 5]}}
+    assert eval_metrics.reliability_rows(report)[1] == {"mean_predicted": 0.8, "observed_rate": 1.0, "images": 5}
