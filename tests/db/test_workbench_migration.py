@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from alembic import command
 from sqlalchemy import inspect, text
+from sqlalchemy.orm import Session
 
 from db import engine as dbe
-from db.models import ThresholdSet
+from db.models import EvalRun, EvalSet, ThresholdSet
 from inference.types import ModelSpec
-from services import threshold_sets
+from services import eval_runs, eval_sets, threshold_sets
 
 T = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 
@@ -62,20 +65,20 @@ def test_per_label_edits_become_a_threshold_set_in_force(url):
         engine.dispose()
 
 
-def test_a_run_is_claimed_with_a_token_and_its_staleness_is_read_on_the_database_clock(url):
-    from types import SimpleNamespace
-
-    from db.models import EvalRun, EvalSet
-    from services import eval_runs
-
+def _at_head_with_a_researcher(url: str):
+    """An engine on a database at the newest schema with user 1 (a researcher), and a context holding it."""
     dbe.upgrade(url)
     engine = dbe.make_engine(url)
-    ctx = SimpleNamespace(engine=engine)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO users (id, username, password_hash, role, is_active, must_change_password, created_at) "
+            "VALUES (1, 'res', 'x', 'researcher', true, false, :t)"), {"t": T})  # fmt: skip
+    return engine, SimpleNamespace(engine=engine)
+
+
+def test_a_run_is_claimed_with_a_token_and_its_staleness_is_read_on_the_database_clock(url):
+    engine, ctx = _at_head_with_a_researcher(url)
     try:
-        with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO users (id, username, password_hash, role, is_active, must_change_password, created_at) "
-                "VALUES (1, 'res', 'x', 'researcher', true, false, :t)"), {"t": T})  # fmt: skip
 
         def tx(s):
             s.add(EvalSet(id=1, name="s", version=1, content_sha256="c" * 64, kind="folder", truth_source="csv",
@@ -103,25 +106,11 @@ def test_a_run_is_claimed_with_a_token_and_its_staleness_is_read_on_the_database
 
 
 def test_a_name_saved_twice_at_the_same_time_gets_the_next_version_not_an_error(pg_db_url):
-    import threading
-    from types import SimpleNamespace
-
-    from sqlalchemy.orm import Session
-
-    from db.models import EvalSet
-    from services import eval_sets
-
-    dbe.upgrade(pg_db_url)
-    engine = dbe.make_engine(pg_db_url)
-    ctx = SimpleNamespace(engine=engine)
+    engine, ctx = _at_head_with_a_researcher(pg_db_url)
     spec = ModelSpec(model_id="m", version="1.0.0", task="classification", labels=("Mass",), input_size=(224, 224),
                      normalisation="none", weights_file="w.pt", weights_sha256="a" * 64, intended_use="test",
                      source="test", thresholds={"Mass": 0.1})  # fmt: skip
     try:
-        with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO users (id, username, password_hash, role, is_active, must_change_password, created_at) "
-                "VALUES (1, 'res', 'x', 'researcher', true, false, :t)"), {"t": T})  # fmt: skip
         rows = [eval_sets.Row(pixel_sha256="p" * 64, labels={"Mass": True}, file_name="a.png")]
         saves = {
             "eval set": (EvalSet(name="n", version=1, content_sha256="c" * 64, kind="folder", truth_source="csv",
