@@ -536,6 +536,9 @@ class EvalRun(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Set by the worker that claimed the run: only its holder writes progress, so a worker whose run was
+    # requeued and claimed by another process stops instead of writing over it.
+    worker_token: Mapped[str | None] = mapped_column(String(32))
 
 
 class ThresholdSet(Base):
@@ -575,3 +578,5 @@ class ThresholdSetActivation(Base):
     threshold_set_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_sets.id"))
     set_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # A rollback undoes the activation before it: a second rollback walks past both to the one before.
+    is_rollback: Mapped[bool] = mapped_column(default=False, server_default=false())

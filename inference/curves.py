@@ -153,7 +153,8 @@ def choose_threshold(y_true: Sequence, y_score: Sequence, rule: str, target: flo
     target_sensitivity: the highest threshold whose sensitivity reaches `target` (so the best specificity);
     target_specificity: the lowest threshold whose specificity reaches `target` (so the best sensitivity);
     youden: the one maximising sensitivity + specificity - 1; max_f1: the one maximising F1. Ties go to the
-    highest threshold. A target specificity only "call nothing" meets gives a threshold above every score."""
+    highest threshold. A target specificity only "call nothing" meets gives a threshold above every score, or
+    ValueError where a score is 1 (the threshold would leave [0, 1])."""
     y, s = _binary(y_true, y_score)
     if (reason := undefined_reason(y)) is not None:
         raise ValueError(f"cannot choose a threshold: {reason}")
@@ -164,7 +165,11 @@ def choose_threshold(y_true: Sequence, y_score: Sequence, rule: str, target: flo
         return float(thr[int(np.argmax(tpr >= target - 1e-12))])
     if rule == "target_specificity":
         i = int(np.flatnonzero(1 - fpr >= target - 1e-12)[-1])
-        return float(thr[i]) if i > 0 else float(np.nextafter(s.max(), np.inf))
+        if i > 0:
+            return float(thr[i])
+        if s.max() >= 1.0:  # "call nothing" would need a threshold above 1, which no threshold set holds
+            raise ValueError("cannot reach the target: no threshold calls nothing positive (a score is 1)")
+        return float(np.nextafter(s.max(), np.inf))
     if rule == "youden":
         return youden_threshold(y, s)[0]
     if rule == "max_f1":

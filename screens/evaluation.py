@@ -31,8 +31,11 @@ def _error(prefix: str, exc: Exception) -> None:
     st.error(f"{prefix}{_signin.sentence(exc)}")
 
 
-def _csv_button(label: str, rows: list[dict], name: str, key: str) -> None:
-    st.download_button(label, eval_metrics.csv_bytes(rows), file_name=name, mime="text/csv", key=key,
+def _csv_button(label: str, rows: list[dict], what: str, key: str, specs: list | None = None) -> None:
+    """A CSV download that names its model version(s) and evaluation set, in its lines and its file name."""
+    specs = specs or [scored.spec]
+    data = eval_metrics.csv_bytes(rows, eval_metrics.provenance(specs, info))
+    st.download_button(label, data, file_name=eval_metrics.file_name(what, specs, info), mime="text/csv", key=key,
                        disabled=not rows, icon=":material/download:")  # fmt: skip
 
 
@@ -131,6 +134,7 @@ def _run_lines(runs: list[eval_runs.RunInfo]) -> None:
 
 @st.fragment(run_every=1.0)
 def live_runs() -> None:
+    eval_runs.ensure_worker(ctx, runner)  # a worker that stopped (busy database, a restart) is replaced
     runs = eval_runs.runs_of(ctx, set_id)
     _run_lines(runs)
     if not any(r.status in ACTIVE for r in runs):
@@ -146,7 +150,9 @@ else:
     st.caption("No run on this set yet.")
 
 # --- metrics ----------------------------------------------------------------------------------------------------
-done = eval_runs.finished_versions(ctx, set_id)
+done, gone = eval_runs.known_versions(runner.registry, eval_runs.finished_versions(ctx, set_id))
+if gone:
+    st.caption(f"Finished runs of {', '.join(gone)}: no longer installed, so their metrics cannot be shown.")
 if not done:
     st.stop()
 st.subheader("Metrics")
@@ -173,7 +179,7 @@ with tabs[0]:
     rows = _deps.eval_summary(set_id, ref, stamp, tuple(sorted(force.thresholds.items())), n_boot)
     st.dataframe([{k: _table.text(f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
                  hide_index=True, width="stretch")  # fmt: skip
-    _csv_button("Summary as CSV", rows, f"summary_{ref}.csv", f"ev_csv_sum_{key}")
+    _csv_button("Summary as CSV", rows, "summary", f"ev_csv_sum_{key}")
 with tabs[1]:
     if report["undefined"] is not None:
         st.info(f"ROC, AUC, PR and AP of {finding}: not defined ({report['undefined']}).")
@@ -188,7 +194,7 @@ with tabs[1]:
             _csv_button(
                 "ROC data as CSV",
                 eval_metrics.curve_rows(report, "roc"),
-                f"roc_{finding}.csv",
+                f"roc_{finding}",
                 f"ev_csv_roc_{key}",
             )
         with c2:
@@ -200,7 +206,7 @@ with tabs[1]:
             _csv_button(
                 "PR data as CSV",
                 eval_metrics.curve_rows(report, "pr"),
-                f"pr_{finding}.csv",
+                f"pr_{finding}",
                 f"ev_csv_pr_{key}",
             )
 with tabs[2]:
@@ -210,10 +216,9 @@ with tabs[2]:
         st.plotly_chart(eval_figures.reliability(report, model), config=eval_figures.config(f"reliability_{finding}"),
                         key=f"ev_cal_{key}")  # fmt: skip
         cal = report["calibration"]
-        bins = [{"mean_predicted": p, "observed_rate": t, "images": c}
-                for p, t, c in zip(cal["prob_pred"], cal["prob_true"], cal["counts"], strict=True)]  # fmt: skip
+        bins = eval_metrics.reliability_rows(report)
         st.markdown(f"ECE **{cal['ece']:.4f}** · Brier score **{report['brier']:.4f}**")
-        _csv_button("Reliability bins as CSV", bins, f"reliability_{finding}.csv", f"ev_csv_cal_{key}")
+        _csv_button("Reliability bins as CSV", bins, f"reliability_{finding}", f"ev_csv_cal_{key}")
 with tabs[3]:
     op = report.get("operating_point")
     if op is None:
@@ -222,7 +227,7 @@ with tabs[3]:
         st.markdown(f"At the threshold in force (**{op['threshold']:.4g}**, {force.source}):")
         st.dataframe([{k: _table.text(f"{v:.4g}" if isinstance(v, float) else v) for k, v in op.items()}],
                      hide_index=True)  # fmt: skip
-        _csv_button("Operating point as CSV", [op], f"operating_point_{finding}.csv", f"ev_csv_op_{key}")
+        _csv_button("Operating point as CSV", [op], f"operating_point_{finding}", f"ev_csv_op_{key}")
 with tabs[4]:
     by = st.radio("Group by", GROUPS, horizontal=True, key="ev_group")
     groups = eval_metrics.subgroups(scored, finding, by, n_boot)
@@ -234,12 +239,9 @@ with tabs[4]:
                             config=eval_figures.config(f"subgroups_{by}_{finding}"), key=f"ev_sub_{key}_{by}")  # fmt: skip
         if any(g["gap"] for g in groups):
             st.warning("A group's interval lies apart from another's: the gap is wider than the intervals.")
-        table = [{"group": g["group"], "images": g["images"], "positives": g["positives"],
-                  "AUC": "not defined: " + g["note"] if g["auc"] is None
-                  else f"{g['auc']:.3f} [{g['ci95'][0]:.3f}–{g['ci95'][1]:.3f}]",
-                  "gap": "wider than the intervals" if g["gap"] else ""} for g in groups]  # fmt: skip
+        table = eval_metrics.subgroup_rows(groups)
         st.dataframe(table, hide_index=True)
-        _csv_button("Subgroups as CSV", table, f"subgroups_{by}_{finding}.csv", f"ev_csv_sub_{key}_{by}")
+        _csv_button("Subgroups as CSV", table, f"subgroups_{by}_{finding}", f"ev_csv_sub_{key}_{by}")
 with tabs[5]:
     others = [v for v in done if v != ref]
     if not others:
@@ -260,12 +262,6 @@ with tabs[5]:
                                 key=f"ev_pair_{key}_{other}")  # fmt: skip
         st.plotly_chart(eval_figures.comparison(rows, model, b.spec.provenance()),
                         config=eval_figures.config(f"compare_{ref}_{other}"), key=f"ev_cmp_{set_id}_{ref}_{other}")  # fmt: skip
-        table = [{"finding": r["finding"], "images": r["n"], "positives": r["n_pos"],
-                  f"AUC {ref}": _table.text(r.get("a") if isinstance(r.get("a"), float) else None),
-                  f"AUC {other}": _table.text(r.get("b") if isinstance(r.get("b"), float) else None),
-                  "difference [95%]": "not defined: " + r["undefined"] if r["undefined"]
-                  else f"{r['difference']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"} for r in rows]  # fmt: skip
-        st.dataframe(table, hide_index=True, width="stretch")
-        _csv_button(
-            "Comparison as CSV", table, f"compare_{ref}_{other}.csv", f"ev_csv_cmp_{set_id}_{ref}_{other}"
-        )
+        table = eval_metrics.comparison_rows(rows, ref, other)
+        st.dataframe([{k: _table.text(v) for k, v in r.items()} for r in table], hide_index=True, width="stretch")
+        _csv_button("Comparison as CSV", table, "compare", f"ev_csv_cmp_{set_id}_{ref}_{other}", [scored.spec, b.spec])

@@ -9,11 +9,10 @@ import streamlit as st
 from db import engine as dbe
 from inference.types import RESEARCH_USE
 from screens import _deps, _signin, _table
-from services import eval_runs, eval_sets, threshold_sets
+from services import eval_metrics, eval_runs, eval_sets, threshold_sets
 
 RULES = {k: v for k, v in threshold_sets.RULE_NAMES.items() if k not in ("manual", "per_finding")}
 DB_ERRORS = (dbe.DatabaseBusy, dbe.DatabaseUnavailable)
-COLUMNS = ("finding", "rule", "threshold", "TP", "FP", "FN", "TN", "sensitivity", "specificity", "PPV", "NPV", "note")
 
 user = _signin.require_page("thresholds")
 ctx, registry = _deps.ctx(), _deps.registry()
@@ -33,6 +32,9 @@ def _cell(v):
 
 
 versions = [s.ref for s in registry.specs() if s.task == "classification"]
+if not versions:
+    st.info("No classification model is installed.")
+    st.stop()
 ref = st.selectbox("Model version", versions, key="ts_version")
 spec = registry.resolve(ref)
 force = threshold_sets.in_force(ctx, spec)
@@ -53,10 +55,7 @@ else:
     if rule.startswith("target_"):
         target = c3.number_input("Target", 0.5, 1.0, 0.9, 0.01, key="ts_target")
     scored = _deps.eval_scored(set_id, ref, tuple(r.id for r in runs[set_id]))
-    data = {}
-    for f in scored.findings:
-        _, y, s = scored.labelled(f)
-        data[f] = (y, s)
+    data = eval_metrics.labelled_by_finding(scored)
     with st.expander("A rule of its own for some findings"):
         editor = st.data_editor(
             [{"finding": f, "rule": rule, "target": target} for f in data], hide_index=True, width="stretch",
@@ -65,21 +64,14 @@ else:
                            "target": st.column_config.NumberColumn("target (target rules)", min_value=0.5,
                                                                    max_value=1.0, step=0.01)},
         )  # fmt: skip
-    own = {r["finding"]: (r["rule"], r["target"]) for r in editor if (r["rule"], r["target"]) != (rule, target)}
+    own = threshold_sets.own_rules(editor, rule, target)
     proposal = threshold_sets.propose(data, rule, target, own)
-    rows = []
-    for f, p in proposal.items():
-        if "undefined" in p:
-            rows.append(dict.fromkeys(COLUMNS, "") | {"finding": f, "note": p["undefined"] + " (the default stays)"})
-        else:
-            rows.append({"finding": f, "rule": RULES[p["rule"]], "threshold": p["threshold"], "TP": p["tp"], "FP": p["fp"], "FN": p["fn"],
-                         "TN": p["tn"], "sensitivity": p["sensitivity"], "specificity": p["specificity"],
-                         "PPV": p["ppv"], "NPV": p["npv"], "note": ""})  # fmt: skip
+    rows = threshold_sets.proposal_rows(proposal)
     st.dataframe([{k: _cell(v) for k, v in r.items()} for r in rows], hide_index=True, width="stretch", key="ts_table")
     st.caption(f"{RULES[rule]}{f' {target:.2f}' if target is not None else ''} on {sets[set_id].label}"
                f"{f' ({len(own)} finding(s) with a rule of their own)' if own else ''}: the counts are what each "
                "threshold gives on this set.")  # fmt: skip
-    chosen = {f: p["threshold"] for f, p in proposal.items() if "undefined" not in p}
+    chosen = threshold_sets.chosen_thresholds(proposal)
     set_rule, per_finding = threshold_sets.rules_of(proposal, rule, target)
     with st.form("ts_save", border=True):
         name = st.text_input("Threshold set name", key="ts_name", max_chars=100)
@@ -124,5 +116,5 @@ else:
 history = threshold_sets.history(ctx, spec)
 if history:
     st.markdown("**History** (newest first; the first is in force)")
-    st.dataframe([{"at": f"{h.at:%Y-%m-%d %H:%M:%S} UTC", "in force": h.label, "by": _cell(h.by)} for h in history],
+    st.dataframe([{"at": f"{h.at:%Y-%m-%d %H:%M:%S} UTC", "in force": h.label + (" (rollback)" if h.rollback else ""), "by": _cell(h.by)} for h in history],
                  hide_index=True)  # fmt: skip

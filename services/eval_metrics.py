@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from inference import curves, metrics
-from inference.types import ModelSpec
+from inference.types import RESEARCH_USE, ModelSpec
 from services import eval_runs, eval_sets, threshold_sets
 from services.context import Context
 
@@ -40,6 +41,11 @@ class Scored:
                        dtype=int)  # fmt: skip
         y = np.array([bool(self.items[i].labels[finding]) for i in idx], dtype=bool)
         return idx, y, self.scores[idx, j] if idx.size else np.array([])
+
+
+def labelled_by_finding(sc: Scored) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{finding: (y, scores)} of the images with a result and a label for it (what the threshold rules read)."""
+    return {f: sc.labelled(f)[1:] for f in sc.findings}
 
 
 def scored(ctx: Context, registry, set_id: int, ref: str) -> Scored:
@@ -143,20 +149,62 @@ def compare(a: Scored, b: Scored, finding: str, n_boot: int = 1000) -> dict:
     return out
 
 
+def reliability_rows(report: dict) -> list[dict]:
+    """The reliability bins of a finding's report as rows (the table and its CSV)."""
+    cal = report["calibration"]
+    return [{"mean_predicted": p, "observed_rate": t, "images": c}
+            for p, t, c in zip(cal["prob_pred"], cal["prob_true"], cal["counts"], strict=True)]  # fmt: skip
+
+
+def subgroup_rows(groups: list[dict]) -> list[dict]:
+    """`subgroups` as the table and its CSV: AUC with its interval, or why it is not shown."""
+    return [{"group": g["group"], "images": g["images"], "positives": g["positives"],
+             "AUC": "not defined: " + g["note"] if g["auc"] is None
+             else f"{g['auc']:.3f} [{g['ci95'][0]:.3f}–{g['ci95'][1]:.3f}]",
+             "gap": "wider than the intervals" if g["gap"] else ""} for g in groups]  # fmt: skip
+
+
+def comparison_rows(compared: list[dict], ref: str, other: str) -> list[dict]:
+    """`compare` per finding as the table and its CSV: both AUCs (None where not defined) and the paired
+    difference with its interval, or why it is not defined."""
+    return [{"finding": r["finding"], "images": r["n"], "positives": r["n_pos"],
+             f"AUC {ref}": r.get("a") if isinstance(r.get("a"), float) else None,
+             f"AUC {other}": r.get("b") if isinstance(r.get("b"), float) else None,
+             "difference [95%]": "not defined: " + r["undefined"] if r["undefined"]
+             else f"{r['difference']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"} for r in compared]  # fmt: skip
+
+
 def thresholds_for(ctx: Context, spec: ModelSpec) -> threshold_sets.InForce:
     """The operating points in force for the version (its active threshold set, else its defaults)."""
     return threshold_sets.in_force(ctx, spec)
 
 
-def csv_bytes(rows: list[dict]) -> bytes:
-    """Rows as CSV (the download beside each figure)."""
+def provenance(specs: list[ModelSpec], info: eval_sets.SetInfo) -> list[str]:
+    """What every download says about where its numbers come from: research use, each model version (id,
+    version, weights sha256) and the evaluation set (name, version, content sha256)."""
+    lines = [RESEARCH_USE]
+    lines += [f"model {sp.model_id} version {sp.version} weights sha256 {sp.weights_sha256}" for sp in specs]
+    lines.append(f"evaluation set {info.name} v{info.version} content sha256 {info.content_sha256}")
+    return lines
+
+
+def csv_bytes(rows: list[dict], provenance: list[str]) -> bytes:
+    """Rows as CSV (the download beside each figure), after "# " comment lines with the provenance."""
     if not rows:
         return b""
     buf = io.StringIO()
+    for line in provenance:
+        buf.write(f"# {line}\n")
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue().encode()
+
+
+def file_name(what: str, specs: list[ModelSpec], info: eval_sets.SetInfo, suffix: str = "csv") -> str:
+    """A download's name: what it is, each model id and version, the set's name and version."""
+    parts = [what, *(f"{sp.model_id}-{sp.version}" for sp in specs), f"{info.name}-v{info.version}"]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(parts)) + f".{suffix}"
 
 
 def curve_rows(report: dict, which: str) -> list[dict]:

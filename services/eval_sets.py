@@ -11,12 +11,16 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from db import accounts, audit, repo
 from db import engine as dbe
@@ -47,6 +51,8 @@ TRUTH_SOURCES = {
 }
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels")
 VERDICT_TRUTH = {"accept": True, "reject": False}  # uncertain: no answer
+MAX_CSV_BYTES = 50 * 2**20  # a labels file larger than this is refused before it is read
+MAX_CSV_ROWS = 20_000  # and one with more rows (each row's image is read and hashed when the set is made)
 
 
 class EvalSetRefused(Exception):
@@ -109,6 +115,26 @@ def _sex(raw: str) -> str | None:
     return raw[0] if raw[:1] in ("M", "F") else None
 
 
+def _read_csv(csv_path: Path) -> str:
+    """The labels file's text: a regular file (a FIFO or a device would block or never end) of at most
+    MAX_CSV_BYTES, checked on the opened file itself."""
+    if not csv_path.exists():
+        raise EvalSetRefused(f"labels CSV {csv_path.name} does not exist")
+    if not csv_path.is_file():
+        raise EvalSetRefused(f"labels CSV {csv_path.name} is not a regular file")
+    fd = os.open(csv_path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise EvalSetRefused(f"labels CSV {csv_path.name} is not a regular file")
+        if st.st_size > MAX_CSV_BYTES:
+            raise EvalSetRefused(f"labels CSV {csv_path.name} is larger than {MAX_CSV_BYTES // 2**20} MB")
+        data = fh.read(MAX_CSV_BYTES + 1)
+    if len(data) > MAX_CSV_BYTES:  # it grew meanwhile
+        raise EvalSetRefused(f"labels CSV {csv_path.name} is larger than {MAX_CSV_BYTES // 2**20} MB")
+    return data.decode("utf-8-sig")
+
+
 def read_folder(folder: Path, csv_path: Path, max_bytes: int) -> tuple[list[Row], list[str], list[dict]]:
     """(rows, findings, problems) of an NIH-style CSV ("Image Index", "Finding Labels" |-separated or "No
     Finding"; "Patient Age", "Patient Gender", "View Position" and "Source" used when present) whose images lie
@@ -119,12 +145,15 @@ def read_folder(folder: Path, csv_path: Path, max_bytes: int) -> tuple[list[Row]
     if not folder.is_dir():
         raise EvalSetRefused(f"image folder {folder} does not exist")
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise EvalSetRefused(f"{csv_path.name} lacks the column(s) {', '.join(missing)}")
-            lines = list(enumerate(reader, 2))
+        reader = csv.DictReader(io.StringIO(_read_csv(csv_path), newline=""))
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise EvalSetRefused(f"{csv_path.name} lacks the column(s) {', '.join(missing)}")
+        lines = []
+        for line in enumerate(reader, 2):
+            if len(lines) == MAX_CSV_ROWS:
+                raise EvalSetRefused(f"labels CSV {csv_path.name} has more than {MAX_CSV_ROWS:,} rows: split the set")
+            lines.append(line)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise EvalSetRefused(f"cannot read labels CSV {csv_path.name}: {exc}") from exc
     rows, problems, seen = [], [], set()
@@ -167,19 +196,23 @@ def read_folder(folder: Path, csv_path: Path, max_bytes: int) -> tuple[list[Row]
 # --- stored studies and their ground truth ---------------------------------------------------------------------
 def _verdict_truth(s, image_ids: list[int]) -> dict[int, dict[str, bool | None]]:
     """Per image, per finding: the radiologists' majority of accept (present) and reject (absent); a tie or
-    only "uncertain" gives no answer (None)."""
-    votes: dict[int, dict[str, list[bool]]] = {}
+    only "uncertain" gives no answer (None). One vote per reader: a reader who judged the finding under several
+    model versions votes with the newest verdict."""
+    newest: dict[tuple[int, str, int], bool | None] = {}
     q = (
-        select(Verdict.image_id, Verdict.item_key, Verdict.decision)
+        select(Verdict.image_id, Verdict.item_key, Verdict.reader_id, Verdict.decision)
         .join(User, User.id == Verdict.reader_id)
         .where(Verdict.image_id.in_(image_ids), Verdict.item_kind == "finding", User.role == "radiologist")
+        .order_by(Verdict.updated_at, Verdict.id)
     )
-    for image_id, finding, decision in s.execute(q):
+    for image_id, finding, reader_id, decision in s.execute(q):
         if finding in FINDINGS:
-            vote = VERDICT_TRUTH.get(decision.value)
-            votes.setdefault(image_id, {}).setdefault(finding, [])
-            if vote is not None:
-                votes[image_id][finding].append(vote)
+            newest[image_id, finding, reader_id] = VERDICT_TRUTH.get(decision.value)  # later rows win
+    votes: dict[int, dict[str, list[bool]]] = {}
+    for (image_id, finding, _), vote in newest.items():
+        per = votes.setdefault(image_id, {}).setdefault(finding, [])
+        if vote is not None:
+            per.append(vote)
     out = {}
     for image_id, per in votes.items():
         out[image_id] = {}
@@ -312,9 +345,21 @@ def store(
                            "sha256": digest})  # fmt: skip
         return row.id, True
 
-    set_id, new = dbe.write(ctx.engine, tx)
+    try:
+        set_id, new = dbe.write(ctx.engine, tx)
+    except IntegrityError:  # another request stored this name's next version meanwhile: number after it
+        try:
+            set_id, new = dbe.write(ctx.engine, tx)
+        except IntegrityError as exc:
+            raise EvalSetRefused(f"{name} was being changed by someone else at the same time: try again") from exc
     log.info("evaluation set %s (%d items, %d left out, new: %s)", set_id, len(rows), len(problems), new)
     return Made(get(ctx, set_id), new, problems)
+
+
+def under_roots(path: Path | str, roots: tuple[Path, ...]) -> bool:
+    """Whether `path`, symbolic links and .. followed, lies under one of the dataset folders."""
+    resolved = Path(path).expanduser().resolve()
+    return any(resolved.is_relative_to(root) for root in roots)
 
 
 def check_under_roots(folder: Path | str, csv_path: Path | str, roots: tuple[Path, ...]) -> None:
@@ -323,8 +368,7 @@ def check_under_roots(folder: Path | str, csv_path: Path | str, roots: tuple[Pat
     for what, path in (("image folder", folder), ("labels CSV", csv_path)):
         if not str(path).strip():
             continue
-        resolved = Path(path).expanduser().resolve()  # symbolic links and .. followed first
-        if not any(resolved.is_relative_to(root) for root in roots):
+        if not under_roots(path, roots):
             raise EvalSetRefused(
                 f"the {what} must lie under a dataset folder ({', '.join(map(str, roots))}; "
                 "CXR_REVIEW_DATASET_ROOTS sets them)"

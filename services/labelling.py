@@ -16,9 +16,8 @@ from sqlalchemy.orm import Session
 from db import accounts, audit
 from db import annotations as repo
 from db import engine as dbe
-from db import repo as db_repo
 from db.models import AnnotationStatus, Image, LabellingTask, Role, utcnow
-from services import annotations, vocabulary
+from services import annotations, threshold_sets, vocabulary
 from services.context import Context
 
 ORDERS = {
@@ -165,9 +164,10 @@ def _priorities(ctx: Context, s: Session, name: str, order: str, images: list[Im
         if order == "uncertainty" and preds:
             # the smallest distance of the newest result to its operating points, in log-odds (many sit far below 0.5)
             newest = json.loads(preds[-1].result)
-            thr = newest.get("default_thresholds", {}) | db_repo.thresholds(
-                s, preds[-1].model_id, preds[-1].model_version
-            )
+            last = preds[-1]
+            thr = threshold_sets.in_force_of(
+                s, last.model_id, last.model_version, last.weights_sha256, newest.get("default_thresholds", {})
+            ).thresholds
             key = min(
                 abs(_logit(p) - _logit(thr.get(label, 0.5))) for label, p in newest["probabilities"].items()
             )

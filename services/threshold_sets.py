@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from db import accounts, audit, repo
 from db import engine as dbe
@@ -75,6 +76,7 @@ class Activation:
     set_id: int | None
     label: str  # the set's label, or DEFAULTS
     by: str | None
+    rollback: bool = False
 
 
 def _row(r: ThresholdSet, names: dict[int, str]) -> SetRow:
@@ -84,26 +86,36 @@ def _row(r: ThresholdSet, names: dict[int, str]) -> SetRow:
 
 
 def _activations(s, spec: ModelSpec) -> list[ThresholdSetActivation]:
+    return _activations_of(s, spec.model_id, spec.version)
+
+
+def _activations_of(s, model_id: str, version: str) -> list[ThresholdSetActivation]:
     return list(s.scalars(
         select(ThresholdSetActivation)
-        .where(ThresholdSetActivation.model_id == spec.model_id, ThresholdSetActivation.model_version == spec.version)
+        .where(ThresholdSetActivation.model_id == model_id, ThresholdSetActivation.model_version == version)
         .order_by(ThresholdSetActivation.id.desc())
     ))  # fmt: skip
 
 
 def in_force_in(s, spec: ModelSpec) -> InForce:
     """What `in_force` returns, inside the caller's session."""
-    defaults = dict(spec.thresholds)
-    history = _activations(s, spec)
+    return in_force_of(s, spec.model_id, spec.version, spec.weights_sha256, spec.thresholds)
+
+
+def in_force_of(s, model_id: str, version: str, weights_sha256: str, defaults: dict[str, float]) -> InForce:
+    """`in_force_in` for a version known by its stored results (id, version, weights and their default
+    thresholds) rather than by the registry, e.g. one that is no longer installed."""
+    defaults = dict(defaults)
+    history = _activations_of(s, model_id, version)
     if not history:  # per-label edits of a database that never had threshold sets
-        edited = repo.thresholds(s, spec.model_id, spec.version)
+        edited = repo.thresholds(s, model_id, version)
         merged = {k: edited.get(k, v) for k, v in defaults.items()}
         return InForce(merged, "per-label edits" if edited else DEFAULTS)
     newest = history[0]
     if newest.threshold_set_id is None:
         return InForce(defaults, DEFAULTS)
     row = s.get(ThresholdSet, newest.threshold_set_id)
-    if row.weights_sha256 and row.weights_sha256 != spec.weights_sha256:
+    if row.weights_sha256 and row.weights_sha256 != weights_sha256:
         return InForce(defaults, DEFAULTS, note=f"{row.name} v{row.version} was chosen for other weights")
     chosen = json.loads(row.thresholds)
     return InForce({k: float(chosen.get(k, v)) for k, v in defaults.items()}, f"{row.name} v{row.version}", row.id)
@@ -131,6 +143,34 @@ def propose(
             continue
         out[finding] = curves.confusion(y, s, threshold) | {"rule": r, "target": t}
     return out
+
+
+PROPOSAL_COLUMNS = ("finding", "rule", "threshold", "TP", "FP", "FN", "TN", "sensitivity", "specificity", "PPV", "NPV",
+                    "note")  # fmt: skip
+
+
+def own_rules(edited: list[dict], rule: str, target: float | None) -> dict[str, tuple[str, float | None]]:
+    """{finding: (rule, target)} of the rows of the "rule of its own" table that differ from the set's rule."""
+    return {r["finding"]: (r["rule"], r["target"]) for r in edited if (r["rule"], r["target"]) != (rule, target)}
+
+
+def proposal_rows(proposal: dict[str, dict]) -> list[dict]:
+    """The proposal as the page's table (PROPOSAL_COLUMNS): the threshold each rule picks and the counts it
+    gives, or why none (the default stays)."""
+    rows = []
+    for f, p in proposal.items():
+        if "undefined" in p:
+            rows.append(dict.fromkeys(PROPOSAL_COLUMNS, "") | {"finding": f, "note": p["undefined"] + " (the default stays)"})
+        else:
+            rows.append({"finding": f, "rule": RULE_NAMES[p["rule"]], "threshold": p["threshold"], "TP": p["tp"],
+                         "FP": p["fp"], "FN": p["fn"], "TN": p["tn"], "sensitivity": p["sensitivity"],
+                         "specificity": p["specificity"], "PPV": p["ppv"], "NPV": p["npv"], "note": ""})  # fmt: skip
+    return rows
+
+
+def chosen_thresholds(proposal: dict[str, dict]) -> dict[str, float]:
+    """The thresholds a proposal saves: the findings where a rule could pick one."""
+    return {f: p["threshold"] for f, p in proposal.items() if "undefined" not in p}
 
 
 def rules_of(proposal: dict[str, dict], rule: str, target: float | None) -> tuple[str, dict | None]:
@@ -187,7 +227,14 @@ def save(
     def tx(s):
         return save_in(s, name, spec, thresholds, rule, user_id, target, eval_set_id, rules).id
 
-    return get(ctx, dbe.write(ctx.engine, tx))
+    try:
+        set_id = dbe.write(ctx.engine, tx)
+    except IntegrityError:  # another request saved this name's next version meanwhile: number after it
+        try:
+            set_id = dbe.write(ctx.engine, tx)
+        except IntegrityError as exc:
+            raise ThresholdSetRefused(f"{name} was being saved by someone else at the same time: try again") from exc
+    return get(ctx, set_id)
 
 
 def get(ctx: Context, set_id: int) -> SetRow:
@@ -208,7 +255,7 @@ def sets_of(ctx: Context, spec: ModelSpec | None = None) -> list[SetRow]:
         return [_row(r, names) for r in s.scalars(q)]
 
 
-def activate_in(s, spec: ModelSpec, set_id: int | None, user_id: int) -> str:
+def activate_in(s, spec: ModelSpec, set_id: int | None, user_id: int, *, rollback: bool = False) -> str:
     """Put a set (None: the defaults) in force for its version, inside the caller's transaction; its label."""
     label = DEFAULTS
     if set_id is not None:
@@ -221,8 +268,9 @@ def activate_in(s, spec: ModelSpec, set_id: int | None, user_id: int) -> str:
             raise ThresholdSetRefused(f"{row.name} v{row.version} was chosen for other weights of {spec.ref}")
         label = f"{row.name} v{row.version}"
     s.add(ThresholdSetActivation(model_id=spec.model_id, model_version=spec.version, threshold_set_id=set_id,
-                                 set_by_id=user_id))  # fmt: skip
-    audit.add(s, "threshold_set_activated", actor_id=user_id, target=spec.ref, details={"set": label})
+                                 set_by_id=user_id, is_rollback=rollback))  # fmt: skip
+    audit.add(s, "threshold_set_activated", actor_id=user_id, target=spec.ref,
+              details={"set": label, "rollback": rollback})  # fmt: skip
     return label
 
 
@@ -242,19 +290,33 @@ def history(ctx: Context, spec: ModelSpec) -> list[Activation]:
     with dbe.read(ctx.engine) as s:
         names = accounts.names(s)
         labels = {r.id: f"{r.name} v{r.version}" for r in s.scalars(select(ThresholdSet))}
-        return [Activation(a.at, a.threshold_set_id, labels.get(a.threshold_set_id, DEFAULTS), names.get(a.set_by_id))
-                for a in _activations(s, spec)]  # fmt: skip
+        return [Activation(a.at, a.threshold_set_id, labels.get(a.threshold_set_id, DEFAULTS), names.get(a.set_by_id),
+                           a.is_rollback) for a in _activations(s, spec)]  # fmt: skip
+
+
+def _stack(activations: list[ThresholdSetActivation]) -> list[int | None]:
+    """What a rollback can go back to, oldest first, the top in force: each activation puts its set on top, each
+    rollback took the top off (so two rollbacks in a row go back two steps, not back and forth)."""
+    stack: list[int | None] = []
+    for a in sorted(activations, key=lambda a: a.id):
+        if a.is_rollback:
+            if stack:
+                stack.pop()
+        else:
+            stack.append(a.threshold_set_id)
+    return stack
 
 
 def rollback(ctx: Context, spec: ModelSpec, user_id: int, role: str) -> str:
-    """An admin puts the set in force before the current one back in force (a new activation); its label."""
+    """An admin puts back in force what was in force before the current activation (a new activation, marked
+    a rollback; a second rollback goes one step further back, to the model's defaults at the start); its label."""
     _admin(role)
 
     def tx(s):
-        past = _activations(s, spec)
-        if len(past) < 1:
-            raise ThresholdSetRefused(f"no threshold set was ever activated for {spec.ref}")
-        previous = past[1].threshold_set_id if len(past) > 1 else None
-        return activate_in(s, spec, previous, user_id)
+        stack = _stack(_activations(s, spec))
+        if not stack:
+            raise ThresholdSetRefused(f"nothing to roll back for {spec.ref}: every activation was rolled back")
+        stack.pop()
+        return activate_in(s, spec, stack[-1] if stack else None, user_id, rollback=True)
 
     return dbe.write(ctx.engine, tx)

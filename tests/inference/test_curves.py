@@ -120,3 +120,11 @@ def test_the_bootstrap_areas_are_those_of_each_resample():
         aps.append(average_precision_score(y[idx], s[idx]))
     np.testing.assert_allclose(got["auc_ci95"], np.quantile(aucs, [0.025, 0.975]), atol=1e-12)
     np.testing.assert_allclose(got["ap_ci95"], np.quantile(aps, [0.025, 0.975]), atol=1e-12)
+
+
+def test_a_target_specificity_only_calling_nothing_meets_stays_within_0_and_1():
+    y = np.array([1, 0, 0, 1], bool)
+    # the top score is a negative: only "call nothing" reaches specificity 1
+    assert curves.choose_threshold(y, np.array([0.6, 0.9, 0.1, 0.4]), "target_specificity", 1.0) > 0.9
+    with pytest.raises(ValueError, match="cannot reach the target: no threshold calls nothing positive"):
+        curves.choose_threshold(y, np.array([0.6, 1.0, 0.1, 0.4]), "target_specificity", 1.0)

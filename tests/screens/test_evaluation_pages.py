@@ -6,10 +6,12 @@ and a threshold set chosen at a target sensitivity, saved by a researcher and pu
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import time
 
 import pytest
+import streamlit as st
 from sklearn.metrics import roc_auc_score
 
 from services import auth, eval_metrics, eval_runs, eval_sets, threshold_sets
@@ -29,6 +31,9 @@ def password(name: str) -> str:
 def world(app_ctx, shared_data, tmp_path, monkeypatch):
     # The browser may name folders under the dataset roots only: the shared images and this test's labels.
     monkeypatch.setenv("CXR_REVIEW_DATASET_ROOTS", os.pathsep.join([str(shared_data / "nih"), str(tmp_path)]))
+    # the same roots for the runs this test starts itself (they read a folder set's files only under them)
+    roots = ((shared_data / "nih").resolve(), tmp_path.resolve())
+    app_ctx = dataclasses.replace(app_ctx, settings=dataclasses.replace(app_ctx.settings, dataset_roots=roots))
     for name, role in USERS.items():
         auth.add_user(app_ctx.engine, name, role, password(name))
     nih = shared_data / "nih"
@@ -57,8 +62,16 @@ def _wait_for_runs(ctx, set_id, timeout=300):
     raise TimeoutError(eval_runs.runs_of(ctx, set_id))
 
 
-def test_a_researcher_makes_a_set_runs_a_model_and_reads_its_metrics(world):
+def test_a_researcher_makes_a_set_runs_a_model_and_reads_its_metrics(world, monkeypatch):
     ctx, folder, labels = world
+    downloads = {}  # every CSV the page offers, by file name (st.download_button still runs)
+    real = st.download_button
+
+    def spy(label, data, file_name=None, *args, **kwargs):
+        downloads[file_name] = data
+        return real(label, data, file_name, *args, **kwargs)
+
+    monkeypatch.setattr(st, "download_button", spy)
     at = page("res", "evaluation")
     assert not at.exception
     assert at.title[0].value == "Evaluation" and "Research use only" in at.caption[0].value
@@ -100,6 +113,16 @@ def test_a_researcher_makes_a_set_runs_a_model_and_reads_its_metrics(world):
     assert any("not defined (no positive cases among 8)" in i.value for i in at.info)
     at.radio(key="ev_group").set_value("view").run()
     assert not at.exception
+    # every CSV names the model version(s), their weights, the set and its version, in its lines and its name
+    specs = [at_registry().resolve(r) for r in (MODEL, OTHER)]
+    assert any(f"{specs[0].model_id}-{specs[0].version}" in n for n in downloads)
+    for n, data in downloads.items():
+        assert n.endswith("_nih-8-v1.csv"), n
+        named = [sp for sp in specs if f"{sp.model_id}-{sp.version}" in n]
+        text = data.decode()
+        assert named and text.startswith("# Research use only"), n
+        assert all(f"{sp.model_id} version {sp.version} weights sha256 {sp.weights_sha256}" in text for sp in named)
+        assert f"# evaluation set nih-8 v1 content sha256 {info.content_sha256}" in text, n
 
 
 def at_registry():
@@ -161,3 +184,20 @@ def test_a_folder_outside_the_dataset_roots_is_refused_before_anything_is_read(w
         (err,) = at.error
         assert "must lie under a dataset folder" in err.value and "does not exist" not in err.value
     assert eval_sets.list_sets(ctx) == []
+
+
+def test_finished_runs_of_a_version_no_longer_installed_are_named_not_a_crash(world):
+    from db import engine as dbe
+    from db.models import EvalRun
+
+    ctx, folder, labels = world
+    made = eval_sets.from_folder(ctx, "nih-8", folder, labels, 1)
+    dbe.write(ctx.engine, lambda s: s.add(EvalRun(
+        set_id=made.info.id, model_id="retired_model", model_version="0.1.0", weights_sha256="r" * 64,
+        status="done", n_total=8, n_done=8, created_by_id=1)))  # fmt: skip
+    at = page("res", "evaluation")
+    assert not at.exception
+    assert any("retired_model@0.1.0: no longer installed" in c.value for c in at.caption)
+    assert not [s for s in at.selectbox if s.key == "ev_version"]  # nothing left to show metrics of
+    at = page("res", "thresholds")
+    assert not at.exception

@@ -6,16 +6,19 @@ scikit-learn, threshold sets (save, activate, history, rollback; what the viewer
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import json
+import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from db import accounts, repo
 from db import engine as dbe
@@ -31,6 +34,9 @@ FILES = ["00000075_000.png", "00000100_000.png", "00000211_000.png", "00000550_0
 
 @pytest.fixture
 def env(ctx, shared_data, tmp_path):
+    # runs read a folder set's files only under the dataset folders: the shared images and this test's files
+    ctx = dataclasses.replace(ctx, settings=dataclasses.replace(
+        ctx.settings, dataset_roots=((shared_data / "nih").resolve(), tmp_path.resolve())))  # fmt: skip
     registry = Registry(ctx.settings.models_dir)
     runner = Runner(registry, "cpu")
     uid = 1
@@ -310,3 +316,269 @@ def test_infer_writes_the_threshold_set_in_force_and_flags_by_it(env, tmp_path):
     doc = json.loads(Path(line.out).read_text())
     assert doc["thresholds_from"] == infer.NO_DATABASE
     assert {f["label"]: f["threshold"] for f in doc["findings"]} == spec.thresholds
+
+
+def test_a_radiologist_votes_once_per_finding_with_the_newest_verdict(env):
+    ctx, runner, uid, nih = env
+    auth.add_user(ctx.engine, "rad2", "radiologist", "a-long-password-3")
+    [image_id] = _import(ctx, nih, FILES[:1])
+    with dbe.read(ctx.engine) as s:
+        readers = {u.username: u.id for u in accounts.list_users(s)}
+        study_id = s.get(Image, image_id).study_id
+
+    def verdict(reader, finding, decision, version):
+        dbe.write(ctx.engine, lambda s: repo.upsert_verdict(s, repo.VerdictIn(
+            study_id, image_id, readers[reader], "finding", finding, decision, "cxr15_mobilenetv3", version,
+            "x" * 64)))  # fmt: skip
+
+    # rad judged Mass under two versions, changing their mind: one vote, the newest (reject)
+    verdict("rad", "Mass", "accept", "1.0.0")
+    verdict("rad", "Mass", "reject", "1.1.0")
+    # rad accepted Nodule under two versions, rad2 rejected it: one vote each, a tie, no answer
+    verdict("rad", "Nodule", "accept", "1.0.0")
+    verdict("rad", "Nodule", "accept", "1.1.0")
+    verdict("rad2", "Nodule", "reject", "1.0.0")
+    made = eval_sets.from_database(ctx, "votes", repo.WorklistFilter(), "verdicts", uid)
+    [item] = eval_sets.items(ctx, made.info.id)
+    assert item.labels == {"Mass": False, "Nodule": None}
+
+
+def test_a_csv_download_names_its_model_version_weights_and_evaluation_set(env, tmp_path):
+    ctx, runner, uid, _ = env
+    made = _folder_set(env, tmp_path, names=FILES[:2])
+    spec = runner.registry.resolve(MODEL)
+    other = runner.registry.resolve("cxr14_mobilenetv3_multilabel@1.0.0")
+    lines = eval_metrics.provenance([spec, other], made.info)
+    text = eval_metrics.csv_bytes([{"finding": "Mass", "AUC": 0.7}], lines).decode()
+    head = [ln for ln in text.splitlines() if ln.startswith("# ")]
+    assert head[0].startswith("# Research use only")
+    assert f"# model {spec.model_id} version {spec.version} weights sha256 {spec.weights_sha256}" in head
+    assert f"# model {other.model_id} version {other.version} weights sha256 {other.weights_sha256}" in head
+    assert f"# evaluation set nih-small v1 content sha256 {made.info.content_sha256}" in head
+    assert text.splitlines()[len(head):] == ["finding,AUC", "Mass,0.7"]
+    name = eval_metrics.file_name("roc_Pleural Thickening", [spec], made.info)
+    assert name == f"roc_Pleural_Thickening_{spec.model_id}-{spec.version}_nih-small-v1.csv"
+
+
+def _slow_first_item(monkeypatch):
+    """run_task waits on its first call until released: an item slower than STALE_S."""
+    entered, release, real = threading.Event(), threading.Event(), analysis.run_task
+
+    def slow(*args, **kwargs):
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "run_task", slow)
+    return entered, release
+
+
+def test_a_slow_item_keeps_its_run_alive_and_it_is_not_claimed_twice(env, tmp_path, monkeypatch):
+    ctx, runner, uid, _ = env
+    monkeypatch.setattr(eval_runs, "STALE_S", 1.0)
+    monkeypatch.setattr(eval_runs, "HEARTBEAT_S", 0.1, raising=False)
+    made = _folder_set(env, tmp_path, names=FILES[:2])
+    entered, release = _slow_first_item(monkeypatch)
+    [run_id] = eval_runs.start(ctx, runner, made.info.id, [MODEL], uid)
+    assert entered.wait(120)
+    with dbe.read(ctx.engine) as s:
+        began = eval_runs.db_now(s)
+    while True:  # the item runs for longer than STALE_S by the database's clock
+        with dbe.read(ctx.engine) as s:
+            if (eval_runs.db_now(s) - began).total_seconds() > 2.5 * eval_runs.STALE_S:
+                break
+        time.sleep(0.05)
+    assert eval_runs.requeue_abandoned(ctx) == 0  # another server process finds it alive
+    release.set()
+    [run] = _wait(ctx, [run_id])
+    assert (run.status, run.resumed, run.n_done) == ("done", 0, 2)
+
+
+def test_a_worker_whose_run_was_taken_over_stops_and_writes_nothing(env, tmp_path, monkeypatch):
+    ctx, runner, uid, _ = env
+    made = _folder_set(env, tmp_path, names=FILES[:3])
+    run_id = dbe.write(ctx.engine, lambda s: _add_run(s, made.info.id, runner, uid))
+    dbe.write(ctx.engine, lambda s: s.execute(update(EvalRun).values(status="queued")))
+    run_id, token = eval_runs._claim(ctx)
+    real = analysis.run_task
+
+    def taken_over(*args, **kwargs):  # meanwhile another process requeued the run and claimed it
+        dbe.write(ctx.engine, lambda s: s.execute(update(EvalRun).values(worker_token="other", n_done=0)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "run_task", taken_over)
+    with pytest.raises(eval_runs.RunLost):
+        eval_runs.execute(ctx, runner, run_id, token)
+    run = eval_runs.get(ctx, run_id)
+    assert (run.status, run.n_done, run.finished_at) == ("running", 0, None)  # the other worker's to write
+
+
+def test_a_busy_database_at_a_progress_write_does_not_fail_the_run(env, tmp_path, monkeypatch):
+    ctx, runner, uid, _ = env
+    monkeypatch.setattr(eval_runs, "BEAT_S", 0.0)  # progress after every item
+    made = _folder_set(env, tmp_path, names=FILES[:2])
+    busy, real_store, real_write = threading.Event(), analysis.store_result, dbe.write
+
+    def store(*args, **kwargs):
+        out = real_store(*args, **kwargs)
+        busy.set()  # the run's next write finds the database busy
+        return out
+
+    def write(engine, fn, **kwargs):
+        if threading.current_thread().name == "eval-runs" and busy.is_set():
+            busy.clear()
+            raise dbe.DatabaseBusy(5)
+        return real_write(engine, fn, **kwargs)
+
+    monkeypatch.setattr(analysis, "store_result", store)
+    monkeypatch.setattr(dbe, "write", write)
+    [run] = _wait(ctx, eval_runs.start(ctx, runner, made.info.id, [MODEL], uid))
+    assert (run.status, run.n_done, run.error) == ("done", 2, None)
+
+
+def test_a_run_queued_while_the_worker_decides_to_stop_is_still_done(env, tmp_path, monkeypatch):
+    ctx, runner, uid, _ = env
+    made = _folder_set(env, tmp_path, names=FILES[:1])
+    real_claim, late = eval_runs._claim, []
+
+    def claim(c):
+        got = real_claim(c)
+        if got is None and not late:  # a page queues a run just after the worker found none
+            late.append(dbe.write(ctx.engine, lambda s: _add_run(s, made.info.id, runner, uid)))
+            dbe.write(ctx.engine, lambda s: s.execute(update(EvalRun).where(EvalRun.id == late[0])
+                                                      .values(status="queued")))  # fmt: skip
+            asker = threading.Thread(target=eval_runs.ensure_worker, args=(ctx, runner))
+            asker.start()
+            asker.join(2)  # the page's ensure_worker, racing the worker's exit
+        return got
+
+    monkeypatch.setattr(eval_runs, "_claim", claim)
+    _wait(ctx, eval_runs.start(ctx, runner, made.info.id, [MODEL], uid))
+    deadline = time.monotonic() + 30
+    while not late and time.monotonic() < deadline:  # the worker looks for more work after its run
+        time.sleep(0.05)
+    [run] = _wait(ctx, late, timeout=30)
+    assert run.status == "done"
+
+
+def test_a_deleted_image_and_a_folder_outside_the_dataset_roots_are_reported_not_read(env, tmp_path):
+    ctx, runner, uid, nih = env
+    ids = _import(ctx, nih, FILES[:2])
+    with dbe.read(ctx.engine) as s:
+        rad = next(u.id for u in accounts.list_users(s) if u.username == "rad")
+        studies = {s.get(Image, i).study_id for i in ids}
+    from db import report_versions as rv
+
+    for study in studies:
+        dbe.write(ctx.engine, lambda s, st=study: rv.add(s, st, rad, rad, "IMPRESSION: No mass.", parent_id=None,
+                                                         sign=True))  # fmt: skip
+    made = eval_sets.from_database(ctx, "stored", repo.WorklistFilter(), "reports", uid)
+    assert made.info.n_items == 2
+    dbe.write(ctx.engine, lambda s: s.execute(delete(Image).where(Image.id == ids[0])))
+    [run] = _wait(ctx, eval_runs.start(ctx, runner, made.info.id, [MODEL], uid))
+    assert run.missing == [{"item": "image no longer in the store", "reason": "image no longer in the store"}]
+    # a folder set whose folder is no longer under a dataset folder: nothing is read from it
+    folder = _folder_set(env, tmp_path, names=FILES[:1])
+    narrow = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, dataset_roots=(tmp_path,)))
+    [run] = _wait(narrow, eval_runs.start(narrow, runner, folder.info.id, [MODEL], uid))
+    assert run.missing == [{"item": FILES[0], "reason": "the file does not lie under a dataset folder (any more)"}]
+
+
+def test_two_rollbacks_in_a_row_go_back_two_steps_not_back_and_forth(env):
+    ctx, runner, uid, _ = env
+    spec = runner.registry.resolve(MODEL)
+    a = threshold_sets.save(ctx, "a", spec, {"Mass": 0.2}, "manual", uid)
+    b = threshold_sets.save(ctx, "b", spec, {"Mass": 0.3}, "manual", uid)
+    threshold_sets.activate(ctx, spec, a.id, uid, "admin")
+    threshold_sets.activate(ctx, spec, b.id, uid, "admin")
+    assert threshold_sets.rollback(ctx, spec, uid, "admin") == "a v1"
+    assert threshold_sets.rollback(ctx, spec, uid, "admin") == threshold_sets.DEFAULTS  # before A, not B again
+    assert threshold_sets.in_force(ctx, spec).thresholds["Mass"] == spec.thresholds["Mass"]
+    with pytest.raises(threshold_sets.ThresholdSetRefused, match="nothing to roll back"):
+        threshold_sets.rollback(ctx, spec, uid, "admin")
+    assert [(h.label, h.rollback) for h in threshold_sets.history(ctx, spec)] == [
+        (threshold_sets.DEFAULTS, True), ("a v1", True), ("b v1", False), ("a v1", False)]
+    # a new activation after the rollbacks: one rollback returns to the defaults again
+    threshold_sets.activate(ctx, spec, b.id, uid, "admin")
+    assert threshold_sets.rollback(ctx, spec, uid, "admin") == threshold_sets.DEFAULTS
+
+
+def test_a_finding_whose_target_needs_a_threshold_above_1_is_left_out_not_the_whole_set(env):
+    ctx, runner, uid, _ = env
+    spec = runner.registry.resolve(MODEL)
+    y = np.array([1, 1, 0, 0], bool)
+    got = threshold_sets.propose({"Mass": (y, np.array([0.9, 0.8, 1.0, 0.1])), "Nodule": (y, np.array([0.9, 0.8, 0.3, 0.1]))},
+                                 "target_specificity", 1.0)  # fmt: skip
+    assert got["Mass"]["undefined"].startswith("cannot reach the target")
+    chosen = {f: p["threshold"] for f, p in got.items() if "undefined" not in p}
+    saved = threshold_sets.save(ctx, "strict", spec, chosen, "target_specificity", uid, target=1.0)
+    assert saved.thresholds == {"Nodule": 0.8}
+
+
+def test_the_uncertainty_queue_reads_the_threshold_set_in_force(env):
+    from services import labelling
+
+    ctx, runner, uid, nih = env
+    spec = runner.registry.resolve(MODEL)
+    ids = _import(ctx, nih, FILES[:2])
+    probs = {}
+    for i in ids:
+        with dbe.read(ctx.engine) as s:
+            image = s.get(Image, i)
+            ref = {"pixel_sha256": image.pixel_sha256, "file_sha256": image.file_sha256}
+        probs[i] = analysis.analyse(ctx, runner, ref).findings["probabilities"]
+    # the finding the two images' scores differ most on; the others' thresholds at 1, far from every score
+    label = max(spec.thresholds, key=lambda k: abs(labelling._logit(probs[ids[0]][k]) - labelling._logit(probs[ids[1]][k])))
+    for i in ids:  # the threshold at one image's score: that image is the most uncertain, first in the queue
+        chosen = dict.fromkeys(spec.thresholds, 1.0) | {label: probs[i][label]}
+        saved = threshold_sets.save(ctx, f"at {i}", spec, chosen, "manual", uid)
+        threshold_sets.activate(ctx, spec, saved.id, uid, "admin")
+        with dbe.read(ctx.engine) as s:
+            images = [s.get(Image, j) for j in ids]
+            keys = labelling._priorities(ctx, s, "t", "uncertainty", images)
+        assert min(keys, key=keys.get) == i and keys[i] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_labels_file_that_is_not_a_regular_file_or_too_large_is_refused_before_it_is_read(env, tmp_path, monkeypatch):
+    ctx, _, uid, nih = env
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(eval_sets.EvalSetRefused, match="is not a regular file"):
+        eval_sets.from_folder(ctx, "x", nih / "images", fifo, uid)
+    rows = _nih_rows(nih, FILES[:3])
+    path = _write_csv(tmp_path / "big.csv", rows)
+    monkeypatch.setattr(eval_sets, "MAX_CSV_BYTES", path.stat().st_size - 1)
+    with pytest.raises(eval_sets.EvalSetRefused, match="is larger than"):
+        eval_sets.from_folder(ctx, "x", nih / "images", path, uid)
+    monkeypatch.setattr(eval_sets, "MAX_CSV_BYTES", 50 * 2**20)
+    monkeypatch.setattr(eval_sets, "MAX_CSV_ROWS", 2)
+    with pytest.raises(eval_sets.EvalSetRefused, match="has more than 2 rows: split the set"):
+        eval_sets.from_folder(ctx, "x", nih / "images", path, uid)
+    assert eval_sets.list_sets(ctx) == []
+
+
+def test_the_pages_tables_come_from_the_services():
+    proposal = {"Mass": {"threshold": 0.4, "tp": 3, "fp": 1, "fn": 0, "tn": 5, "sensitivity": 1.0, "specificity": 5 / 6,
+                         "ppv": 0.75, "npv": 1.0, "f1": 0.86, "rule": "youden", "target": None},
+                "Hernia": {"undefined": "cannot choose a threshold: no positive cases among 9", "rule": "youden",
+                           "target": None}}  # fmt: skip
+    rows = {r["finding"]: r for r in threshold_sets.proposal_rows(proposal)}
+    assert (rows["Mass"]["rule"], rows["Mass"]["TP"], rows["Mass"]["note"]) == ("Youden's J", 3, "")
+    assert rows["Hernia"]["note"] == "cannot choose a threshold: no positive cases among 9 (the default stays)"
+    assert list(rows["Hernia"]) == list(threshold_sets.PROPOSAL_COLUMNS)
+    assert threshold_sets.chosen_thresholds(proposal) == {"Mass": 0.4}
+    edited = [{"finding": "Mass", "rule": "youden", "target": None},
+              {"finding": "Nodule", "rule": "target_sensitivity", "target": 0.95}]  # fmt: skip
+    assert threshold_sets.own_rules(edited, "youden", None) == {"Nodule": ("target_sensitivity", 0.95)}
+    groups = [{"group": "PA", "images": 9, "positives": 3, "auc": 0.75, "ci95": [0.5, 0.9], "note": None, "gap": True},
+              {"group": "AP", "images": 2, "positives": 1, "auc": None, "ci95": None, "note": "fewer than 5 images",
+               "gap": False}]  # fmt: skip
+    assert [r["AUC"] for r in eval_metrics.subgroup_rows(groups)] == ["0.750 [0.500–0.900]",
+                                                                      "not defined: fewer than 5 images"]
+    compared = [{"finding": "Mass", "n": 9, "n_pos": 3, "undefined": None, "a": 0.8, "b": 0.7, "difference": 0.1,
+                 "ci95": [-0.05, 0.2]}]  # fmt: skip
+    [row] = eval_metrics.comparison_rows(compared, "m@1", "m@2")
+    assert (row["AUC m@1"], row["AUC m@2"], row["difference [95%]"]) == (0.8, 0.7, "+0.100 [-0.050, +0.200]")
+    report = {"calibration": {"prob_pred": [0.1, 0.8], "prob_true": [0.0, 1.0], "counts": [4, 5]}}
+    assert eval_metrics.reliability_rows(report)[1] == {"mean_predicted": 0.8, "observed_rate": 1.0, "images": 5}
