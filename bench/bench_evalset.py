@@ -73,7 +73,7 @@ def main() -> None:
     models = Path(os.environ.get("CXR_REVIEW_MODELS_DIR", shared / "models"))
     data = args.data or Path(tempfile.mkdtemp(prefix="bench-evalset-"))
     s = settings.load({"CXR_REVIEW_DATA_DIR": str(data), "CXR_REVIEW_MODELS_DIR": str(models),
-                       "CXR_REVIEW_SETTINGS": ""})  # fmt: skip
+                       "CXR_REVIEW_SETTINGS": "", "CXR_REVIEW_DATASET_ROOTS": os.pathsep.join([str(nih), str(data)])})  # fmt: skip
     dbe.upgrade(s.db_url)
     ctx = context.build(s)
     if not auth_has_users(ctx):
