@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import cv2
 import numpy as np
 
 from inference.types import Box, CtrResult
+
+NO_FINDING = "No Finding"
 
 LUNGS, HEART, CLAVICLES = 1, 2, 3
 
@@ -140,3 +144,13 @@ def heatmap_boxes(heatmap: np.ndarray, threshold: float = 0.5, min_area_frac: fl
         if area >= min_area:
             boxes.append(Box(int(x), int(y), int(w), int(h), float(heatmap[y : y + h, x : x + w].max())))
     return sorted(boxes, key=lambda b: b.score, reverse=True)
+
+
+def positives(probabilities: Mapping[str, float], thresholds: Mapping[str, float]) -> dict[str, bool]:
+    """{label: flagged}: a score at or over its operating point, except "No Finding", which is flagged only while
+    no finding is: "no finding" beside a flagged finding contradicts itself, and the finding is what a reader must
+    check. A label without an operating point is not flagged."""
+    flagged = {label: label in thresholds and float(p) >= float(thresholds[label]) for label, p in probabilities.items()}
+    if flagged.get(NO_FINDING) and any(v for label, v in flagged.items() if label != NO_FINDING):
+        flagged[NO_FINDING] = False
+    return flagged

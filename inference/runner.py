@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from inference.calibration import apply_platt
 from inference.device import resolve_device
 from inference.gradcam import grad_cam
-from inference.postprocess import clean_label_map
+from inference.postprocess import clean_label_map, positives
 from inference.preprocess import stretch_contrast
 from inference.registry import Registry
 from inference.types import (
@@ -320,7 +320,7 @@ class Runner:
         results = []
         for p in probs:
             scores = {label: float(v) for label, v in zip(spec.labels, p, strict=True)}
-            positive = {label: scores[label] >= thr[label] for label in spec.labels}
+            positive = positives(scores, thr)
             results.append(
                 ClassificationResult(
                     scores, thr, positive, self._ref(spec), timings, score_kind=SCORE_KINDS[spec.score_kind]

@@ -166,13 +166,13 @@ def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int], use
 
     if result.findings:
         f = result.findings
-        thr = result.thresholds
+        pos = analysis.flagged(result)
         ranked = sorted(f["probabilities"].items(), key=lambda kv: -kv[1])
         labels = [label for label, _ in ranked if label in f["heatmaps"]]
         label = st.selectbox(
             "Finding heatmap", ["(none)", *labels], key=f"ai_cam_{key}",
             format_func=lambda x: x if x == "(none)" else f"{x} · {f['probabilities'][x]:.3f}"
-            + (" · positive" if f["probabilities"][x] >= thr[x] else ""),
+            + (" · positive" if pos[x] else ""),
         )  # fmt: skip
         if label != "(none)":
             cmap = st.selectbox("Colour map", list(overlays.HEATMAP_COLOURMAPS), key=f"ai_cmap_{key}")
@@ -190,17 +190,17 @@ def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int], use
 
 def findings_table(result: analysis.Analysis) -> None:
     f = result.findings
-    thr = result.thresholds
+    thr, pos = result.thresholds, analysis.flagged(result)
     rows = [
-        {"Finding": label, "Score": p, "Threshold": thr[label], "Positive": p >= thr[label]}
+        {"Finding": label, "Score": p, "Threshold": thr[label], "Positive": pos[label]}
         for label, p in sorted(f["probabilities"].items(), key=lambda kv: -kv[1])
     ]
     st.dataframe(
         rows, hide_index=True, width="stretch", height=35 * len(rows) + 38,
         column_config={"Score": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0)},
     )  # fmt: skip
-    st.caption(f"{f['score_kind']} · thresholds: {result.thresholds_from or 'model defaults'} · {provenance(f)} · "
-               f"{RESEARCH_USE}")
+    st.caption(f"{f['score_kind']} · thresholds: {result.thresholds_from or 'model defaults'} · "
+               f"{analysis.POSITIVE_MEANS} · {provenance(f)} · {RESEARCH_USE}")  # fmt: skip
 
 
 def _items(result: analysis.Analysis, mine_all: list[verdict_store.Mine]) -> list[dict]:
@@ -214,11 +214,11 @@ def _items(result: analysis.Analysis, mine_all: list[verdict_store.Mine]) -> lis
 
     if result.findings:
         f = result.findings
-        thr = result.thresholds
+        pos = analysis.flagged(result)
         for label, p in sorted(f["probabilities"].items(), key=lambda kv: -kv[1]):
-            says = f"{p:.3f}" + (" positive" if p >= thr[label] else "")
+            says = f"{p:.3f}" + (" positive" if pos[label] else "")
             add("classification", "finding", label, says, f["model"])
-            for i, b in enumerate(f["boxes"].get(label, []) if p >= thr[label] else []):
+            for i, b in enumerate(f["boxes"].get(label, []) if pos[label] else []):
                 add("classification", "box", f"{label}#{i}", f"box {b['w']}×{b['h']} at ({b['x']}, {b['y']})"
                     f" · {b['score']:.2f}", f["model"])  # fmt: skip
     if result.anatomy:

@@ -36,6 +36,18 @@ NO_VIEW_NOTE = "View not recorded as PA: the 0.50 limit applies to PA films."
 NOT_CHECKED = "quality not checked"
 
 
+def flagged(result: Analysis) -> dict[str, bool]:
+    """{label: positive} of the findings under the operating points in force (postprocess.positives: "No Finding"
+    never beside a positive finding)."""
+    if not result.findings:
+        return {}
+    return postprocess.positives(result.findings["probabilities"], result.thresholds)
+
+
+POSITIVE_MEANS = ("positive = score at or over the operating point in force; “No Finding” is flagged only when no "
+                  "finding is")  # fmt: skip
+
+
 def ctr_shown(anatomy: dict | None) -> dict | None:
     """The CTR to show, report and judge: None when unmeasured or when the outlines are implausible."""
     if not anatomy or anatomy.get("problems"):

@@ -208,11 +208,12 @@ def infer_image(
         else:
             ranked = sorted(res.probabilities.items(), key=lambda kv: -kv[1])
             force = in_force(spec) if in_force else threshold_sets.InForce(dict(res.thresholds), NO_DATABASE)
+            flagged = postprocess.positives(res.probabilities, force.thresholds)
             doc["findings"] = [
                 {
                     "label": label,
                     "probability": p,
-                    "positive": p >= force.thresholds[label],
+                    "positive": flagged[label],
                     "threshold": force.thresholds[label],
                 }
                 for label, p in ranked

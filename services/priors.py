@@ -12,6 +12,7 @@ import numpy as np
 
 from db import engine as dbe
 from db import repo
+from inference import postprocess
 from services import analysis
 from services.context import Context
 from viewer import registration
@@ -110,6 +111,9 @@ def ai_change(now: analysis.Analysis, then: analysis.Analysis) -> Change:
     rows = []
     if now.findings is not None:
         p_then = (then.findings or {}).get("probabilities", {}) if comparable else {}
+        # Both films judged by today's operating points ("No Finding" never beside a positive finding).
+        pos_now = postprocess.positives(now.findings["probabilities"], now.thresholds)
+        pos_then = postprocess.positives(p_then, now.thresholds)
         for label, p in now.findings["probabilities"].items():
             old = p_then.get(label)
             thr = now.thresholds.get(label)
@@ -118,8 +122,8 @@ def ai_change(now: analysis.Analysis, then: analysis.Analysis) -> Change:
                 "Then": old,
                 "Now": float(p),
                 "Change": None if old is None else float(p) - float(old),
-                "Positive then": None if old is None or thr is None else old >= thr,
-                "Positive now": None if thr is None else p >= thr,
+                "Positive then": None if old is None or thr is None else pos_then[label],
+                "Positive now": None if thr is None else pos_now[label],
             })  # fmt: skip
         rows.sort(key=lambda r: -abs(r["Change"] or 0.0))
     ctr_now, ctr_then = analysis.ctr_shown(now.anatomy), analysis.ctr_shown(then.anatomy)

@@ -16,6 +16,8 @@ from sqlalchemy import select
 from db import accounts, repo
 from db import engine as dbe
 from db.models import Prediction, PredictionItem
+from inference.registry import Registry
+from services import threshold_sets
 from tests.conftest import SHARED
 from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data, sign_in
 
@@ -248,7 +250,10 @@ def test_the_admin_models_page_lists_versions_and_sets_a_threshold(browser, app,
     page.get_by_text("Saved 1 threshold of cxr15_mobilenetv3@1.0.0.").wait_for(timeout=30_000)
     _settle(page)
     _shot(page, "09-models-thresholds")
-    with dbe.read(ctx.engine) as s:
-        assert repo.thresholds(s, "cxr15_mobilenetv3", "1.0.0") == {"Cardiomegaly": 0.25}
+    # The edit is saved as a threshold set and put in force (the viewer and infer read it from there).
+    spec = Registry(ctx.settings.models_dir).resolve("cxr15_mobilenetv3@1.0.0")
+    force = threshold_sets.in_force(ctx, spec)
+    assert force.thresholds == {**spec.thresholds, "Cardiomegaly": 0.25}
+    assert force.source == "cxr15_mobilenetv3@1.0.0 edits v1"
     assert "Traceback" not in page.content()
     assert errors == []

@@ -142,3 +142,19 @@ def test_clip_to_mask():
     assert clipped[1, 1] == pytest.approx(0.8) and clipped[0, 0] == 0
     with pytest.raises(ValueError, match="differ in shape"):
         clip_to_mask(heat, mask[:3])
+
+
+def test_no_finding_is_never_flagged_beside_a_positive_finding():
+    from inference.postprocess import positives
+
+    thr = {"No Finding": 0.5, "Effusion": 0.3, "Mass": 0.3}
+    # Both over their operating points: the finding stands, "No Finding" does not.
+    assert positives({"No Finding": 0.9, "Effusion": 0.4, "Mass": 0.1}, thr) == {
+        "No Finding": False, "Effusion": True, "Mass": False,
+    }  # fmt: skip
+    # No finding flagged: "No Finding" is.
+    assert positives({"No Finding": 0.9, "Effusion": 0.2, "Mass": 0.1}, thr)["No Finding"] is True
+    # At the operating point counts as positive; a label without one is never flagged.
+    assert positives({"Effusion": 0.3, "Hernia": 0.99}, thr) == {"Effusion": True, "Hernia": False}
+    assert positives({}, thr) == {}
+

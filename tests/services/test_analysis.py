@@ -390,3 +390,14 @@ def test_inverted_images_are_flagged_when_analysed_and_in_results_stored_before_
     analysis._INVERTED_ON_READING.clear()
     again = analysis.analyse_cached(own, runner, image, reader)
     assert again.computed_now == [] and again.anatomy["inverted_grey_scale"] is True
+
+
+def test_the_viewer_flags_findings_by_the_rule_no_finding_never_beside_a_positive_finding():
+    from services.analysis import Analysis, flagged
+
+    result = Analysis(findings={"probabilities": {"No Finding": 0.010, "Mass": 0.02, "Effusion": 0.001}})
+    result.thresholds = {"No Finding": 0.005, "Mass": 0.012, "Effusion": 0.01}
+    assert flagged(result) == {"No Finding": False, "Mass": True, "Effusion": False}
+    result.thresholds = {"No Finding": 0.005, "Mass": 0.5, "Effusion": 0.01}
+    assert flagged(result) == {"No Finding": True, "Mass": False, "Effusion": False}
+    assert flagged(Analysis()) == {}

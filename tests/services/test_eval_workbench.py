@@ -311,7 +311,11 @@ def test_infer_writes_the_threshold_set_in_force_and_flags_by_it(env, tmp_path):
                                in_force=lambda sp: threshold_sets.in_force(ctx, sp))  # fmt: skip
     doc = json.loads(Path(line.out).read_text())
     assert doc["thresholds_from"] == "everything v1"
-    assert all(f["positive"] and f["threshold"] == 0.0 for f in doc["findings"])
+    # Every finding at its operating point of 0 is positive; "No Finding" then is not (it would contradict them).
+    assert all(f["threshold"] == 0.0 for f in doc["findings"])
+    assert {f["label"]: f["positive"] for f in doc["findings"]} == {
+        label: label != "No Finding" for label in spec.thresholds
+    }
     [line] = infer.infer_paths(runner, [nih / "images" / FILES[0]], tmp_path / "out2", max_bytes=2**30, picked=[spec])
     doc = json.loads(Path(line.out).read_text())
     assert doc["thresholds_from"] == infer.NO_DATABASE
