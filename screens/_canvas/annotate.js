@@ -513,3 +513,7 @@ el("edit-structure").addEventListener("change", (e) => { editor.structure = Numb
 el("edit-size").addEventListener("input", (e) => setSize(Number(e.target.value)));
 el("edit-delete").addEventListener("click", deleteSelected);
 overlay.addEventListener("dblclick", () => editor.polygon && closePolygon());
+
+// Ready only now that every script of the frame has run: posted at the end of canvas.js, a render could arrive
+// while this file was still loading and find no editor ("editorRender is not defined").
+post("streamlit:componentReady", { apiVersion: 1 });

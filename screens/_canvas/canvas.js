@@ -484,4 +484,4 @@ function forwardKey(e) {
   }
 }
 
-post("streamlit:componentReady", { apiVersion: 1 });
+// "componentReady" is posted by annotate.js, the frame's last script (see there).
