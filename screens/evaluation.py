@@ -184,31 +184,15 @@ with tabs[1]:
     if report["undefined"] is not None:
         st.info(f"ROC, AUC, PR and AP of {finding}: not defined ({report['undefined']}).")
     else:
-        c1, c2 = st.columns(2)
-        with c1:
-            st.plotly_chart(
-                eval_figures.roc(report, model),
-                config=eval_figures.config(f"roc_{finding}"),
-                key=f"ev_roc_{key}",
-            )
-            _csv_button(
-                "ROC data as CSV",
-                eval_metrics.curve_rows(report, "roc"),
-                f"roc_{finding}",
-                f"ev_csv_roc_{key}",
-            )
-        with c2:
-            st.plotly_chart(
-                eval_figures.pr(report, model),
-                config=eval_figures.config(f"pr_{finding}"),
-                key=f"ev_pr_{key}",
-            )
-            _csv_button(
-                "PR data as CSV",
-                eval_metrics.curve_rows(report, "pr"),
-                f"pr_{finding}",
-                f"ev_csv_pr_{key}",
-            )
+        for column, (kind, name, figure) in zip(
+            st.columns(2), (("roc", "ROC", eval_figures.roc), ("pr", "PR", eval_figures.pr)), strict=True
+        ):
+            with column:
+                st.plotly_chart(
+                    figure(report, model), config=eval_figures.config(f"{kind}_{finding}"), key=f"ev_{kind}_{key}"
+                )
+                _csv_button(f"{name} data as CSV", eval_metrics.curve_rows(report, kind), f"{kind}_{finding}",
+                            f"ev_csv_{kind}_{key}")  # fmt: skip
 with tabs[2]:
     if "calibration" not in report:
         st.info(f"No image with a result and a label for {finding}.")
