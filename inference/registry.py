@@ -11,9 +11,10 @@ Two kinds of model versions:
   `spec.arch`.
 
 A model id can have many versions. `get(id)` is the newest (highest version number, ties broken by created
-time; a built-in version counts like any other). `for_task(task)` without a preference keeps the
-pre-versioning behaviour: the built-in models first (sorted by id), then trained ones; an admin's choice
-(`prefer=(id, version)`) wins whenever that version is usable.
+time; a built-in version counts like any other). `for_task(task)` without a preference runs the version
+the task's evidence file ranks first (`<root>/evidence/<task>.json`, see inference/evidence.py), else the
+built-in models first (sorted by id), then trained ones; an admin's choice (`prefer=(id, version)`) wins
+whenever that version is usable.
 
 `unavailable()` keys built-in models by their model id (as before versions existed) and trained versions by
 "id@version"; model.json files that cannot be read at all appear there too, with the reason.
@@ -21,6 +22,7 @@ pre-versioning behaviour: the built-in models first (sorted by id), then trained
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -32,6 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
+from inference import evidence
 from inference import models as _models_pkg
 from inference.types import ModelSpec, ModelUnavailable
 
@@ -213,6 +216,30 @@ def _checked_settings(meta: dict, labels: tuple[str, ...]):
     return stretch, views, calibration
 
 
+_VARIANT_NAME = re.compile(r"^[a-z0-9]{1,16}$")
+
+
+def _variants(spec: ModelSpec) -> list[ModelSpec]:
+    """The inference variants a model.json declares (`"variants": [{"name": "1view", "test_time_views": 1}]`):
+    the same weights run with fewer test-time views, registered as version "<version>+<name>" (SemVer build
+    metadata) so that every stored result names the exact way it was computed. A bad entry is logged and left
+    out; the version itself stays usable."""
+    out = []
+    for v in spec.metadata.get("variants") or ():
+        try:
+            name, n_views = str(v["name"]), int(v["test_time_views"])
+            if not _VARIANT_NAME.match(name) or not 1 <= n_views <= max(1, len(spec.test_time_views)):
+                raise ValueError(f"name {name!r} / {n_views} views")
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("%s: variant %r ignored: %s", spec.ref, v, exc)
+            continue
+        out.append(dataclasses.replace(
+            spec, version=f"{spec.version}+{name}", test_time_views=spec.test_time_views[:n_views],
+            metadata={**spec.metadata, "variant_of": spec.version, "variant": dict(v)},
+        ))  # fmt: skip
+    return out
+
+
 @lru_cache(maxsize=256)
 def _read_spec(path: str, mtime_ns: int, size: int) -> ModelSpec | str:
     """The spec of one model.json, or the reason it is unusable (cached until the file changes)."""
@@ -261,6 +288,8 @@ class Registry:
                         )
                 else:
                     found[key] = spec
+                    for variant in _variants(spec):
+                        found[(variant.model_id, variant.version)] = variant
         for ref in broken:
             found.pop(parse_ref(ref), None)  # type: ignore[arg-type]
         return found, broken
@@ -374,12 +403,17 @@ class Registry:
         """{"id@version": reason} for trained-model folders whose model.json cannot describe a usable version."""
         return self._scan()[1]
 
+    def evidence(self, task: str) -> dict | None:
+        """The task's measurements that choose its default version (inference/evidence.py), if any."""
+        return evidence.read(self.trained_roots, task)
+
     def for_task(self, task: str, prefer: tuple[str, str] | None = None) -> ModelSpec:
         """The model version to run for a task.
 
         `prefer` = (model_id, version) an admin made active: used when it exists, is for this task and is
-        usable; otherwise (logged) the fallback: the first available version, built-in models first (sorted by
-        id), then trained ones (by id, newest version first). ModelUnavailable with why when none is usable.
+        usable; otherwise (logged) the fallback: the first available version in the order of the task's evidence
+        (inference/evidence.py: best measured within the viewer's budget), then the versions it does not rank:
+        built-in models first (sorted by id), then trained ones (by id, newest version first). ModelUnavailable with why when none is usable.
         """
         if prefer is not None:
             model_id, version = prefer
@@ -397,6 +431,10 @@ class Registry:
         candidates = [s for s in self.specs() if s.task == task]
         if not candidates:
             raise ModelUnavailable(task, f"no model registered for task {task!r}")
+        if (measured := self.evidence(task)) is not None:
+            order = evidence.ranking(measured, {s.ref: s.weights_sha256 for s in candidates})
+            rank = {ref: i for i, ref in enumerate(order)}
+            candidates.sort(key=lambda s: rank.get(s.ref, len(rank)))  # stable: unmeasured keep their order
         for spec in candidates:
             if self.problem(spec) is None:
                 return spec

@@ -51,8 +51,8 @@ running, _ = models_admin.active_specs(ctx, registry, stored=pins)
 rows = models_admin.catalogue(registry, running)
 broken = registry.unreadable()  # model folders that could not be read at all (no row above)
 
-tab_cat, tab_active, tab_thr = st.tabs(
-    ["Catalogue", "Active versions", "Thresholds"], key="models_tab", on_change="rerun"
+tab_cat, tab_active, tab_ev, tab_thr = st.tabs(
+    ["Catalogue", "Active versions", "Evidence", "Thresholds"], key="models_tab", on_change="rerun"
 )
 
 with tab_cat:
@@ -110,6 +110,26 @@ with tab_cat:
                 st.dataframe(_flat(s.metrics), hide_index=True, width="stretch", key=f"metrics_{s.ref}")
             else:
                 st.caption("No validation metrics recorded with this version.")
+
+with tab_ev:
+    st.caption(
+        "Without an admin's choice, each task runs the version its evidence ranks first: every version measured "
+        "side by side, in one run, on images none of them trained on (`cxr-review evidence`)."
+    )
+    for task in TASKS:
+        data, ev_rows = models_admin.evidence_table(registry, task)
+        with st.container(border=True):
+            st.markdown(f"**{TASK_NAMES.get(task, task)}**")
+            if data is None:
+                st.caption("No evidence recorded: the built-in version runs by default.")
+                continue
+            st.markdown(f"Rule: {data['rule']['text']}.")
+            st.dataframe(ev_rows, hide_index=True, width="stretch", key=f"evidence_{task}")
+            for name, about in data.get("sets", {}).items():
+                st.caption(f"**{name}** · {about.get('n', '?')} images · {about.get('truth', '')} "
+                           f"· trained on by: {', '.join(about.get('trained_on_by') or ['no version'])}")  # fmt: skip
+            st.caption(f"Measured {data.get('measured', '?')} with `{data.get('command', '?')}` "
+                       f"(code {str(data.get('code_version', '?'))[:12]}, {data.get('torch_threads', '?')} threads)")  # fmt: skip
 
 with tab_active:
     st.caption(

@@ -242,13 +242,15 @@ def inversion_check(runner: Runner, x: np.ndarray, spec: ModelSpec) -> dict:
     """For outlines that do not look like a chest: does the inverted picture show a plausible one? Then the
     image itself is stored inverted (bright air, dark bone) and every AI result on it is computed on the wrong
     picture. Asked of `spec`, then, where it sees no chest either way, of the registry's default anatomy
-    model: on the two NIH sample images stored inverted (a paediatric and an adult AP portable) our
-    anatomy_unet_smp@1.3.0 finds no plausible chest either way, the shipped model does. Returns
+    model and of the built-in ones: on the two NIH sample images stored inverted (a paediatric and an adult AP
+    portable) our anatomy_unet_smp@1.3.0 finds no plausible chest either way, the shipped model does. Returns
     {"inverted_grey_scale", "inversion_checked_with": provenance of each model asked}."""
     asked = [spec]
     with contextlib.suppress(ModelUnavailable):
-        if (default := runner.registry.for_task("segmentation")).ref != spec.ref:
-            asked.append(default)
+        asked.append(runner.registry.for_task("segmentation"))
+    asked += [s for s in runner.registry.specs() if s.task == "segmentation" and s.builtin
+              and runner.registry.problem(s) is None]  # fmt: skip
+    asked = list({m.ref: m for m in asked}.values())
     for n, model in enumerate(asked, start=1):
         flipped = runner.segment_anatomy(1.0 - x, model).label_map
         if not postprocess.anatomy_problems(flipped, postprocess.cardiothoracic_ratio(flipped)):

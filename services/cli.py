@@ -472,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pacs_cli.add_parsers(sub)  # pacs query, retrieve, store
 
+    from services import evidence_cli
+
+    evidence_cli.add_parsers(sub)  # evidence segmentation|classification
+
     srv = sub.add_parser("serve", help="start the web app")
     srv.add_argument("--address", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8501)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from db import accounts, audit, repo
 from db import engine as dbe
+from inference import evidence
 from inference.registry import TASKS, Registry
 from inference.types import ModelSpec, ModelUnavailable
 from services import threshold_sets
@@ -257,3 +258,34 @@ def reset_thresholds(ctx: Context, spec: ModelSpec, user_id: int) -> int:
     if n:
         dbe.write(ctx.engine, tx)
     return n
+
+
+def _fmt(metric: dict | None) -> str:
+    if not metric or metric.get("mean") is None:
+        return "—"
+    ci = metric.get("ci95")
+    return f"{metric['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f" (n {metric.get('n', '?')})"
+
+
+def evidence_table(registry: Registry, task: str) -> tuple[dict | None, list[dict]]:
+    """(the task's evidence file, one row per measured version: every metric on every set, time per image, and
+    whether the rule picks it), for the Models page."""
+    data = registry.evidence(task)
+    if data is None:
+        return None, []
+    current = {s.ref: s.weights_sha256 for s in registry.specs() if s.task == task}
+    order = evidence.ranking(data, current)
+    budget = float(data["rule"]["max_relative_time"])
+    rows = []
+    for ref, entry in data["versions"].items():
+        row = {"Version": ref, "Default by the rule": "yes" if order and order[0] == ref else ""}
+        for set_name, figures in (entry.get("metrics") or {}).items():
+            for metric, value in figures.items():
+                row[f"{metric} · {set_name}"] = _fmt(value)
+        rel = entry.get("relative_time")
+        row["ms per image"] = f"{entry.get('ms_per_image', float('nan')):.0f}"
+        row["× fastest"] = "—" if rel is None else f"{rel:g}" + ("" if rel <= budget else " (over the budget)")
+        if current.get(ref) != entry.get("weights_sha256"):
+            row["Default by the rule"] = "not counted: other weights now" if ref in current else "not installed"
+        rows.append(row)
+    return data, rows

@@ -315,3 +315,51 @@ def test_a_contrast_stretched_version_reads_a_washed_out_export_as_the_original(
     plain = runner.segment_anatomy(img, "anatomy_unet_smp@3.0.0").label_map
     same = runner.segment_anatomy(washed, "anatomy_unet_smp@3.0.0").label_map
     assert (plain == same).mean() > 0.999
+
+
+def _evidence(root, versions: dict, max_relative_time=2.0):
+    from inference import evidence
+
+    path = evidence.path_for(root, "segmentation")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"task": "segmentation", "versions": versions, "rule": {
+        "set": "lungs", "metric": "lungs_dice", "max_relative_time": max_relative_time}}))  # fmt: skip
+
+
+def _measured(spec, dice, relative_time):
+    return {"weights_sha256": spec.weights_sha256, "relative_time": relative_time,
+            "metrics": {"lungs": {"lungs_dice": {"mean": dice}}}}  # fmt: skip
+
+
+def test_variants_run_fewer_views_under_their_own_version(tmp_path, models_dir):
+    from inference.training.segmentation import TTA_VIEWS
+
+    write_anatomy(tmp_path, "2.1.0", test_time_augmentation={"views": list(TTA_VIEWS)},
+                  variants=[{"name": "1view", "test_time_views": 1}, {"name": "Bad!", "test_time_views": 1},
+                            {"name": "toomany", "test_time_views": 99}])  # fmt: skip
+    reg = Registry(models_dir, trained_roots=[tmp_path])
+    full, fast = reg.resolve("anatomy_unet_smp@2.1.0"), reg.resolve("anatomy_unet_smp@2.1.0+1view")
+    assert len(full.test_time_views) == len(TTA_VIEWS) and fast.test_time_views == full.test_time_views[:1]
+    assert fast.weights_sha256 == full.weights_sha256 and fast.provenance()["version"] == "2.1.0+1view"
+    assert {s.version for s in reg.versions("anatomy_unet_smp")} == {"2.1.0", "2.1.0+1view"}  # bad ones left out
+
+
+def test_the_default_follows_the_evidence_within_the_time_budget(tmp_path, models_dir):
+    write_anatomy(tmp_path, "2.0.0", seed=1)
+    write_anatomy(tmp_path, "2.1.0", seed=2)
+    reg = Registry(models_dir, trained_roots=[tmp_path])
+    builtin, a, b = (reg.resolve(r) for r in ("anatomy_unet_jsrt", "anatomy_unet_smp@2.0.0", "anatomy_unet_smp@2.1.0"))
+    assert reg.for_task("segmentation").ref == builtin.ref  # no evidence: the old order
+    # b is best but too slow for the viewer; a beats the built-in within the budget.
+    _evidence(tmp_path, {builtin.ref: _measured(builtin, 0.80, 1.0), a.ref: _measured(a, 0.85, 1.3),
+                         b.ref: _measured(b, 0.90, 6.0)})  # fmt: skip
+    assert reg.for_task("segmentation").ref == a.ref
+    # an admin's choice still wins
+    assert reg.for_task("segmentation", prefer=("anatomy_unet_smp", "2.1.0")).ref == b.ref
+    # a measurement of other weights does not count: a stale entry falls back to the next measured version
+    _evidence(tmp_path, {builtin.ref: _measured(builtin, 0.80, 1.0),
+                         a.ref: {**_measured(a, 0.85, 1.3), "weights_sha256": "0" * 64}})  # fmt: skip
+    assert reg.for_task("segmentation").ref == builtin.ref
+    # an unreadable evidence file is ignored (logged), not fatal
+    (tmp_path / "evidence" / "segmentation.json").write_text("{not json")
+    assert reg.for_task("segmentation").ref == builtin.ref

@@ -1,0 +1,91 @@
+"""Which version of a task runs by default, and the measurements that decided it.
+
+`<root>/evidence/<task>.json` (written by `cxr-review model evidence`) holds, for every version measured, its
+figures on images none of the versions trained on, measured side by side in one run, and its time per image on
+the machine that measured it. The rule in the file picks the default: the highest mean of the primary metric
+among the versions whose time per image fits the viewer's budget (see below). A measurement counts only while the
+version still has the weights it was measured with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EVIDENCE_DIR = "evidence"
+
+
+class EvidenceError(ValueError):
+    """An evidence file that cannot be used, with the reason."""
+
+
+def path_for(root: Path, task: str) -> Path:
+    return Path(root) / EVIDENCE_DIR / f"{task}.json"
+
+
+def read(roots: list[Path], task: str) -> dict | None:
+    """The first readable evidence file of the task among the roots (None when there is none)."""
+    for root in roots:
+        path = path_for(root, task)
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        data = _load(str(path), st.st_mtime_ns, st.st_size)
+        if data is not None:
+            return data
+    return None
+
+
+@lru_cache(maxsize=16)
+def _load(path: str, mtime_ns: int, size: int) -> dict | None:
+    """Parsed and checked once per version of the file: the registry asks on every analysis."""
+    try:
+        data = json.loads(Path(path).read_text())
+        check(data)
+    except (OSError, ValueError) as exc:
+        log.warning("evidence file %s ignored: %s", path, exc)
+        return None
+    return data
+
+
+def check(data: dict) -> None:
+    if not isinstance(data, dict):
+        raise EvidenceError("not a JSON object")
+    rule = data.get("rule")
+    if not isinstance(rule, dict) or not {"set", "metric", "max_relative_time"} <= set(rule):
+        raise EvidenceError("needs a rule with set, metric and max_relative_time")
+    if not isinstance(data.get("versions"), dict):
+        raise EvidenceError("needs versions")
+
+
+def primary(entry: dict, rule: dict) -> float | None:
+    """The version's mean of the rule's metric on the rule's set (None when not measured there)."""
+    m = (entry.get("metrics") or {}).get(rule["set"], {}).get(rule["metric"])
+    return None if m is None else float(m["mean"])
+
+
+def ranking(data: dict, current_sha256: dict[str, str]) -> list[str]:
+    """Refs in the order the rule prefers them: versions within the budget by the primary metric (best
+    first), then those over the budget. Versions whose weights differ from the measured ones are left out."""
+    rule = data["rule"]
+    budget = float(rule["max_relative_time"])
+    rows = []
+    for ref, entry in data["versions"].items():
+        if current_sha256.get(ref) != entry.get("weights_sha256"):
+            continue
+        value = primary(entry, rule)
+        if value is None:
+            continue
+        over = float(entry.get("relative_time", float("inf"))) > budget
+        rows.append((over, -value, ref))
+    return [ref for _, _, ref in sorted(rows)]
+
+
+def chosen(data: dict, current_sha256: dict[str, str]) -> str | None:
+    order = ranking(data, current_sha256)
+    return order[0] if order else None

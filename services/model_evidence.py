@@ -1,0 +1,225 @@
+"""Measure every version of a task side by side on images none of them trained on, and write the evidence file
+that picks the task's default version (inference/evidence.py).
+
+Segmentation: lungs Dice against hand-drawn binary lung masks (the covid_followup films: no version trained on
+them), and Dice per class against label maps restricted to a version's recorded validation files (JSRT: the
+built-in model trained on most of them, so that set flatters it; it is kept as a second opinion, not the rule).
+Classification: mean AUC over the images with two or more findings, on the validation files a trained version
+recorded (split by patient). Time per image is measured apart, the versions alternating on the same images, so
+that a busy machine slows each of them alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+import statistics
+import subprocess
+from pathlib import Path
+from time import perf_counter
+
+import numpy as np
+import torch
+
+from inference import evidence, metrics
+from inference.evaluation import CLASSES, evaluate_classification
+from inference.runner import Runner
+from inference.training.common import progress as _progress
+from inference.training.data import DatasetError, paired_files, read_gray, read_label_map, read_labels_csv
+from inference.types import ModelSpec
+
+FRONTAL = {"PA", "AP", "AP Supine", "AP supine"}
+N_BOOT = 1000
+TIMING_IMAGES = 5  # images timed, each TIMING_ROUNDS times per version
+TIMING_ROUNDS = 3
+
+
+def frontal_names(metadata_csv: Path) -> set[str]:
+    """Stems of the frontal films of a metadata CSV with `file` and `view` columns (covid_followup style)."""
+    with open(metadata_csv, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not {"file", "view"} <= set(reader.fieldnames or ()):
+            raise DatasetError(f"{metadata_csv} needs the columns file and view")
+        return {Path(r["file"]).stem for r in reader if r["view"].strip() in FRONTAL}
+
+
+def _binary_lung_dice(runner: Runner, spec: ModelSpec, pairs, label: str) -> list[float]:
+    out = []
+    for img_path, mask_path in _progress(pairs, len(pairs), label, True):
+        pred = runner.segment_anatomy(read_gray(img_path), spec).label_map == 1
+        truth = read_gray(mask_path) > 0.5
+        if pred.shape != truth.shape:
+            raise DatasetError(f"{img_path.name}: image {pred.shape} and mask {truth.shape} differ")
+        out.append(metrics.dice(pred.astype(np.uint8), truth.astype(np.uint8), 1))
+    return out
+
+
+def _label_map_dice(runner: Runner, spec: ModelSpec, pairs, label: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {name: [] for name in CLASSES.values()}
+    for img_path, mask_path in _progress(pairs, len(pairs), label, True):
+        pred = runner.segment_anatomy(read_gray(img_path), spec).label_map
+        for name, value in metrics.dice_per_class(pred, read_label_map(mask_path), CLASSES).items():
+            out[name].append(value)
+    return out
+
+
+def _summary(values: list[float]) -> dict:
+    lo, hi = metrics.bootstrap_mean_ci(values, N_BOOT, seed=0)
+    return {"mean": float(np.mean(values)), "ci95": [lo, hi], "n": len(values)}
+
+
+def _ms_per_image(run_one, specs: list[ModelSpec], images: list) -> dict[str, float]:
+    """Median ms per image of each version, the versions alternating image by image (one warm-up each)."""
+    times: dict[str, list[float]] = {s.ref: [] for s in specs}
+    for s in specs:
+        run_one(images[0], s)
+    for _ in range(TIMING_ROUNDS):
+        for image in images:
+            for s in specs:
+                t0 = perf_counter()
+                run_one(image, s)
+                times[s.ref].append((perf_counter() - t0) * 1000)
+    return {ref: round(statistics.median(v), 1) for ref, v in times.items()}
+
+
+def _add_times(per_version: dict, ms: dict[str, float], specs: list[ModelSpec]) -> str:
+    """Times relative to the built-in version (the viewer's budget was set with it in), else the fastest."""
+    builtin = [s.ref for s in specs if s.builtin]
+    reference = builtin[0] if builtin else min(ms, key=ms.get)
+    for ref, v in ms.items():
+        per_version[ref]["ms_per_image"] = v
+        per_version[ref]["relative_time"] = round(v / ms[reference], 2)
+    return reference
+
+
+def _code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _paired(values: dict[str, list[float]], best: str | None) -> dict:
+    """Each version minus the chosen one on the same images (mean difference, 95% paired bootstrap)."""
+    if best is None or best not in values:
+        return {}
+    return {ref: metrics.paired_bootstrap_mean_diff(v, values[best], N_BOOT, 0)
+            for ref, v in values.items() if ref != best}  # fmt: skip
+
+
+def measure_segmentation(
+    runner: Runner,
+    specs: list[ModelSpec],
+    lungs: tuple[Path, Path, Path | None],
+    label_maps: tuple[Path, Path, str | None] | None,
+    max_relative_time: float,
+    command: str,
+    limit: int | None = None,
+) -> dict:
+    """The evidence of the segmentation versions: `lungs` = (images, binary masks, metadata CSV for frontal
+    films or None), the rule's set (`limit`: at most that many of its films, a fixed sample by name); `label_maps` = (images, label maps, the version whose validation files to
+    keep, or None for all)."""
+    images, masks, metadata = lungs
+    pairs = paired_files(images, masks, "a lung mask")
+    if metadata is not None:
+        keep = frontal_names(metadata)
+        pairs = [p for p in pairs if p[0].stem in keep]
+    if limit is not None and len(pairs) > limit:  # a fixed sample: the same files on every machine
+        pairs = sorted(pairs, key=lambda p: hashlib.sha256(p[0].name.encode()).hexdigest())[:limit]
+    if not pairs:
+        raise DatasetError("no frontal image with a lung mask")
+    lung_set = f"{Path(images).parent.name}_lungs"
+    sets = {lung_set: {"images": str(images), "masks": str(masks), "n": len(pairs), "sample": None if limit is None else f"at most {limit} by sha256 of the name",
+                       "truth": "binary lung masks drawn by hand (white = lung, including the lung behind the "
+                                "heart, which the JSRT/SCR outlines the models learnt from leave out: every "
+                                "version scores lower here than on JSRT, alike)",
+                       "trained_on_by": []}}  # fmt: skip
+    lung_dice = {s.ref: _binary_lung_dice(runner, s, pairs, f"{s.ref} lungs") for s in specs}
+    per_version = {s.ref: {"weights_sha256": s.weights_sha256, "test_time_views": len(s.test_time_views) or 1,
+                           "metrics": {lung_set: {"lungs_dice": _summary(lung_dice[s.ref])}}}
+                   for s in specs}  # fmt: skip
+    if label_maps is not None:
+        lm_images, lm_masks, val_of = label_maps
+        lm_pairs = paired_files(lm_images, lm_masks)
+        name = f"{Path(lm_images).parent.name}"
+        if val_of:
+            files = set((runner.registry.resolve(val_of).metadata.get("data") or {}).get("val_files") or ())
+            if not files:
+                raise DatasetError(f"{val_of} records no validation files")
+            lm_pairs = [p for p in lm_pairs if p[0].name in files]
+            name += f"_val_of_{val_of}"
+        sets[name] = {"images": str(lm_images), "masks": str(lm_masks), "n": len(lm_pairs),
+                      "truth": "label maps (0 background, 1 lungs, 2 heart, 3 clavicles)",
+                      "trained_on_by": ["built-in versions: most of these images (see models/README.md)"]}  # fmt: skip
+        for s in specs:
+            per_class = _label_map_dice(runner, s, lm_pairs, f"{s.ref} {name}")
+            per_version[s.ref]["metrics"][name] = {f"{c}_dice": _summary(v) for c, v in per_class.items()}
+    sample = [read_gray(p[0]) for p in pairs[:TIMING_IMAGES]]
+    ms = _ms_per_image(lambda im, s: runner.segment_anatomy(im, s), specs, sample)
+    reference = _add_times(per_version, ms, specs)
+    return _finish("segmentation", per_version, sets, lung_dice, {"set": lung_set, "metric": "lungs_dice",
+                   "max_relative_time": max_relative_time, "time_reference": reference}, command)  # fmt: skip
+
+
+def measure_classification(
+    runner: Runner, specs: list[ModelSpec], images: Path, labels_csv: Path, val_of: str, max_relative_time: float,
+    command: str,
+) -> dict:  # fmt: skip
+    """The evidence of classification versions on the validation files `val_of` recorded (by patient): mean
+    AUC over the images with two or more findings (the rule) and over all of them."""
+    rows = read_labels_csv(labels_csv, images)
+    files = set((runner.registry.resolve(val_of).metadata.get("data") or {}).get("val_files") or ())
+    if not files:
+        raise DatasetError(f"{val_of} records no validation files")
+    rows = [r for r in rows if r.file in files]
+    name = f"{Path(images).parent.name}_val_of_{val_of}"
+    per_version = {}
+    for s in specs:
+        report = evaluate_classification(runner, s, images, rows, n_boot=N_BOOT, progress=True)
+        multi = report["multi_finding"]
+        per_version[s.ref] = {"weights_sha256": s.weights_sha256, "metrics": {name: {
+            "mean_auc_multi": {"mean": multi["mean_auc"], "n": multi["n_images"]},
+            "mean_auc_all": {"mean": report["mean_auc"], "n": report["n_images"]},
+        }}}  # fmt: skip
+    sets = {name: {"images": str(images), "labels": str(labels_csv), "n": len(rows),
+                   "n_multi": per_version[specs[0].ref]["metrics"][name]["mean_auc_multi"]["n"],
+                   "trained_on_by": [f"no trained version with the split of {val_of}; the built-in classifier "
+                                     "may have seen single-label images among them (models/README.md)"]}}  # fmt: skip
+    sample = [read_gray(images / r.file) for r in rows[:TIMING_IMAGES]]
+    ms = _ms_per_image(lambda im, s: runner.classify_batch([im], s), specs, sample)
+    reference = _add_times(per_version, ms, specs)
+    return _finish("classification", per_version, sets, {}, {"set": name, "metric": "mean_auc_multi",
+                   "max_relative_time": max_relative_time, "time_reference": reference}, command)  # fmt: skip
+
+
+def _finish(task: str, per_version: dict, sets: dict, values: dict, rule: dict, command: str) -> dict:
+    data = {
+        "format": 1,
+        "task": task,
+        "rule": {**rule, "text": f"the highest mean {rule['metric']} on {rule['set']} among the versions that take "
+                                 f"at most {rule['max_relative_time']:g}x the time per image of {rule['time_reference']} "
+                                 "measured in the same run; a measurement counts while the version keeps the weights it was measured with"},
+        "sets": sets,
+        "versions": per_version,
+        "measured": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "code_version": _code_version(),
+        "torch_threads": torch.get_num_threads(),
+    }  # fmt: skip
+    evidence.check(data)
+    best = evidence.chosen(data, {ref: v["weights_sha256"] for ref, v in per_version.items()})
+    data["chosen"] = best
+    data["paired_vs_chosen"] = _paired(values, best)
+    return data
+
+
+def write(data: dict, root: Path) -> Path:
+    path = evidence.path_for(root, data["task"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+    return path
