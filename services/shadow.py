@@ -377,6 +377,67 @@ def shadow_evaluate(ctx: Context, runner, ref: str, user_id: int | None, *, n_bo
     return record
 
 
-def shadow_record(spec: ModelSpec) -> dict | None:
-    """What the Models page shows of a version's shadow evaluation."""
-    return spec.metadata.get("shadow_evaluation")
+def status_line(spec: ModelSpec) -> str:
+    """One line for the Models page: "" for a version not trained from corrections."""
+    meta = spec.metadata
+    if "from_task" not in meta:
+        return ""
+    record = meta.get("shadow_evaluation")
+    task = meta["from_task"]["task"]
+    if record is None:
+        return f"candidate from task {task!r}: not shadow-evaluated yet"
+    against = f"{record['active']['id']}@{record['active']['version']}"
+    if record["decision"] == "promoted":
+        return f"promoted on {record['at']} (not worse than {against}); from task {task!r}"
+    why = "; ".join(record["reasons"]) or "evaluated without promotion (--no-promote)"
+    return f"candidate, not promoted against {against}: {why}"
+
+
+def difference_rows(spec: ModelSpec) -> list[dict]:
+    """The paired differences of the last shadow evaluation, one row per set and metric."""
+    record = spec.metadata.get("shadow_evaluation") or {}
+    rows = []
+    for name, result in record.get("sets", {}).items():
+        if "skipped" in result:
+            rows.append({"Set": name, "Metric": "—", "Images": result.get("n_images", 0), "Candidate": None,
+                         "Active": None, "Difference": None, "95% CI": f"not scored: {result['skipped']}"})  # fmt: skip
+            continue
+        for metric, d in result["differences"].items():
+            rows.append({"Set": name, "Metric": metric, "Images": result["n_images"], "Candidate": d["a"],
+                         "Active": d["b"], "Difference": d["difference"],
+                         "95% CI": f"{d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}"})  # fmt: skip
+    return rows
+
+
+# --- shadow mode in the viewer ------------------------------------------------------------------------------------
+SHADOW_ROLES = ("researcher",)  # never radiologists: a candidate's scores must not sway a reading
+
+
+class NotAllowed(PermissionError):
+    """Shadow mode asked for by a role that may not see candidates."""
+
+
+def candidates(registry: Registry, running: ModelSpec | None, kind: str = "classification") -> list[ModelSpec]:
+    """Usable versions trained from corrections that do not run now, newest first."""
+    return [
+        s for s in registry.specs()
+        if s.task == kind and "from_task" in s.metadata and registry.problem(s) is None
+        and (running is None or (s.model_id, s.version) != (running.model_id, running.version))
+    ]  # fmt: skip
+
+
+def candidate_scores(ctx: Context, runner, image: dict, ref: str, role: str) -> dict:
+    """The candidate's finding scores on a stored image (`image`: its id), computed now and not stored: shadow
+    results are for comparison only. Refused unless the role is in SHADOW_ROLES (checked here, on the server,
+    whatever the page shows)."""
+    from services import analysis
+
+    if role not in SHADOW_ROLES:
+        raise NotAllowed("shadow mode (candidate models) is for researchers only")
+    spec = runner.registry.check(runner.registry.resolve(ref))
+    if spec.task != "classification" or "from_task" not in spec.metadata:
+        raise ShadowError(f"{spec.ref} is not a classification candidate trained from corrections")
+    x = analysis.model_input(dicom_io.load(ctx.store.path_for(_file_sha(ctx, image["id"]))))
+    res = runner.classify(x, spec)
+    return {"model": spec.provenance(), "score_kind": res.score_kind, "probabilities": res.probabilities,
+            "status": spec.metadata.get("status", "candidate")}  # fmt: skip
