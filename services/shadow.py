@@ -250,7 +250,11 @@ def train_from_task(ctx: Context, registry: Registry, cfg, kind: str, task_name:
             if kind == "classification"
             else {"images": images, "masks": labels}
         )
-        run = replace(cfg, **paths, init=start.ref, only=only, limit=None)
+        # a new version number past every version the app knows of this model (assets/models included)
+        version = cfg.version or common.next_version(
+            cfg.out, cfg.model_id, [s.version for s in registry.specs() if s.model_id == cfg.model_id]
+        )
+        run = replace(cfg, **paths, init=start.ref, only=only, limit=None, version=version)
         result = _train(kind, run, argv)
         vdir = Path(result["model_json"]).parent
         meta = json.loads((vdir / MODEL_JSON).read_text())
@@ -417,7 +421,9 @@ class NotAllowed(PermissionError):
     """Shadow mode asked for by a role that may not see candidates."""
 
 
-def candidates(registry: Registry, running: ModelSpec | None, kind: str = "classification") -> list[ModelSpec]:
+def candidates(
+    registry: Registry, running: ModelSpec | None, kind: str = "classification"
+) -> list[ModelSpec]:
     """Usable versions trained from corrections that do not run now, newest first."""
     return [
         s for s in registry.specs()

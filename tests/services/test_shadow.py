@@ -192,3 +192,59 @@ def test_wrong_task_or_labels_and_a_task_without_finals_are_refused_before_train
                                  str(nih / "labels.csv"), "--from-task", "corrections", "--init",
                                  "anatomy_unet_smp@1.3.0", "--no-progress"], env)  # fmt: skip
     assert out.returncode == 2 and "anatomy_unet_smp@1.3.0 is a segmentation model" in out.stderr
+
+
+@pytest.mark.slow  # about 4 CPU-minutes on the shared 2-core machine: 1.3.0 reads five views per image
+def test_segmentation_learns_from_final_label_maps_and_is_shadow_evaluated_per_structure(
+    ctx, shared_data, tmp_path
+):
+    import cv2
+
+    from inference.training.segmentation import SegmentationConfig
+    from services import annotations
+
+    jsrt = shared_data / "jsrt"
+    names = ("JPCLN001.png", "JPCLN002.png", "JPCLN003.png", "JPCLN005.png")
+    results = list(importer.import_paths(ctx.engine, ctx.store, [jsrt / "images512" / n for n in names],
+                                         max_bytes=2**30))  # fmt: skip
+    auth.add_user(ctx.engine, "boss", "admin", "boss-password-long")
+    auth.add_user(ctx.engine, "adj", "radiologist", "adj-password-long")
+    with dbe.read(ctx.engine) as s:
+        uid = dict(s.execute(text("SELECT username, id FROM users")).all())
+    boss, adj = (
+        SignedIn(uid["boss"], "boss", "admin", False),
+        SignedIn(uid["adj"], "adj", "radiologist", False),
+    )
+    task = labelling.create(
+        ctx, boss, name="outlines", image_ids=[r.image_id for r in results], readers={"adj": True}
+    )
+    for name, r in zip(names, results, strict=True):
+        label_map = cv2.imread(str(jsrt / "masks512" / name), cv2.IMREAD_UNCHANGED)
+        annotations.save(ctx, adj, r.image_id, task_id=task.id, status="final", label_map=label_map)
+    models = tmp_path / "seg_models"
+    models.mkdir()
+    for pt in (SHARED / "models").glob("*.pt"):
+        (models / pt.name).symlink_to(pt)
+    registry = Registry(models)
+    cfg = SegmentationConfig(images=jsrt / "images512", masks=jsrt / "masks512", out=models / "trained",
+                             models_dir=models, epochs=1, steps_per_epoch=1, batch_size=4, size=64, progress=False,
+                             threads=2)  # fmt: skip
+    meta = shadow.train_from_task(ctx, registry, cfg, "segmentation", "outlines", init="anatomy_unet_smp@1.3.0",
+                                  shared_limit=4)  # fmt: skip
+    ft = meta["from_task"]
+    assert len(ft["annotations"]) == 4 and len(ft["held_out"]) == 1 and len(ft["trained_on"]) == 3
+    assert meta["data"]["n_images"] == 4 + 3 and meta["parent"]["version"] == "1.3.0"
+    assert not set(names) & set(meta["standard_validation"]["files"])
+    models_admin.set_active(ctx, registry, "segmentation", "anatomy_unet_smp@1.3.0", boss.user_id)
+    runner = Runner(Registry(models), "cpu")
+    record = shadow.shadow_evaluate(ctx, runner, f"{meta['model_id']}@{meta['version']}", boss.user_id, n_boot=100,
+                                    standard_limit=4, promote=False)  # fmt: skip
+    held, std = record["sets"]["held-out corrected images"], record["sets"]["standard validation set"]
+    assert held["n_images"] == 1 and std["n_images"] == 4
+    assert set(std["differences"]) == {"Dice lungs", "Dice heart", "Dice clavicles"}
+    worse = [d["ci95"][0] < -shadow.MARGIN for s in (held, std) for d in s["differences"].values()]
+    assert record["decision"] == ("refused" if any(worse) else "not worse")
+    assert (
+        models_admin.active_specs(ctx, runner.registry, ("segmentation",))[0]["segmentation"].version
+        == "1.3.0"
+    )
