@@ -366,6 +366,12 @@ def shadow_evaluate(ctx: Context, runner, ref: str, user_id: int | None, *, n_bo
         "bootstrap": {"resamples": n_boot, "seed": seed},
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
+    if decision == "promoted":  # first: a refused activation leaves the candidate a candidate, with the reason
+        try:
+            models_admin.set_active(ctx, registry, kind, cand.ref, user_id)
+        except models_admin.ModelChoiceRefused as exc:
+            decision = record["decision"] = "refused"
+            failures.append(f"activation refused: {exc}")
     new = dict(meta) | {"shadow_evaluation": record,
                         "status": "promoted" if decision == "promoted" else "candidate"}  # fmt: skip
     common.write_model_json(Path(cand.directory), new)
@@ -375,8 +381,6 @@ def shadow_evaluate(ctx: Context, runner, ref: str, user_id: int | None, *, n_bo
                   details={"task": kind, "decision": decision, "active": active.ref, "reasons": failures})  # fmt: skip
 
     dbe.write(ctx.engine, tx)
-    if decision == "promoted":
-        models_admin.set_active(ctx, registry, kind, cand.ref, user_id)
     log.info("shadow evaluation of %s against %s: %s", cand.ref, active.ref, decision)
     return record
 
