@@ -77,6 +77,8 @@ def _cmd_train_segmentation(args) -> int:
 
     if args.from_task:
         return _from_task(args, "segmentation")
+    if args.shadow_eval:
+        raise _dataset_error("--shadow-eval evaluates a version trained --from-task: give the task")
     print(json.dumps(_summary(train(_segmentation_config(args), getattr(args, "argv", None)))), flush=True)
     return EXIT_OK
 
@@ -137,6 +139,8 @@ def _cmd_train_classification(args) -> int:
         if args.cv:
             raise _dataset_error("--from-task and --cv do not go together")
         return _from_task(args, "classification")
+    if args.shadow_eval:
+        raise _dataset_error("--shadow-eval evaluates a version trained --from-task: give the task")
     if args.cv:  # fold versions are scratch: they go to --out, else to a temporary folder
         scratch = (
             contextlib.nullcontext(args.out)
