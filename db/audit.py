@@ -18,7 +18,7 @@ ACTIONS = (
     "import", "import_batch", "export", "model_activated", "model_default", "model_rollback", "thresholds_changed",
     "annotation_saved", "annotations_imported", "task_created", "study_reviewed", "study_reopened",
     "report_saved", "report_signed", "report_amended", "pacs_retrieve", "pacs_store", "gate_overridden",
-    "eval_set_created", "eval_run_started", "threshold_set_saved", "threshold_set_activated",
+    "eval_set_created", "eval_run_started", "threshold_set_saved", "threshold_set_activated", "model_shadow_evaluated",
 )  # fmt: skip
 
 

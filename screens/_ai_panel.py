@@ -9,7 +9,7 @@ from db import engine as dbe
 from db import report_versions
 from inference.types import RESEARCH_USE
 from screens import _deps, _signin, _table
-from services import analysis, gate_overrides, pacs, report_check, reporting
+from services import analysis, gate_overrides, pacs, report_check, reporting, shadow
 from services import verdicts as verdict_store
 from viewer import overlays
 
@@ -201,6 +201,34 @@ def findings_table(result: analysis.Analysis) -> None:
     )  # fmt: skip
     st.caption(f"{f['score_kind']} · thresholds: {result.thresholds_from or 'model defaults'} · "
                f"{analysis.POSITIVE_MEANS} · {provenance(f)} · {RESEARCH_USE}")  # fmt: skip
+
+
+def shadow_scores(result: analysis.Analysis, image: dict, user) -> None:
+    """Researchers only: a candidate trained from corrections scores the image beside the active version."""
+    if user.role not in shadow.SHADOW_ROLES or not result.findings:
+        return
+    m = result.findings["model"]
+    running = _deps.registry().resolve(f"{m['id']}@{m['version']}")
+    options = [s.ref for s in shadow.candidates(_deps.registry(), running)]
+    if not options or not st.toggle("Shadow mode: a candidate's scores beside the active version's",
+                                    key="shadow_on", help="Researchers only; never shown to radiologists"):  # fmt: skip
+        return
+    ref = st.selectbox("Candidate", options, key="shadow_candidate")
+    try:
+        cand = shadow.candidate_scores(_deps.ctx(), _deps.runner(), image, ref, user.role)
+    except (shadow.NotAllowed, shadow.ShadowError) as exc:
+        st.error(str(exc))
+        return
+    active = result.findings["probabilities"]
+    st.dataframe(
+        [{"Finding": label, "Active": p, "Candidate": cand["probabilities"].get(label),
+          "Candidate minus active": None if label not in cand["probabilities"] else cand["probabilities"][label] - p}
+         for label, p in sorted(active.items(), key=lambda kv: -kv[1])],
+        hide_index=True, width="stretch", key="shadow_table",
+    )  # fmt: skip
+    c = cand["model"]
+    st.caption(f"CANDIDATE ({cand['status']}) {c['id']}@{c['version']} · sha256 {c['weights_sha256']} "
+               f"· {cand['score_kind']} · beside active {provenance(result.findings)} · {RESEARCH_USE}")  # fmt: skip
 
 
 def _items(result: analysis.Analysis, mine_all: list[verdict_store.Mine]) -> list[dict]:

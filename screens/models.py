@@ -7,7 +7,7 @@ from db import engine as dbe
 from inference.registry import TASKS
 from inference.types import RESEARCH_USE, SCORE_KINDS
 from screens import _deps, _signin
-from services import models_admin
+from services import models_admin, shadow
 
 TASK_NAMES = {
     "segmentation": "Anatomy segmentation",
@@ -68,6 +68,7 @@ with tab_cat:
                 "Labels": ", ".join(r.spec.labels),
                 "Intended use": r.spec.intended_use,
                 "Source": r.spec.source,
+                "Shadow evaluation": shadow.status_line(r.spec),
             }
             for r in rows
         ],
@@ -79,6 +80,7 @@ with tab_cat:
             "Labels": st.column_config.TextColumn(width="medium"),
             "Intended use": st.column_config.TextColumn(width="medium"),
             "Source": st.column_config.TextColumn(width="medium"),
+            "Shadow evaluation": st.column_config.TextColumn(width="medium"),
         },
     )
     st.caption("Full sha256, metrics and details per version below.")
@@ -105,6 +107,18 @@ with tab_cat:
                     f"**Test-time augmentation** {len(s.test_time_views)} zoomed/shifted views averaged"
                 )
             st.markdown(f"**Labels** {', '.join(s.labels)}")
+            if line := shadow.status_line(s):
+                ft, parent = s.metadata["from_task"], s.metadata.get("parent", {})
+                st.markdown(
+                    f"**Learnt from corrections** task {ft['task']!r}: {len(ft['trained_on'])} final annotations "
+                    f"trained on, {len(ft['held_out'])} held out by patient; parent "
+                    f"{parent.get('model_id')}@{parent.get('version')} (sha256 {parent.get('weights_sha256')})"
+                )
+                (st.success if line.startswith("promoted") else st.warning)(f"Shadow evaluation: {line}")
+                if diff := shadow.difference_rows(s):
+                    st.dataframe(diff, hide_index=True, width="stretch", key=f"shadow_{s.ref}")
+                    st.caption(f"Rule: {shadow.PROMOTION_RULE}. A promoted version is rolled back with "
+                               "**Roll back** under Active versions.")  # fmt: skip
             if s.metrics:
                 st.markdown("**Validation metrics**")
                 st.dataframe(_flat(s.metrics), hide_index=True, width="stretch", key=f"metrics_{s.ref}")

@@ -45,6 +45,13 @@ def _add_common_train(p: argparse.ArgumentParser, epochs: int) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines per epoch only)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--from-task", metavar="TASK",
+                   help="fine-tune from the final annotations of this labelling task too, starting from the active "
+                   "version (or --init); a part of them, by patient, is held out (writes a candidate version)")  # fmt: skip
+    p.add_argument("--holdout", type=float, default=0.3,
+                   help="with --from-task: share of the task's patients held out of training (default 0.3)")  # fmt: skip
+    p.add_argument("--shadow-eval", action="store_true",
+                   help="with --from-task: shadow-evaluate the candidate at once (promoted only when not worse)")  # fmt: skip
 
 
 def _overrides(args, names: list[str]) -> dict:
@@ -66,22 +73,74 @@ def _summary(result: dict) -> dict:
 
 
 def _cmd_train_segmentation(args) -> int:
-    from inference.training.segmentation import SegmentationConfig, train
+    from inference.training.segmentation import train
 
-    cfg = SegmentationConfig(
+    if args.from_task:
+        return _from_task(args, "segmentation")
+    if args.shadow_eval:
+        raise _dataset_error("--shadow-eval evaluates a version trained --from-task: give the task")
+    print(json.dumps(_summary(train(_segmentation_config(args), getattr(args, "argv", None)))), flush=True)
+    return EXIT_OK
+
+
+def _segmentation_config(args):
+    from inference.training.segmentation import SegmentationConfig
+
+    return SegmentationConfig(
         images=args.images, masks=args.masks, out=args.out or _models_dir() / "trained", device=args.device,
         keep_checkpoint=args.keep_checkpoint, progress=not args.no_progress, models_dir=_models_dir(),
         **_overrides(args, [*_COMMON, "size", "encoder", "init", "tta", "swa_from", "dice_per_image"]),
         **({"stretch": tuple(args.stretch)} if args.stretch else {}),
         **({"decoder_channels": tuple(args.decoder_channels)} if args.decoder_channels else {}),
     )  # fmt: skip
-    print(json.dumps(_summary(train(cfg, getattr(args, "argv", None)))), flush=True)
+
+
+def _cli_user_id(ctx) -> int | None:
+    from db import engine as dbe
+    from services.annotation_cli import _cli_admin
+
+    with dbe.read(ctx.engine) as s:
+        admin = _cli_admin(s)
+    return None if admin is None else admin.user_id
+
+
+def _from_task(args, kind: str) -> int:
+    """`train ... --from-task T`: fine-tune from the task's final annotations (services/shadow.py)."""
+    from services import context, shadow
+
+    ctx = context.build()
+    runner = _runner(args)
+    cfg = _classification_config(args) if kind == "classification" else _segmentation_config(args)
+    meta = shadow.train_from_task(ctx, runner.registry, cfg, kind, args.from_task, init=args.init,
+                                  shared_limit=args.limit, holdout=args.holdout, argv=getattr(args, "argv", None))  # fmt: skip
+    out = _summary(meta) | {"from_task": {k: meta["from_task"][k] for k in ("task", "trained_on", "held_out")},
+                            "parent": meta["parent"]}  # fmt: skip
+    if args.shadow_eval:
+        out["shadow_evaluation"] = shadow.shadow_evaluate(
+            ctx, _runner(args), f"{meta['model_id']}@{meta['version']}", _cli_user_id(ctx), seed=args.seed)
+    print(json.dumps(out), flush=True)
+    return EXIT_OK
+
+
+def _cmd_shadow_eval(args) -> int:
+    from services import context, shadow
+
+    ctx = context.build()
+    record = shadow.shadow_evaluate(ctx, _runner(args), args.candidate, _cli_user_id(ctx), n_boot=args.bootstrap,
+                                    seed=args.seed, standard_limit=args.standard_limit, promote=not args.no_promote)  # fmt: skip
+    print(json.dumps(record), flush=True)
     return EXIT_OK
 
 
 def _cmd_train_classification(args) -> int:
     from inference.training.classification import cross_validate, train
 
+    if args.from_task:
+        if args.cv:
+            raise _dataset_error("--from-task and --cv do not go together")
+        return _from_task(args, "classification")
+    if args.shadow_eval:
+        raise _dataset_error("--shadow-eval evaluates a version trained --from-task: give the task")
     if args.cv:  # fold versions are scratch: they go to --out, else to a temporary folder
         scratch = (
             contextlib.nullcontext(args.out)
@@ -108,6 +167,12 @@ def _cmd_train_gate(args) -> int:
     meta = gate_training.run(args)
     print(json.dumps({k: meta[k] for k in ("model_id", "version", "weights_sha256", "model_json", "validation")}))
     return EXIT_OK
+
+
+def _dataset_error(message: str):
+    from inference.training.data import DatasetError
+
+    return DatasetError(message)
 
 
 def _classification_config(args, out: Path | None = None):
@@ -264,6 +329,17 @@ def add_parsers(sub) -> None:
                       help="instead of writing a version, the recipe's figures out of fold over K groups of patients")  # fmt: skip
     gate.set_defaults(fn=run, handler=_cmd_train_gate)
 
+    model = sub.add_parser("model", help="model versions").add_subparsers(dest="model_command", required=True)
+    sh = model.add_parser("shadow-eval", help="compare a candidate trained from corrections with the active "
+                          "version, paired; promote it only when it is not worse")  # fmt: skip
+    sh.add_argument("candidate", metavar="ID@VERSION")
+    sh.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument("--standard-limit", type=int, metavar="N", help="only the first N standard validation images")
+    sh.add_argument("--no-promote", action="store_true", help="evaluate and record only")
+    sh.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    sh.set_defaults(fn=run, handler=_cmd_shadow_eval)
+
     ev = sub.add_parser("eval", help="evaluate a model version; JSON on stdout")
     esub = ev.add_subparsers(dest="eval_task", required=True)
     specs = {
@@ -314,11 +390,12 @@ def run(args) -> int:
     from inference.registry import UnknownModel
     from inference.training.data import DatasetError
     from inference.types import ModelUnavailable
+    from services.shadow import ShadowError
 
     logging.getLogger("cxr_review.training").setLevel(logging.INFO)
     try:
         return args.handler(args)
-    except (DatasetError, DeviceUnavailable, FileExistsError) as exc:
+    except (DatasetError, DeviceUnavailable, FileExistsError, ShadowError) as exc:
         print(f"cxr-review: error: {exc}", file=sys.stderr)
     except UnknownModel as exc:  # only the registry's: any other KeyError is a bug and keeps its traceback
         print(f"cxr-review: error: {exc.args[0]}", file=sys.stderr)

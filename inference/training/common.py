@@ -114,9 +114,11 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return shlex.join(["cxr-review", *(sys.argv[1:] if argv is None else argv)])
 
 
-def next_version(out_root: Path, model_id: str) -> str:
-    """ "1.0.0" for a new model id in out_root, else the highest existing version with its minor part + 1."""
+def next_version(out_root: Path, model_id: str, also: Iterable[str] = ()) -> str:
+    """ "1.0.0" for a new model id in out_root, else the highest existing version (there or in `also`, e.g. the
+    versions the registry knows elsewhere) with its minor part + 1."""
     existing = [d.name for d in (out_root / model_id).glob("*") if d.is_dir() and not d.name.startswith(".")]
+    existing += list(also)
     if not existing:
         return "1.0.0"
     top = max(existing, key=version_key)

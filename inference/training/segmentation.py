@@ -75,6 +75,7 @@ class SegmentationConfig:
     # Soft Dice per image (the validation metric is a mean of per-image Dice, so small or hard hearts count
     # as much as large ones) instead of over the whole batch.
     dice_per_image: bool = False
+    only: frozenset[str] | None = None  # train on these image files only (fine-tuning from corrections)
     augment: Augment = field(default_factory=Augment)
 
 
@@ -121,6 +122,8 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
     run = common.start_run(cfg.seed, cfg.device, cfg.threads)
     clock, rng_np, device = run.clock, run.rng, run.device
     pairs = paired_files(cfg.images, cfg.masks)[: cfg.limit]
+    if cfg.only is not None:
+        pairs = [p for p in pairs if p[0].name in cfg.only]
     names = [p.name for p, _ in pairs]
     train_names, val_names = common.split_by_group(names, names, cfg.val_fraction, cfg.seed)
     by_name = dict(zip(names, pairs, strict=True))
@@ -243,7 +246,7 @@ def train(cfg: SegmentationConfig, argv: Sequence[str] | None = None) -> dict:
             **{
                 k: v
                 for k, v in asdict(cfg).items()
-                if k not in ("images", "masks", "out", "augment", "model_id", "version", "models_dir")
+                if k not in ("images", "masks", "out", "augment", "model_id", "version", "models_dir", "only")
             },
             "augment": asdict(cfg.augment),
             "device": str(device),

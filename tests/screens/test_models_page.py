@@ -144,3 +144,40 @@ def test_the_active_version_is_set_rolled_back_and_reset_with_its_history(env):
     at = models_page()  # persisted: a new session sees the same history
     assert frame(at, "Chosen")["Chosen"][0] == models_admin.DEFAULT
     assert any("No version chosen" in c.value for c in at.caption)
+
+
+def test_a_candidate_learnt_from_corrections_shows_its_shadow_evaluation_and_why_it_was_refused(env):
+    import json
+
+    ctx, registry = env
+    folder = registry.resolve(TRAINED).directory
+    with open(f"{folder}/model.json") as f:
+        meta = json.load(f)
+    d = {"a": 0.61, "b": 0.70, "difference": -0.09, "ci95": [-0.15, -0.03], "share_of_resamples_a_ahead": 0.0}
+    meta |= {
+        "parent": {"model_id": "cxr15_mobilenetv3", "version": "1.0.0", "weights_sha256": "ab" * 32},
+        "from_task": {"task": "corrections", "trained_on": [1, 2, 3], "held_out": [4], "annotations": []},
+        "status": "candidate",
+        "shadow_evaluation": {
+            "decision": "refused", "at": "2026-12-05T20:00:00+00:00",
+            "active": {"id": "cxr15_mobilenetv3", "version": "1.0.0", "weights_sha256": "ab" * 32},
+            "reasons": ["standard validation set: mean AUC candidate minus active -0.090 (95% CI -0.150 to -0.030) "
+                        "is worse than allowed"],
+            "sets": {"held-out corrected images": {"n_images": 1, "skipped": "no finding has both a positive and a "
+                                                                             "negative image"},
+                     "standard validation set": {"n_images": 60, "differences": {"mean AUC": d}}},
+        },
+    }  # fmt: skip
+    with open(f"{folder}/model.json", "w") as f:
+        json.dump(meta, f)
+    at = models_page()
+    assert not at.exception
+    table = frame(at, "Shadow evaluation")
+    line = table.set_index(["Model", "Version"]).loc[tuple(TRAINED.split("@")), "Shadow evaluation"]
+    assert line.startswith("candidate, not promoted against cxr15_mobilenetv3@1.0.0: standard validation set")
+    assert any("Shadow evaluation: candidate, not promoted" in w.value for w in at.warning)
+    diffs = next(df.value for df in at.dataframe if "95% CI" in df.value.columns)
+    assert list(diffs["Set"]) == ["held-out corrected images", "standard validation set"]
+    assert list(diffs["95% CI"]) == ["not scored: no finding has both a positive and a negative image",
+                                     "-0.150 to -0.030"]  # fmt: skip
+    assert any("Learnt from corrections" in m.value and "1 held out by patient" in m.value for m in at.markdown)

@@ -1,0 +1,67 @@
+"""Shadow mode in the viewer through AppTest: a researcher sees a candidate's scores beside the active version's,
+labelled as candidate with id, version and sha256 and "Research use only"; a radiologist never does, and the
+server refuses the candidate's scores to that role whatever the page shows."""
+
+import json
+
+import pytest
+
+from inference.registry import Registry
+from inference.runner import Runner
+from services import importer, shadow
+from tests.conftest import REPO, SHARED
+from tests.screens.test_app import env, signed_in  # noqa: F401  (fixture)
+
+IMAGE = "siim_cr_chest_pa_1024_jpeg_mono2.dcm"
+START = REPO / "assets" / "models" / "cxr14_mobilenetv3_multilabel" / "1.1.0"
+CANDIDATE = "cxr14_mobilenetv3_multilabel@1.1.0-cand"
+
+
+@pytest.fixture
+def app_env(app_env, tmp_path):
+    """The shared weights and one candidate under trained/: 1.1.0's weights, recorded as learnt from a task."""
+    models = tmp_path / "models_with_candidate"
+    models.mkdir()
+    for pt in (SHARED / "models").glob("*.pt"):
+        (models / pt.name).symlink_to(pt)
+    cand = models / "trained" / "cxr14_mobilenetv3_multilabel" / "1.1.0-cand"
+    cand.mkdir(parents=True)
+    meta = json.loads((START / "model.json").read_text())
+    (cand / meta["weights_file"]).symlink_to(START / meta["weights_file"])
+    meta |= {"version": "1.1.0-cand", "status": "candidate",
+             "from_task": {"task": "corrections", "trained_on": [1], "held_out": [2], "annotations": []}}  # fmt: skip
+    (cand / "model.json").write_text(json.dumps(meta))
+    return app_env | {"CXR_REVIEW_MODELS_DIR": str(models)}
+
+
+def _review(study_id, who, password):
+    at = signed_in(who, password)
+    at.session_state["study_id"] = study_id
+    at.switch_page("screens/review.py").run()
+    at.toggle(key=f"ai_on_{study_id}").set_value(True).run(timeout=240)
+    assert not at.exception
+    return at
+
+
+def test_a_researcher_sees_the_candidates_scores_and_a_radiologist_never_does(env, shared_data):  # noqa: F811
+    (r,) = importer.import_paths(env.engine, env.store, [shared_data / "dicom" / IMAGE], max_bytes=2**30)
+    at = _review(r.study_id, "res", "researcher-pw")
+    at.toggle(key="shadow_on").set_value(True).run(timeout=120)
+    assert not at.exception
+    assert at.selectbox(key="shadow_candidate").value == CANDIDATE
+    table = next(df.value for df in at.dataframe if "Candidate minus active" in df.value.columns)
+    scored = table[table["Finding"] != "No Finding"]  # the candidate is multi-label: it has no "No Finding"
+    assert len(scored) == 14 and scored["Candidate"].between(0, 1).all()
+    assert (scored["Candidate minus active"] == scored["Candidate"] - scored["Active"]).all()
+    sha = Registry(env.settings.models_dir).resolve(CANDIDATE).weights_sha256
+    (note,) = [c.value for c in at.caption if c.value.startswith("CANDIDATE")]
+    assert CANDIDATE in note and sha in note and "Research use only" in note
+
+    at = _review(r.study_id, "rad", "radiologist-pw")
+    assert not [t for t in at.toggle if t.key == "shadow_on"]
+    assert not any("Candidate minus active" in df.value.columns for df in at.dataframe)
+    assert not any(c.value.startswith("CANDIDATE") for c in at.caption)
+    runner = Runner(Registry(env.settings.models_dir), "cpu")
+    for role in ("radiologist", "annotator"):
+        with pytest.raises(shadow.NotAllowed, match="researchers only"):
+            shadow.candidate_scores(env, runner, {"id": r.image_id}, CANDIDATE, role)
