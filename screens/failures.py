@@ -70,8 +70,9 @@ what_if = c1.toggle("What-if threshold", key="fc_what_if")
 threshold = in_force
 if what_if:
     threshold = c2.slider("Threshold", 0.0, 1.0, float(in_force), 0.005, format="%.3f", key=f"fc_thr_{ref}_{finding}")
-source = f"what-if; in force: {in_force:.4g} from {force.source}" if what_if else f"in force: {force.source}"
-st.caption(f"Operating point **{threshold:.4g}** ({_table.plain(source)}{'; ' + force.note if force.note else ''}) · "
+origin = _table.plain(force.source) + (f"; {_table.plain(force.note)}" if force.note else "")
+source = f"what-if; in force: {in_force:.4g} from {origin}" if what_if else f"in force: {origin}"
+st.caption(f"Operating point **{threshold:.4g}** ({source}) · "
            "positive = score at or over it · loss = binary cross-entropy of the score against the label · model "
            f"{spec.model_id} version {spec.version} weights sha256 {spec.weights_sha256} · {RESEARCH_USE}")  # fmt: skip
 
@@ -103,9 +104,8 @@ def _tile(v: View, case: failure_cases.Case, kind: str) -> None:
         st.caption(_table.plain(t.note))
     st.markdown(f"**{_table.plain(case.name)}**  \nlabels: {_table.plain(failure_cases.labels_text(case.item))}  \n"
                 f"score {case.score:.4f} · loss {case.loss:.3f}")  # fmt: skip
-    a, b = st.columns(2)
-    a.checkbox("Select", key=f"fc_pick_{kind}_{v.key}_{case.item.id}")
-    if b.button("Similar", key=f"fc_sim_{kind}_{v.key}_{case.item.id}", icon=":material/search:"):
+    st.checkbox("Select", key=f"fc_pick_{kind}_{v.key}_{case.item.id}")
+    if st.button("Similar cases", key=f"fc_sim_{kind}_{v.key}_{case.item.id}", icon=":material/search:", width="stretch"):
         st.session_state[f"fc_query_{kind}"] = case.item.id
 
 
@@ -117,7 +117,7 @@ def _similar(v: View, kind: str) -> None:
         return
     name = eval_runs.item_name(v.scored.items[row])
     st.subheader(f"Similar cases of {name}", anchor=False)
-    k = st.selectbox("Neighbours", [5, 10, 20], key=f"fc_k_{kind}")
+    k = st.columns([1, 4])[0].selectbox("Neighbours", [5, 10, 20], key=f"fc_k_{kind}")
     try:
         with st.spinner("Embedding the images not embedded yet…"):
             found = failure_cases.similar_cases(ctx, runner, v.scored, v.info, row, v.finding, k)
@@ -131,14 +131,13 @@ def _similar(v: View, kind: str) -> None:
     st.caption(f"Nearest first by embedding distance (model {m['id']} version {m['version']} weights sha256 "
                f"{m['weights_sha256']}, layer {found['layer']}); scores of {v.finding} by {v.ref} (weights sha256 "
                f"{v.scored.spec.weights_sha256}) · {RESEARCH_USE}")  # fmt: skip
-    a, b = st.columns(2)
-    for col, what, rows in ((a, "In this set", found["in_set"]), (b, "In the whole database", found["in_database"])):
-        col.markdown(f"**{what}**")
+    for what, rows in (("In this set", found["in_set"]), ("In the whole database", found["in_database"])):
+        st.markdown(f"**{what}**")
         if rows:
-            col.dataframe([{k2: _table.text(f"{x:.4f}" if isinstance(x, float) else x) for k2, x in r.items()}
-                           for r in rows], hide_index=True, key=f"fc_simtab_{kind}_{what}")  # fmt: skip
+            st.dataframe([{k2: _table.text(f"{x:.4g}" if isinstance(x, float) else x) for k2, x in r.items()}
+                          for r in rows], hide_index=True, width="stretch", key=f"fc_simtab_{kind}_{what}")  # fmt: skip
         else:
-            col.caption("No other image to compare with.")
+            st.caption("No other readable image here.")
 
 
 def _gallery(v: View, kind: str, found: list[failure_cases.Case], intro: str) -> None:

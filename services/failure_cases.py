@@ -258,16 +258,15 @@ def similar_cases(ctx: Context, runner: Runner, sc: eval_metrics.Scored, info: e
         [found] = similar.nearest_others(emb.vectors[rows], shas, qv, [query.pixel_sha256], k)
         for g, dist in found:
             src, i = kept[g][1], by_pixel.get(shas[g])
-            entry: dict = {"distance": round(dist, 4)}
             if key == "in_set":
-                entry |= {"item": eval_runs.item_name(items[i]), "labels": labels_text(items[i]),
-                          "score": float(sc.scores[i, j]) if sc.has[i] else None}  # fmt: skip
+                entry = {"item": eval_runs.item_name(items[i]), "labels": labels_text(items[i]),
+                         "score": float(sc.scores[i, j]) if sc.has[i] else None}  # fmt: skip
             else:
                 text = db_scores.get(shas[g])
-                entry |= {"image_id": src.fields["image_id"], "file": src.fields["file"],
-                          "labels": labels_text(items[i]) if i is not None else "not in this set",
-                          "score": json.loads(text)["probabilities"].get(finding) if text else None}  # fmt: skip
-            out[key].append(entry)
+                entry = {"image_id": src.fields["image_id"], "file": src.fields["file"],
+                         "labels": labels_text(items[i]) if i is not None else "not in this set",
+                         "score": json.loads(text)["probabilities"].get(finding) if text else None}  # fmt: skip
+            out[key].append(entry | {"distance": round(dist, 4)})
     return out
 
 
