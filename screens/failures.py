@@ -164,24 +164,16 @@ def _gallery(v: View, kind: str, found: list[failure_cases.Case], intro: str) ->
     _send_group.render(ctx, user, v.info.id, ids, f"fc_send_{kind}", v.scored, [v.finding])
 
 
-def false_negatives(v: View) -> None:
-    n_pos = sum(c.positive for c in v.cases)
-    if not n_pos:
-        st.warning(f"No positive for {v.finding} among these images: there is no false negative to show.")
+def _wrong(v: View, positive: bool) -> None:
+    """The false negatives (`positive`: labelled positive, scored under the threshold) or false positives."""
+    kind, cls, name = ("fn", "positive", "false negative") if positive else ("fp", "negative", "false positive")
+    n = sum(c.positive == positive for c in v.cases)
+    if not n:
+        st.warning(f"No {cls} for {v.finding} among these images: there is no {name} to show.")
         return
-    found = failure_cases.false_negatives(v.cases, v.threshold)
-    _gallery(v, "fn", found, f"**{len(found)}** false negative(s) of {n_pos} positives (labelled {v.finding}, "
-             f"scored under {v.threshold:.4g}), highest loss first.")  # fmt: skip
-
-
-def false_positives(v: View) -> None:
-    n_neg = sum(not c.positive for c in v.cases)
-    if not n_neg:
-        st.warning(f"No negative for {v.finding} among these images: there is no false positive to show.")
-        return
-    found = failure_cases.false_positives(v.cases, v.threshold)
-    _gallery(v, "fp", found, f"**{len(found)}** false positive(s) of {n_neg} negatives (not labelled "
-             f"{v.finding}, scored at or over {v.threshold:.4g}), highest loss first.")  # fmt: skip
+    found = (failure_cases.false_negatives if positive else failure_cases.false_positives)(v.cases, v.threshold)
+    how = f"labelled {v.finding}, scored under" if positive else f"not labelled {v.finding}, scored at or over"
+    _gallery(v, kind, found, f"**{len(found)}** {name}(s) of {n} {cls}s ({how} {v.threshold:.4g}), highest loss first.")
 
 
 def label_errors(v: View) -> None:
@@ -194,8 +186,8 @@ def label_errors(v: View) -> None:
 
 
 TABS: dict[str, Callable[[View], None]] = {
-    "False negatives": false_negatives,
-    "False positives": false_positives,
+    "False negatives": lambda v: _wrong(v, True),
+    "False positives": lambda v: _wrong(v, False),
     "Likely label errors": label_errors,
 }
 for tab, render in zip(st.tabs(list(TABS), key="fc_tab", on_change="rerun"), TABS.values(), strict=True):

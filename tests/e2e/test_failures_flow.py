@@ -5,13 +5,11 @@ cases of a tile, ticks it and sends the group to an annotator; the labelling tas
 
 from __future__ import annotations
 
-import csv
 import os
-import time
 
 import pytest
 
-from tests.conftest import SHARED
+from tests.conftest import SHARED, finished_run, nih_subset_csv
 from tests.e2e.conftest import ARTIFACTS, REPO, fresh_app_data, pick, sign_in
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +22,7 @@ N = 8
 def app(run_streamlit, tmp_path_factory):
     from inference.registry import Registry
     from inference.runner import Runner
-    from services import eval_metrics, eval_runs, eval_sets, failure_cases, threshold_sets
+    from services import eval_metrics, eval_sets, failure_cases, threshold_sets
 
     nih = SHARED / "data" / "nih"
     if not nih.is_dir():
@@ -33,20 +31,10 @@ def app(run_streamlit, tmp_path_factory):
     env, ctx = fresh_app_data(folder / "data", {"res": ("researcher", PASSWORD), "ann": ("annotator", PASSWORD)},
                               CXR_REVIEW_DATASET_ROOTS=os.pathsep.join([str(nih), str(folder)]),
                               CXR_REVIEW_MODELS_DIR=str(SHARED / "models"))  # fmt: skip
-    with open(nih / "labels.csv", newline="") as fh:
-        rows = [r for _, r in zip(range(N), csv.DictReader(fh), strict=False)]
-    subset = folder / "subset.csv"
-    with open(subset, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    subset = nih_subset_csv(nih, N, folder / "subset.csv")
     runner = Runner(Registry(ctx.settings.models_dir), "cpu")
     info = eval_sets.from_folder(ctx, "nih-8", nih / "images", subset, 1).info
-    [run_id] = eval_runs.start(ctx, runner, info.id, [MODEL], 1)
-    deadline = time.monotonic() + 300
-    while eval_runs.get(ctx, run_id).status not in ("done", "failed"):
-        assert time.monotonic() < deadline, "the run did not finish"
-        time.sleep(0.2)
+    finished_run(ctx, runner, info.id, MODEL)
     sc = eval_metrics.scored(ctx, runner.registry, info.id, MODEL)
     force = threshold_sets.in_force(ctx, sc.spec).thresholds
     fn = {f: failure_cases.false_negatives(failure_cases.cases(sc, f), force[f]) for f in sc.findings}

@@ -8,12 +8,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-import time
 
 import pytest
 
-from services import auth, eval_runs, eval_sets
-from tests.conftest import sign_in_through_the_form
+from services import auth, eval_sets
+from tests.conftest import finished_run, nih_subset_csv, sign_in_through_the_form
 
 MODEL = "cxr15_mobilenetv3@1.0.0"
 FILES = ["00000075_000.png", "00000100_000.png", "00000211_000.png", "00000550_000.png", "00000797_000.png"]
@@ -27,15 +26,11 @@ def world(app_ctx, shared_data, tmp_path, monkeypatch):
     roots = (nih.resolve(), tmp_path.resolve())
     ctx = dataclasses.replace(app_ctx, settings=dataclasses.replace(app_ctx.settings, dataset_roots=roots))
     auth.add_user(ctx.engine, "res", "researcher", PASSWORD)
-    with open(nih / "labels.csv", newline="") as fh:
-        rows = {r["Image Index"]: r for r in csv.DictReader(fh)}
-    labels = tmp_path / "subset.csv"
-    with open(labels, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[FILES[0]]))
-        w.writeheader()
-        w.writerows(rows[f] for f in FILES)
+    labels = nih_subset_csv(nih, FILES, tmp_path / "subset.csv")
     info = eval_sets.from_folder(ctx, "five", nih / "images", labels, 1).info
-    positives = {f: sum(f in rows[n]["Finding Labels"].split("|") for n in FILES) for f in info.findings}
+    with open(labels, newline="") as fh:
+        named = [r["Finding Labels"].split("|") for r in csv.DictReader(fh)]
+    positives = {f: sum(f in n for n in named) for f in info.findings}
     return ctx, info, positives
 
 
@@ -57,11 +52,7 @@ def test_the_page_says_what_is_missing_and_moves_images_with_a_what_if_threshold
     assert f"{info.label} has no finished run" in _texts(at)
 
     runner = Runner(Registry(ctx.settings.models_dir), "cpu")
-    [run_id] = eval_runs.start(ctx, runner, info.id, [MODEL], 1)
-    deadline = time.monotonic() + 300
-    while eval_runs.get(ctx, run_id).status not in ("done", "failed"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    finished_run(ctx, runner, info.id, MODEL)
     at = _page()
     assert not at.exception
     text = _texts(at)

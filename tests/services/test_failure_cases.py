@@ -9,7 +9,6 @@ import csv
 import dataclasses
 import math
 import shutil
-import time
 
 import cv2
 import numpy as np
@@ -21,7 +20,8 @@ from db import engine as dbe
 from db.models import Image
 from inference.registry import Registry
 from inference.runner import Runner
-from services import auth, eval_metrics, eval_runs, eval_sets, failure_cases, labelling
+from services import auth, eval_metrics, eval_sets, failure_cases, labelling
+from tests.conftest import finished_run, nih_subset_csv
 
 MODEL, OTHER = "cxr15_mobilenetv3@1.0.0", "cxr14_mobilenetv3_multilabel@1.1.0"
 FILES = ["00000075_000.png", "00000100_000.png", "00000211_000.png", "00000550_000.png", "00000797_000.png"]
@@ -85,24 +85,13 @@ def world(ctx, shared_data, tmp_path):
     folder.mkdir()
     for name in FILES:
         shutil.copy(shared_data / "nih" / "images" / name, folder)
-    with open(shared_data / "nih" / "labels.csv", newline="") as fh:
-        rows = {r["Image Index"]: r for r in csv.DictReader(fh)}
-    labels = tmp_path / "labels.csv"
-    with open(labels, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[FILES[0]]))
-        w.writeheader()
-        w.writerows(rows[f] for f in FILES)
+    labels = nih_subset_csv(shared_data / "nih", FILES, tmp_path / "labels.csv")
     ctx = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, dataset_roots=(tmp_path.resolve(),)))
     auth.add_user(ctx.engine, "res", "researcher", "a-long-password-1")
     auth.add_user(ctx.engine, "ann", "annotator", "a-long-password-2")
     runner = Runner(Registry(ctx.settings.models_dir), "cpu")
     info = eval_sets.from_folder(ctx, "five", folder, labels, 1).info
-    [run_id] = eval_runs.start(ctx, runner, info.id, [MODEL], 1)
-    deadline = time.monotonic() + 300
-    while eval_runs.get(ctx, run_id).status not in ("done", "failed"):
-        assert time.monotonic() < deadline, "the run did not finish"
-        time.sleep(0.2)
-    assert eval_runs.get(ctx, run_id).status == "done"
+    finished_run(ctx, runner, info.id, MODEL)
     return ctx, runner, info, eval_metrics.scored(ctx, runner.registry, info.id, MODEL), folder
 
 
