@@ -140,7 +140,7 @@ def eval_summary(set_id: int, ref: str, stamp: tuple[int, ...], thresholds: tupl
 
 @st.cache_data(max_entries=256, ttl=3600, show_spinner=False)
 def failure_tile(set_id: int, item_id: int, ref: str, finding: str) -> failure_cases.Tile:
-    """A gallery tile of the Failure cases page (display-sized PNG with the finding's heatmap, or why none);
+    """A gallery tile of the Failure cases page (display-sized JPEG with the finding's heatmap, or why none);
     keyed by the set item, the model version and the finding, whose stored result never changes; an hour at
     most, so that a file that went or came back is seen."""
     spec = registry().resolve(ref)

@@ -97,10 +97,10 @@ view = View(info, ref, stamp, scored, finding, threshold, shown)
 # --- tiles, similar cases, the group -------------------------------------------------------------------------------
 def _tile(v: View, case: failure_cases.Case, kind: str) -> None:
     t = _deps.failure_tile(v.info.id, case.item.id, v.ref, v.finding)
-    if t.png is None:
+    if t.jpeg is None:
         st.error(f"Image not shown: {_table.plain(t.note)}")
     else:
-        st.image(t.png, width="stretch")
+        st.image(t.jpeg, width="stretch")
         st.caption(_table.plain(t.note))
     st.markdown(f"**{_table.plain(case.name)}**  \nlabels: {_table.plain(failure_cases.labels_text(case.item))}  \n"
                 f"score {case.score:.4f} · loss {case.loss:.3f}")  # fmt: skip

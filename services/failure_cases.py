@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from sqlalchemy import select
 
@@ -34,6 +35,7 @@ EPS = 1e-7  # scores are clipped to [EPS, 1 - EPS] before the log: a score of ex
 LABEL_ERROR_Q = 0.05  # "confident": beyond this quantile of the other class's scores
 GROUPS = ("sex", "age band", "view", "source")
 TILE = 256  # thumbnail's longer side in pixels
+JPEG_QUALITY = 90
 NO_LOCATION = "No Finding"  # has no heatmap: it names the absence of every finding
 
 
@@ -168,10 +170,11 @@ def heatmap_key(ctx: Context, runner: Runner, spec: ModelSpec, info: eval_sets.S
     return key, "computed for this page"
 
 
-def tile_png(ctx: Context, info: eval_sets.SetInfo, item: eval_sets.Item, heat_key: str | None,
+def tile_jpeg(ctx: Context, info: eval_sets.SetInfo, item: eval_sets.Item, heat_key: str | None,
              size: int = TILE) -> bytes:  # fmt: skip
-    """A display-sized PNG of the item (its default display) with the heatmap laid over it; FileRejected (with
-    the reason) when the image cannot be read."""
+    """A display-sized JPEG of the item (its default display) with the heatmap laid over it (a thumbnail to find
+    cases by, not to read: a fifth of a PNG's bytes); FileRejected (with the reason) when the image cannot be
+    read."""
     grey = windowing.render(eval_runs.load_item(ctx, info, item))
     h, w = grey.shape
     scale = size / max(h, w)
@@ -183,14 +186,18 @@ def tile_png(ctx: Context, info: eval_sets.SetInfo, item: eval_sets.Item, heat_k
         layer = overlays.heatmap_layer(heat).astype(np.float32)
         alpha = 0.55 * layer[..., 3:] / 255.0
         rgb = rgb * (1 - alpha) + layer[..., :3] * alpha
-    return export.png_bytes(np.clip(np.round(rgb), 0, 255).astype(np.uint8))
+    bgr = cv2.cvtColor(np.clip(np.round(rgb), 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
 
 
 @dataclass(frozen=True)
 class Tile:
     """A gallery tile's picture (None where the image cannot be read) and what to say with it."""
 
-    png: bytes | None
+    jpeg: bytes | None
     note: str  # where the heatmap came from, or why there is none, or why there is no picture
 
 
@@ -203,7 +210,7 @@ def tile(ctx: Context, runner: Runner, spec: ModelSpec, info: eval_sets.SetInfo,
             key, note = heatmap_key(ctx, runner, spec, info, item, finding)
         except ModelUnavailable as exc:
             key, note = None, f"no heatmap: {exc.reason}"
-        return Tile(tile_png(ctx, info, item, key), note)
+        return Tile(tile_jpeg(ctx, info, item, key), note)
     except importer.FileRejected as exc:
         return Tile(None, f"{eval_runs.item_name(item)}: {exc.reason}")
 

@@ -105,14 +105,14 @@ def test_a_tile_shows_the_stored_heatmap_and_names_an_image_that_is_gone(world):
     item = sc.items[0]
     tile = failure_cases.tile(ctx, runner, sc.spec, info, item, "Cardiomegaly")
     assert tile.note == "stored result"
-    pic = cv2.imdecode(np.frombuffer(tile.png, np.uint8), cv2.IMREAD_COLOR)
+    pic = cv2.imdecode(np.frombuffer(tile.jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert max(pic.shape[:2]) == failure_cases.TILE
-    plain = cv2.imdecode(np.frombuffer(failure_cases.tile_png(ctx, info, item, None), np.uint8), cv2.IMREAD_COLOR)
+    plain = cv2.imdecode(np.frombuffer(failure_cases.tile_jpeg(ctx, info, item, None), np.uint8), cv2.IMREAD_COLOR)
     assert np.abs(pic.astype(int) - plain.astype(int)).mean() > 1  # the heatmap is on it
     assert failure_cases.tile(ctx, runner, sc.spec, info, item, "No Finding").note.startswith("no heatmap")
     (folder / item.file_name).unlink()
     gone = failure_cases.tile(ctx, runner, sc.spec, info, item, "Cardiomegaly")
-    assert gone.png is None and gone.note == f"{item.file_name}: no such file"
+    assert gone.jpeg is None and gone.note == f"{item.file_name}: no such file"
 
 
 def test_a_heatmap_missing_from_the_results_is_computed_once_and_stored(world):
