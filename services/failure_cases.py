@@ -300,8 +300,12 @@ def stored_image_ids(ctx: Context, info: eval_sets.SetInfo, items: list[eval_set
         if not it.file_name or not eval_sets.under_roots(path, ctx.settings.dataset_roots):
             problems.append({"item": it.file_name, "reason": "the file does not lie under a dataset folder (any more)"})
             continue
+        # a PNG / JPEG carries no header: the study gets the sex, age and view the set's labels CSV gave
+        fields = {"patient_sex": it.patient_sex, "patient_age_years": it.patient_age_years,
+                  "view_position": it.view_position}  # fmt: skip
         result = importer.import_file(ctx.engine, ctx.store, path, max_bytes=ctx.settings.max_upload_bytes,
-                                      display_name=it.file_name, user_id=user_id)  # fmt: skip
+                                      display_name=it.file_name, user_id=user_id,
+                                      metadata={it.file_name: {k: v for k, v in fields.items() if v is not None}})  # fmt: skip
         if result.status == "rejected":
             problems.append({"item": it.file_name, "reason": result.reason})
             continue

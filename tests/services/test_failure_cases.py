@@ -160,6 +160,11 @@ def test_a_group_sent_to_annotators_imports_folder_items_once_and_becomes_a_task
         task_images = db_annotations.task_images(s, labelling.get(ctx, "fn-check").id)
         pixels = set(s.scalars(select(Image.pixel_sha256).where(Image.id.in_(task_images))))
     assert pixels == {it.pixel_sha256 for it in group} and _images(ctx) == 3
+    with dbe.read(ctx.engine) as s:  # the labels CSV's sex, age and view went with the images
+        image = s.scalar(select(Image).where(Image.pixel_sha256 == group[0].pixel_sha256))
+        assert (image.study.patient_sex, image.study.patient_age_years, image.view_position) == (
+            group[0].patient_sex, group[0].patient_age_years, group[0].view_position)  # fmt: skip
+        assert group[0].patient_sex in ("M", "F") and group[0].view_position in ("PA", "AP")
     # a second group overlapping the first imports only what is new
     sent2 = failure_cases.send(ctx, actor, info, sc.items[1:4], name="fn-check-2", readers={"ann": False},
                                findings=["Mass"])  # fmt: skip
