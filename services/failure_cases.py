@@ -286,7 +286,7 @@ def stored_image_ids(ctx: Context, info: eval_sets.SetInfo, items: list[eval_set
     for it in items:
         if info.kind == "database":
             if it.image_id is None:
-                problems.append({"item": eval_runs.item_name(it), "reason": "image no longer in the store"})
+                problems.append({"item": f"set item {it.id}", "reason": "image no longer in the store"})
             else:
                 ids[it.id] = it.image_id
             continue

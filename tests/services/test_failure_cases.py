@@ -184,3 +184,15 @@ def test_the_group_csv_names_the_set_and_the_model(world):
     rows = list(csv.DictReader(line for line in text.splitlines() if not line.startswith("#")))
     assert [r["file"] for r in rows] == FILES[:2] and rows[0]["Finding Labels"] == "Cardiomegaly"
     assert float(rows[0]["score Cardiomegaly"]) == pytest.approx(sc.scores[0, sc.findings.index("Cardiomegaly")])
+
+
+def test_a_database_set_sends_its_stored_images_and_names_a_deleted_one(ctx):
+    import datetime as dt
+
+    info = eval_sets.SetInfo(1, "db", 1, "0" * 64, "database", "verdicts", None, ["Mass"], 2, [], None,
+                             dt.datetime.now(dt.UTC))  # fmt: skip
+    kept = dataclasses.replace(_item(1, True), file_name=None, image_id=7)
+    deleted = dataclasses.replace(_item(2, False), file_name=None, image_id=None)
+    ids, problems = failure_cases.stored_image_ids(ctx, info, [kept, deleted], 1)
+    assert ids == {1: 7} and problems == [{"item": "set item 2", "reason": "image no longer in the store"}]
+    assert _images(ctx) == 0  # nothing imported for a database set
