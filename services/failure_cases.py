@@ -159,15 +159,15 @@ def heatmap_key(ctx: Context, runner: Runner, spec: ModelSpec, info: eval_sets.S
     with dbe.read(ctx.engine) as s:
         stored = eval_runs.stored_refs(s, [item.pixel_sha256], spec).get(item.pixel_sha256)
     if stored is not None and (key := json.loads(stored).get("heatmaps", {}).get(finding)):
-        return key, "stored result"
+        return key, "heatmap from the stored result"
     cache = HeatmapCache(ctx.settings.data_dir / "heatmaps", spec, finding)
     if (key := cache.get(item.pixel_sha256)) is not None:
-        return key, "computed for this page"
+        return key, "heatmap computed for this page"
     x = analysis.model_input(eval_runs.load_item(ctx, info, item))
     cams, _, _ = analysis.heatmaps_and_boxes(runner, x, spec)
     key = ctx.store.put_bytes(export.png_bytes(np.round(cams[finding] * 255).astype(np.uint8)))
     cache.put(item.pixel_sha256, key)
-    return key, "computed for this page"
+    return key, "heatmap computed for this page"
 
 
 def tile_jpeg(ctx: Context, info: eval_sets.SetInfo, item: eval_sets.Item, heat_key: str | None,

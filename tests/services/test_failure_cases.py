@@ -104,7 +104,7 @@ def test_a_tile_shows_the_stored_heatmap_and_names_an_image_that_is_gone(world):
     ctx, runner, info, sc, folder = world
     item = sc.items[0]
     tile = failure_cases.tile(ctx, runner, sc.spec, info, item, "Cardiomegaly")
-    assert tile.note == "stored result"
+    assert tile.note == "heatmap from the stored result"
     pic = cv2.imdecode(np.frombuffer(tile.jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert max(pic.shape[:2]) == failure_cases.TILE
     plain = cv2.imdecode(np.frombuffer(failure_cases.tile_jpeg(ctx, info, item, None), np.uint8), cv2.IMREAD_COLOR)
@@ -119,7 +119,7 @@ def test_a_heatmap_missing_from_the_results_is_computed_once_and_stored(world):
     ctx, runner, info, sc, _ = world
     other = runner.registry.resolve(OTHER)  # no run of this version: no stored result has its heatmap
     key, note = failure_cases.heatmap_key(ctx, runner, other, info, sc.items[1], "Effusion")
-    assert note == "computed for this page" and ctx.store.path_for(key).is_file()
+    assert note == "heatmap computed for this page" and ctx.store.path_for(key).is_file()
     heat = cv2.imdecode(np.fromfile(ctx.store.path_for(key), np.uint8), cv2.IMREAD_UNCHANGED)
     assert heat.ndim == 2 and heat.max() > 0
     calls = []
