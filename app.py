@@ -17,6 +17,7 @@ PAGES = {
     "tasks": st.Page("screens/tasks.py", title="Labelling tasks", icon=":material/checklist:"),
     "evaluation": st.Page("screens/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
     "thresholds": st.Page("screens/thresholds.py", title="Threshold sets", icon=":material/tune:"),
+    "failures": st.Page("screens/failures.py", title="Failure cases", icon=":material/bug_report:"),
     "models": st.Page("screens/models.py", title="Models", icon=":material/model_training:"),
     "admin": st.Page("screens/admin.py", title="Users", icon=":material/group:"),
     "audit": st.Page("screens/audit.py", title="Audit", icon=":material/policy:"),

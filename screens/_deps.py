@@ -7,7 +7,16 @@ import streamlit as st
 
 from inference.registry import Registry
 from inference.runner import Runner
-from services import agreement_report, analysis, context, eval_metrics, priors, studies
+from services import (
+    agreement_report,
+    analysis,
+    context,
+    eval_metrics,
+    eval_sets,
+    failure_cases,
+    priors,
+    studies,
+)
 from viewer import dicom_io, export, overlays, windowing
 
 
@@ -127,3 +136,13 @@ def eval_finding(set_id: int, ref: str, stamp: tuple[int, ...], finding: str, th
 @st.cache_data(max_entries=16, show_spinner="Computing the summary…")
 def eval_summary(set_id: int, ref: str, stamp: tuple[int, ...], thresholds: tuple, n_boot: int) -> list[dict]:
     return eval_metrics.summary_rows(eval_scored(set_id, ref, stamp), dict(thresholds), n_boot)
+
+
+@st.cache_data(max_entries=256, ttl=3600, show_spinner=False)
+def failure_tile(set_id: int, item_id: int, ref: str, finding: str) -> failure_cases.Tile:
+    """A gallery tile of the Failure cases page (display-sized JPEG with the finding's heatmap, or why none);
+    keyed by the set item, the model version and the finding, whose stored result never changes; an hour at
+    most, so that a file that went or came back is seen."""
+    spec = registry().resolve(ref)
+    item = next(it for it in eval_sets.items(ctx(), set_id) if it.id == item_id)
+    return failure_cases.tile(ctx(), runner(), spec, eval_sets.get(ctx(), set_id), item, finding)

@@ -44,6 +44,7 @@ PAGE_ROLES: dict[str, frozenset[str]] = {
     "tasks": frozenset({"admin", "researcher"}),
     "evaluation": frozenset({"admin", "researcher"}),
     "thresholds": frozenset({"admin", "researcher"}),
+    "failures": frozenset({"admin", "researcher"}),
     "account": ALL_ROLES,
 }
 

@@ -97,7 +97,8 @@ def _fmt(value: float | None, ci: list[float] | None, undefined: str | None) -> 
     return f"{value:.3f} [{lo:.3f}–{hi:.3f}]"
 
 
-def _group_of(item: eval_sets.Item, by: str) -> str | None:
+def group_of(item: eval_sets.Item, by: str) -> str | None:
+    """The item's group of `by` (sex | age band | view | source), or None where it does not record it."""
     if by == "sex":
         return {"M": "male", "F": "female"}.get(item.patient_sex or "")
     if by == "age band":
@@ -116,7 +117,7 @@ def subgroups(sc: Scored, finding: str, by: str, n_boot: int = 1000) -> list[dic
     idx, y, s = sc.labelled(finding)
     groups: dict[str, list[int]] = {}
     for k, i in enumerate(idx):
-        if (g := _group_of(sc.items[i], by)) is not None:
+        if (g := group_of(sc.items[i], by)) is not None:
             groups.setdefault(g, []).append(k)
     rows = []
     for g, members in sorted(groups.items()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -28,6 +29,34 @@ def models_env(tmp_path_factory, weights: str) -> dict[str, str]:
         pytest.skip(f"model weights not in {MODELS} (set CXR_REVIEW_MODELS_DIR)")
     data = tmp_path_factory.mktemp("data")
     return {"CXR_REVIEW_DATA_DIR": str(data), "CXR_REVIEW_MODELS_DIR": str(MODELS), "CXR_REVIEW_SETTINGS": ""}
+
+
+def nih_subset_csv(nih: Path, names: list[str] | int, out: Path) -> Path:
+    """`out`: the rows of NIH labels.csv for `names` (or its first `names` rows), with its columns."""
+    with open(nih / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    by_name = {r["Image Index"]: r for r in rows}
+    chosen = rows[:names] if isinstance(names, int) else [by_name[n] for n in names]
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(chosen)
+    return out
+
+
+def finished_run(ctx, runner, set_id: int, ref: str, timeout: float = 300) -> int:
+    """Run `ref` on the evaluation set in the background, as the Run button does, and wait until it is done."""
+    import time
+
+    from services import eval_runs
+
+    [run_id] = eval_runs.start(ctx, runner, set_id, [ref], 1)
+    deadline = time.monotonic() + timeout
+    while (status := eval_runs.get(ctx, run_id).status) not in ("done", "failed"):
+        assert time.monotonic() < deadline, "the run did not finish"
+        time.sleep(0.2)
+    assert status == "done", eval_runs.get(ctx, run_id).error
+    return run_id
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from tests.e2e.conftest import ARTIFACTS, REPO, fresh_app_data, sign_in, streaml
 pytestmark = pytest.mark.e2e
 ADMIN_PASSWORD = "admin-password-1"
 # Every page of app.py's navigation, the root, and a name that is no page.
-URLS = ["", "worklist", "review", "import_studies", "annotate", "tasks", "evaluation", "thresholds", "models", "admin", "audit", "account", "no_such_page"]
+URLS = ["", "worklist", "review", "import_studies", "annotate", "tasks", "evaluation", "thresholds", "failures", "models", "admin", "audit", "account", "no_such_page"]
 SIGN_IN_TEXT = {
     "CXR Review", "Chest X-ray review workstation · Research use only", "User name", "Password", "Sign in",
     "visibility",  # the icon of the password field's show-password button

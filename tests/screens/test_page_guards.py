@@ -19,7 +19,7 @@ SERVED = {
     "import_studies": ("title", "Import studies"), "models": ("title", "Models"), "admin": ("title", "Users"),
     "audit": ("title", "Audit"), "account": ("title", "Account"), "annotate": ("title", "Annotate"),
     "tasks": ("title", "Labelling tasks"), "evaluation": ("title", "Evaluation"),
-    "thresholds": ("title", "Threshold sets"),
+    "thresholds": ("title", "Threshold sets"), "failures": ("title", "Failure cases"),
 }  # fmt: skip
 
 

@@ -1,0 +1,76 @@
+"""The Failure cases page through AppTest, on a real SQLite file, real NIH images and the real classifier: a set
+without a run says so, the operating point in force is named with its source and the model's provenance, a
+what-if threshold moves images in and out of the false-negative gallery, and a finding without positives says
+so instead of showing an empty gallery."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+
+import pytest
+
+from services import auth, eval_sets
+from tests.conftest import finished_run, nih_subset_csv, sign_in_through_the_form
+
+MODEL = "cxr15_mobilenetv3@1.0.0"
+FILES = ["00000075_000.png", "00000100_000.png", "00000211_000.png", "00000550_000.png", "00000797_000.png"]
+PASSWORD = "res-password-long"
+
+
+@pytest.fixture
+def world(app_ctx, shared_data, tmp_path, monkeypatch):
+    nih = shared_data / "nih"
+    monkeypatch.setenv("CXR_REVIEW_DATASET_ROOTS", os.pathsep.join([str(nih), str(tmp_path)]))
+    roots = (nih.resolve(), tmp_path.resolve())
+    ctx = dataclasses.replace(app_ctx, settings=dataclasses.replace(app_ctx.settings, dataset_roots=roots))
+    auth.add_user(ctx.engine, "res", "researcher", PASSWORD)
+    labels = nih_subset_csv(nih, FILES, tmp_path / "subset.csv")
+    info = eval_sets.from_folder(ctx, "five", nih / "images", labels, 1).info
+    with open(labels, newline="") as fh:
+        named = [r["Finding Labels"].split("|") for r in csv.DictReader(fh)]
+    positives = {f: sum(f in n for n in named) for f in info.findings}
+    return ctx, info, positives
+
+
+def _page():
+    return sign_in_through_the_form("res", PASSWORD).switch_page("screens/failures.py").run()
+
+
+def _texts(at) -> str:
+    return "\n".join(m.value for m in [*at.markdown, *at.caption, *at.warning, *at.info, *at.error])
+
+
+def test_the_page_says_what_is_missing_and_moves_images_with_a_what_if_threshold(world):
+    from inference.registry import Registry
+    from inference.runner import Runner
+
+    ctx, info, positives = world
+    at = _page()
+    assert not at.exception and at.title[0].value == "Failure cases"
+    assert f"{info.label} has no finished run" in _texts(at)
+
+    runner = Runner(Registry(ctx.settings.models_dir), "cpu")
+    finished_run(ctx, runner, info.id, MODEL)
+    at = _page()
+    assert not at.exception
+    text = _texts(at)
+    assert "Research use only" in text and "(in force: model defaults)" in text
+    assert f"weights sha256 {runner.registry.resolve(MODEL).weights_sha256}" in text
+
+    finding = next(f for f in info.findings if positives[f] >= 2 and f != "No Finding")
+    at.selectbox(key="fc_finding").select(finding).run()
+    at.toggle(key="fc_what_if").set_value(True).run()
+    n = positives[finding]
+    at.slider(key=f"fc_thr_{MODEL}_{finding}").set_value(1.0).run()
+    assert f"**{n}** false negative(s) of {n} positives" in _texts(at)
+    assert sum(b.label == "Similar cases" for b in at.button) == n  # one tile each
+    at.slider(key=f"fc_thr_{MODEL}_{finding}").set_value(0.0).run()
+    assert f"**0** false negative(s) of {n} positives" in _texts(at)
+    assert "what-if; in force:" in _texts(at)
+
+    none = next(f for f in info.findings if positives[f] == 0)
+    at.selectbox(key="fc_finding").select(none).run()
+    assert not at.exception
+    assert f"No positive for {none} among these images: there is no false negative to show." in _texts(at)
