@@ -22,6 +22,11 @@ README_SHA256 = {
     "bone_suppression_ae": "27a7beddfaf0f3b051eb9813f343f4eb261818a8e26f1fddd56844b6af0a53a3",
     "cxr15_mobilenetv3": "0cdb24a96b813c2b0f3b4b06e632f31e6e497f4c57a259eca6d1c680ec7da751",
 }
+# The evidence file ships the anatomy default: anatomy_unet_smp@1.3.0+1view (a committed version, its sha256 in
+# its model.json).
+DEFAULT_ANATOMY = Registry(MODELS).resolve("anatomy_unet_smp@1.3.0+1view")
+EXPECTED_SHA256 = {"anatomy_unet_smp": DEFAULT_ANATOMY.weights_sha256,
+                   **{k: v for k, v in README_SHA256.items() if k != "anatomy_unet_jsrt"}}  # fmt: skip
 BONE_WEIGHTS = "bone_suppression_kalisz_ae_torch.pt"
 FIELDS = {
     "models", "findings", "anatomy_mask", "bone_suppressed", "ctr", "view_position", "ctr_note", "boxes",
@@ -99,10 +104,13 @@ def test_json_fields_and_provenance(result, inputs):
         assert "research use" in doc["research_use"].lower()
         gate = doc["quality_gate"]
         assert gate["passed"] is True and gate["reasons"] == [] and doc["models"][0] == gate["model"] | {"task": "quality_gate"}
-        assert {m["id"]: m["weights_sha256"] for m in doc["models"][1:]} == README_SHA256
+        # the anatomy default is the version assets/models/evidence/segmentation.json ranks first; the others
+        # are the shipped weights, with the sha256 the models README publishes
+        assert {m["id"]: m["weights_sha256"] for m in doc["models"][1:]} == EXPECTED_SHA256
+        assert doc["models"][1]["version"] == DEFAULT_ANATOMY.version
         assert all(m["version"] for m in doc["models"]) and doc["unavailable"] == {}
-        assert set(doc["timings_ms"]) == {*README_SHA256, "quality_gate", "total"}
-        assert doc["timings_ms"]["total"] == pytest.approx(sum(doc["timings_ms"][m] for m in [*README_SHA256, "quality_gate"]))
+        assert set(doc["timings_ms"]) == {*EXPECTED_SHA256, "quality_gate", "total"}
+        assert doc["timings_ms"]["total"] == pytest.approx(sum(doc["timings_ms"][m] for m in [*EXPECTED_SHA256, "quality_gate"]))
     dx = result["docs"][str(inputs["dx"])]
     assert dx["input"]["pixel_sha256"] == dicom_io.pixel_sha256(dicom_io.load(inputs["dx"]))
     assert (dx["input"]["rows"], dx["input"]["columns"]) == (1024, 1024)
