@@ -232,6 +232,12 @@ def _engine_problem(args) -> str | None:
     return None
 
 
+def _interrupted() -> int:
+    # The Ray session has ended by now (a local Ray is stopped); what was printed is done and kept.
+    print("\ncxr-review: interrupted; what was done so far is kept (a local Ray is stopped)", file=sys.stderr)
+    return 130
+
+
 def _ray_failed(exc) -> int:
     print(f"cxr-review: error: {exc}", file=sys.stderr)
     return EXIT_NO_ENGINE
@@ -254,6 +260,8 @@ def _infer_on_ray(args, s, picked, metadata) -> int:
                 print(json.dumps(line.to_json()), flush=True)
     except ray_engine.RayUnavailable as exc:
         return _ray_failed(exc)
+    except KeyboardInterrupt:
+        return _interrupted()
     print(f"run summary: {args.out / ray_engine.SUMMARY}", file=sys.stderr)
     return EXIT_SOME_REJECTED if rejected else EXIT_OK
 
@@ -290,6 +298,8 @@ def _cmd_analyse(args) -> int:
                 outcomes += _analysed(found, len(todo))
         except ray_engine.RayUnavailable as exc:
             return _ray_failed(exc)
+        except KeyboardInterrupt:
+            return _interrupted()
     elif todo:
         outcomes += _analysed(precompute.analyse_local(ctx, runner, todo), len(todo))
     found = precompute.counts(outcomes)

@@ -18,8 +18,10 @@ import json
 import logging
 import os
 import pickle
+import signal
 import socket
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -89,6 +91,8 @@ def session(address: str | None = None, num_cpus: int | None = None):
         ray.shutdown()
         where = f"at {address}" if address else "on this machine"
         raise RayUnavailable(f"Ray could not start {where}: {exc}; nothing was run") from exc
+    # A kill (SIGTERM) ends the block like Ctrl-C does, so that the local Ray is stopped too.
+    previous = signal.signal(signal.SIGTERM, _exit_on_term) if _main_thread() else None
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # outputs come back in the order of the inputs
@@ -98,6 +102,16 @@ def session(address: str | None = None, num_cpus: int | None = None):
         yield ray
     finally:
         ray.shutdown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_term(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def pool_plan(ray, device: str, actors: int | None) -> tuple[int, dict]:
