@@ -28,7 +28,7 @@ from pathlib import Path
 
 from inference.registry import Registry
 from inference.types import ModelSpec
-from services import importer, infer, threshold_sets
+from services import analysis, importer, infer, threshold_sets
 from services.settings import Settings
 from services.store import write_atomic
 
@@ -176,7 +176,6 @@ class _InferActor:
         self, models_dir: str, device: str, picked: list[str], force, out_dir: str, threads: int | None
     ):
         from inference.runner import Runner
-        from services import analysis
 
         _set_threads(threads)
         self.runner = Runner(Registry(Path(models_dir)), device)
@@ -199,9 +198,11 @@ class _InferActor:
                 rows.append(out | {"status": "rejected"})
                 continue
             img = pickle.loads(row["image"])
+            # As the local engine: --metadata gives PNG/JPEG files their view; a DICOM file has its own.
+            view = (row["view"] or None) if img.header.source_format != "dicom" else None
             force = (lambda spec: self.force) if self.force is not None else None
             doc = infer.infer_image(self.runner, self.chosen, self.unavailable, img, row["file"], self.out_dir,
-                                    row["stem"], row["view"] or None, force)  # fmt: skip
+                                    row["stem"], view, force)  # fmt: skip
             target = self.out_dir / f"{row['stem']}.json"
             text = json.dumps(doc, indent=2) + "\n"
             write_atomic(target, text.encode(), mode=infer.OUT_MODE)
@@ -263,11 +264,11 @@ def infer_paths(
     out_dir.mkdir(parents=True, exist_ok=True)
     picked = list(picked)
     registry = Registry(s.models_dir)
-    chosen, _ = infer.analysis.specs_for(registry, picked)
+    chosen, _ = analysis.specs_for(registry, picked)
     # The thresholds in force come from the app's database, read here once: actors need no database.
     force = in_force(chosen["classification"]) if in_force and "classification" in chosen else None
-    stems, items = infer._Stems(), []
-    for i, path in enumerate(infer._inputs(paths, out_dir)):
+    stems, items = infer.Stems(), []
+    for i, path in enumerate(infer.input_files(paths, out_dir)):
         view = (metadata or {}).get(path.name, {}).get("view_position") or ""
         items.append({"i": i, "file": str(path), "stem": stems.take(path), "view": view})
     if not items:

@@ -59,24 +59,30 @@ def runs(images, stored, tmp_path_factory):
     import torch
 
     s = _settings(tmp_path_factory.mktemp("unused"))
+    broken = tmp_path_factory.mktemp("broken") / "broken.dcm"
+    broken.write_bytes(b"DICM" + b"\0" * 50)
+    inputs = [*images[:2], broken, *images[2:]]  # a rejection in the middle keeps its place
     local_out, ray_out = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("ray")
     runner = Runner(Registry(MODELS), "cpu")
-    local = list(infer.infer_paths(runner, images, local_out, max_bytes=s.max_upload_bytes))
+    local = list(infer.infer_paths(runner, inputs, local_out, max_bytes=s.max_upload_bytes))
     ctx, todo = stored
     with ray_engine.session(None, num_cpus=2) as r:
         assert r.is_initialized() and r.cluster_resources()["CPU"] == 2
-        on_ray = list(ray_engine.infer_paths(r, s, images, ray_out, device="cpu", actors=1,
+        on_ray = list(ray_engine.infer_paths(r, s, inputs, ray_out, device="cpu", actors=1,
                                              threads=torch.get_num_threads()))  # fmt: skip
         analysed = list(ray_engine.analyse_images(r, ctx.settings, todo, device="cpu", actors=1))
-    return {"local": local, "ray": on_ray, "local_out": local_out, "ray_out": ray_out, "analysed": analysed,
-            "stopped": not ray.is_initialized()}  # fmt: skip
+    return {"inputs": inputs, "local": local, "ray": on_ray, "local_out": local_out, "ray_out": ray_out,
+            "analysed": analysed, "stopped": not ray.is_initialized()}  # fmt: skip
 
 
 @pytest.mark.slow
-def test_ray_engine_equals_the_local_engine(runs, images):
+def test_ray_engine_equals_the_local_engine(runs):
     assert [(x.file, x.status) for x in runs["ray"]] == [(x.file, x.status) for x in runs["local"]]
-    assert [x.status for x in runs["ray"]] == ["done"] * len(images)
+    assert [x.status for x in runs["ray"]] == ["done", "done", "rejected", "done", "done"]
+    assert runs["ray"][2] == runs["local"][2]  # the same code and reason
     for mine, theirs in zip(runs["local"], runs["ray"], strict=True):
+        if mine.status == "rejected":
+            continue
         a, b = json.loads(Path(mine.out).read_text()), json.loads(Path(theirs.out).read_text())
         pa, pb = ({f["label"]: f["probability"] for f in d["findings"]} for d in (a, b))
         assert pa.keys() == pb.keys()
@@ -100,10 +106,13 @@ def test_ray_is_stopped_at_the_end(runs):
 
 
 @pytest.mark.slow
-def test_the_run_summary_has_one_row_per_image(runs, images):
+def test_the_run_summary_has_one_row_per_input(runs):
     rows = pq.read_table(runs["ray_out"] / ray_engine.SUMMARY).to_pylist()
-    assert [r["file"] for r in rows] == [str(p) for p in images]
+    assert [r["file"] for r in rows] == [str(p) for p in runs["inputs"]]
+    assert (rows[2]["status"], rows[2]["code"], rows[2]["models"]) == ("rejected", runs["ray"][2].code, [])
     for row, line in zip(rows, runs["ray"], strict=True):
+        if line.status == "rejected":
+            continue
         doc = json.loads(Path(line.out).read_text())
         assert row["status"] == "done" and row["out"] == line.out
         assert [m["id"] for m in row["models"]] == [m["id"] for m in doc["models"]]
