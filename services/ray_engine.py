@@ -122,8 +122,14 @@ def pool_plan(ray, device: str, actors: int | None) -> tuple[int, dict]:
     use_gpu = device == "cuda" or (device == "auto" and gpus > 0)
     if device == "cuda" and gpus == 0:
         raise RayUnavailable("--device cuda: the Ray cluster has no GPU")
-    default = gpus if use_gpu else max(cpus - 1, 1)
-    return max(actors or default, 1), {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0}
+    if not use_gpu and cpus < 2:
+        raise RayUnavailable(f"the Ray cluster has {cpus} CPU; the CPU engine needs 2 (an actor, and reading)")
+    most = gpus if use_gpu else cpus - 1
+    if actors is not None and actors > most:
+        # More actors than there is room for would wait for resources for ever (or starve the reading).
+        have = f"{gpus} GPU(s)" if use_gpu else f"{cpus} CPU(s), one of them for reading"
+        raise RayUnavailable(f"--actors {actors}: the Ray cluster has room for {most} ({have})")
+    return actors or most, {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0}
 
 
 def _pool(ray, size: int, asks: dict) -> dict:

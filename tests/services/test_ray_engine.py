@@ -135,6 +135,35 @@ def test_analyse_on_ray_stores_what_the_viewer_then_finds(runs, stored):
     assert precompute.not_stored(ctx, runner, todo) == []
 
 
+class _Cluster:
+    def __init__(self, **resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+@pytest.mark.parametrize(
+    ("resources", "device", "actors", "plan"),
+    [
+        ({"CPU": 2}, "auto", None, (1, {"num_cpus": 1, "num_gpus": 0})),  # one CPU left for reading
+        ({"CPU": 16}, "cpu", 4, (4, {"num_cpus": 1, "num_gpus": 0})),
+        ({"CPU": 32, "GPU": 4}, "auto", None, (4, {"num_cpus": 1, "num_gpus": 1})),  # one actor per GPU
+        ({"CPU": 32, "GPU": 4}, "cpu", None, (31, {"num_cpus": 1, "num_gpus": 0})),
+        ({"CPU": 2}, "auto", 2, "room for 1"),
+        ({"CPU": 1}, "cpu", None, "needs 2"),
+        ({"CPU": 8}, "cuda", None, "no GPU"),
+        ({"CPU": 8, "GPU": 2}, "cuda", 3, "room for 2"),
+    ],
+)
+def test_pool_plan(resources, device, actors, plan):
+    if isinstance(plan, str):
+        with pytest.raises(ray_engine.RayUnavailable, match=plan):
+            ray_engine.pool_plan(_Cluster(**resources), device, actors)
+    else:
+        assert ray_engine.pool_plan(_Cluster(**resources), device, actors) == plan
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
