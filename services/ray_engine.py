@@ -123,7 +123,9 @@ def pool_plan(ray, device: str, actors: int | None) -> tuple[int, dict]:
     if device == "cuda" and gpus == 0:
         raise RayUnavailable("--device cuda: the Ray cluster has no GPU")
     if not use_gpu and cpus < 2:
-        raise RayUnavailable(f"the Ray cluster has {cpus} CPU; the CPU engine needs 2 (an actor, and reading)")
+        raise RayUnavailable(
+            f"the Ray cluster has {cpus} CPU; the CPU engine needs 2 (an actor, and reading)"
+        )
     most = gpus if use_gpu else cpus - 1
     if actors is not None and actors > most:
         # More actors than there is room for would wait for resources for ever (or starve the reading).
