@@ -452,7 +452,9 @@ def _engine_options(p) -> None:
         help="local: this process (default); ray: an actor pool on Ray Data (local Ray unless --ray-address)",
     )  # fmt: skip
     p.add_argument(
-        "--ray-address", metavar="ADDR", help="a running Ray cluster (HOST:PORT, ray://HOST:PORT, auto)"
+        "--ray-address",
+        metavar="ADDR",
+        help="a running Ray cluster: HOST:PORT of its head (GCS), or auto on one of its nodes",
     )
     p.add_argument(
         "--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray (default: all of this machine's)"

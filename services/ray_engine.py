@@ -54,14 +54,17 @@ def _import_ray():
 
 
 def _check_answers(address: str) -> None:
-    """A TCP connection to HOST:PORT (or ray://HOST:PORT) within CONNECT_TIMEOUT_S, else RayUnavailable: Ray
-    itself would keep retrying for a long time before giving up."""
+    """A TCP connection to HOST:PORT within CONNECT_TIMEOUT_S, else RayUnavailable: Ray itself would keep
+    retrying for a long time before giving up."""
     if address == "auto":
         return  # Ray looks for a cluster started on this machine and says when there is none
-    hostport = address.removeprefix("ray://")
-    host, sep, port = hostport.rpartition(":")
+    if address.startswith("ray://"):
+        # The Ray client needs grpcio, which the pinned set does not have; the driver joins the cluster instead.
+        raise RayUnavailable(f"--ray-address {address}: the Ray client (ray://) is not supported; give the "
+                             "cluster's HOST:PORT (its GCS, 6379 by default) or auto on one of its nodes")  # fmt: skip
+    host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        raise RayUnavailable(f"--ray-address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+        raise RayUnavailable(f"--ray-address {address}: expected HOST:PORT or auto")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
