@@ -164,6 +164,21 @@ def test_pool_plan(resources, device, actors, plan):
         assert ray_engine.pool_plan(_Cluster(**resources), device, actors) == plan
 
 
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("ray://head:10001", "Ray client .* not supported"),
+        ("head", "expected HOST:PORT"),
+        ("head:x", "expected"),
+    ],
+)
+def test_addresses_that_cannot_work_are_refused_before_ray_starts(address, why):
+    with pytest.raises(ray_engine.RayUnavailable, match=why):
+        with ray_engine.session(address):
+            pass
+    assert not ray.is_initialized()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
