@@ -4,7 +4,8 @@
 
 Both engines run the whole infer pipeline (decode, gate, anatomy, bone suppression, classifier with Grad-CAM,
 PNG and JSON writing) on the first --images NIH PNGs, on the CPU. Local: services.infer.infer_paths in this
-process, its models loaded first (one warm-up image, not counted). Ray: a local Ray (default all of this
+process, its models loaded first (one warm-up image, not counted), at torch's default thread count and again at
+one thread. Ray: a local Ray (default all of this
 machine's CPUs; one actor per CPU but one), timed from the start of the run (actor start-up and model loading
 included), with Ray's own start-up printed apart. Prints images/s of each and the ratio Ray / local. No
 assertions: figures only.
@@ -43,9 +44,17 @@ def main() -> None:
                            "CXR_REVIEW_SETTINGS": ""})  # fmt: skip
         runner = Runner(Registry(s.models_dir), "cpu")
         list(infer.infer_paths(runner, paths[:1], tmp / "warm", max_bytes=s.max_upload_bytes))
+        default_threads = torch.get_num_threads()
         t = perf_counter()
         local = list(infer.infer_paths(runner, paths, tmp / "local", max_bytes=s.max_upload_bytes))
         local_s = perf_counter() - t
+        # The same engine at one torch thread (what each Ray actor uses by default): on a machine loaded by
+        # other jobs, torch's threads wait on each other and one thread can be several times faster.
+        torch.set_num_threads(1)
+        t = perf_counter()
+        list(infer.infer_paths(runner, paths, tmp / "local1", max_bytes=s.max_upload_bytes))
+        local1_s = perf_counter() - t
+        torch.set_num_threads(default_threads)
 
         t = perf_counter()
         with ray_engine.session(None, args.ray_cpus) as ray:
@@ -61,16 +70,18 @@ def main() -> None:
     n = len(paths)
     assert sum(x.status == "done" for x in local) == sum(x.status == "done" for x in on_ray) == n
     threads = args.threads_per_actor or 1
-    print(f"{n} NIH images, CPU; this machine: {os.cpu_count()} CPUs; local engine: {torch.get_num_threads()} "
-          f"torch threads; Ray: {cpus} CPUs, {size} actor(s) x {threads} thread(s)")  # fmt: skip
+    print(f"{n} NIH images, CPU; this machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at "
+          f"the end; Ray: {cpus} CPUs, {size} actor(s) x {threads} torch thread(s)")  # fmt: skip
     print(f"{'engine':<28}{'seconds':>10}{'images/s':>10}")
-    print(f"{'local':<28}{local_s:>10.1f}{n / local_s:>10.2f}")
+    print(f"{f'local ({default_threads} threads)':<28}{local_s:>10.1f}{n / local_s:>10.2f}")
+    print(f"{'local (1 thread)':<28}{local1_s:>10.1f}{n / local1_s:>10.2f}")
     print(f"{'ray (run)':<28}{ray_s:>10.1f}{n / ray_s:>10.2f}")
     print(f"{'ray (start + run + stop)':<28}{total_s:>10.1f}{n / total_s:>10.2f}")
     print(f"Ray start-up: {start_s:.1f} s")
-    print(
-        f"ratio ray / local (images/s): run {local_s / ray_s:.2f}, with start and stop {local_s / total_s:.2f}"
-    )
+    for name, ref in ((f"local ({default_threads} threads)", local_s), ("local (1 thread)", local1_s)):
+        print(
+            f"ratio ray / {name} (images/s): run {ref / ray_s:.2f}, with start and stop {ref / total_s:.2f}"
+        )
 
 
 if __name__ == "__main__":
