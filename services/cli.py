@@ -278,6 +278,13 @@ def _cmd_analyse(args) -> int:
     if args.all == bool(args.studies):
         print("cxr-review: error: give --all or one or more STUDY (id or StudyInstanceUID)", file=sys.stderr)
         return EXIT_USAGE
+    if args.engine == "ray":
+        from services import ray_engine
+
+        try:  # also when everything turns out stored: a wrong address is said at once
+            ray_engine.check(args.ray_address)
+        except ray_engine.RayUnavailable as exc:
+            return _ray_failed(exc)
     ctx = context.build()
     try:
         runner = Runner(Registry(ctx.settings.models_dir), args.device or ctx.settings.device)
@@ -288,8 +295,6 @@ def _cmd_analyse(args) -> int:
     todo = precompute.not_stored(ctx, runner, images)
     outcomes = ["stored_already"] * (len(images) - len(todo))
     if todo and args.engine == "ray":
-        from services import ray_engine
-
         try:
             with ray_engine.session(args.ray_address, args.ray_cpus) as ray:
                 device = args.device or ctx.settings.device

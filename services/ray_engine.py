@@ -75,6 +75,13 @@ def _check_answers(address: str) -> None:
         ) from exc
 
 
+def check(address: str | None) -> None:
+    """RayUnavailable now, before any work, when Ray is not installed or nothing answers at `address`."""
+    _import_ray()
+    if address:
+        _check_answers(address)
+
+
 @contextlib.contextmanager
 def session(address: str | None = None, num_cpus: int | None = None):
     """Ray connected for the block: the cluster at `address`, else a local Ray of at most `num_cpus` CPUs

@@ -232,6 +232,9 @@ def test_analyse_command_stores_results_once_and_reports_counts(env, shared_data
                                         "failed": 0}  # fmt: skip
     again = run_cli("analyse", ["--all"], env)
     assert json.loads(again.stdout)["stored_already"] == 1 and json.loads(again.stdout)["computed"] == 0
+    port = _free_port()
+    no_ray = run_cli("analyse", ["--all", "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"], env)
+    assert no_ray.returncode == 3 and no_ray.stdout == ""  # said even with nothing left to compute
     ctx = context.build(settings.load(env))
     [image] = precompute.select_images(ctx, [], everything=True)
     cached = analysis.analyse_cached(ctx, Runner(Registry(MODELS), "cpu"), image)
