@@ -287,7 +287,9 @@ def _cmd_analyse(args) -> int:
             return _ray_failed(exc)
     ctx = context.build()
     try:
-        runner = Runner(Registry(ctx.settings.models_dir), args.device or ctx.settings.device)
+        # On Ray the actors pick their device: this runner only looks up what is stored.
+        device = "cpu" if args.engine == "ray" else args.device or ctx.settings.device
+        runner = Runner(Registry(ctx.settings.models_dir), device)
         images = precompute.select_images(ctx, args.studies, args.all)
     except (DeviceUnavailable, precompute.UnknownStudy) as exc:
         print(f"cxr-review: error: {exc}", file=sys.stderr)
@@ -297,10 +299,11 @@ def _cmd_analyse(args) -> int:
     if todo and args.engine == "ray":
         try:
             with ray_engine.session(args.ray_address, args.ray_cpus) as ray:
-                device = args.device or ctx.settings.device
-                found = ray_engine.analyse_images(ray, ctx.settings, todo, device=device, actors=args.actors,
-                                                  threads=args.threads_per_actor)  # fmt: skip
-                outcomes += _analysed(found, len(todo))
+                results = ray_engine.analyse_images(
+                    ray, ctx.settings, todo, device=args.device or ctx.settings.device, actors=args.actors,
+                    threads=args.threads_per_actor,
+                )  # fmt: skip
+                outcomes += _analysed(results, len(todo))
         except ray_engine.RayUnavailable as exc:
             return _ray_failed(exc)
         except KeyboardInterrupt:
