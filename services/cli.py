@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_SOME_REJECTED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SOME_REJECTED, EXIT_USAGE, EXIT_NO_ENGINE = 0, 1, 2, 3  # 3: --engine ray cannot run
 
 
 class _Parser(argparse.ArgumentParser):
@@ -184,16 +184,22 @@ def _cmd_infer(args) -> int:
     from services import infer, settings, sidecar
 
     s = settings.load()
+    if problem := _engine_problem(args):
+        print(f"cxr-review: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if args.out.exists() and not args.out.is_dir():
         print(f"cxr-review: error: --out {args.out} exists and is not a folder", file=sys.stderr)
         return EXIT_USAGE
     try:
         metadata = sidecar.load(args.metadata) if args.metadata else None
-        runner = Runner(Registry(s.models_dir), args.device or s.device)
+        # On Ray the actors pick their device: the models are only looked up here.
+        runner = Runner(Registry(s.models_dir), "cpu" if args.engine == "ray" else args.device or s.device)
         picked = infer.pick_models(runner.registry, args.model)
     except (sidecar.SidecarError, DeviceUnavailable, infer.InferUsageError) as exc:
         print(f"cxr-review: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.engine == "ray":
+        return _infer_on_ray(args, s, picked, metadata)
     rejected = 0
     lines = infer.infer_paths(
         runner,
@@ -208,6 +214,120 @@ def _cmd_infer(args) -> int:
         rejected += line.status == "rejected"
         print(json.dumps(line.to_json()), flush=True)
     return EXIT_SOME_REJECTED if rejected else EXIT_OK
+
+
+def _engine_problem(args) -> str | None:
+    """Why the engine options cannot run as given: Ray options without --engine ray would otherwise be
+    ignored silently (the local engine running where Ray was meant)."""
+    given = (("--ray-address", args.ray_address), ("--ray-cpus", args.ray_cpus), ("--actors", args.actors),
+             ("--threads-per-actor", args.threads_per_actor))  # fmt: skip
+    ray_options = [name for name, v in given if v is not None]
+    if args.engine != "ray" and ray_options:
+        return f"{', '.join(ray_options)} need --engine ray"
+    if args.ray_address and args.ray_cpus is not None:
+        return "--ray-cpus is for a local Ray; a cluster at --ray-address has its own"
+    for name, v in given[1:]:
+        if v is not None and v < 1:
+            return f"{name} must be at least 1"
+    return None
+
+
+def _interrupted() -> int:
+    # The Ray session has ended by now (a local Ray is stopped); what was printed is done and kept.
+    print("\ncxr-review: interrupted; what was done so far is kept (a local Ray is stopped)", file=sys.stderr)
+    return 130
+
+
+def _ray_failed(exc) -> int:
+    print(f"cxr-review: error: {exc}", file=sys.stderr)
+    return EXIT_NO_ENGINE
+
+
+def _infer_on_ray(args, s, picked, metadata) -> int:
+    """infer's outputs, computed on Ray (services.ray_engine); Ray that cannot run is an error, exit 3."""
+    from services import ray_engine
+
+    rejected = 0
+    try:
+        with ray_engine.session(args.ray_address, args.ray_cpus) as ray:
+            lines = ray_engine.infer_paths(
+                ray, s, args.paths, args.out, device=args.device or s.device, picked=picked,
+                metadata=metadata, in_force=_thresholds_in_force(s), actors=args.actors,
+                threads=args.threads_per_actor,
+            )  # fmt: skip
+            for line in lines:
+                rejected += line.status == "rejected"
+                print(json.dumps(line.to_json()), flush=True)
+    except ray_engine.RayUnavailable as exc:
+        return _ray_failed(exc)
+    except KeyboardInterrupt:
+        return _interrupted()
+    print(f"run summary: {args.out / ray_engine.SUMMARY}", file=sys.stderr)
+    return EXIT_SOME_REJECTED if rejected else EXIT_OK
+
+
+def _cmd_analyse(args) -> int:
+    from inference.device import DeviceUnavailable
+    from inference.registry import Registry
+    from inference.runner import Runner
+    from services import context, precompute
+
+    if problem := _engine_problem(args):
+        print(f"cxr-review: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.all == bool(args.studies):
+        print("cxr-review: error: give --all or one or more STUDY (id or StudyInstanceUID)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.engine == "ray":
+        from services import ray_engine
+
+        try:  # also when everything turns out stored: a wrong address is said at once
+            ray_engine.check(args.ray_address)
+        except ray_engine.RayUnavailable as exc:
+            return _ray_failed(exc)
+    ctx = context.build()
+    try:
+        # On Ray the actors pick their device: this runner only looks up what is stored.
+        device = "cpu" if args.engine == "ray" else args.device or ctx.settings.device
+        runner = Runner(Registry(ctx.settings.models_dir), device)
+        images = precompute.select_images(ctx, args.studies, args.all)
+    except (DeviceUnavailable, precompute.UnknownStudy) as exc:
+        print(f"cxr-review: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    todo = precompute.not_stored(ctx, runner, images)
+    outcomes = ["stored_already"] * (len(images) - len(todo))
+    if todo and args.engine == "ray":
+        try:
+            with ray_engine.session(args.ray_address, args.ray_cpus) as ray:
+                results = ray_engine.analyse_images(
+                    ray, ctx.settings, todo, device=args.device or ctx.settings.device, actors=args.actors,
+                    threads=args.threads_per_actor,
+                )  # fmt: skip
+                outcomes += _analysed(results, len(todo))
+        except ray_engine.RayUnavailable as exc:
+            return _ray_failed(exc)
+        except KeyboardInterrupt:
+            return _interrupted()
+    elif todo:
+        outcomes += _analysed(precompute.analyse_local(ctx, runner, todo), len(todo))
+    found = precompute.counts(outcomes)
+    print(json.dumps({"images": len(images)} | found))
+    return EXIT_SOME_REJECTED if found["failed"] else EXIT_OK
+
+
+def _analysed(results, total: int) -> list[str]:
+    """Outcomes of `results` ((image id, outcome, detail) each), with a progress bar on stderr; failures are
+    named there (image id and reason: no patient identifiers)."""
+    from tqdm import tqdm
+
+    outcomes = []
+    with tqdm(total=total, desc="analyse", unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
+        for image_id, outcome, detail in results:
+            if outcome == "failed":
+                bar.write(f"cxr-review: image {image_id}: failed: {detail}", file=sys.stderr)
+            outcomes.append(outcome)
+            bar.update(1)
+    return outcomes
 
 
 def _cmd_similar(args) -> int:
@@ -334,6 +454,29 @@ def _cmd_serve(args) -> int:
     return stcli.main()
 
 
+def _engine_options(p) -> None:
+    p.add_argument(
+        "--engine", choices=["local", "ray"], default="local",
+        help="local: this process (default); ray: an actor pool on Ray Data (local Ray unless --ray-address)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="a running Ray cluster: HOST:PORT of its head (GCS), or auto on one of its nodes",
+    )
+    p.add_argument(
+        "--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray (default: all of this machine's)"
+    )
+    p.add_argument(
+        "--actors", type=int, metavar="N", help="actor pool size (default: one per GPU, else CPUs - 1)"
+    )
+    p.add_argument(
+        "--threads-per-actor", type=int, metavar="N",
+        help="torch threads of each actor (default: the one CPU it asks for); the local engine's count gives "
+        "bit-identical outputs",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="cxr-review", description="CXR Review: chest X-ray review workstation (research use only)."
@@ -431,7 +574,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CSV",
         help="view position of PNG/JPEG files, by file name (as import)",
     )
+    _engine_options(inf)
     inf.set_defaults(fn=_cmd_infer)
+
+    ana = sub.add_parser(
+        "analyse",
+        help="compute the AI results of stored studies into the database ahead of reading, as the viewer "
+        "would (quality gate first); what is stored already is skipped; one JSON line of counts",
+    )
+    ana.add_argument("studies", nargs="*", metavar="STUDY", help="a study id or StudyInstanceUID")
+    ana.add_argument("--all", action="store_true", help="every stored study")
+    ana.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: CXR_REVIEW_DEVICE")
+    _engine_options(ana)
+    ana.set_defaults(fn=_cmd_analyse)
 
     sim = sub.add_parser(
         "similar",

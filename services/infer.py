@@ -70,7 +70,7 @@ def pick_models(registry: Registry, refs: Iterable[str]) -> list[ModelSpec]:
     return list(picked.values())
 
 
-class _Stems:
+class Stems:
     """Output stems unique within one run (compared case-insensitively, for case-insensitive file systems)."""
 
     def __init__(self):
@@ -235,7 +235,7 @@ def infer_image(
     return doc
 
 
-def _inputs(paths: Iterable[str | Path], out_dir: Path) -> Iterator[Path]:
+def input_files(paths: Iterable[str | Path], out_dir: Path) -> Iterator[Path]:
     """Files as given, and the files under given folders except those under out_dir (earlier outputs)."""
     out = out_dir.resolve()
     for p in map(Path, paths):
@@ -259,8 +259,8 @@ def infer_paths(
     `metadata` ({file name: fields}, services.sidecar) gives PNG/JPEG files their view position."""
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen, unavailable = analysis.specs_for(runner.registry, picked)
-    stems = _Stems()
-    for path in _inputs(paths, out_dir):
+    stems = Stems()
+    for path in input_files(paths, out_dir):
         try:
             img = importer.load_checked(path, max_bytes=max_bytes)
         except importer.FileRejected as exc:
