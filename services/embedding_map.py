@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 from sqlalchemy import select
 
 from db import engine as dbe
 from db.models import Image
 from inference import curves, embeddings, metrics
 from inference.runner import Runner
-from inference.types import ModelRef, ModelSpec
+from inference.types import RESEARCH_USE, ModelRef, ModelSpec
 from services import eval_runs, eval_sets, similar
 from services.context import Context
 from services.store import private_dir, write_atomic
@@ -164,7 +165,7 @@ def build_map(
         raise ValueError(f"unknown map method {method!r}: one of {', '.join(METHODS)}")
     spec = runner.registry.check(runner.registry.resolve(ref))
     if spec.task != "classification":
-        raise ValueError(f"{spec.ref} is a {spec.task} model: the map needs a classifier")
+        raise ValueError(f"the map needs a classification model, and {spec.ref} is a {spec.task} model")
     model = ModelRef(spec.model_id, spec.version, spec.weights_sha256)
     info = eval_sets.get(ctx, set_id)
     key = cache_key(info.content_sha256, model, layer, method, seed)
@@ -280,3 +281,48 @@ def metric_rows(whole: dict, selection: dict | None) -> list[dict]:
                 **{k.upper() if len(k) == 3 else k: m[k] for k in ("sensitivity", "specificity", "ppv", "npv")}}  # fmt: skip
 
     return ([row("selection", selection)] if selection is not None else []) + [row("whole set", whole)]
+
+
+# --- the figure -------------------------------------------------------------------------------------------------
+COLOURS = {"TP": "#2ca02c", "FP": "#ff7f0e", "FN": "#d62728", "TN": "#1f77b4", "unlabelled": "#c7c7c7",
+           "no result": "#7f7f7f"}  # fmt: skip
+
+
+def figure(col: Coloured, cluster_of: np.ndarray | None = None) -> go.Figure:
+    """The map as a plotly scatter, one trace per error type (legend with counts); each point's customdata is its
+    item id and its hover the file name, the item's positive labels, the score and the error type. With
+    `cluster_of`, each cluster's number is written at its centre. Box selection is the drag mode; the toolbar
+    switches to lasso."""
+
+    fig = go.Figure()
+    types = np.array(col.types)
+    for t in ERROR_TYPES:
+        rows = np.flatnonzero(types == t)
+        if rows.size == 0:
+            continue
+        hover = []
+        for i in rows:
+            it = col.items[i]
+            positives = [f for f, v in it.labels.items() if v] or ["none"]
+            score = "no result" if not col.has[i] else f"{col.scores[i]:.3f}"
+            hover.append(f"{eval_runs.item_name(it)}<br>labels: {', '.join(positives)}<br>{col.finding} score {score} · {t}")
+        fig.add_trace(go.Scatter(
+            x=col.data.xy[rows, 0], y=col.data.xy[rows, 1], mode="markers", name=f"{t} ({rows.size})",
+            marker={"color": COLOURS[t], "size": 7, "line": {"width": 0.5, "color": "white"}},
+            customdata=[[col.items[i].id] for i in rows], hovertext=hover, hoverinfo="text",
+        ))  # fmt: skip
+    if cluster_of is not None and len(cluster_of):
+        centres = [(c, col.data.xy[cluster_of == c].mean(axis=0)) for c in np.unique(cluster_of)]
+        fig.add_trace(go.Scatter(x=[p[0] for _, p in centres], y=[p[1] for _, p in centres], mode="text",
+                                 text=[f"<b>C{c + 1}</b>" for c, _ in centres], textfont={"size": 15},
+                                 name="clusters", hoverinfo="skip"))  # fmt: skip
+    m = col.data.model
+    fig.update_layout(
+        title={"text": f"{METHODS[col.data.method]} map · {col.finding} at threshold {col.threshold:.4g}<br><sup>"
+                       f"{m.model_id}@{m.version} · weights sha256 {m.weights_sha256[:12]}… · {col.data.layer} "
+                       f"layer</sup><br><sup>{RESEARCH_USE}</sup>", "font": {"size": 13}},
+        dragmode="select", height=560, margin={"t": 90, "l": 20, "r": 20, "b": 20},
+        xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None},
+        legend={"orientation": "h", "y": -0.02}, clickmode="event+select",
+    )  # fmt: skip
+    return fig

@@ -4,9 +4,7 @@ a real SQLite file and the real classifier (a second visit computes no feature a
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +13,8 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from inference import embeddings
 from inference.registry import Registry
 from inference.runner import Runner
-from services import auth, embedding_map, eval_metrics, eval_runs, eval_sets
+from services import auth, embedding_map, eval_metrics
+from tests.evalsets import nih_set, run_and_wait
 
 MODEL = "cxr15_mobilenetv3@1.0.0"
 FINDING = "Effusion"
@@ -94,21 +93,9 @@ def env(ctx, shared_data, tmp_path):
     ctx = dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, dataset_roots=(nih.resolve(),)))
     runner = Runner(Registry(ctx.settings.models_dir), "cpu")
     auth.add_user(ctx.engine, "res", "researcher", "a-long-password-1")
-    with open(nih / "labels.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["Image Index"] in FILES]
-    path = tmp_path / "labels.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    made = eval_sets.from_folder(ctx, "map", nih / "images", path, 1)
-    [run_id] = eval_runs.start(ctx, runner, made.info.id, [MODEL], 1)
-    deadline = time.monotonic() + 300
-    while eval_runs.get(ctx, run_id).status not in ("done", "failed"):
-        assert time.monotonic() < deadline, "the run did not finish"
-        time.sleep(0.2)
-    assert eval_runs.get(ctx, run_id).status == "done"
-    return ctx, runner, made.info
+    info = nih_set(ctx, nih, lambda _, r: r["Image Index"] in FILES, tmp_path / "labels.csv", "map")
+    assert run_and_wait(ctx, runner, info.id, MODEL).status == "done"
+    return ctx, runner, info
 
 
 def test_a_second_visit_computes_no_feature_and_no_map(env, monkeypatch):
