@@ -72,18 +72,21 @@ def render(ctx: Context, *, set_id: int, ref: str, finding: str, threshold: floa
     if not col.has.any():
         st.info(f"No stored result of {ref} on this set yet: run it on the Evaluation page to colour the map.")
 
-    cluster_of = embedding_map.clusters(col.data.xy, int(k), data.seed) if select_by == "cluster" else None
-    event = st.plotly_chart(embedding_map.figure(col, cluster_of), key=f"{key}_chart_{set_id}_{ref}_{method}",
-                            on_select="rerun", selection_mode=("lasso", "box", "points"),
-                            config={"displaylogo": False})  # fmt: skip
-    if cluster_of is not None:
+    cluster_of, selected = None, []
+    if select_by == "cluster":  # the cluster is picked before the map is drawn, so the map can highlight it
+        cluster_of = embedding_map.clusters(col.data.xy, int(k), data.seed)
         sizes = {c: int((cluster_of == c).sum()) for c in sorted(set(cluster_of.tolist()))}
         chosen = st.selectbox("Cluster", list(sizes), format_func=lambda c: f"C{c + 1} ({sizes[c]} images)",
                               key=f"{key}_cluster")  # fmt: skip
         selected = [col.items[i].id for i in range(len(col.items)) if cluster_of[i] == chosen]
-    else:
+    event = st.plotly_chart(embedding_map.figure(col, cluster_of, selected if cluster_of is not None else None),
+                            key=f"{key}_chart_{set_id}_{ref}_{method}", on_select="rerun",
+                            selection_mode=("lasso", "box", "points"), config={"displaylogo": False})  # fmt: skip
+    if cluster_of is None:
         points = (event.selection.points if event else None) or []
-        selected = list(dict.fromkeys(int(p["customdata"][0]) for p in points if p.get("customdata")))
+        shown = {it.id for it in col.items}  # a selection kept from before a narrower item_ids counts what is shown
+        selected = [i for i in dict.fromkeys(int(p["customdata"][0]) for p in points if p.get("customdata"))
+                    if i in shown]  # fmt: skip
         if not selected:
             st.caption("Drag a box on the map to select a group (the toolbar switches to lasso); "
                        "double-click clears it.")  # fmt: skip

@@ -288,14 +288,16 @@ COLOURS = {"TP": "#2ca02c", "FP": "#ff7f0e", "FN": "#d62728", "TN": "#1f77b4", "
            "no result": "#7f7f7f"}  # fmt: skip
 
 
-def figure(col: Coloured, cluster_of: np.ndarray | None = None) -> go.Figure:
+def figure(col: Coloured, cluster_of: np.ndarray | None = None, highlight: list[int] | None = None) -> go.Figure:
     """The map as a plotly scatter, one trace per error type (legend with counts); each point's customdata is its
     item id and its hover the file name, the item's positive labels, the score and the error type. With
-    `cluster_of`, each cluster's number is written at its centre. Box selection is the drag mode; the toolbar
+    `cluster_of`, each cluster's number is written at its centre; with `highlight` (item ids), those points stand
+    out and the others are dimmed, as plotly shows a selection. Box selection is the drag mode; the toolbar
     switches to lasso."""
 
     fig = go.Figure()
     types = np.array(col.types)
+    lit = set(highlight or ())
     for t in ERROR_TYPES:
         rows = np.flatnonzero(types == t)
         if rows.size == 0:
@@ -304,12 +306,13 @@ def figure(col: Coloured, cluster_of: np.ndarray | None = None) -> go.Figure:
         for i in rows:
             it = col.items[i]
             positives = [f for f, v in it.labels.items() if v] or ["none"]
-            score = "no result" if not col.has[i] else f"{col.scores[i]:.3f}"
+            score = "no result" if not col.has[i] else f"{col.scores[i]:.4g}"
             hover.append(f"{eval_runs.item_name(it)}<br>labels: {', '.join(positives)}<br>{col.finding} score {score} · {t}")
         fig.add_trace(go.Scatter(
             x=col.data.xy[rows, 0], y=col.data.xy[rows, 1], mode="markers", name=f"{t} ({rows.size})",
             marker={"color": COLOURS[t], "size": 7, "line": {"width": 0.5, "color": "white"}},
             customdata=[[col.items[i].id] for i in rows], hovertext=hover, hoverinfo="text",
+            selectedpoints=None if highlight is None else [k for k, i in enumerate(rows) if col.items[i].id in lit],
         ))  # fmt: skip
     if cluster_of is not None and len(cluster_of):
         centres = [(c, col.data.xy[cluster_of == c].mean(axis=0)) for c in np.unique(cluster_of)]

@@ -163,3 +163,24 @@ def test_an_image_that_moved_is_listed_and_the_rest_is_mapped(env, tmp_path):
     data = embedding_map.build_map(narrow, runner, info.id, MODEL, "tsne")
     assert data.item_ids == [] and len(data.missing) == len(FILES)
     assert data.missing[0]["reason"] == "the file does not lie under a dataset folder (any more)"
+
+
+def test_the_figure_has_a_trace_per_error_type_with_item_ids_and_a_highlighted_cluster():
+    from inference.types import ModelRef
+    from services.eval_sets import Item
+
+    items = [Item(10 + i, f"sha{i}", {FINDING: label, "Mass": i == 0}, f"f{i}.png", None, None, None, None, None)
+             for i, label in enumerate([True, True, False, False, None])]  # fmt: skip
+    xy = np.array([[0, 0], [1, 0], [0, 1], [5, 5], [6, 5]], np.float32)
+    data = embedding_map.MapData(1, ModelRef("m", "1.0", "ab" * 32), "penultimate", "umap", 0, [it.id for it in items], xy)
+    scores, has = np.array([0.9, 0.1, 0.8, 0.2, 0.5]), np.ones(5, bool)
+    col = embedding_map.Coloured(data, FINDING, 0.5, items, [it.labels[FINDING] for it in items], scores, has,
+                                 embedding_map.error_types([it.labels[FINDING] for it in items], scores, has, 0.5))  # fmt: skip
+    fig = embedding_map.figure(col, np.array([0, 0, 0, 1, 1]), highlight=[10, 12])
+    traces = {t.name: t for t in fig.data}
+    assert list(traces) == ["TP (1)", "FP (1)", "FN (1)", "TN (1)", "unlabelled (1)", "clusters"]
+    assert traces["FP (1)"].customdata[0][0] == 12 and list(traces["FP (1)"].selectedpoints) == [0]
+    assert list(traces["TN (1)"].selectedpoints) == []  # not in the highlighted group: dimmed
+    assert "f0.png" in traces["TP (1)"].hovertext[0] and "Effusion, Mass" in traces["TP (1)"].hovertext[0]
+    assert list(traces["clusters"].text) == ["<b>C1</b>", "<b>C2</b>"]
+    assert "ab" * 6 in fig.layout.title.text and "Research use only" in fig.layout.title.text
