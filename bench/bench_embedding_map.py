@@ -9,7 +9,8 @@ and times services.embedding_map.build_map, as the page calls it, with no assert
 1. cold, UMAP: every image read, checked and embedded (penultimate layer, CPU), then the UMAP map; the first UMAP
    of a process also compiles umap-learn's numba code (timed apart below, from a second UMAP of the same vectors);
 2. t-SNE on the same set: the features come from the embedding cache, then the t-SNE map;
-3. a revisit of each (the map cache): no feature read, no map computed.
+3. a revisit of each (the map cache): no feature read, no map computed;
+4. both maps again on the same features, with the libraries' default threads and with one thread.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from time import perf_counter
 
 import torch
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -114,13 +116,18 @@ def main() -> None:
         )
         times = {}
         for method in ("umap", "tsne"):
-            t = perf_counter()
-            embeddings.embedding_map(vectors, method=method)
-            times[method] = perf_counter() - t
-        print(f"maps of {len(ids)} x {vectors.shape[1]} features, same process: UMAP {times['umap']:.2f} s, "
-              f"t-SNE {times['tsne']:.2f} s (t-SNE / UMAP {times['tsne'] / times['umap']:.2f}x); "
-              f"first UMAP of the process incl. numba compile {cold_umap - rows[0][3]:.2f} s, "
-              f"t-SNE map in step 2 {cold_tsne:.2f} s")  # fmt: skip
+            for threads in (None, 1):  # the libraries' default thread count, and one thread (see the README)
+                with threadpool_limits(threads):
+                    t = perf_counter()
+                    embeddings.embedding_map(vectors, method=method)
+                    times[method, threads] = perf_counter() - t
+        print(f"maps of {len(ids)} x {vectors.shape[1]} features, same process, numba compiled: "
+              f"UMAP {times['umap', None]:.2f} s, t-SNE {times['tsne', None]:.2f} s "
+              f"(t-SNE / UMAP {times['tsne', None] / times['umap', None]:.2f}x); one thread: "
+              f"UMAP {times['umap', 1]:.2f} s, t-SNE {times['tsne', 1]:.2f} s "
+              f"({times['tsne', 1] / times['umap', 1]:.2f}x)")  # fmt: skip
+        print(f"first UMAP of the process, numba compile included: {cold_umap - rows[0][3]:.2f} s; "
+              f"t-SNE map in step 2: {cold_tsne:.2f} s; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     finally:
         shutil.rmtree(tmp)
 
