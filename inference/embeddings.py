@@ -133,17 +133,32 @@ def nearest(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarra
     return ExactIndex(gallery).search(queries, k)
 
 
-def embedding_map(features: np.ndarray, seed: int = 0) -> np.ndarray:
-    """(N, 2) float32 coordinates placing similar embeddings near each other: t-SNE (scikit-learn) on cosine
-    distance, after PCA to 50 dimensions (the usual first step: it keeps the neighbourhoods and makes t-SNE's
-    neighbour search several times cheaper). A fixed seed makes it repeatable: the 2-D map of a set of images."""
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
+MAP_METHODS = {"umap": "UMAP", "tsne": "t-SNE"}  # 2-D map methods, by the name a cache key holds
 
+
+def embedding_map(features: np.ndarray, seed: int = 0, method: str = "tsne") -> np.ndarray:
+    """(N, 2) float32 coordinates placing similar embeddings near each other, by `method` (MAP_METHODS): t-SNE
+    (scikit-learn) or UMAP (umap-learn), both on cosine distance after PCA to 50 dimensions (the usual first
+    step: it keeps the neighbourhoods and makes the neighbour search several times cheaper). A fixed seed makes
+    it repeatable: the 2-D map of a set of images."""
+    from sklearn.decomposition import PCA
+
+    if method not in MAP_METHODS:
+        raise ValueError(f"unknown map method {method!r}: one of {tuple(MAP_METHODS)}")
     v = np.asarray(features, dtype=np.float32)
-    if len(v) < 3:  # t-SNE needs a perplexity below the number of points
+    if len(v) < 4:  # neither method places fewer points than its neighbourhood size; a trivial map is honest
         return np.zeros((len(v), 2), np.float32)
     if v.shape[1] > 50 and len(v) > 50:
         v = l2_normalise(PCA(50, random_state=seed).fit_transform(v))
+    if method == "umap":
+        import umap  # imported here: numba compiles on first use, only pages that draw a map pay for it
+
+        # A seed makes UMAP single-threaded anyway (n_jobs=1 says so and silences its warning); a tiny graph's
+        # spectral layout is degenerate, so few points start at random.
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(v) - 1), metric="cosine", n_jobs=1,
+                            init="spectral" if len(v) > 50 else "random", random_state=seed)  # fmt: skip
+        return np.asarray(reducer.fit_transform(v), dtype=np.float32)
+    from sklearn.manifold import TSNE
+
     tsne = TSNE(2, perplexity=min(30.0, (len(v) - 1) / 3), metric="cosine", init="pca", random_state=seed)
     return tsne.fit_transform(v).astype(np.float32)
