@@ -58,7 +58,7 @@ class ModelSpec:
     metadata: dict = field(default_factory=dict)
     # Parts of a trained version the runner applies (checked when model.json is read): percentiles stretched
     # to 0..1 before the network, the zoom/shift views averaged at inference, and Platt calibration
-    # {"slope": a, "intercepts": {label: b}} of the logits.
+    # {"slope": a, "intercepts": {label: b}} of the logits, or {"slopes": {label: a}, ...}, one slope per label.
     contrast_stretch: tuple[float, float] | None = None
     test_time_views: tuple[dict, ...] = ()
     calibration: dict | None = None
