@@ -207,3 +207,20 @@ def test_operating_points_follow_the_rule_and_report_a_cross_fitted_sensitivity(
 def test_ece_is_the_one_of_the_reliability_bins():
     y, p = np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.6, 0.4])
     assert curves.calibration_bins(y, p)["ece"] == pytest.approx(0.25)
+
+
+def test_the_registry_reads_one_slope_per_label_and_refuses_a_bad_one(tmp_path):
+    from inference.registry import InvalidModelJson, spec_from_json
+
+    d = tmp_path / "cxr14_mobilenetv3_multilabel" / "1.0.0"
+    labels = ["Cardiomegaly", "Effusion"]
+    meta = {
+        "model_id": "cxr14_mobilenetv3_multilabel", "version": "1.0.0", "task": "classification",
+        "family": "cxr14_mobilenetv3_multilabel", "labels": labels, "thresholds": dict.fromkeys(labels, 0.5),
+        "activation": "sigmoid", "input_size": [224, 224], "weights_file": "weights.pt", "weights_sha256": "0" * 64,
+        "calibration": {"slopes": {"Cardiomegaly": 0.5, "Effusion": 2.0}, "intercepts": {"Cardiomegaly": -1, "Effusion": 0}},
+    }  # fmt: skip
+    assert spec_from_json(meta, d).calibration["slopes"] == {"Cardiomegaly": 0.5, "Effusion": 2.0}
+    for slopes in ({"Cardiomegaly": 0.5}, {"Cardiomegaly": 0.5, "Effusion": 0.0}):
+        with pytest.raises(InvalidModelJson, match="one positive slope and one intercept per label"):
+            spec_from_json(meta | {"calibration": meta["calibration"] | {"slopes": slopes}}, d)
