@@ -60,8 +60,18 @@ def fit_platt(logits: np.ndarray, targets: np.ndarray, iterations: int = 100) ->
     return float(a), c
 
 
-def apply_platt(logits: np.ndarray, slope: float, intercepts: np.ndarray) -> np.ndarray:
-    """Calibrated probabilities, same shape as `logits` (N x K)."""
-    return sigmoid(slope * np.asarray(logits, np.float64) + np.asarray(intercepts, np.float64)).astype(
-        np.float32
-    )
+def fit_platt_per_label(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(slopes[K], intercepts[K]): an independent Platt fit per finding, for when there are enough held-out
+    predictions per finding (e.g. out of fold over all images) to give each its own slope."""
+    x, y = np.asarray(logits, np.float64), np.asarray(targets, np.float64)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"logits {x.shape} and targets {y.shape} must be the same N x K")
+    fits = [fit_platt(x[:, [k]], y[:, [k]]) for k in range(x.shape[1])]
+    return np.array([a for a, _ in fits]), np.array([c[0] for _, c in fits])
+
+
+def apply_platt(logits: np.ndarray, slope: float | np.ndarray, intercepts: np.ndarray) -> np.ndarray:
+    """Calibrated probabilities, same shape as `logits` (N x K); `slope`: one for all findings or one each."""
+    return sigmoid(
+        np.asarray(slope, np.float64) * np.asarray(logits, np.float64) + np.asarray(intercepts, np.float64)
+    ).astype(np.float32)

@@ -186,6 +186,20 @@ def youden_threshold(y_true: Sequence, y_score: Sequence) -> tuple[float, float]
     return float(thr[i]), float(j[i])
 
 
+def threshold_at_sensitivity(y_true: Sequence, y_score: Sequence, sensitivity: float = 0.9) -> float:
+    """The highest threshold t (positive when score >= t) whose sensitivity is at least `sensitivity`: the
+    score of the ceil(sensitivity * n_pos)-th highest-scored positive. Ties with negatives are called
+    positive too, so specificity is whatever that point gives."""
+    y, s = _binary(y_true, y_score)
+    pos = np.sort(s[y])[::-1]
+    if pos.size == 0:
+        raise ValueError("a sensitivity threshold needs at least one positive")
+    if not 0 < sensitivity <= 1:
+        raise ValueError(f"sensitivity must be in (0, 1], not {sensitivity}")
+    need = int(np.ceil(sensitivity * pos.size - 1e-9))
+    return float(pos[max(need, 1) - 1])
+
+
 def brier(y_true: Sequence, y_prob: Sequence) -> float:
     """Mean squared difference between predicted probability and outcome (0 is perfect; 0.25 is a coin)."""
     y, p = _binary(y_true, y_prob)

@@ -210,6 +210,11 @@ def _checked_settings(meta: dict, labels: tuple[str, ...]):
         if meta.get("activation", "softmax") != "sigmoid":
             raise InvalidModelJson("calibration (Platt per label) applies to sigmoid models only")
         intercepts = {str(k): float(b) for k, b in cal["intercepts"].items()}
+        if "slopes" in cal:  # one Platt slope per label (fitted out of fold, inference/training/distillation.py)
+            slopes = {str(k): float(a) for k, a in cal["slopes"].items()}
+            if set(slopes) != set(labels) or set(intercepts) != set(labels) or not all(a > 0 for a in slopes.values()):
+                raise InvalidModelJson("calibration needs one positive slope and one intercept per label")
+            return stretch, views, {"slopes": slopes, "intercepts": intercepts}
         if set(intercepts) != set(labels) or not float(cal["slope"]) > 0:
             raise InvalidModelJson("calibration needs a positive slope and one intercept per label")
         calibration = {"slope": float(cal["slope"]), "intercepts": intercepts}

@@ -310,7 +310,8 @@ class Runner:
             logits = model(x).float()
             if cal := spec.calibration:  # fitted per version (inference/calibration.py)
                 intercepts = [cal["intercepts"][label] for label in spec.labels]
-                probs = apply_platt(logits.cpu().numpy(), cal["slope"], intercepts)
+                slope = [cal["slopes"][label] for label in spec.labels] if "slopes" in cal else cal["slope"]
+                probs = apply_platt(logits.cpu().numpy(), slope, intercepts)
             elif spec.activation == "sigmoid":
                 probs = torch.sigmoid(logits).cpu().numpy()
             else:

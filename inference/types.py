@@ -14,7 +14,7 @@ ANATOMY_LABELS = ("background", "lungs", "heart", "clavicles")
 SCORE_KINDS = {  # ClassificationResult.score_kind per ModelSpec.activation
     "softmax": "softmax (single-label training; sums to 1 over labels)",
     "sigmoid": "sigmoid (multi-label training; an independent probability per label)",
-    "calibrated": "calibrated sigmoid (multi-label; Platt-scaled on the model's validation split)",
+    "calibrated": "calibrated sigmoid (multi-label; Platt-scaled on held-out predictions, see the version's model.json)",
 }
 
 
@@ -58,7 +58,7 @@ class ModelSpec:
     metadata: dict = field(default_factory=dict)
     # Parts of a trained version the runner applies (checked when model.json is read): percentiles stretched
     # to 0..1 before the network, the zoom/shift views averaged at inference, and Platt calibration
-    # {"slope": a, "intercepts": {label: b}} of the logits.
+    # {"slope": a, "intercepts": {label: b}} of the logits, or {"slopes": {label: a}, ...}, one slope per label.
     contrast_stretch: tuple[float, float] | None = None
     test_time_views: tuple[dict, ...] = ()
     calibration: dict | None = None

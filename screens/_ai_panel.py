@@ -200,7 +200,7 @@ def findings_table(result: analysis.Analysis) -> None:
         column_config={"Score": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0)},
     )  # fmt: skip
     st.caption(f"{f['score_kind']} · thresholds: {result.thresholds_from or 'model defaults'} · "
-               f"{analysis.POSITIVE_MEANS} · {provenance(f)} · {RESEARCH_USE}")  # fmt: skip
+               f"{analysis.positive_means(result)} · {provenance(f)} · {RESEARCH_USE}")  # fmt: skip
 
 
 def shadow_scores(result: analysis.Analysis, image: dict, user) -> None:

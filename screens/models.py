@@ -7,7 +7,7 @@ from db import engine as dbe
 from inference.registry import TASKS
 from inference.types import RESEARCH_USE, SCORE_KINDS
 from screens import _deps, _signin
-from services import models_admin, shadow
+from services import analysis, models_admin, shadow
 
 TASK_NAMES = {
     "segmentation": "Anatomy segmentation",
@@ -102,6 +102,7 @@ with tab_cat:
             )
             if s.task == "classification":
                 st.markdown(f"**Scores** {SCORE_KINDS[s.score_kind]}")
+                st.markdown(f"**Default thresholds** {analysis.thresholds_rule(s)}")
             if s.test_time_views:
                 st.markdown(
                     f"**Test-time augmentation** {len(s.test_time_views)} zoomed/shifted views averaged"

@@ -44,8 +44,19 @@ def flagged(result: Analysis) -> dict[str, bool]:
     return postprocess.positives(result.findings["probabilities"], result.thresholds)
 
 
-POSITIVE_MEANS = ("positive = score at or over the operating point in force; “No Finding” is flagged only when no "
-                  "finding is")  # fmt: skip
+def thresholds_rule(spec: ModelSpec) -> str:
+    """How a version's default operating points were chosen, as its model.json records it."""
+    return str(spec.metadata.get("thresholds_rule") or "the version records no rule for them")
+
+
+def positive_means(result: Analysis) -> str:
+    """What "positive" means for the version in force: its default operating points and the rule that chose
+    them (from its model.json), or the admin's threshold set in force."""
+    if result.thresholds_from and result.thresholds_from != threshold_sets.DEFAULTS:
+        where = f"the operating point of threshold set {result.thresholds_from}"
+    else:
+        where = f"the version's default operating point ({result.thresholds_rule or 'no rule recorded'})"
+    return f"positive = score at or over {where}; “No Finding” is flagged only when no finding is"
 
 
 def ctr_shown(anatomy: dict | None) -> dict | None:
@@ -79,6 +90,7 @@ class Analysis:
     # with the stored results so that one rerun of the viewer reads it once.
     thresholds: dict[str, float] = field(default_factory=dict)
     thresholds_from: str = ""  # the threshold set in force, or "model defaults"
+    thresholds_rule: str = ""  # how the classifier version's default operating points were chosen (model.json)
     # The stored predictions of the results above, {task: id}, and their stored items (prediction_items),
     # {task: {(kind, key): item id}}: what verdicts point at. A task whose items could not be stored yet has
     # none (its verdicts then go by their natural key, as before items existed).
@@ -421,6 +433,7 @@ def analyse(
         if (cls := chosen.get("classification")) is not None:
             force = threshold_sets.in_force_in(s, cls)
             out.thresholds, out.thresholds_from = force.thresholds, force.source
+            out.thresholds_rule = thresholds_rule(cls)
     if not compute and set(cached) != set(chosen):
         return None
     out.item_ids = {t: stored_items[pid] for t, pid in out.prediction_ids.items() if pid in stored_items}

@@ -141,6 +141,8 @@ def _cmd_train_classification(args) -> int:
         return _from_task(args, "classification")
     if args.shadow_eval:
         raise _dataset_error("--shadow-eval evaluates a version trained --from-task: give the task")
+    if args.teacher:
+        return _cmd_distil(args)
     if args.cv:  # fold versions are scratch: they go to --out, else to a temporary folder
         scratch = (
             contextlib.nullcontext(args.out)
@@ -152,6 +154,31 @@ def _cmd_train_classification(args) -> int:
             print(json.dumps(cross_validate(cfg, args.cv, getattr(args, "argv", None))), flush=True)
         return EXIT_OK
     print(json.dumps(_summary(train(_classification_config(args), getattr(args, "argv", None)))), flush=True)
+    return EXIT_OK
+
+
+def _cmd_distil(args) -> int:
+    from inference.training.data import DatasetError
+    from inference.training.distillation import DistillConfig, distil
+
+    if args.cv or args.head or args.no_calibrate or args.epochs or args.batch_size or args.lr:
+        raise DatasetError("--teacher cross-validates itself (--folds K), fits the last layer by L-BFGS (--l2) and "
+                           "always calibrates: drop --cv, --head, --no-calibrate, --epochs, --batch-size and --lr")  # fmt: skip
+    cfg = DistillConfig(
+        images=args.images, labels=args.labels, teacher=args.teacher, out=args.out or _models_dir() / "trained",
+        models_dir=_models_dir(), progress=not args.no_progress,
+        **_overrides(args, ["seed", "model_id", "version", "limit", "threads", "init", "teacher_weight", "folds",
+                            "views", "sensitivity", "against", "cache", "l2"]),
+    )  # fmt: skip
+    result = distil(cfg, getattr(args, "argv", None))
+    summary = _summary(result) | {"thresholds_rule": result["thresholds_rule"]}
+    cv = result["validation"]["cross_validation"]
+    summary["validation"] = {part: cv[part]["mean_auc"] | {"n_images": cv[part]["n_images"]} for part in cv}
+    summary["validation"]["reliability_mean"] = result["validation"]["reliability"]["mean"]
+    summary["validation"]["runner_check"] = result["validation"]["runner_check"]
+    if against := result["validation"]["against"]:
+        summary["validation"]["against"] = against
+    print(json.dumps(summary), flush=True)
     return EXIT_OK
 
 
@@ -310,7 +337,22 @@ def add_parsers(sub) -> None:
                      "its starting weights (JSON report; fold versions go to --out or a temporary folder)")  # fmt: skip
     cls.add_argument("--no-calibrate", action="store_true",
                      help="store raw sigmoids instead of Platt-calibrated probabilities fitted on validation")  # fmt: skip
-    _add_common_train(cls, epochs=12)
+    cls.add_argument("--teacher", type=Path, metavar="CSV",
+                     help="distil: a stronger model's probabilities per image ('Image Index' + one column per finding) "
+                     "as soft targets beside the labels; cross-validates by patient, calibrates per finding out of "
+                     "fold and writes a version (see README 'Distillation')")  # fmt: skip
+    cls.add_argument("--teacher-weight", type=float, metavar="A",
+                     help="with --teacher: loss = (1-A) BCE(labels) + A BCE(teacher) (default 0.8)")  # fmt: skip
+    cls.add_argument("--folds", type=int, metavar="K", help="with --teacher: patient folds (default 5)")
+    cls.add_argument("--views", type=int, metavar="N",
+                     help="with --teacher: augmented copies per image whose features are cached (default 4)")  # fmt: skip
+    cls.add_argument("--sensitivity", type=float, metavar="S",
+                     help="with --teacher: thresholds flag at least this share of out-of-fold positives (default 0.9)")  # fmt: skip
+    cls.add_argument("--against", metavar="ID@VERSION",
+                     help="with --teacher: also compare, out of fold, with that version on its recorded validation images")  # fmt: skip
+    cls.add_argument("--cache", type=Path, metavar="NPZ", help="with --teacher: keep the backbone features here")
+    cls.add_argument("--l2", type=float, help="with --teacher: ridge penalty on the standardised features (default 0.03)")
+    _add_common_train(cls, epochs=None)  # None: each recipe's own default (12; with --teacher, DistillConfig's)
     cls.set_defaults(fn=run, handler=_cmd_train_classification)
 
     gate = tsub.add_parser("gate", help="quality gate: frontal chest radiograph or not (small CNN, CPU minutes)")

@@ -6,6 +6,8 @@ inference/registry.py); `spec.arch["head"]` picks the head:
   log_softmax(z)_k + b_k. Started from the shipped weights (b = 0), each finding's score ranks images exactly as
   the shipped softmax does, so fine-tuning starts from the baseline instead of below it.
 - "linear": a plain 14-output linear layer.
+- "pooled_linear": one linear layer on the pooled 576-d `conv2` features (the Grad-CAM layer), nothing between;
+  what distillation fits on a frozen backbone (inference/training/distillation.py).
 """
 
 from __future__ import annotations
@@ -52,6 +54,26 @@ class LinearMultiLabel(MobileNetV3Small):
         return [*self.linear3.parameters(), *self.bn3.parameters(), *self.linear4.parameters()]
 
 
+class PooledLinearMultiLabel(nn.Module):
+    def __init__(self, num_labels: int = len(FINDINGS)):
+        super().__init__()
+        self.base = MobileNetV3Small(num_classes=len(CXR15_LABELS))
+        del self.base.linear3, self.base.bn3, self.base.linear4  # unused: the head is `fc` alone
+        self.fc = nn.Linear(576, num_labels)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.features(x)
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(feats, 1).flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.fc.parameters())
+
+
 def make(num_labels: int = len(FINDINGS), head: str = "logsoftmax") -> nn.Module:
     if head == "logsoftmax":
         if num_labels != len(FINDINGS):
@@ -59,7 +81,9 @@ def make(num_labels: int = len(FINDINGS), head: str = "logsoftmax") -> nn.Module
         return LogSoftmaxMultiLabel()
     if head == "linear":
         return LinearMultiLabel(num_classes=num_labels)
-    raise ValueError(f"unknown head {head!r}: logsoftmax or linear")
+    if head == "pooled_linear":
+        return PooledLinearMultiLabel(num_labels)
+    raise ValueError(f"unknown head {head!r}: logsoftmax, linear or pooled_linear")
 
 
 def build(spec: ModelSpec) -> nn.Module:

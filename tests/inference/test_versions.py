@@ -233,10 +233,8 @@ def test_the_committed_calibrated_classifier_reproduces_its_figures(registry, da
     from inference import evaluation
     from inference.training.data import read_labels_csv
 
-    cls = registry.resolve("cxr14_mobilenetv3_multilabel")
-    assert (
-        cls.version == "1.1.0" and cls.score_kind == "calibrated" and cls.metadata["calibration"]["slope"] > 0
-    )
+    cls = registry.resolve("cxr14_mobilenetv3_multilabel@1.1.0")
+    assert cls.score_kind == "calibrated" and cls.metadata["calibration"]["slope"] > 0
     assert all(0.005 < t < 0.6 for t in cls.thresholds.values())  # 1.0.0's went down to 1e-8
     nih = dataset("nih")
     val = set(cls.metadata["data"]["val_files"])
@@ -363,3 +361,21 @@ def test_the_default_follows_the_evidence_within_the_time_budget(tmp_path, model
     # an unreadable evidence file is ignored (logged), not fatal
     (tmp_path / "evidence" / "segmentation.json").write_text("{not json")
     assert reg.for_task("segmentation").ref == builtin.ref
+
+
+def test_the_committed_distilled_classifier_records_its_evidence_and_rule(registry):
+    """cxr14_mobilenetv3_multilabel@1.2.0 (distilled from CheXNet, README "Distillation"): its weights check, its
+    default thresholds are the sensitivity-0.9 points it records, calibrated per finding out of fold, and the
+    written fp16 network gave the probabilities it was measured with."""
+    cls = registry.check(registry.resolve("cxr14_mobilenetv3_multilabel@1.2.0"))
+    meta = cls.metadata
+    assert cls.arch["head"] == "pooled_linear" and cls.score_kind == "calibrated"
+    assert set(cls.calibration["slopes"]) == set(cls.labels) and min(cls.calibration["slopes"].values()) > 0
+    assert meta["thresholds_rule"].startswith("sensitivity >= 0.9 per finding")
+    points = meta["validation"]["operating_points"]
+    for label in cls.labels:
+        assert cls.thresholds[label] == points[label]["threshold"] and points[label]["sensitivity"] >= 0.9
+    cv = meta["validation"]["cross_validation"]
+    assert cv["all"]["n_images"] == 435 and cv["multi_finding"]["n_images"] == 173
+    assert meta["validation"]["runner_check"]["max_abs_difference"] < 1e-3
+    assert "--teacher" in meta["command"] and meta["data"]["teacher_sha256"]

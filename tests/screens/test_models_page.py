@@ -63,6 +63,10 @@ def test_only_an_admin_reaches_the_models_page_which_lists_every_version(env):
     values = [dict(zip(t["Metric"], t["Value"], strict=True)) for t in tables]
     assert any(v.get("auc · Cardiomegaly") == "0.81" for v in values)
     assert any("No validation metrics" in c.value for c in at.caption)  # the built-in versions have none
+    # how each classifier's default thresholds were chosen, from its model.json
+    rules = [m.value for m in at.markdown if m.value.startswith("**Default thresholds**")]
+    assert any("sensitivity >= 0.9 per finding" in r for r in rules)  # assets/models cxr14 1.2.0
+    assert any("Youden point" in r for r in rules) and any("records no rule" in r for r in rules)
     # only usable versions can be made active
     assert set(at.selectbox(key="active_sel_classification").options) >= {BUILTIN, TRAINED}
     assert f"{TEST_MODEL}@0.2.0" not in at.selectbox(key="active_sel_classification").options
