@@ -70,7 +70,10 @@ def version_key(version: str) -> tuple:
 
 
 def _newest_first(specs: list[ModelSpec]) -> list[ModelSpec]:
-    return sorted(specs, key=lambda s: (version_key(s.version), s.created), reverse=True)
+    """Newest version first; a variant ("1.3.0+1view") right after its own version, so that an id alone never
+    means a variant."""
+    return sorted(specs, key=lambda s: (version_key(s.metadata.get("variant_of") or s.version),
+                                        "variant" not in s.metadata, s.created), reverse=True)  # fmt: skip
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:

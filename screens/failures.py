@@ -1,7 +1,8 @@
 """Failure cases (researchers and admins): for an evaluation set, a model version with a finished run on it and a
 finding, the false negatives and false positives at the operating point in force (or a what-if threshold),
 ordered by loss, with each image's Grad-CAM heatmap, its labels and its score; subgroup filters; likely label
-errors; similar cases in the set and in the whole database; a group sent to annotators or downloaded as CSV.
+errors; an embedding map with lasso; similar cases in the set and in the whole database; a group sent to
+annotators or downloaded as CSV.
 Each tab is one function of TABS (one more tab is one more entry). The work is done by services/failure_cases.py."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from inference.types import RESEARCH_USE, ModelUnavailable
-from screens import _deps, _send_group, _signin, _table
+from screens import _deps, _embedding_map, _send_group, _signin, _table
 from services import eval_metrics, eval_runs, eval_sets, failure_cases, threshold_sets
 
 PAGE_SIZE = 12
@@ -185,10 +186,22 @@ def label_errors(v: View) -> None:
     _gallery(v, "le", found, f"**{len(found)}** likely label error(s): {rule}.")
 
 
+def embedding_map(v: View) -> None:
+    """The set's images on a 2-D map of the classifier's features, coloured by error type; a lasso, a box or a
+    cluster selects a group, whose metrics show beside the whole set's and which can go to annotators."""
+    shown = [c.item.id for c in v.cases]  # the subgroup filters apply here too
+    picked = _embedding_map.render(ctx, set_id=v.info.id, ref=v.ref, finding=v.finding, threshold=v.threshold,
+                                   key=f"fc_map_{v.key}", item_ids=shown)  # fmt: skip
+    if picked:
+        st.divider()
+        _send_group.render(ctx, user, v.info.id, list(picked), "fc_send_map", v.scored, [v.finding])
+
+
 TABS: dict[str, Callable[[View], None]] = {
     "False negatives": lambda v: _wrong(v, True),
     "False positives": lambda v: _wrong(v, False),
     "Likely label errors": label_errors,
+    "Embedding map": embedding_map,
 }
 for tab, render in zip(st.tabs(list(TABS), key="fc_tab", on_change="rerun"), TABS.values(), strict=True):
     if tab.open:

@@ -32,7 +32,7 @@ def test_anatomy_dice_on_jsrt(step, runner, dataset, read_gray):
             pred = model(torch.from_numpy(img)[None, None])[0].argmax(0).numpy().astype(np.uint8)
         clean = clean_label_map(pred)
         if i < 2:  # the public entry point at 512 is exactly argmax + cleaning
-            assert (runner.segment_anatomy(img).label_map == clean).mean() > 0.9999
+            assert (runner.segment_anatomy(img, "anatomy_unet_jsrt").label_map == clean).mean() > 0.9999
         raw.append([dice(pred == c, truth == c) for c in (1, 2, 3)])
         cleaned.append([dice(clean == c, truth == c) for c in (1, 2, 3)])
     expected = [0.979, 0.965, 0.926]  # lungs, heart, clavicles

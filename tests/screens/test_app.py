@@ -89,7 +89,7 @@ def test_roles_only_reach_their_pages_and_a_refused_page_says_why(env):
         at.switch_page(f"screens/{page}.py").run()
         assert not at.exception and at.title[0].value == "Worklist" and not at.get("file_uploader")
         assert [w.value for w in at.warning] == [f"Your role (researcher) may not open {title}; you are on the Worklist."]
-        assert [link.label for link in at.sidebar.get("page_link")] == ["Worklist", "Viewer", "Labelling tasks", "Evaluation", "Threshold sets", "Account"]
+        assert [link.label for link in at.sidebar.get("page_link")] == ["Worklist", "Viewer", "Labelling tasks", "Evaluation", "Threshold sets", "Failure cases", "Account"]
     at.switch_page("screens/worklist.py").run()  # said once, where it happened
     assert at.title[0].value == "Worklist" and not at.warning
     at = signed_in("boss", "admin-password")
@@ -268,7 +268,7 @@ def test_an_open_tab_loses_its_session_at_the_next_action_when_it_ends_elsewhere
     at = open_tab(token)
     assert at.session_state["signed_in"].role == "researcher"
     links = [link.label for link in at.sidebar.get("page_link")]
-    assert links == ["Worklist", "Viewer", "Labelling tasks", "Evaluation", "Threshold sets", "Account"]  # a researcher has no Import
+    assert links == ["Worklist", "Viewer", "Labelling tasks", "Evaluation", "Threshold sets", "Failure cases", "Account"]  # a researcher has no Import
 
 
 def test_verdicts_written_before_items_existed_still_show_and_then_point_at_their_items(env, shared_data):

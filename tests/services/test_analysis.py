@@ -22,7 +22,8 @@ from viewer import dicom_io
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = Path(os.environ.get("CXR_REVIEW_MODELS_DIR", REPO.parent / "shared" / "models")).resolve()
-MODEL_IDS = ("anatomy_unet_jsrt", "bone_suppression_ae", "cxr15_mobilenetv3")
+# the anatomy default is anatomy_unet_smp@1.3.0+1view, ranked first by assets/models/evidence/segmentation.json
+MODEL_IDS = ("anatomy_unet_smp", "bone_suppression_ae", "cxr15_mobilenetv3")
 
 
 def _count(ctx) -> int:
@@ -353,12 +354,14 @@ def test_an_image_stored_with_an_inverted_grey_scale_is_recognised(runner, share
     label_map, summary, ms = analysis.checked_anatomy(runner, 1.0 - x, spec)
     assert summary["problems"] == [] and summary["inverted_grey_scale"] is False
     assert summary["inversion_checked_with"] == [] and "inversion_check" not in ms
-    # Our 1.3.0 sees no chest in this paediatric AP film either way; the registry's default anatomy model,
-    # asked next, does, and the result names both.
+    # Our 1.3.0 sees no chest in this paediatric AP film either way, nor does the default (1.3.0 with one
+    # view); the built-in anatomy model, asked last, does, and the result names all three.
     ours = runner.registry.check("anatomy_unet_smp@1.3.0")
+    default = runner.registry.for_task("segmentation")
+    assert default.ref == "anatomy_unet_smp@1.3.0+1view"
     summary = analysis.checked_anatomy(runner, x, ours)[1]
     assert summary["inverted_grey_scale"] is True
-    assert summary["inversion_checked_with"] == [ours.provenance(), spec.provenance()]
+    assert summary["inversion_checked_with"] == [ours.provenance(), default.provenance(), spec.provenance()]
 
 
 def test_inverted_images_are_flagged_when_analysed_and_in_results_stored_before_the_check(
