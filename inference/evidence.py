@@ -28,7 +28,9 @@ def path_for(root: Path, task: str) -> Path:
 
 
 def read(roots: list[Path], task: str) -> dict | None:
-    """The first readable evidence file of the task among the roots (None when there is none)."""
+    """The most recently measured readable evidence file of the task among the roots (an installation's own
+    measurement in <models dir>/trained beside the one shipped in assets/models); None when there is none."""
+    found = []
     for root in roots:
         path = path_for(root, task)
         try:
@@ -37,8 +39,8 @@ def read(roots: list[Path], task: str) -> dict | None:
             continue
         data = _load(str(path), st.st_mtime_ns, st.st_size)
         if data is not None:
-            return data
-    return None
+            found.append(data)
+    return max(found, key=lambda d: str(d.get("measured", ""))) if found else None
 
 
 @lru_cache(maxsize=16)
@@ -47,7 +49,7 @@ def _load(path: str, mtime_ns: int, size: int) -> dict | None:
     try:
         data = json.loads(Path(path).read_text())
         check(data)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         log.warning("evidence file %s ignored: %s", path, exc)
         return None
     return data
@@ -61,6 +63,15 @@ def check(data: dict) -> None:
         raise EvidenceError("needs a rule with set, metric and max_relative_time")
     if not isinstance(data.get("versions"), dict):
         raise EvidenceError("needs versions")
+    float(rule["max_relative_time"])
+    for ref, entry in data["versions"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics", {}), dict):
+            raise EvidenceError(f"version {ref}: not an object with metrics")
+        value = entry.get("metrics", {}).get(rule["set"], {}).get(rule["metric"])
+        if value is not None and not isinstance(value.get("mean"), int | float):
+            raise EvidenceError(f"version {ref}: {rule['metric']} has no numeric mean")
+        if "relative_time" in entry and not isinstance(entry["relative_time"], int | float):
+            raise EvidenceError(f"version {ref}: relative_time is not a number")
 
 
 def primary(entry: dict, rule: dict) -> float | None:

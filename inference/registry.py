@@ -224,6 +224,11 @@ def _checked_settings(meta: dict, labels: tuple[str, ...]):
     return stretch, views, calibration
 
 
+def is_candidate(spec: ModelSpec) -> bool:
+    """A version trained from corrections that shadow evaluation has not promoted (model.json "status")."""
+    return spec.metadata.get("status") == "candidate"
+
+
 _VARIANT_NAME = re.compile(r"^[a-z0-9]{1,16}$")
 
 
@@ -300,6 +305,9 @@ class Registry:
                         found[(variant.model_id, variant.version)] = variant
         for ref in broken:
             found.pop(parse_ref(ref), None)  # type: ignore[arg-type]
+            base_id, base_version = parse_ref(ref)
+            for key in [k for k, s in found.items() if k[0] == base_id and s.metadata.get("variant_of") == base_version]:
+                found.pop(key)  # a variant runs its base version's weights: refused with it
         return found, broken
 
     def _builtin_keys(self) -> set[tuple[str, str]]:
@@ -436,7 +444,8 @@ class Registry:
                     log.warning("active %s model %s unavailable: %s", task, spec.ref, reason)
                 else:
                     return spec
-        candidates = [s for s in self.specs() if s.task == task]
+        # a candidate (learnt from corrections, not promoted) runs only where an admin chose it or in shadow mode
+        candidates = [s for s in self.specs() if s.task == task and not is_candidate(s)]
         if not candidates:
             raise ModelUnavailable(task, f"no model registered for task {task!r}")
         if (measured := self.evidence(task)) is not None:

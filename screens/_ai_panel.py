@@ -7,7 +7,7 @@ import streamlit as st
 
 from db import engine as dbe
 from db import report_versions
-from inference.types import RESEARCH_USE
+from inference.types import RESEARCH_USE, SCORE_KINDS
 from screens import _deps, _signin, _table
 from services import analysis, gate_overrides, pacs, report_check, reporting, shadow
 from services import verdicts as verdict_store
@@ -220,15 +220,20 @@ def shadow_scores(result: analysis.Analysis, image: dict, user) -> None:
         st.error(str(exc))
         return
     active = result.findings["probabilities"]
+    # a difference only between scores of one kind (a softmax share and a calibrated probability do not subtract)
+    same_kind = cand["score_kind"] == running.score_kind
     st.dataframe(
         [{"Finding": label, "Active": p, "Candidate": cand["probabilities"].get(label),
-          "Candidate minus active": None if label not in cand["probabilities"] else cand["probabilities"][label] - p}
+          **({"Candidate minus active": cand["probabilities"].get(label, float("nan")) - p} if same_kind else {})}
          for label, p in sorted(active.items(), key=lambda kv: -kv[1])],
         hide_index=True, width="stretch", key="shadow_table",
     )  # fmt: skip
+    if not same_kind:
+        st.caption(f"No difference column: the active version's scores are {SCORE_KINDS[running.score_kind]}, "
+                   f"the candidate's {SCORE_KINDS[cand['score_kind']]}.")  # fmt: skip
     c = cand["model"]
     st.caption(f"CANDIDATE ({cand['status']}) {c['id']}@{c['version']} · sha256 {c['weights_sha256']} "
-               f"· {cand['score_kind']} · beside active {provenance(result.findings)} · {RESEARCH_USE}")  # fmt: skip
+               f"· {SCORE_KINDS[cand['score_kind']]} · beside active {provenance(result.findings)} · {RESEARCH_USE}")  # fmt: skip
 
 
 def _items(result: analysis.Analysis, mine_all: list[verdict_store.Mine]) -> list[dict]:

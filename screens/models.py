@@ -138,7 +138,7 @@ with tab_ev:
             if data is None:
                 st.caption("No evidence recorded: the built-in version runs by default.")
                 continue
-            st.markdown(f"Rule: {data['rule']['text']}.")
+            st.markdown(f"Rule: {data['rule'].get('text') or data['rule']}.")
             st.dataframe(ev_rows, hide_index=True, width="stretch", key=f"evidence_{task}")
             for name, about in data.get("sets", {}).items():
                 st.caption(f"**{name}** · {about.get('n', '?')} images · {about.get('truth', '')} "

@@ -16,7 +16,10 @@ def _specs(runner, task: str, refs: list[str] | None):
     if refs:
         specs = [model_cli._model_for(runner, ref, task) for ref in refs]
     else:
-        specs = [s for s in runner.registry.specs() if s.task == task and runner.registry.problem(s) is None]
+        from inference.registry import is_candidate
+
+        specs = [s for s in runner.registry.specs()
+                 if s.task == task and runner.registry.problem(s) is None and not is_candidate(s)]  # fmt: skip
     if not specs:
         from inference.training.data import DatasetError
 

@@ -45,6 +45,33 @@ def frontal_names(metadata_csv: Path) -> set[str]:
         return {Path(r["file"]).stem for r in reader if r["view"].strip() in FRONTAL}
 
 
+def trained_on(spec: ModelSpec, folder: Path, files: set[str]) -> int | None:
+    """How many of `files` (names in `folder`) a trained version's model.json says it trained on: every file
+    of its images folder that is not among its recorded validation files; 0 when it trained on another folder;
+    None for a built-in version (its training data is not recorded here)."""
+    if spec.builtin:
+        return None
+    data = spec.metadata.get("data") or {}
+    if Path(str(data.get("images", ""))).parts[-2:] != Path(folder).parts[-2:]:
+        return 0
+    return len(files - set(data.get("val_files") or ()))
+
+
+def _unseen(specs: list[ModelSpec], folder: Path, files: set[str]) -> tuple[list[ModelSpec], dict[str, str]]:
+    """(the versions that trained on none of the files, {ref: why left out} for the others): a version is never
+    ranked on images it learnt from."""
+    keep, out = [], {}
+    for s in specs:
+        n = trained_on(s, folder, files)
+        if n:
+            out[s.ref] = f"trained on {n} of the {len(files)} images measured"
+        else:
+            keep.append(s)
+    if not keep:
+        raise DatasetError(f"every version trained on some of these images: {out}")
+    return keep, out
+
+
 def _binary_lung_dice(runner: Runner, spec: ModelSpec, pairs, label: str) -> list[float]:
     out = []
     for img_path, mask_path in _progress(pairs, len(pairs), label, True):
@@ -131,6 +158,7 @@ def measure_segmentation(
         pairs = sorted(pairs, key=lambda p: hashlib.sha256(p[0].name.encode()).hexdigest())[:limit]
     if not pairs:
         raise DatasetError("no frontal image with a lung mask")
+    specs, left_out = _unseen(specs, Path(images), {p[0].name for p in pairs})
     lung_set = f"{Path(images).parent.name}_lungs"
     sets = {lung_set: {"images": str(images), "masks": str(masks), "n": len(pairs), "sample": None if limit is None else f"at most {limit} by sha256 of the name",
                        "truth": "binary lung masks drawn by hand (white = lung, including the lung behind the "
@@ -161,7 +189,7 @@ def measure_segmentation(
     ms = _ms_per_image(lambda im, s: runner.segment_anatomy(im, s), specs, sample)
     reference = _add_times(per_version, ms, specs)
     return _finish("segmentation", per_version, sets, lung_dice, {"set": lung_set, "metric": "lungs_dice",
-                   "max_relative_time": max_relative_time, "time_reference": reference}, command)  # fmt: skip
+                   "max_relative_time": max_relative_time, "time_reference": reference}, command, left_out)  # fmt: skip
 
 
 def measure_classification(
@@ -175,6 +203,7 @@ def measure_classification(
     if not files:
         raise DatasetError(f"{val_of} records no validation files")
     rows = [r for r in rows if r.file in files]
+    specs, left_out = _unseen(specs, Path(images), {r.file for r in rows})
     name = f"{Path(images).parent.name}_val_of_{val_of}"
     per_version = {}
     for s in specs:
@@ -186,16 +215,17 @@ def measure_classification(
         }}}  # fmt: skip
     sets = {name: {"images": str(images), "labels": str(labels_csv), "n": len(rows),
                    "n_multi": per_version[specs[0].ref]["metrics"][name]["mean_auc_multi"]["n"],
-                   "trained_on_by": [f"no trained version with the split of {val_of}; the built-in classifier "
-                                     "may have seen single-label images among them (models/README.md)"]}}  # fmt: skip
+                   "trained_on_by": ["none of the versions measured (those that did are left out); the built-in "
+                                     "classifier may have seen single-label images among them (models/README.md)"]}}  # fmt: skip
     sample = [read_gray(images / r.file) for r in rows[:TIMING_IMAGES]]
     ms = _ms_per_image(lambda im, s: runner.classify_batch([im], s), specs, sample)
     reference = _add_times(per_version, ms, specs)
     return _finish("classification", per_version, sets, {}, {"set": name, "metric": "mean_auc_multi",
-                   "max_relative_time": max_relative_time, "time_reference": reference}, command)  # fmt: skip
+                   "max_relative_time": max_relative_time, "time_reference": reference}, command, left_out)  # fmt: skip
 
 
-def _finish(task: str, per_version: dict, sets: dict, values: dict, rule: dict, command: str) -> dict:
+def _finish(task: str, per_version: dict, sets: dict, values: dict, rule: dict, command: str,
+            left_out: dict[str, str]) -> dict:  # fmt: skip
     data = {
         "format": 1,
         "task": task,
@@ -204,6 +234,7 @@ def _finish(task: str, per_version: dict, sets: dict, values: dict, rule: dict, 
                                  "measured in the same run; a measurement counts while the version keeps the weights it was measured with"},
         "sets": sets,
         "versions": per_version,
+        "left_out": left_out,
         "measured": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": command,
         "code_version": _code_version(),

@@ -444,10 +444,18 @@ def candidate_scores(ctx: Context, runner, image: dict, ref: str, role: str) -> 
 
     if role not in SHADOW_ROLES:
         raise NotAllowed("shadow mode (candidate models) is for researchers only")
-    spec = runner.registry.check(runner.registry.resolve(ref))
+    from inference.types import ModelUnavailable
+
+    try:
+        spec = runner.registry.check(runner.registry.resolve(ref))
+    except (KeyError, ModelUnavailable) as exc:  # gone or its weights changed since the page listed it
+        raise ShadowError(f"candidate {ref} cannot run now: {exc}") from exc
     if spec.task != "classification" or "from_task" not in spec.metadata:
         raise ShadowError(f"{spec.ref} is not a classification candidate trained from corrections")
-    x = analysis.model_input(dicom_io.load(ctx.store.path_for(_file_sha(ctx, image["id"]))))
+    try:
+        x = analysis.model_input(dicom_io.load(ctx.store.path_for(_file_sha(ctx, image["id"]))))
+    except (OSError, dicom_io.DicomRejected) as exc:
+        raise ShadowError(f"the image cannot be read for the candidate: {type(exc).__name__}") from exc
     res = runner.classify(x, spec)
-    return {"model": spec.provenance(), "score_kind": res.score_kind, "probabilities": res.probabilities,
+    return {"model": spec.provenance(), "score_kind": spec.score_kind, "probabilities": res.probabilities,
             "status": spec.metadata.get("status", "candidate")}  # fmt: skip

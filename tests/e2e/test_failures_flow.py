@@ -6,6 +6,7 @@ cases of a tile, ticks it and sends the group to an annotator; the labelling tas
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -100,6 +101,26 @@ def test_a_researcher_reads_the_false_negatives_opens_similar_cases_and_sends_a_
     page.get_by_text("likely label error(s): labelled positive with a score at or below").wait_for(timeout=30_000)
     _idle(page)
     page.screenshot(path=ARTIFACTS / "failures-04-label-errors.png", full_page=True)
+
+    # The embedding map: a k-means cluster of the map is a group, with its metrics beside the whole set's, and
+    # goes to annotators like a gallery's group.
+    page.get_by_role("tab", name="Embedding map").click()
+    page.get_by_text("Research use only").first.wait_for(timeout=30_000)
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=240_000)  # first UMAP compiles numba
+    _idle(page)
+    page.get_by_text("A cluster", exact=True).click()
+    page.get_by_text(re.compile(r"^The \d+ selected image\(s\)$")).wait_for(timeout=60_000)
+    _idle(page)
+    group = int(re.search(r"Group: (\d+) image", page.get_by_text(re.compile(r"^Group: \d+ image")).first.inner_text()).group(1))
+    page.get_by_label("Task name").fill("map-cluster")
+    pick(page, "Readers", "ann (annotator)")
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="Send to annotators").click()
+    page.get_by_text(re.compile(r"^Task map-cluster made: \d+ image")).wait_for(timeout=60_000)
+    _idle(page)
+    page.screenshot(path=ARTIFACTS / "failures-05-map-cluster.png", full_page=True)
+    with dbe.read(ctx.engine) as s:
+        assert len(db_annotations.task_images(s, labelling.get(ctx, "map-cluster").id)) == group >= 1
 
     task = labelling.get(ctx, "fn-review")
     assert task.readers == {"ann": False} and task.findings == (finding,)

@@ -379,3 +379,42 @@ def test_the_committed_distilled_classifier_records_its_evidence_and_rule(regist
     assert cv["all"]["n_images"] == 435 and cv["multi_finding"]["n_images"] == 173
     assert meta["validation"]["runner_check"]["max_abs_difference"] < 1e-3
     assert "--teacher" in meta["command"] and meta["data"]["teacher_sha256"]
+
+
+def test_the_newest_measurement_wins_and_a_malformed_entry_is_ignored(tmp_path, models_dir):
+    from inference import evidence
+
+    shipped, local = tmp_path / "assets", tmp_path / "trained"
+    write_anatomy(shipped, "2.0.0", seed=1)
+    reg = Registry(models_dir, trained_roots=[shipped, local])
+    builtin, a = reg.resolve("anatomy_unet_jsrt"), reg.resolve("anatomy_unet_smp@2.0.0")
+    _evidence(shipped, {builtin.ref: _measured(builtin, 0.80, 1.0), a.ref: _measured(a, 0.85, 1.3)})
+    assert reg.for_task("segmentation").ref == a.ref
+    # an installation's own, later measurement (in <models dir>/trained) overrides the shipped file
+    _evidence(local, {builtin.ref: _measured(builtin, 0.90, 1.0), a.ref: _measured(a, 0.85, 1.3)})
+    path = evidence.path_for(local, "segmentation")
+    path.write_text(path.read_text().replace('"task"', '"measured": "2030-01-01T00:00:00+00:00", "task"'))
+    assert reg.for_task("segmentation").ref == builtin.ref
+    # a hand-edited entry without a numeric mean makes the file unusable (logged), never an analysis fail
+    _evidence(local, {builtin.ref: {"weights_sha256": builtin.weights_sha256, "relative_time": 1.0,
+                                    "metrics": {"lungs": {"lungs_dice": {"mean": "high"}}}}})  # fmt: skip
+    assert reg.for_task("segmentation").ref == a.ref  # the shipped file again
+
+
+def test_a_candidate_never_runs_by_default_and_a_variant_goes_with_its_refused_version(tmp_path, models_dir):
+    write_anatomy(tmp_path, "2.0.0", seed=1, status="candidate")
+    reg = Registry(models_dir, trained_roots=[tmp_path])
+    cand, builtin = reg.resolve("anatomy_unet_smp@2.0.0"), reg.resolve("anatomy_unet_jsrt")
+    _evidence(tmp_path, {builtin.ref: _measured(builtin, 0.80, 1.0), cand.ref: _measured(cand, 0.95, 1.0)})
+    assert reg.for_task("segmentation").ref == builtin.ref  # best measured, but not promoted
+    assert reg.for_task("segmentation", prefer=("anatomy_unet_smp", "2.0.0")).ref == cand.ref  # an admin's choice
+    # a version defined twice with other weights is refused, and so is its variant
+    from inference.training.segmentation import TTA_VIEWS
+
+    other = tmp_path / "other"
+    for root, seed in ((tmp_path, 3), (other, 4)):
+        write_anatomy(root, "3.0.0", seed=seed, test_time_augmentation={"views": list(TTA_VIEWS)},
+                      variants=[{"name": "1view", "test_time_views": 1}])  # fmt: skip
+    reg = Registry(models_dir, trained_roots=[tmp_path, other])
+    versions = {s.version for s in reg.versions("anatomy_unet_smp")}
+    assert "3.0.0" not in versions and "3.0.0+1view" not in versions

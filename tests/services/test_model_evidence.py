@@ -3,6 +3,7 @@ picks the default version."""
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,20 @@ def test_evidence_refuses_a_model_of_another_task(followup_few, app_env, monkeyp
                      str(folder / "masks"), "--versions", "bone_suppression_ae"])  # fmt: skip
     assert code == 2
     assert "bone_suppression model" in capsys.readouterr().err
+
+
+def test_a_version_is_never_ranked_on_images_it_trained_on(app_env):
+    from inference.registry import Registry
+    from services import model_evidence
+
+    reg = Registry(app_env["CXR_REVIEW_MODELS_DIR"])
+    nih = Path("/anywhere/nih/images")
+    v11, v12, builtin = (reg.resolve(r) for r in ("cxr14_mobilenetv3_multilabel@1.1.0",
+                                                   "cxr14_mobilenetv3_multilabel@1.2.0", "cxr15_mobilenetv3"))  # fmt: skip
+    val = set(v11.metadata["data"]["val_files"])
+    assert model_evidence.trained_on(v11, nih, val) == 0  # its own validation files
+    assert model_evidence.trained_on(v12, nih, val) == len(val)  # distilled on all 435 images
+    assert model_evidence.trained_on(builtin, nih, val) is None  # not recorded
+    assert model_evidence.trained_on(v12, Path("/x/jsrt/images512"), {"JPCLN001.png"}) == 0
+    keep, left_out = model_evidence._unseen([builtin, v11, v12], nih, val)
+    assert [s.ref for s in keep] == [builtin.ref, v11.ref] and list(left_out) == [v12.ref]
