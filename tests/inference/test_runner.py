@@ -36,7 +36,7 @@ def test_every_output_is_at_input_resolution_with_provenance_and_timings(runner,
     )
     assert heat.dtype == np.float32 and heat.min() >= 0 and heat.max() == pytest.approx(1, abs=0.02)
     for result in (anatomy, bone, cls):
-        spec = runner.registry.get(result.model.model_id)
+        spec = runner.registry.get(result.model.model_id, result.model.version)  # the default may be a variant
         assert result.model == ModelRef(spec.model_id, spec.version, spec.weights_sha256)
         assert {"load", "preprocess", "forward", "total"} <= set(result.timings_ms)
         assert result.timings_ms["total"] >= result.timings_ms["forward"] > 0
