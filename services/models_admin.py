@@ -142,8 +142,9 @@ def history(ctx: Context, task: str) -> list[HistoryEntry]:
         ]
 
 
-def set_active(ctx: Context, registry: Registry, task: str, ref: str, user_id: int) -> ModelSpec:
-    """Make "id@version" the version that runs for `task` (one transaction: the choice and its audit row)."""
+def set_active(ctx: Context, registry: Registry, task: str, ref: str, user_id: int, also=None) -> ModelSpec:
+    """Make "id@version" the version that runs for `task` (one transaction: the choice and its audit row, and
+    `also(session)` when given, e.g. the audit row of the evaluation that promoted it)."""
     try:
         spec = registry.resolve(ref)
     except KeyError as exc:
@@ -157,6 +158,8 @@ def set_active(ctx: Context, registry: Registry, task: str, ref: str, user_id: i
         repo.set_active_model(s, task, spec.model_id, spec.version, spec.weights_sha256, user_id)
         audit.add(s, "model_activated", actor_id=user_id, target=spec.ref,
                   details={"task": task, "weights_sha256": spec.weights_sha256})  # fmt: skip
+        if also is not None:
+            also(s)
 
     dbe.write(ctx.engine, tx)
     log.info("active %s model set to %s", task, spec.ref)

@@ -18,7 +18,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -27,7 +27,7 @@ from sqlalchemy import select
 from db import annotations as ann_repo
 from db import audit
 from db import engine as dbe
-from db.models import AnnotationStatus, AnnotationVersion, Image, Study
+from db.models import AnnotationStatus, AnnotationVersion, Image, LabellingTask, Study
 from inference import evaluation
 from inference.registry import MODEL_JSON, Registry
 from inference.training import common
@@ -61,11 +61,61 @@ class Corrected:
     file: str
     image_id: int
     annotation_version_id: int
-    patient: str  # a hash: no patient identifier leaves the database
+    # the shared labels' Patient ID where the image is a shared file, else a hash of issuer and patient id (no
+    # patient identifier leaves the database)
+    patient: str
     findings: tuple[str, ...]
     label_map_sha256: str | None
-    source_name: str = (
-        ""  # the imported file's name: the same picture in the shared data is left out of training
+    source_name: str = ""  # the imported file's name
+    asked: tuple[str, ...] = ()  # the findings the task's schema asked about
+    shared_file: str = ""  # the shared file this image is (same pixels, else same name): "" when none
+    unknown: tuple[str, ...] = ()  # findings with no label: not asked and not a shared file
+
+
+@dataclass(frozen=True)
+class SharedFile:
+    """One file of the shared data: its patient (the labels CSV's Patient ID; the file itself for label maps)
+    and its finding labels."""
+
+    file: str
+    patient: str
+    findings: tuple[str, ...] = ()
+
+
+class SharedIndex:
+    """Which shared file a stored image is: by pixel hash, else by file name (the failure explorer imports
+    PNGs under their shared name, with no patient id). The full pixel index is built only when needed."""
+
+    def __init__(self, images: Path, files: Sequence[SharedFile]):
+        self.images = Path(images)
+        self.files = {f.file: f for f in files}
+        self._by_pixels: dict[str, str] | None = None
+
+    def _pixels(self, name: str) -> str | None:
+        try:
+            return dicom_io.pixel_sha256(dicom_io.load(self.images / name))
+        except (OSError, ValueError, dicom_io.ImageRejected):  # an unreadable shared file matches nothing
+            return None
+
+    def match(self, pixel_sha256: str, name: str) -> SharedFile | None:
+        if name in self.files and self._pixels(name) == pixel_sha256:
+            return self.files[name]
+        if self._by_pixels is None:
+            self._by_pixels = {}
+            for f in self.files:
+                if (h := self._pixels(f)) is not None:
+                    self._by_pixels.setdefault(h, f)
+        if (hit := self._by_pixels.get(pixel_sha256)) is not None:
+            return self.files[hit]
+        return self.files.get(name)
+
+
+def shared_index(cfg, kind: str) -> SharedIndex:
+    if kind == "classification":
+        rows = read_labels_csv(cfg.labels, cfg.images)
+        return SharedIndex(cfg.images, [SharedFile(r.file, r.patient, r.findings) for r in rows])
+    return SharedIndex(
+        cfg.images, [SharedFile(p.name, p.name) for p, _ in paired_files(cfg.images, cfg.masks)]
     )
 
 
@@ -78,37 +128,74 @@ def _patient_key(study: Study, image_id: int) -> str:
     return "p" + hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def final_annotations(ctx: Context, task_name: str, kind: str) -> tuple[labelling.Task, list[Corrected]]:
+def _corrected(s, row: AnnotationVersion, schema: dict, shared: SharedIndex | None) -> Corrected:
+    """The annotation as training data. A finding the task did not ask about takes the shared labels' value
+    for the same image; without one it is `unknown` (never "absent")."""
+    from inference.models.cxr14_mobilenetv3_multilabel import FINDINGS
+
+    image = s.get(Image, row.image_id)
+    study = s.get(Study, image.study_id)
+    asked = tuple(f for f in schema.get("findings", ()) if f != vocabulary.NO_FINDING)
+    present = {k for k, v in json.loads(row.labels).items() if v == "present" and k != vocabulary.NO_FINDING}
+    hit = shared.match(image.pixel_sha256, image.original_filename) if shared is not None else None
+    not_asked = [f for f in FINDINGS if f not in asked]
+    unknown: tuple[str, ...] = ()
+    if hit is not None:
+        present |= {f for f in hit.findings if f in not_asked}
+    else:
+        unknown = tuple(not_asked)
+    return Corrected(f"task{row.task_id}-image{image.id}.png", image.id, row.id,
+                     hit.patient if hit is not None else _patient_key(study, image.id), tuple(sorted(present)),
+                     row.label_map_sha256, image.original_filename, asked, hit.file if hit else "", unknown)  # fmt: skip
+
+
+def _schema(s, task_id: int) -> dict:
+    return json.loads(s.get(LabellingTask, task_id).schema)
+
+
+def final_annotations(ctx: Context, task_name: str, kind: str,
+                      shared: SharedIndex | None = None) -> tuple[labelling.Task, list[Corrected]]:  # fmt: skip
     """The newest final annotation of every image of the task that carries what `kind` learns from (finding
-    labels for classification, a label map for segmentation). Refused when there is none."""
+    labels for classification, a label map for segmentation), matched to the shared data when `shared` is
+    given. Refused when there is none, or for segmentation when the task does not outline every structure."""
     try:
         task = labelling.get(ctx, task_name)
     except labelling.TaskError as exc:
         raise ShadowError(str(exc)) from None
+    if kind == "segmentation" and (missing := [x for x in SEG_LABELS[1:] if x not in task.structures]):
+        raise ShadowError(f"task {task_name!r} does not outline {', '.join(missing)}: its label maps would teach "
+                          "that they are absent; learn from a task whose structures are lungs, heart and clavicles")  # fmt: skip
     out = []
     with dbe.read(ctx.engine) as s:
+        schema = _schema(s, task.id)
         for row in ann_repo.heads(s, task.id):
             if row.status != AnnotationStatus.final:
                 continue
-            labels = json.loads(row.labels)
-            if kind == "classification" and not labels:
+            if kind == "classification" and not json.loads(row.labels):
                 continue
             if kind == "segmentation" and row.label_map_sha256 is None:
                 continue
-            image = s.get(Image, row.image_id)
-            study = s.get(Study, image.study_id)
-            present = tuple(
-                sorted(k for k, v in labels.items() if v == "present" and k != vocabulary.NO_FINDING)
-            )
-            out.append(Corrected(f"task{task.id}-image{image.id}.png", image.id, row.id, _patient_key(study, image.id),
-                                 present, row.label_map_sha256, image.original_filename))  # fmt: skip
+            out.append(_corrected(s, row, schema, shared))
     if not out:
         what = "finding labels" if kind == "classification" else "a lung/heart/clavicle label map"
         raise ShadowError(f"task {task_name!r} has no final annotation with {what}: nothing to learn from")
     return task, out
 
 
-def by_version_ids(ctx: Context, ids: Sequence[int]) -> list[Corrected]:
+def refuse_unknown(task_name: str, items: Sequence[Corrected]) -> None:
+    """Classification: a finding the task did not ask about, on an image that is not a shared file with
+    labels, has no label; training would take it as absent. (The trainer cannot mask a finding out of the loss.)"""
+    if bad := [c for c in items if c.unknown]:
+        missing = sorted({f for c in bad for f in c.unknown})
+        raise ShadowError(
+            f"task {task_name!r} did not ask about {', '.join(missing)}, and {len(bad)} of its corrected images "
+            f"(image ids {', '.join(str(c.image_id) for c in bad[:10])}{', …' if len(bad) > 10 else ''}) are not "
+            "shared files with labels for them: training would take those findings as absent. Learn from a task "
+            "that asks about every finding, or from images of the shared data"
+        )
+
+
+def by_version_ids(ctx: Context, ids: Sequence[int], shared: SharedIndex | None = None) -> list[Corrected]:
     """The exact annotation versions a candidate recorded (versions are never overwritten)."""
     with dbe.read(ctx.engine) as s:
         rows = {
@@ -118,15 +205,7 @@ def by_version_ids(ctx: Context, ids: Sequence[int]) -> list[Corrected]:
             raise ShadowError(
                 f"annotation version(s) {missing} recorded by the candidate are not in this database"
             )
-        out = []
-        for i in ids:
-            row = rows[i]
-            image = s.get(Image, row.image_id)
-            present = tuple(sorted(k for k, v in json.loads(row.labels).items()
-                                   if v == "present" and k != vocabulary.NO_FINDING))  # fmt: skip
-            out.append(Corrected(f"task{row.task_id}-image{image.id}.png", image.id, row.id,
-                                 _patient_key(s.get(Study, image.study_id), image.id), present, row.label_map_sha256))  # fmt: skip
-        return out
+        return [_corrected(s, rows[i], _schema(s, rows[i].task_id), shared) for i in ids]
 
 
 def _file_sha(ctx: Context, image_id: int) -> str:
@@ -201,16 +280,19 @@ def active_spec(ctx: Context, registry: Registry, kind: str) -> ModelSpec:
     return chosen[kind]
 
 
-def _standard_files(
-    parent: ModelSpec, names: list[str], groups: list[str], seed: int
-) -> tuple[list[str], str]:
-    """The standard validation images: those the parent version recorded, else a patient split made now."""
+NOT_COUNTED = (
+    "not counted: {ref} records no validation files, and any split made now could hold images it trained on"
+)
+
+
+def _standard_files(parent: ModelSpec, names: list[str]) -> tuple[list[str], str, bool]:
+    """(files, where from, counted): the validation images the parent version recorded. A parent that records
+    none has no fair standard set (a split made now would hold images it trained on): empty, not counted."""
     recorded = (parent.metadata.get("data") or {}).get("val_files")
     if recorded:
         present = set(names)
-        return [f for f in recorded if f in present], f"the validation files recorded by {parent.ref}"
-    _, val = common.split_by_group(names, groups, 0.2, seed)
-    return val, f"a 20% patient split of the shared data (seed {seed}): {parent.ref} records none"
+        return [f for f in recorded if f in present], f"the validation files recorded by {parent.ref}", True
+    return [], NOT_COUNTED.format(ref=parent.ref), False
 
 
 def train_from_task(ctx: Context, registry: Registry, cfg, kind: str, task_name: str, *, init: str | None,
@@ -218,32 +300,36 @@ def train_from_task(ctx: Context, registry: Registry, cfg, kind: str, task_name:
     """Fine-tune `cfg` (a ClassificationConfig or SegmentationConfig naming the shared data) with the final
     annotations of `task_name`, from `init` or the active version. Returns the trainer's result, its model.json
     completed with the "from_task" provenance."""
-    from dataclasses import replace
-
     start = registry.check(registry.resolve(init)) if init else active_spec(ctx, registry, kind)
     task, items = final_annotations(ctx, task_name, kind)
     check_start(start, kind, task)
     if kind == "segmentation" and start.family != "anatomy_unet_smp":
         raise ShadowError(f"{start.ref} ({start.family}) cannot be fine-tuned here: start from an "
                           "anatomy_unet_smp version with --init")  # fmt: skip
+    shared = shared_index(cfg, kind)
+    task, items = final_annotations(ctx, task_name, kind, shared)
+    if kind == "classification":
+        refuse_unknown(task_name, items)
+    # patients are the shared data's Patient IDs where a corrected image is a shared file, so a patient's other
+    # shared films follow the split
     train_items, held_items = common.split_by_group(items, [c.patient for c in items], holdout, cfg.seed)
     if len({c.patient for c in items}) < 2:
         train_items, held_items = items, []  # one patient: nothing can be held out (recorded as such)
+    names = list(shared.files)
+    patient_of = {f.file: f.patient for f in shared.files.values()}
+    corrected_files = {c.shared_file for c in items} | {c.source_name for c in items}
+    all_patients, held_patients = {c.patient for c in items}, {c.patient for c in held_items}
+    standard, standard_from, counted = _standard_files(start, names)
+    # scored as corrections, not twice; and no patient the candidate trained on
+    standard = [f for f in standard if f not in corrected_files and patient_of[f] not in all_patients]
+    standard_set = set(standard)
+    keep_shared = [n for n in names if n not in standard_set and n not in corrected_files
+                   and patient_of[n] not in held_patients][:shared_limit]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="cxr-review-from-task-") as tmp:
         if kind == "classification":
-            shared = read_labels_csv(cfg.labels, cfg.images)
-            names, groups = [r.file for r in shared], [r.patient for r in shared]
             images, labels = export(ctx, items, kind, Path(tmp), cfg.images, cfg.labels)
         else:
-            shared_pairs = paired_files(cfg.images, cfg.masks)
-            names = groups = [p.name for p, _ in shared_pairs]
             images, labels = export(ctx, items, kind, Path(tmp), cfg.images, cfg.masks)
-        standard, standard_from = _standard_files(start, names, groups, cfg.seed)
-        corrected_sources = {c.source_name for c in items}
-        standard = [f for f in standard if f not in corrected_sources]  # scored as corrections, not twice
-        keep_shared = [n for n in names if n not in set(standard) and n not in corrected_sources][
-            :shared_limit
-        ]
         only = frozenset(keep_shared) | {c.file for c in train_items}
         paths = (
             {"images": images, "labels": labels}
@@ -267,21 +353,24 @@ def train_from_task(ctx: Context, registry: Registry, cfg, kind: str, task_name:
     }
     meta["from_task"] = {
         "task": task.name, "task_id": task.id,
-        "annotations": [{"image_id": c.image_id, "annotation_version_id": c.annotation_version_id, "file": c.file}
-                        for c in items],
+        "annotations": [{"image_id": c.image_id, "annotation_version_id": c.annotation_version_id, "file": c.file,
+                         "shared_file": c.shared_file or None} for c in items],
         "trained_on": [c.annotation_version_id for c in train_items],
         "held_out": [c.annotation_version_id for c in held_items],
-        "held_out_rule": f"by patient (hashed), fraction {holdout}, seed {cfg.seed}; never trained on",
-        "n_patients": len({c.patient for c in items}),
+        "held_out_rule": f"by patient (the shared labels' Patient ID where the image is a shared file, else hashed), "
+                         f"fraction {holdout}, seed {cfg.seed}; never trained on, nor any shared file of a "
+                         "held-out patient",
+        "n_patients": len(all_patients),
         "corrections_sha256": hashlib.sha256("\n".join(
             f"{c.annotation_version_id}\t{c.image_id}\t{'|'.join(c.findings)}\t{c.label_map_sha256 or ''}"
             for c in items).encode()).hexdigest(),
         "shared_files_used": len(keep_shared),
-        "absent_means": "a finding not marked present in the final annotation counts as absent"
+        "absent_means": "a finding the task asked about and not marked present counts as absent; a finding it did "
+                        "not ask about takes the shared labels of the same image (same pixels, else same file name)"
         if kind == "classification" else "label map values 0 background, 1 lungs, 2 heart, 3 clavicles",
     }  # fmt: skip
-    meta["standard_validation"] = {"from": standard_from, "files": sorted(standard),
-                                   "note": "kept out of this version's training"}  # fmt: skip
+    meta["standard_validation"] = {"from": standard_from, "files": sorted(standard), "counted": counted,
+                                   "note": "kept out of this version's training, with every corrected patient"}  # fmt: skip
     meta["status"] = "candidate"
     common.write_model_json(vdir, meta)
     return meta | {"model_json": str(vdir / MODEL_JSON)}
@@ -340,16 +429,25 @@ def shadow_evaluate(ctx: Context, runner, ref: str, user_id: int | None, *, n_bo
     truth_key = "labels" if kind == "classification" else "masks"
     sets = {}
     with tempfile.TemporaryDirectory(prefix="cxr-review-shadow-") as tmp:
-        held = by_version_ids(ctx, meta["from_task"]["held_out"])
+        ids = meta["from_task"]["held_out"]
+        # the labels the candidate trained with: findings the task did not ask about come from the shared data
+        shared = shared_index(_Paths(Path(data["images"]), Path(data[truth_key])), kind) if ids else None
+        held = by_version_ids(ctx, ids, shared)
+        if kind == "classification":
+            refuse_unknown(meta["from_task"]["task"], held)
         if held:
             h_images, h_truth = export(ctx, held, kind, Path(tmp))
             sets["held-out corrected images"] = _compare(runner, kind, cand, active, h_images, h_truth,
                                                          [c.file for c in held], n_boot, seed)  # fmt: skip
         else:
             sets["held-out corrected images"] = {"skipped": "the task had one patient: nothing was held out"}
-        standard = meta["standard_validation"]["files"][:standard_limit]
-        sets["standard validation set"] = _compare(runner, kind, cand, active, Path(data["images"]),
-                                                   Path(data[truth_key]), standard, n_boot, seed)  # fmt: skip
+        std = meta["standard_validation"]
+        if not std.get("counted", True) or str(std.get("from", "")).startswith("a 20% patient split"):
+            sets["standard validation set"] = {"skipped": NOT_COUNTED.format(ref=f"the parent of {cand.ref}")}
+        else:
+            sets["standard validation set"] = _compare(runner, kind, cand, active, Path(data["images"]),
+                                                       Path(data[truth_key]), std["files"][:standard_limit],
+                                                       n_boot, seed)  # fmt: skip
     failures, scored = [], 0
     for name, result in sets.items():
         for metric, d in result.get("differences", {}).items():
@@ -366,23 +464,37 @@ def shadow_evaluate(ctx: Context, runner, ref: str, user_id: int | None, *, n_bo
         "bootstrap": {"resamples": n_boot, "seed": seed},
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
-    if decision == "promoted":  # first: a refused activation leaves the candidate a candidate, with the reason
-        try:
-            models_admin.set_active(ctx, registry, kind, cand.ref, user_id)
-        except models_admin.ModelChoiceRefused as exc:
-            decision = record["decision"] = "refused"
-            failures.append(f"activation refused: {exc}")
-    new = dict(meta) | {"shadow_evaluation": record,
-                        "status": "promoted" if decision == "promoted" else "candidate"}  # fmt: skip
-    common.write_model_json(Path(cand.directory), new)
+    vdir = Path(cand.directory)
 
-    def tx(s):
+    def audited(s):
         audit.add(s, "model_shadow_evaluated", actor_id=user_id, target=cand.ref,
                   details={"task": kind, "decision": decision, "active": active.ref, "reasons": failures})  # fmt: skip
 
-    dbe.write(ctx.engine, tx)
+    if decision == "promoted":
+        # the record first ("promoting"); then the activation and its audit rows in one transaction; then the
+        # status (an idempotent rewrite). A failure never leaves an active version without its record and audit.
+        common.write_model_json(vdir, dict(meta) | {"shadow_evaluation": record, "status": "promoting"})
+        try:
+            models_admin.set_active(ctx, registry, kind, cand.ref, user_id, also=audited)
+        except models_admin.ModelChoiceRefused as exc:
+            decision = record["decision"] = "refused"
+            failures.append(f"activation refused: {exc}")
+    if decision != "promoted":
+        dbe.write(ctx.engine, audited)
+    common.write_model_json(vdir, dict(meta) | {"shadow_evaluation": record,
+                                                "status": "promoted" if decision == "promoted" else "candidate"})  # fmt: skip
     log.info("shadow evaluation of %s against %s: %s", cand.ref, active.ref, decision)
     return record
+
+
+@dataclass(frozen=True)
+class _Paths:
+    images: Path
+    labels: Path
+
+    @property
+    def masks(self) -> Path:
+        return self.labels
 
 
 def status_line(spec: ModelSpec) -> str:
@@ -394,6 +506,10 @@ def status_line(spec: ModelSpec) -> str:
     task = meta["from_task"]["task"]
     if record is None:
         return f"candidate from task {task!r}: not shadow-evaluated yet"
+    if meta.get("status") == "promoting":  # the promotion stopped half-way: Active versions says what runs
+        return (
+            f"promotion started on {record['at']} but not confirmed; see Active versions; from task {task!r}"
+        )
     against = f"{record['active']['id']}@{record['active']['version']}"
     if record["decision"] == "promoted":
         return f"promoted on {record['at']} (not worse than {against}); from task {task!r}"

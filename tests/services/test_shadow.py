@@ -25,6 +25,7 @@ from services.auth import SignedIn
 from tests.conftest import SHARED, run_cli
 
 START = "cxr14_mobilenetv3_multilabel@1.1.0"
+MOVED = "00030102_000.png"  # NIH: Consolidation; imported under another name
 # NIH images outside 1.1.0's validation files, one patient each, with their NIH labels as the "corrections"
 CORRECTED = ("00000075_000.png", "00000100_000.png", "00000211_000.png", "00000442_000.png", "00000574_000.png",
              "00000797_000.png", "00000801_000.png", "00000846_000.png")  # fmt: skip
@@ -248,3 +249,210 @@ def test_segmentation_learns_from_final_label_maps_and_is_shadow_evaluated_per_s
         models_admin.active_specs(ctx, runner.registry, ("segmentation",))[0]["segmentation"].version
         == "1.3.0"
     )
+
+
+# --- what a task did not ask about, patients across the split, the standard set, promotion order -----------------
+class _Trained(Exception):
+    pass
+
+
+def _fake_train(seen: dict, out: Path):
+    """Stands in for the trainer: keeps what it was given (the training CSV, `only`) and writes a model.json."""
+
+    def train(kind, cfg, argv):
+        seen["rows"] = {r["Image Index"]: r for r in csv.DictReader(open(cfg.labels))}
+        seen["only"] = set(cfg.only)
+        vdir = out / cfg.version
+        vdir.mkdir(parents=True)
+        (vdir / "model.json").write_text(
+            json.dumps({"data": {}, "model_id": cfg.model_id, "version": cfg.version})
+        )
+        return {"model_json": str(vdir / "model.json")}
+
+    return train
+
+
+def _small_shared(tmp_path: Path, extra: dict[str, str]) -> tuple[Path, Path]:
+    """A shared folder of the corrected NIH images and a few others, whose labels CSV gives the files in
+    `extra` ({file: file of the patient it belongs to}) the Patient ID of another file: the same patient's
+    other films."""
+    nih = SHARED / "data" / "nih"
+    rows = {r["Image Index"]: r for r in csv.DictReader(open(nih / "labels.csv"))}
+    folder = tmp_path / "shared_images"
+    folder.mkdir()
+    keep = [*CORRECTED, *extra, MOVED]
+    with open(tmp_path / "shared.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["Image Index", "Finding Labels", "Patient ID"])
+        w.writeheader()
+        for name in keep:
+            (folder / name).symlink_to(nih / "images" / name)
+            pid = rows[extra[name]]["Patient ID"] if name in extra else rows[name]["Patient ID"]
+            w.writerow(
+                {"Image Index": name, "Finding Labels": rows[name]["Finding Labels"], "Patient ID": pid}
+            )
+    return folder, tmp_path / "shared.csv"
+
+
+def test_unasked_findings_come_from_the_shared_labels_and_patients_follow_the_split(
+    world, tmp_path, monkeypatch
+):
+    ctx, users, ids, models = world
+    registry = Registry(models)
+    val = sorted(registry.resolve(START).metadata["data"]["val_files"])
+    outside_val = [n for n in sorted(p.name for p in (SHARED / "data" / "nih" / "images").glob("*.png"))
+                   if n not in val and n not in CORRECTED and n != MOVED]  # fmt: skip
+    # every corrected patient has another film in the training part, and 00000100's patient one in the standard set
+    extra = dict(zip(outside_val, CORRECTED, strict=False)) | {val[0]: "00000100_000.png"}
+    images, labels = _small_shared(tmp_path, extra)
+    # the same picture as a shared file under another name (its pixels say which file it is)
+    renamed = tmp_path / "renamed.png"
+    renamed.write_bytes((images / MOVED).read_bytes())
+    (moved,) = importer.import_paths(ctx.engine, ctx.store, [renamed], max_bytes=2**30)
+    task = labelling.create(ctx, users["boss"], name="effusion only", image_ids=[*ids.values(), moved.image_id],
+                            readers={"adj": True}, findings=["Effusion"])  # fmt: skip
+    from services import annotations
+
+    for image_id in [*ids.values(), moved.image_id]:
+        annotations.save(ctx, users["adj"], image_id, task_id=task.id, status="final",
+                         labels={"Effusion": "present" if image_id == ids["00000100_000.png"] else "absent"})  # fmt: skip
+    seen: dict = {}
+    monkeypatch.setattr(shadow, "_train", _fake_train(seen, models / "trained"))
+    cfg = ClassificationConfig(images=images, labels=labels, out=models / "trained", models_dir=models)
+    meta = shadow.train_from_task(ctx, registry, cfg, "classification", task.name, init=START)
+
+    truth = {r["Image Index"]: r for r in csv.DictReader(open(labels))}
+    row = seen["rows"][f"task{task.id}-image{ids['00000100_000.png']}.png"]
+    # Effusion as corrected; Atelectasis and Infiltration, which the task never asked about, from the shared labels
+    assert row["Finding Labels"] == "Atelectasis|Effusion|Infiltration"
+    assert row["Patient ID"] == truth["00000100_000.png"]["Patient ID"]
+    moved_row = seen["rows"][f"task{task.id}-image{moved.image_id}.png"]
+    assert moved_row["Patient ID"] == truth[MOVED]["Patient ID"]
+    assert moved_row["Finding Labels"] == "Consolidation"  # Effusion as corrected (absent), the rest shared
+    ft = meta["from_task"]
+    by_version = {a["annotation_version_id"]: a for a in ft["annotations"]}
+    held_files = {by_version[v]["shared_file"] for v in ft["held_out"]}
+    assert held_files
+    held_patients = {truth[f]["Patient ID"] for f in held_files}
+    trained_patients = {truth[by_version[v]["shared_file"]]["Patient ID"] for v in ft["trained_on"]}
+    assert not held_patients & trained_patients
+    # no film of a held-out patient trains; no film of a corrected patient is in the standard set
+    assert not {f for f in seen["only"] if f in truth and truth[f]["Patient ID"] in held_patients}
+    assert (
+        val[0] not in meta["standard_validation"]["files"] and meta["standard_validation"]["counted"] is True
+    )
+    corrected_patients = held_patients | trained_patients
+    assert not {
+        f for f in meta["standard_validation"]["files"] if truth[f]["Patient ID"] in corrected_patients
+    }
+
+    # an image that is not a shared file has no label for what the task did not ask: refused, naming them
+    import cv2
+
+    pixels = cv2.imread(str(images / MOVED), cv2.IMREAD_UNCHANGED)
+    pixels[0, 0] ^= 1
+    cv2.imwrite(str(tmp_path / "outside.png"), pixels)
+    (outside,) = importer.import_paths(ctx.engine, ctx.store, [tmp_path / "outside.png"], max_bytes=2**30)
+    other = labelling.create(ctx, users["boss"], name="outside", image_ids=[outside.image_id],
+                             readers={"adj": True}, findings=["Effusion"])  # fmt: skip
+    annotations.save(ctx, users["adj"], outside.image_id, task_id=other.id, status="final",
+                     labels={"Effusion": "present"})  # fmt: skip
+    with pytest.raises(
+        shadow.ShadowError, match="did not ask about Atelectasis, Cardiomegaly, .*not shared files"
+    ):
+        shadow.train_from_task(ctx, registry, cfg, "classification", other.name, init=START)
+
+
+def test_a_parent_without_validation_files_gives_no_counted_standard_set(world, tmp_path, monkeypatch):
+    ctx, users, ids, models = world
+    registry = Registry(models)
+    task, _ = _finals(ctx, users, ids)
+    no_val = _variant(registry, START, "1.1.7", lambda p, gen: None)
+    path = Path(registry.resolve(no_val).directory) / "model.json"
+    meta = json.loads(path.read_text())
+    meta["data"].pop("val_files")
+    path.write_text(json.dumps(meta))
+    registry = Registry(models)
+    seen: dict = {}
+    monkeypatch.setattr(shadow, "_train", _fake_train(seen, models / "trained"))
+    out = shadow.train_from_task(ctx, registry, _config(models), "classification", task.name, init=no_val)
+    std = out["standard_validation"]
+    assert std["counted"] is False and std["files"] == [] and "records no validation files" in std["from"]
+
+
+def test_segmentation_task_without_every_structure_is_refused(world):
+    ctx, users, ids, models = world
+    task = labelling.create(ctx, users["boss"], name="lungs only", image_ids=list(ids.values()),
+                            readers={"adj": True}, structures=["lungs"])  # fmt: skip
+    with pytest.raises(shadow.ShadowError, match="does not outline heart, clavicles"):
+        shadow.train_from_task(ctx, Registry(models), _config(models), "segmentation", task.name,
+                               init="anatomy_unet_smp@1.3.0")  # fmt: skip
+
+
+def _candidate(registry: Registry, version: str, counted: bool = True) -> str:
+    ref = _variant(registry, START, version, lambda p, gen: None)
+    path = Path(registry.resolve(ref).directory) / "model.json"
+    meta = json.loads(path.read_text()) | {
+        "from_task": {"task": "t", "held_out": []},
+        "standard_validation": {"from": "test", "files": [MOVED], "counted": counted},
+    }
+    path.write_text(json.dumps(meta))
+    return ref
+
+
+def _passes(*args):
+    d = {"difference": 0.0, "ci95": [0.0, 0.0], "a": 0.8, "b": 0.8}
+    return {"n_images": 1, "differences": {"mean AUC": d}}
+
+
+def test_promotion_is_all_or_nothing_and_an_uncounted_standard_set_is_not_scored(world, monkeypatch):
+    ctx, users, ids, models = world
+    boss = users["boss"].user_id
+    registry = Registry(models)
+    models_admin.set_active(ctx, registry, "classification", START, boss)
+    ref, uncounted = _candidate(registry, "1.1.8"), _candidate(registry, "1.1.9", counted=False)
+    runner = Runner(Registry(models), "cpu")
+    monkeypatch.setattr(shadow, "_compare", _passes)
+
+    def active():
+        return models_admin.active_specs(ctx, runner.registry, ("classification",))[0]["classification"].ref
+
+    def n_audit(action):
+        with dbe.read(ctx.engine) as s:
+            return sum(e.target == ref for e in audit.events(s, actions=(action,)))
+
+    real_add = audit.add
+
+    def failing_add(s, action, **kw):
+        if action == "model_shadow_evaluated":
+            raise RuntimeError("audit down")
+        return real_add(s, action, **kw)
+
+    with monkeypatch.context() as m:  # the audit row fails: the activation is rolled back with it
+        m.setattr(audit, "add", failing_add)
+        with pytest.raises(RuntimeError, match="audit down"):
+            shadow.shadow_evaluate(ctx, runner, ref, boss, n_boot=10)
+    assert active() == START and n_audit("model_activated") == 0
+    assert (
+        json.loads((Path(runner.registry.resolve(ref).directory) / "model.json").read_text())["status"]
+        != "promoted"
+    )
+
+    def failing_write(*a, **kw):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:  # model.json cannot be written: nothing is activated
+        m.setattr(common, "write_model_json", failing_write)
+        with pytest.raises(OSError, match="disk full"):
+            shadow.shadow_evaluate(ctx, runner, ref, boss, n_boot=10)
+    assert active() == START and n_audit("model_activated") == 0
+
+    record = shadow.shadow_evaluate(ctx, runner, ref, boss, n_boot=10)
+    assert record["decision"] == "promoted" and active() == ref
+    assert n_audit("model_activated") == 1 and n_audit("model_shadow_evaluated") == 1
+    kept = json.loads((Path(runner.registry.resolve(ref).directory) / "model.json").read_text())
+    assert kept["status"] == "promoted"
+
+    # a standard set the parent never recorded is reported, not counted: nothing else scored, so no promotion
+    record = shadow.shadow_evaluate(ctx, runner, uncounted, boss, n_boot=10)
+    assert "not counted" in record["sets"]["standard validation set"]["skipped"]
+    assert record["decision"] == "refused" and active() == ref
