@@ -147,7 +147,7 @@ def test_a_set_made_again_under_another_name_gets_the_map_with_its_own_items(env
     assert second.item_ids == [it.id for it in eval_sets.items(ctx, again.id)]
     np.testing.assert_array_equal(second.xy, first.xy)
     col = embedding_map.colour(ctx, runner.registry, second, FINDING, 0.5)
-    assert len(col.items) == len(FILES) and set(col.types) == {"no result"}  # no run on the new set yet
+    assert [it.id for it in col.items] == second.item_ids and len(col.types) == len(FILES)
 
 
 def test_the_distilled_classifier_is_mapped_from_its_pooled_features(env):
