@@ -6,7 +6,9 @@ Two layers (LAYERS):
 
 - "bneck_grid4" (the default): the last bottleneck block's (96, 7, 7) output averaged over a 4x4 grid of
   overlapping cells, 1536 values. It keeps where things are in the film.
-- "penultimate": the 1280 values feeding the last linear layer (`linear3` -> `bn3` -> hswish).
+- "penultimate": what the last linear layer decides from: the 1280 values `linear3` -> `bn3` -> hswish of the
+  shipped head; for the distilled "pooled_linear" head (one linear layer `fc` on the pooled `conv2`), those
+  576 pooled values. Any other network is refused with UnsupportedModel.
 
 Finding the same patient's other frontal film among 356 (shared/data/covid_followup, README "Similar cases"):
 the penultimate layer, trained to name one finding, puts it among the first five for 18% of the films; the
@@ -45,16 +47,40 @@ def _hswish(x: torch.Tensor) -> torch.Tensor:
     return x * F.relu6(x + 3) / 6
 
 
+class UnsupportedModel(ValueError):
+    """The network has no `layer` this module knows how to read."""
+
+
+def _has(net: torch.nn.Module, *names: str) -> bool:
+    return all(isinstance(getattr(net, n, None), torch.nn.Module) for n in names)
+
+
+def check_layer(model: torch.nn.Module, layer: str, name: str = "this network") -> None:
+    """UnsupportedModel unless features(model, x, layer) can be computed (ValueError for an unknown layer);
+    `name` (the model's id@version) is what the message calls it."""
+    if layer not in LAYERS:
+        raise ValueError(f"unknown layer {layer!r}: one of {LAYERS}")
+    net = getattr(model, "base", model)
+    if layer == "bneck_grid4":
+        ok = _has(net, "conv1", "bneck")
+    else:
+        ok = _has(net, "conv2", "bneck", "conv1") and (_has(net, "linear3", "bn3") or _has(model, "fc"))
+    if not ok:
+        kind = type(model).__name__
+        raise UnsupportedModel(f"the {layer} layer cannot be read from {name} (a {kind} network)")
+
+
 def features(model: torch.nn.Module, x: torch.Tensor, layer: str = DEFAULT_LAYER) -> torch.Tensor:
     """(N, D) activation `layer` (one of LAYERS) of a MobileNetV3Small, or of a model wrapping one as `.base`,
-    from normalised (N, 1, H, W) input; not yet normalised."""
+    from normalised (N, 1, H, W) input; not yet normalised. UnsupportedModel for another network."""
+    check_layer(model, layer)
     net = getattr(model, "base", model)
     if layer == "bneck_grid4":
         return F.adaptive_avg_pool2d(net.bneck(_hswish(net.conv1(x))), 4).flatten(1)
-    if layer == "penultimate":
-        pooled = F.adaptive_avg_pool2d(net.features(x), 1).flatten(1)
+    pooled = F.adaptive_avg_pool2d(net.features(x), 1).flatten(1)
+    if _has(net, "linear3", "bn3"):
         return _hswish(net.bn3(net.linear3(pooled)))
-    raise ValueError(f"unknown layer {layer!r}: one of {LAYERS}")
+    return pooled  # pooled_linear head: `fc` decides from the pooled conv2 features alone
 
 
 def l2_normalise(v: np.ndarray) -> np.ndarray:
@@ -81,6 +107,7 @@ def embed_batch(
     if spec.task != "classification":
         raise ValueError(f"{spec.ref} is a {spec.task} model, not classification")
     net = runner.load(spec)
+    check_layer(net, layer, spec.ref)
     ref = ModelRef(spec.model_id, spec.version, spec.weights_sha256)
     imgs = [as_image(i) for i in imgs]
     if not imgs:

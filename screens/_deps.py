@@ -139,10 +139,12 @@ def eval_summary(set_id: int, ref: str, stamp: tuple[int, ...], thresholds: tupl
 
 
 @st.cache_data(max_entries=256, ttl=3600, show_spinner=False)
-def failure_tile(set_id: int, item_id: int, ref: str, finding: str) -> failure_cases.Tile:
+def failure_tile(set_id: int, item_id: int, ref: str, weights_sha256: str,
+                 finding: str) -> failure_cases.Tile:  # fmt: skip
     """A gallery tile of the Failure cases page (display-sized JPEG with the finding's heatmap, or why none);
-    keyed by the set item, the model version and the finding, whose stored result never changes; an hour at
-    most, so that a file that went or came back is seen."""
+    keyed by the set item, the model version with its weights sha256 (new weights under the same id@version
+    are a new key, not an hour of old heatmaps) and the finding; an hour at most, so that a file that went or
+    came back is seen."""
     spec = registry().resolve(ref)
     item = next(it for it in eval_sets.items(ctx(), set_id) if it.id == item_id)
     return failure_cases.tile(ctx(), runner(), spec, eval_sets.get(ctx(), set_id), item, finding)

@@ -36,6 +36,7 @@ class View:
     finding: str
     threshold: float
     cases: list[failure_cases.Case]  # after the subgroup filters, by loss
+    weights_sha256: str  # of `ref` in the registry now: part of the tile cache key
 
     @property
     def key(self) -> str:
@@ -92,12 +93,12 @@ n_pos = sum(c.positive for c in shown)
 st.markdown(f"{len(shown)} image(s) with a result and a label for {finding}"
             f"{' in this filter' if len(shown) != len(everything) else ''}: {n_pos} positive, "
             f"{len(shown) - n_pos} negative.")  # fmt: skip
-view = View(info, ref, stamp, scored, finding, threshold, shown)
+view = View(info, ref, stamp, scored, finding, threshold, shown, _deps.registry().resolve(ref).weights_sha256)
 
 
 # --- tiles, similar cases, the group -------------------------------------------------------------------------------
 def _tile(v: View, case: failure_cases.Case, kind: str) -> None:
-    t = _deps.failure_tile(v.info.id, case.item.id, v.ref, v.finding)
+    t = _deps.failure_tile(v.info.id, case.item.id, v.ref, v.weights_sha256, v.finding)
     if t.jpeg is None:
         st.error(f"Image not shown: {_table.plain(t.note)}")
     else:

@@ -332,7 +332,7 @@ def _analysed(results, total: int) -> list[str]:
 
 def _cmd_similar(args) -> int:
     from inference.device import DeviceUnavailable
-    from inference.embeddings import DEFAULT_MODEL
+    from inference.embeddings import DEFAULT_MODEL, UnsupportedModel
     from inference.registry import Registry
     from inference.runner import Runner
     from inference.types import ModelUnavailable
@@ -372,6 +372,9 @@ def _cmd_similar(args) -> int:
         return EXIT_USAGE
     except KeyError as exc:
         print(f"cxr-review: error: --model {args.model}: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    except UnsupportedModel as exc:  # a classifier whose network has no such layer
+        print(f"cxr-review: error: --model {args.model} --layer {args.layer}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_SOME_REJECTED if rejected else EXIT_OK
 

@@ -6,8 +6,10 @@ Features are the classifier's penultimate layer (inference.embeddings "penultima
 last linear layer), what the model decides from; they go through the embedding cache of `cxr-review similar`
 (services.similar, by model id, version, weights sha256, layer and pixel sha256), so an image embedded once is
 never embedded again. The 2-D coordinates (UMAP or t-SNE) are cached on disk too, keyed by the set's content
-sha256, the model (id, version, weights sha256), the layer, the method and the seed: a second visit computes
-neither features nor a map. Scores come from the set's evaluation runs (services.eval_runs.scores)."""
+sha256 and folder, the model (id, version, weights sha256), the layer, the method and the seed: a second visit
+computes neither features nor a map. The cache holds each point's position in the set and pixel sha256, not
+item ids, so a set made again under another name (same content) reuses the map with its own items. Scores come
+from the set's evaluation runs (services.eval_runs.scores)."""
 
 from __future__ import annotations
 
@@ -54,14 +56,18 @@ class MapData:
     map_cached: bool = False  # the coordinates came from the cache
 
 
-def cache_key(content_sha256: str, model: ModelRef, layer: str, method: str, seed: int) -> str:
-    parts = [content_sha256, model.model_id, model.version, model.weights_sha256, layer, method, seed]
+def cache_key(content_sha256: str, folder: str | None, model: ModelRef, layer: str, method: str,
+              seed: int) -> str:  # fmt: skip
+    # the folder is not in the content hash but decides which files are read (and so which are missing)
+    parts = [content_sha256, folder, model.model_id, model.version, model.weights_sha256, layer, method, seed]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 class MapCache:
     """2-D coordinates on disk, one .npz per cache_key (files 0600 in 0700 folders: derived from patient
-    images). A damaged entry is recomputed, not trusted."""
+    images). Rows are stored by the item's position in the set and its pixel sha256, never by item id: sets
+    of equal content share an entry, and `get` maps it back onto the asking set's items. A damaged entry, or
+    one whose pixels do not match the set's, is recomputed, not trusted."""
 
     def __init__(self, root: Path):
         self.dir = Path(root)
@@ -69,23 +75,32 @@ class MapCache:
     def _path(self, key: str) -> Path:
         return self.dir / f"{key}.npz"
 
-    def get(self, key: str) -> tuple[list[int], np.ndarray, list[dict]] | None:
+    def get(self, key: str, items: list[eval_sets.Item]) -> tuple[list[int], np.ndarray, list[dict]] | None:
+        """(item ids of `items`, xy, missing) or None."""
         try:
             with np.load(self._path(key), allow_pickle=False) as z:
-                ids, xy, missing = z["item_ids"], z["xy"], json.loads(str(z["missing"]))
+                pos, pixels, xy = z["positions"], z["pixels"], z["xy"]
+                missing = json.loads(str(z["missing"]))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError):
             return None
-        if xy.shape != (len(ids), 2) or not np.isfinite(xy).all():
+        if xy.shape != (len(pos), 2) or len(pixels) != len(pos) or not np.isfinite(xy).all():
             return None
-        return [int(i) for i in ids], xy.astype(np.float32), missing
+        if any(not 0 <= p < len(items) or items[p].pixel_sha256 != str(h)
+               for p, h in zip(pos, pixels, strict=True)):  # fmt: skip
+            return None  # not this set's content (or a damaged entry)
+        return [items[int(p)].id for p in pos], xy.astype(np.float32), missing
 
-    def put(self, key: str, item_ids: list[int], xy: np.ndarray, missing: list[dict]) -> None:
+    def put(self, key: str, items: list[eval_sets.Item], item_ids: list[int], xy: np.ndarray,
+            missing: list[dict]) -> None:  # fmt: skip
+        position = {it.id: i for i, it in enumerate(items)}
+        pos = [position[i] for i in item_ids]
         private_dir(self.dir)
         buf = io.BytesIO()
-        np.savez(buf, item_ids=np.asarray(item_ids, np.int64), xy=np.asarray(xy, np.float32),
-                 missing=np.asarray(json.dumps(missing)))  # fmt: skip
+        np.savez(buf, positions=np.asarray(pos, np.int64),
+                 pixels=np.asarray([items[p].pixel_sha256 for p in pos]),
+                 xy=np.asarray(xy, np.float32), missing=np.asarray(json.dumps(missing)))  # fmt: skip
         write_atomic(self._path(key), buf.getvalue())
 
 
@@ -168,12 +183,12 @@ def build_map(
         raise ValueError(f"the map needs a classification model, and {spec.ref} is a {spec.task} model")
     model = ModelRef(spec.model_id, spec.version, spec.weights_sha256)
     info = eval_sets.get(ctx, set_id)
-    key = cache_key(info.content_sha256, model, layer, method, seed)
+    key = cache_key(info.content_sha256, info.folder, model, layer, method, seed)
     cache = MapCache(cache_roots(ctx)[1])
-    if not refresh and (hit := cache.get(key)) is not None:
+    items = eval_sets.items(ctx, set_id)
+    if not refresh and (hit := cache.get(key, items)) is not None:
         ids, xy, missing = hit
         return MapData(set_id, model, layer, method, seed, ids, xy, missing, 0, True)
-    items = eval_sets.items(ctx, set_id)
 
     def step(done: int, total: int) -> None:
         if progress is not None:
@@ -183,7 +198,7 @@ def build_map(
     if progress is not None:
         progress(f"{METHODS[method]} map of {len(ids)} images", 0.85)
     xy = embeddings.embedding_map(vectors, seed=seed, method=method) if len(ids) else np.zeros((0, 2), np.float32)
-    cache.put(key, ids, xy, missing)
+    cache.put(key, items, ids, xy, missing)
     return MapData(set_id, model, layer, method, seed, ids, xy, missing, computed, False)
 
 

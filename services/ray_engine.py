@@ -126,20 +126,23 @@ def _main_thread() -> bool:
 
 def pool_plan(ray, device: str, actors: int | None) -> tuple[int, dict]:
     """(pool size, what each actor asks for): on GPUs one GPU and one CPU per actor, one actor per GPU; on
-    CPUs one CPU per actor, one actor per CPU but one (left for reading the inputs)."""
+    CPUs one CPU per actor, one actor per CPU. Either way one CPU is left for reading the inputs: without it
+    the reading tasks are never scheduled and the run waits for ever."""
     res = ray.cluster_resources()
     gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
     use_gpu = device == "cuda" or (device == "auto" and gpus > 0)
     if device == "cuda" and gpus == 0:
         raise RayUnavailable("--device cuda: the Ray cluster has no GPU")
-    if not use_gpu and cpus < 2:
+    if cpus < 2:
+        engine = "GPU" if use_gpu else "CPU"
         raise RayUnavailable(
-            f"the Ray cluster has {cpus} CPU; the CPU engine needs 2 (an actor, and reading)"
+            f"the Ray cluster has {cpus} CPU; the {engine} engine needs 2 (an actor, and reading)"
         )
-    most = gpus if use_gpu else cpus - 1
+    most = min(gpus, cpus - 1) if use_gpu else cpus - 1
     if actors is not None and actors > most:
         # More actors than there is room for would wait for resources for ever (or starve the reading).
-        have = f"{gpus} GPU(s)" if use_gpu else f"{cpus} CPU(s), one of them for reading"
+        have = f"{cpus} CPU(s), one of them for reading"
+        have = f"{gpus} GPU(s) and {have}" if use_gpu else have
         raise RayUnavailable(f"--actors {actors}: the Ray cluster has room for {most} ({have})")
     return actors or most, {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0}
 

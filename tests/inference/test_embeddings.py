@@ -6,6 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from inference import embeddings
 from inference.registry import Registry
@@ -61,6 +62,30 @@ def test_unknown_layer_and_non_classifier_are_refused(runner, films):
         embeddings.embed_batch(runner, films[:1], layer="logits")
     with pytest.raises(ValueError, match="classification"):
         embeddings.embed_batch(runner, films[:1], model="anatomy_unet_jsrt")
+
+
+def test_the_distilled_pooled_linear_head_gives_the_576_values_its_fc_decides_from(runner, films):
+    e = embeddings.embed_batch(runner, films, model="cxr14_mobilenetv3_multilabel@1.2.0", layer="penultimate")
+    assert e.vectors.shape == (4, 576) and e.model.version == "1.2.0"
+    np.testing.assert_allclose(np.linalg.norm(e.vectors, axis=1), 1, atol=1e-5)
+    # they are the input of its only linear layer: fc of them (before normalising) gives its logits
+    net = runner.load("cxr14_mobilenetv3_multilabel@1.2.0")
+    x = runner.classifier_input(films, runner.registry.lookup("cxr14_mobilenetv3_multilabel@1.2.0"))
+    with torch.inference_mode():
+        raw = embeddings.features(net, x, "penultimate")
+        torch.testing.assert_close(net.fc(raw), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_network_without_the_layer_is_refused_with_a_clear_value_error():
+    class Other(torch.nn.Module):  # e.g. a DenseNet: neither the shipped head nor a pooled linear one
+        def __init__(self):
+            super().__init__()
+            self.classifier = torch.nn.Linear(4, 2)
+
+    for layer in embeddings.LAYERS:
+        with pytest.raises(embeddings.UnsupportedModel, match=f"the {layer} layer cannot be read"):
+            embeddings.features(Other(), torch.zeros(1, 1, 224, 224), layer)
+    assert issubclass(embeddings.UnsupportedModel, ValueError)  # the map page shows ValueErrors as a sentence
 
 
 def test_exact_search_matches_a_full_sort():

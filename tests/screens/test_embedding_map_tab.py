@@ -32,3 +32,29 @@ def test_no_map_says_why(app_ctx, set_id, ref, message):
     assert [e.value for e in at.error] == [message]
     assert at.session_state["selected"] == []
     assert at.radio(key="m_method").options == ["UMAP", "t-SNE"]
+
+
+def test_a_network_without_the_layer_says_so_in_one_sentence(app_ctx, shared_data, tmp_path, monkeypatch):
+    import dataclasses
+    import os
+
+    from inference import embeddings
+    from services import auth, eval_sets
+    from tests.conftest import nih_subset_csv
+
+    def refuse(model, layer, name="this network"):  # a classifier whose network has no penultimate layer
+        raise embeddings.UnsupportedModel(f"the {layer} layer cannot be read from {name} (a Other network)")
+
+    nih = shared_data / "nih"
+    monkeypatch.setenv("CXR_REVIEW_DATASET_ROOTS", os.pathsep.join([str(nih), str(tmp_path)]))
+    labels = nih_subset_csv(nih, ["00000075_000.png", "00000100_000.png"], tmp_path / "two.csv")
+    roots = (nih.resolve(), tmp_path.resolve())
+    ctx = dataclasses.replace(app_ctx, settings=dataclasses.replace(app_ctx.settings, dataset_roots=roots))
+    auth.add_user(ctx.engine, "res", "researcher", "a-long-password-1")
+    info = eval_sets.from_folder(ctx, "two", nih / "images", labels, 1).info
+    monkeypatch.setattr(embeddings, "check_layer", refuse)
+    at = _tab(info.id, "cxr15_mobilenetv3@1.0.0")
+    assert not at.exception
+    assert [e.value for e in at.error] == ["No map: The penultimate layer cannot be read from cxr15_mobilenetv3@1.0.0 "
+                                           "(a Other network)."]  # fmt: skip
+    assert at.session_state["selected"] == []

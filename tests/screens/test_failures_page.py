@@ -74,3 +74,32 @@ def test_the_page_says_what_is_missing_and_moves_images_with_a_what_if_threshold
     at.selectbox(key="fc_finding").select(none).run()
     assert not at.exception
     assert f"No positive for {none} among these images: there is no false negative to show." in _texts(at)
+
+
+def test_a_tile_is_made_again_when_the_weights_of_the_version_change(monkeypatch):
+    # new weights under the same id@version must not show the old heatmap for up to an hour
+    from types import SimpleNamespace
+
+    from screens import _deps
+    from services import failure_cases
+
+    made = []
+
+    def tile(ctx, runner, spec, info, item, finding):
+        made.append(item.id)
+        return f"tile {len(made)}"
+
+    monkeypatch.setattr(_deps, "ctx", lambda: None)
+    monkeypatch.setattr(_deps, "runner", lambda: None)
+    monkeypatch.setattr(_deps, "registry", lambda: SimpleNamespace(resolve=lambda ref: ref))
+    monkeypatch.setattr(eval_sets, "items", lambda ctx, set_id: [SimpleNamespace(id=7)])
+    monkeypatch.setattr(eval_sets, "get", lambda ctx, set_id: None)
+    monkeypatch.setattr(failure_cases, "tile", tile)
+    _deps.failure_tile.clear()
+    try:
+        first = _deps.failure_tile(1, 7, MODEL, "a" * 64, "Effusion")
+        assert _deps.failure_tile(1, 7, MODEL, "a" * 64, "Effusion") == first  # the same weights: cached
+        assert _deps.failure_tile(1, 7, MODEL, "b" * 64, "Effusion") != first  # new weights: made again
+        assert made == [7, 7]
+    finally:
+        _deps.failure_tile.clear()

@@ -13,7 +13,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from inference import embeddings
 from inference.registry import Registry
 from inference.runner import Runner
-from services import auth, embedding_map, eval_metrics
+from services import auth, embedding_map, eval_metrics, eval_sets
 from tests.evalsets import nih_set, run_and_wait
 
 MODEL = "cxr15_mobilenetv3@1.0.0"
@@ -133,6 +133,29 @@ def test_a_second_visit_computes_no_feature_and_no_map(env, monkeypatch):
     assert (other.computed, other.map_cached) == (0, False) and calls == {"embed": 1, "map": 2}
     reseeded = embedding_map.build_map(ctx, runner, info.id, MODEL, "tsne", seed=1)
     assert not reseeded.map_cached
+
+
+def test_a_set_made_again_under_another_name_gets_the_map_with_its_own_items(env, shared_data, tmp_path):
+    # same content, another set id: the cached map is reused but must name this set's items, not the first's
+    ctx, runner, info = env
+    first = embedding_map.build_map(ctx, runner, info.id, MODEL, "tsne")
+    keep = lambda _, r: r["Image Index"] in FILES  # noqa: E731
+    again = nih_set(ctx, shared_data / "nih", keep, tmp_path / "again.csv", "map 2")
+    assert again.id != info.id and again.content_sha256 == info.content_sha256
+    second = embedding_map.build_map(ctx, runner, again.id, MODEL, "tsne")
+    assert (second.computed, second.map_cached) == (0, True)
+    assert second.item_ids == [it.id for it in eval_sets.items(ctx, again.id)]
+    np.testing.assert_array_equal(second.xy, first.xy)
+    col = embedding_map.colour(ctx, runner.registry, second, FINDING, 0.5)
+    assert [it.id for it in col.items] == second.item_ids and len(col.types) == len(FILES)
+
+
+def test_the_distilled_classifier_is_mapped_from_its_pooled_features(env):
+    ctx, runner, info = env
+    data = embedding_map.build_map(ctx, runner, info.id, "cxr14_mobilenetv3_multilabel@1.2.0", "tsne")
+    assert (data.computed, len(data.item_ids), data.missing) == (len(FILES), len(FILES), [])
+    cached = list((embedding_map.cache_roots(ctx)[0] / "cxr14_mobilenetv3_multilabel").rglob("*.npy"))
+    assert len(cached) == len(FILES) and np.load(cached[0]).shape == (576,)
 
 
 def test_the_map_is_coloured_by_error_type_and_its_metrics_are_the_evaluation_pages(env):

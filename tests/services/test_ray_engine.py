@@ -154,6 +154,10 @@ class _Cluster:
         ({"CPU": 1}, "cpu", None, "needs 2"),
         ({"CPU": 8}, "cuda", None, "no GPU"),
         ({"CPU": 8, "GPU": 2}, "cuda", 3, "room for 2"),
+        # on GPUs too one CPU stays for reading: as many GPUs as CPUs gives one actor fewer than GPUs
+        ({"CPU": 4, "GPU": 4}, "auto", None, (3, {"num_cpus": 1, "num_gpus": 1})),
+        ({"CPU": 4, "GPU": 4}, "cuda", 4, r"room for 3 \(4 GPU\(s\) and 4 CPU\(s\), one of them for"),
+        ({"CPU": 1, "GPU": 1}, "auto", None, "the GPU engine needs 2"),
     ],
 )
 def test_pool_plan(resources, device, actors, plan):

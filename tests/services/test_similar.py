@@ -111,6 +111,39 @@ def test_exit_0_when_all_read_and_2_for_usage_errors(env, among, shared_data, tm
         assert r.returncode == 2 and says in r.stderr and r.stdout == "", (args, r.stderr)
 
 
+def test_the_distilled_classifier_gives_penultimate_neighbours(env, shared_data, tmp_path):
+    # its pooled_linear head has no linear3/bn3: the layer is the 576 pooled values its fc decides from
+    good = tmp_path / "good"
+    good.mkdir()
+    for png in sorted((shared_data / "jsrt" / "images512").glob("*.png"))[:3]:
+        shutil.copy(png, good)
+    args = [good, "--among", good, "--device", "cpu", "--model", "cxr14_mobilenetv3_multilabel@1.2.0",
+            "--layer", "penultimate"]  # fmt: skip
+    r = run_cli("similar", args, env)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(lines) == 3 and all(len(line["neighbours"]) == 2 for line in lines)
+    assert {(line["model"]["version"], line["layer"]) for line in lines} == {("1.2.0", "penultimate")}
+
+
+def test_a_network_without_the_layer_is_a_usage_error(env, shared_data, tmp_path, monkeypatch, capsys):
+    from inference import embeddings
+    from services import cli
+
+    def refuse(model, layer, name="this network"):
+        raise embeddings.UnsupportedModel(f"the {layer} layer cannot be read from {name} (a Other network)")
+
+    for k, v in {**env, "CXR_REVIEW_DATA_DIR": str(tmp_path / "data")}.items():  # no cached embedding
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(embeddings, "check_layer", refuse)
+    png = sorted((shared_data / "jsrt" / "images512").glob("*.png"))[0]
+    code = cli.main(["similar", str(png), "--among", str(png.parent), "--device", "cpu",
+                     "--layer", "penultimate"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "the penultimate layer cannot be read from cxr15_mobilenetv3@1.0.0 (a Other network)" in err, err
+
+
 @pytest.fixture(scope="module")
 def runner():
     if not (MODELS / WEIGHTS).is_file():
