@@ -105,7 +105,7 @@ def _tile(v: View, case: failure_cases.Case, kind: str) -> None:
         st.image(t.jpeg, width="stretch")
         st.caption(_table.plain(t.note))
     st.markdown(f"**{_table.plain(case.name)}**  \nlabels: {_table.plain(failure_cases.labels_text(case.item))}  \n"
-                f"score {case.score:.4f} · loss {case.loss:.3f}")  # fmt: skip
+                f"score {case.score:.3g} · loss {case.loss:.3f}")  # fmt: skip
     st.checkbox("Select", key=f"fc_pick_{kind}_{v.key}_{case.item.id}")
     if st.button("Similar cases", key=f"fc_sim_{kind}_{v.key}_{case.item.id}", icon=":material/search:", width="stretch"):
         st.session_state[f"fc_query_{kind}"] = case.item.id
