@@ -226,13 +226,9 @@ def _val_files(runner, ref: str | None) -> set[str] | None:
     """The validation file names a trained version recorded in its model.json (--val-of)."""
     if ref is None:
         return None
-    spec = runner.registry.resolve(ref)
-    files = (spec.metadata.get("data") or {}).get("val_files")
-    if not files:
-        from inference.training.data import DatasetError
+    from services.model_evidence import recorded_val_files
 
-        raise DatasetError(f"{spec.ref} records no validation files (built-in models have none)")
-    return set(files)
+    return recorded_val_files(runner, ref)
 
 
 _EVAL_NEEDS = {"segmentation": "segmentation", "ctr": "segmentation", "classification": "classification",

@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import json
 import statistics
-import subprocess
 from pathlib import Path
 from time import perf_counter
 
@@ -26,11 +25,12 @@ import torch
 from inference import evidence, metrics
 from inference.evaluation import CLASSES, evaluate_classification
 from inference.runner import Runner
+from inference.training.common import code_version
 from inference.training.common import progress as _progress
 from inference.training.data import DatasetError, paired_files, read_gray, read_label_map, read_labels_csv
 from inference.types import ModelSpec
+from services import priors
 
-FRONTAL = {"PA", "AP", "AP Supine", "AP supine"}
 N_BOOT = 1000
 TIMING_IMAGES = 5  # images timed, each TIMING_ROUNDS times per version
 TIMING_ROUNDS = 3
@@ -42,7 +42,16 @@ def frontal_names(metadata_csv: Path) -> set[str]:
         reader = csv.DictReader(fh)
         if not {"file", "view"} <= set(reader.fieldnames or ()):
             raise DatasetError(f"{metadata_csv} needs the columns file and view")
-        return {Path(r["file"]).stem for r in reader if r["view"].strip() in FRONTAL}
+        return {Path(r["file"]).stem for r in reader if priors.view_kind(r["view"]) == "frontal"}
+
+
+def recorded_val_files(runner: Runner, ref: str) -> set[str]:
+    """The validation file names a trained version recorded in its model.json (DatasetError when none)."""
+    spec = runner.registry.resolve(ref)
+    files = (spec.metadata.get("data") or {}).get("val_files")
+    if not files:
+        raise DatasetError(f"{spec.ref} records no validation files (built-in models have none)")
+    return set(files)
 
 
 def trained_on(spec: ModelSpec, folder: Path, files: set[str]) -> int | None:
@@ -121,14 +130,6 @@ def _add_times(per_version: dict, ms: dict[str, float], specs: list[ModelSpec]) 
     return reference
 
 
-def _code_version() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _paired(values: dict[str, list[float]], best: str | None) -> dict:
     """Each version minus the chosen one on the same images (mean difference, 95% paired bootstrap)."""
     if best is None or best not in values:
@@ -174,9 +175,7 @@ def measure_segmentation(
         lm_pairs = paired_files(lm_images, lm_masks)
         name = f"{Path(lm_images).parent.name}"
         if val_of:
-            files = set((runner.registry.resolve(val_of).metadata.get("data") or {}).get("val_files") or ())
-            if not files:
-                raise DatasetError(f"{val_of} records no validation files")
+            files = recorded_val_files(runner, val_of)
             lm_pairs = [p for p in lm_pairs if p[0].name in files]
             name += f"_val_of_{val_of}"
         sets[name] = {"images": str(lm_images), "masks": str(lm_masks), "n": len(lm_pairs),
@@ -199,9 +198,7 @@ def measure_classification(
     """The evidence of classification versions on the validation files `val_of` recorded (by patient): mean
     AUC over the images with two or more findings (the rule) and over all of them."""
     rows = read_labels_csv(labels_csv, images)
-    files = set((runner.registry.resolve(val_of).metadata.get("data") or {}).get("val_files") or ())
-    if not files:
-        raise DatasetError(f"{val_of} records no validation files")
+    files = recorded_val_files(runner, val_of)
     rows = [r for r in rows if r.file in files]
     specs, left_out = _unseen(specs, Path(images), {r.file for r in rows})
     name = f"{Path(images).parent.name}_val_of_{val_of}"
@@ -237,7 +234,7 @@ def _finish(task: str, per_version: dict, sets: dict, values: dict, rule: dict, 
         "left_out": left_out,
         "measured": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": command,
-        "code_version": _code_version(),
+        "code_version": code_version(),
         "torch_threads": torch.get_num_threads(),
     }  # fmt: skip
     evidence.check(data)
