@@ -287,7 +287,7 @@ def evidence_table(registry: Registry, task: str) -> tuple[dict | None, list[dic
                 row[f"{metric} · {set_name}"] = _fmt(value)
         rel = entry.get("relative_time")
         row["ms per image"] = f"{entry.get('ms_per_image', float('nan')):.0f}"
-        row["× fastest"] = "—" if rel is None else f"{rel:g}" + ("" if rel <= budget else " (over the budget)")
+        row["× the reference's time"] = "—" if rel is None else f"{rel:g}" + ("" if rel <= budget else " (over the budget)")
         if current.get(ref) != entry.get("weights_sha256"):
             row["Default by the rule"] = "not counted: other weights now" if ref in current else "not installed"
         rows.append(row)

@@ -63,3 +63,26 @@ def test_a_rollback_to_a_version_that_can_no_longer_run_is_refused(setup):
         models_admin.rollback(ctx, registry, "classification", boss)
     assert models_admin.pins(ctx)["classification"].ref == "cxr15_mobilenetv3@1.0.0"
     assert len(models_admin.history(ctx, "classification")) == 2  # the refused rollback left no trace
+
+
+def test_the_evidence_table_marks_the_rules_choice_the_budget_and_stale_weights(tmp_path):
+    from inference.registry import Registry
+    from services import models_admin
+    from tests.conftest import MODELS
+    from tests.inference.test_versions import _evidence, _measured, write_anatomy
+
+    write_anatomy(tmp_path, "2.0.0", seed=1)
+    write_anatomy(tmp_path, "2.1.0", seed=2)
+    reg = Registry(MODELS, trained_roots=[tmp_path])
+    builtin, a, b = (reg.resolve(r) for r in ("anatomy_unet_jsrt", "anatomy_unet_smp@2.0.0", "anatomy_unet_smp@2.1.0"))
+    assert models_admin.evidence_table(reg, "segmentation") == (None, [])
+    _evidence(tmp_path, {builtin.ref: _measured(builtin, 0.80, 1.0), a.ref: _measured(a, 0.85, 1.3),
+                         b.ref: {**_measured(b, 0.95, 1.1), "weights_sha256": "0" * 64},
+                         "gone@1.0.0": _measured(b, 0.99, 1.0), "anatomy_unet_smp@9.9.9": _measured(a, 0.97, 9.0)})  # fmt: skip
+    _, rows = models_admin.evidence_table(reg, "segmentation")
+    by = {r["Version"]: r for r in rows}
+    assert by[a.ref]["Default by the rule"] == "yes" and by[builtin.ref]["Default by the rule"] == ""
+    assert by[b.ref]["Default by the rule"] == "not counted: other weights now"
+    assert by["gone@1.0.0"]["Default by the rule"] == "not installed"
+    assert by["anatomy_unet_smp@9.9.9"]["× the reference's time"] == "9 (over the budget)"
+    assert by[a.ref]["lungs_dice · lungs"] == "0.850 (n ?)"
