@@ -177,6 +177,25 @@ def paired_bootstrap_mean_auc_diff(
     }
 
 
+def bootstrap_mean_auc_ci(
+    y_true: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile interval of the mean AUC over findings (N x K arrays; a finding counts in a resample while
+    it has a positive and a negative there), images resampled with replacement."""
+    y, s = np.asarray(y_true, bool), np.asarray(scores, np.float64)
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, y.shape[0], y.shape[0])
+        aucs = [roc_auc(y[idx, k], s[idx, k]) for k in range(y.shape[1]) if y[idx, k].any() and not y[idx, k].all()]
+        if aucs:
+            means.append(float(np.mean(aucs)))
+    if not means:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
 def youden_threshold(y_true: Sequence, y_score: Sequence) -> tuple[float, float]:
     """(threshold, J): the score threshold (predict positive when score >= threshold) maximising Youden's
     J = sensitivity + specificity - 1; the first (highest) threshold wins ties."""

@@ -168,7 +168,7 @@ def _cmd_distil(args) -> int:
         images=args.images, labels=args.labels, teacher=args.teacher, out=args.out or _models_dir() / "trained",
         models_dir=_models_dir(), progress=not args.no_progress,
         **_overrides(args, ["seed", "model_id", "version", "limit", "threads", "init", "teacher_weight", "folds",
-                            "views", "sensitivity", "against", "cache", "l2"]),
+                            "views", "sensitivity", "against", "cache", "l2", "test_fraction"]),
     )  # fmt: skip
     result = distil(cfg, getattr(args, "argv", None))
     summary = _summary(result) | {"thresholds_rule": result["thresholds_rule"]}
@@ -178,6 +178,8 @@ def _cmd_distil(args) -> int:
     summary["validation"]["runner_check"] = result["validation"]["runner_check"]
     if against := result["validation"]["against"]:
         summary["validation"]["against"] = against
+    if held := result["validation"].get("held_out"):
+        summary["validation"]["held_out"] = {k: held[k] for k in ("n_images", "all", "multi_finding", "reliability_mean")}
     print(json.dumps(summary), flush=True)
     return EXIT_OK
 
@@ -348,6 +350,9 @@ def add_parsers(sub) -> None:
                      help="with --teacher: also compare, out of fold, with that version on its recorded validation images")  # fmt: skip
     cls.add_argument("--cache", type=Path, metavar="NPZ", help="with --teacher: keep the backbone features here")
     cls.add_argument("--l2", type=float, help="with --teacher: ridge penalty on the standardised features (default 0.03)")
+    cls.add_argument("--test-fraction", type=float, metavar="F",
+                     help="with --teacher: set this share of the patients aside before anything, record them as the "
+                     "version's validation files and measure the version on them at the end (default 0)")  # fmt: skip
     _add_common_train(cls, epochs=None)  # None: each recipe's own default (12; with --teacher, DistillConfig's)
     cls.set_defaults(fn=run, handler=_cmd_train_classification)
 

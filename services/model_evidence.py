@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from inference import evidence, metrics
-from inference.evaluation import CLASSES, evaluate_classification
+from inference.evaluation import CLASSES, auc_table, classification_scores
 from inference.runner import Runner
 from inference.training.common import code_version
 from inference.training.common import progress as _progress
@@ -66,14 +66,30 @@ def trained_on(spec: ModelSpec, folder: Path, files: set[str]) -> int | None:
     return len(files - set(data.get("val_files") or ()))
 
 
-def _unseen(specs: list[ModelSpec], folder: Path, files: set[str]) -> tuple[list[ModelSpec], dict[str, str]]:
+def tuned_on(spec: ModelSpec, folder: Path, files: set[str]) -> int:
+    """How many of `files` a trained version chose something on (its epoch, calibration or thresholds): its
+    recorded validation files, unless its model.json says they were held out ("val_use": "held_out")."""
+    data = spec.metadata.get("data") or {}
+    if spec.builtin or data.get("val_use") == "held_out":
+        return 0
+    if Path(str(data.get("images", ""))).parts[-2:] != Path(folder).parts[-2:]:
+        return 0
+    return len(files & set(data.get("val_files") or ()))
+
+
+def _unseen(
+    specs: list[ModelSpec], folder: Path, files: set[str], tuned: bool = False
+) -> tuple[list[ModelSpec], dict[str, str]]:
     """(the versions that trained on none of the files, {ref: why left out} for the others): a version is never
-    ranked on images it learnt from."""
+    ranked on images it learnt from, nor (`tuned`) on images it chose its epoch, calibration or thresholds on."""
     keep, out = [], {}
     for s in specs:
         n = trained_on(s, folder, files)
+        m = tuned_on(s, folder, files) if tuned else 0
         if n:
             out[s.ref] = f"trained on {n} of the {len(files)} images measured"
+        elif m:
+            out[s.ref] = f"chose its epoch, calibration or thresholds on {m} of the {len(files)} images measured"
         else:
             keep.append(s)
     if not keep:
@@ -196,29 +212,46 @@ def measure_classification(
     command: str,
 ) -> dict:  # fmt: skip
     """The evidence of classification versions on the validation files `val_of` recorded (by patient): mean
-    AUC over the images with two or more findings (the rule) and over all of them."""
+    AUC over the images with two or more findings (the rule) and over all of them, each with its bootstrap
+    interval, and every version's paired difference from the chosen one (the same resampled images)."""
     rows = read_labels_csv(labels_csv, images)
     files = recorded_val_files(runner, val_of)
     rows = [r for r in rows if r.file in files]
-    specs, left_out = _unseen(specs, Path(images), {r.file for r in rows})
+    specs, left_out = _unseen(specs, Path(images), {r.file for r in rows}, tuned=True)
     name = f"{Path(images).parent.name}_val_of_{val_of}"
-    per_version = {}
+    findings = [f for f in specs[0].labels if f != "No Finding" and all(f in s.labels for s in specs)]
+    y = np.array([[f in r.findings for f in findings] for r in rows])
+    multi = np.array([len(r.findings) >= 2 for r in rows])
+    scores, per_version = {}, {}
     for s in specs:
-        report = evaluate_classification(runner, s, images, rows, n_boot=N_BOOT, progress=True)
-        multi = report["multi_finding"]
-        per_version[s.ref] = {"weights_sha256": s.weights_sha256, "metrics": {name: {
-            "mean_auc_multi": {"mean": multi["mean_auc"], "n": multi["n_images"]},
-            "mean_auc_all": {"mean": report["mean_auc"], "n": report["n_images"]},
-        }}}  # fmt: skip
-    sets = {name: {"images": str(images), "labels": str(labels_csv), "n": len(rows),
-                   "n_multi": per_version[specs[0].ref]["metrics"][name]["mean_auc_multi"]["n"],
-                   "trained_on_by": ["none of the versions measured (those that did are left out); the built-in "
-                                     "classifier may have seen single-label images among them (models/README.md)"]}}  # fmt: skip
+        spec, sc = classification_scores(runner, s, images, rows, progress=True)
+        scores[s.ref] = sc[:, [spec.labels.index(f) for f in findings]]
+        entry = {}
+        for metric, mask in (("mean_auc_multi", multi), ("mean_auc_all", np.ones(len(rows), bool))):
+            table = auc_table([r for r, m in zip(rows, mask, strict=True) if m], findings, scores[s.ref][mask], N_BOOT)
+            lo, hi = metrics.bootstrap_mean_auc_ci(y[mask], scores[s.ref][mask], N_BOOT)
+            entry[metric] = {"mean": table["mean_auc"], "ci95": [lo, hi], "n": int(mask.sum()),
+                             "per_finding": {f: v["auc"] for f, v in table["per_finding"].items()}}  # fmt: skip
+        per_version[s.ref] = {"weights_sha256": s.weights_sha256, "metrics": {name: entry}}
+    sets = {name: {"images": str(images), "labels": str(labels_csv), "n": len(rows), "n_multi": int(multi.sum()),
+                   "findings": findings,
+                   "trained_on_by": ["none of the versions measured (those that trained or chose anything on them "
+                                     "are left out); the built-in classifier may have seen single-label images among "
+                                     "them (models/README.md), not those with two or more findings"]}}  # fmt: skip
     sample = [read_gray(images / r.file) for r in rows[:TIMING_IMAGES]]
     ms = _ms_per_image(lambda im, s: runner.classify_batch([im], s), specs, sample)
     reference = _add_times(per_version, ms, specs)
-    return _finish("classification", per_version, sets, {}, {"set": name, "metric": "mean_auc_multi",
+    data = _finish("classification", per_version, sets, {}, {"set": name, "metric": "mean_auc_multi",
                    "max_relative_time": max_relative_time, "time_reference": reference}, command, left_out)  # fmt: skip
+    best = data["chosen"]
+    if best in scores:  # paired: each version minus the chosen one on the same resampled images
+        data["paired_vs_chosen"] = {
+            ref: {part: {k: d[k] for k in ("difference", "ci95", "share_of_resamples_a_ahead")}
+                  for part, d in (("mean_auc_multi", metrics.paired_bootstrap_mean_auc_diff(y[multi], sc[multi], scores[best][multi], N_BOOT, 0)),
+                                  ("mean_auc_all", metrics.paired_bootstrap_mean_auc_diff(y, sc, scores[best], N_BOOT, 0)))}
+            for ref, sc in scores.items() if ref != best
+        }  # fmt: skip
+    return data
 
 
 def _finish(task: str, per_version: dict, sets: dict, values: dict, rule: dict, command: str,

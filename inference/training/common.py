@@ -69,12 +69,12 @@ def new_version_dir(out: Path, model_id: str, version: str | None) -> tuple[str,
     return version, vdir, EpochLogger(vdir / TRAIN_LOG)
 
 
-def group_order(groups: Iterable[str], seed: int) -> list[str]:
+def group_order(groups: Iterable[str], seed: int | str) -> list[str]:
     """The distinct groups in a fixed pseudo-random order: sorted by sha256(seed:group)."""
     return sorted(set(groups), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
 
 
-def split_by_group(items: Sequence[str], groups: Sequence[str], val_fraction: float, seed: int):
+def split_by_group(items: Sequence[str], groups: Sequence[str], val_fraction: float, seed: int | str):
     """(train, val) item lists; every group (patient, or the image itself) lands wholly on one side.
 
     Deterministic for a seed: groups are ordered by group_order, the first val_fraction go to val."""

@@ -71,6 +71,7 @@ class DistillConfig:
     limit: int | None = None
     cache: Path | None = None  # keep the backbone features here between runs
     against: str | None = None  # also compare out of fold with this version on its recorded validation images
+    test_fraction: float = 0.0  # patients held out before anything (recorded as val_files, measured at the end)
     progress: bool = True
     augment: Augment = field(
         default_factory=lambda: Augment(
@@ -386,28 +387,61 @@ def _against(cfg: DistillConfig, rows: Sequence[LabelledImage], y, student_probs
     return out
 
 
-def check_inputs(cfg: DistillConfig) -> tuple[list[LabelledImage], np.ndarray]:
-    """The labelled rows and the teacher's matrix for them; everything refusable is refused here."""
+def held_out(runner: Runner, ref: str, rows: Sequence[LabelledImage], teacher: np.ndarray, cfg: DistillConfig) -> dict:
+    """The written version against its teacher on the held-out patients (measured once, after every choice), on
+    all of them and on those with two or more findings; the student's thresholds' sensitivity there."""
+    spec, scores = evaluation.classification_scores(runner, ref, cfg.images, rows)
+    s = scores[:, [spec.labels.index(x) for x in family.FINDINGS]]
+    y = np.array([[label in r.findings for label in family.FINDINGS] for r in rows])
+    multi = np.array([len(r.findings) >= 2 for r in rows])
+    out: dict = {"method": "the written version run as the app runs it on the held-out patients; 'teacher' is "
+                           "CheXNet's probability on the same images", "n_images": len(rows)}  # fmt: skip
+    for name, mask in (("all", np.ones(len(rows), bool)), ("multi_finding", multi)):
+        d = metrics.paired_bootstrap_mean_auc_diff(y[mask], s[mask], teacher[mask], seed=cfg.seed)
+        out[name] = {"n_images": int(mask.sum()), "student": d["a"], "teacher": d["b"],
+                     "student_minus_teacher": {k: d[k] for k in ("difference", "ci95", "share_of_resamples_a_ahead")}}  # fmt: skip
+    out["at_thresholds"] = {
+        label: metrics.operating_point(y[:, j], s[:, j], spec.thresholds[label]) | {"n_pos": int(y[:, j].sum())}
+        for j, label in enumerate(family.FINDINGS) if y[:, j].any()
+    }  # fmt: skip
+    per = reliability_of(y.astype(np.float64), s, s)  # the calibrated probabilities as written: "after"
+    out["reliability_mean"] = {k: float(np.mean([p[f"{k}_after"] for p in per])) for k in ("ece", "brier")}
+    return out
+
+
+def check_inputs(cfg: DistillConfig) -> tuple[list[LabelledImage], np.ndarray, list[LabelledImage], np.ndarray]:
+    """(the rows to learn from, the teacher's matrix for them, the held-out rows, the teacher's matrix for those);
+    everything refusable is refused here. With `test_fraction`, that share of the patients is set aside first:
+    no fold, no calibration and no threshold sees them, so the version can be measured on them afterwards."""
     if not 0.0 <= cfg.teacher_weight <= 1.0:
         raise DatasetError(f"--teacher-weight must be in [0, 1], not {cfg.teacher_weight}")
     if cfg.folds < 2:
         raise DatasetError("--folds needs at least 2")
     if not 0 < cfg.sensitivity <= 1:
         raise DatasetError(f"--sensitivity must be in (0, 1], not {cfg.sensitivity}")
+    if not 0.0 <= cfg.test_fraction < 1.0:
+        raise DatasetError(f"--test-fraction must be in [0, 1), not {cfg.test_fraction}")
     rows = read_labels_csv(cfg.labels, cfg.images)
     teacher = read_teacher(cfg.teacher, [r.file for r in rows])
     keep = slice(None, cfg.limit)
     rows, teacher = rows[keep], teacher[keep]
-    if len({r.patient for r in rows}) < cfg.folds:
-        raise DatasetError(
-            f"{len(rows)} images of fewer than {cfg.folds} patients cannot make {cfg.folds} folds"
+    held = np.zeros(len(rows), bool)
+    if cfg.test_fraction > 0:  # its own patient order, apart from the folds' (seeded "test:<seed>")
+        _, test_files = common.split_by_group(
+            [r.file for r in rows], [r.patient for r in rows], cfg.test_fraction, f"test:{cfg.seed}"
         )
-    return rows, teacher
+        held = np.isin([r.file for r in rows], test_files)
+    learn = [r for r, h in zip(rows, held, strict=True) if not h]
+    if len({r.patient for r in learn}) < cfg.folds:
+        raise DatasetError(
+            f"{len(learn)} images of fewer than {cfg.folds} patients cannot make {cfg.folds} folds"
+        )
+    return learn, teacher[~held], [r for r, h in zip(rows, held, strict=True) if h], teacher[held]
 
 
 def distil(cfg: DistillConfig, argv: Sequence[str] | None = None) -> dict:
     run = common.start_run(cfg.seed, "cpu", cfg.threads)
-    rows, teacher = check_inputs(cfg)
+    rows, teacher, test_rows, test_teacher = check_inputs(cfg)
     model, start_model, init_from, init_sha = student(cfg)
     version, vdir, epoch_log = common.new_version_dir(cfg.out, cfg.model_id, cfg.version)
     files = [r.file for r in rows]
@@ -489,7 +523,13 @@ def distil(cfg: DistillConfig, argv: Sequence[str] | None = None) -> dict:
             "folds": f"{cfg.folds} folds of patients ('Patient ID'), dealt in the order of sha256(seed:patient), "
             f"seed {cfg.seed}",
             "positives": {k: int(v) for k, v in zip(family.FINDINGS, y.sum(0), strict=True)},
-        },  # fmt: skip
+        } | ({  # the held-out patients: what `cxr-review evidence classification --val-of` measures on
+            "n_held_out": len(test_rows),
+            "held_out": f"{cfg.test_fraction:g} of the patients, ordered by sha256('test:{cfg.seed}:' + patient), "
+            "set aside before anything else: no fold, calibration or threshold saw them",
+            "val_files": sorted(r.file for r in test_rows),
+            "val_use": "held_out",
+        } if test_rows else {}),  # fmt: skip
         "training": {
             **{
                 k: (str(v) if isinstance(v, Path) else v)
@@ -545,7 +585,10 @@ def distil(cfg: DistillConfig, argv: Sequence[str] | None = None) -> dict:
         n = min(16, len(rows))
         spec, scores = evaluation.classification_scores(runner, ref, cfg.images, rows[:n])
         diff = float(np.abs(scores[:, [spec.labels.index(x) for x in family.FINDINGS]] - final[:n]).max())
-        return meta["validation"] | {"runner_check": {"n_images": n, "max_abs_difference": diff}}
+        out = meta["validation"] | {"runner_check": {"n_images": n, "max_abs_difference": diff}}
+        if test_rows:
+            out["held_out"] = held_out(runner, ref, test_rows, test_teacher, cfg)
+        return out
 
     return common.publish(vdir, model, meta, out=cfg.out, device="cpu", clock=run.clock, evaluate=check,
                           keep_checkpoint=False, history=epoch_log.history)  # fmt: skip

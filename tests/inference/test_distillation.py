@@ -224,3 +224,20 @@ def test_the_registry_reads_one_slope_per_label_and_refuses_a_bad_one(tmp_path):
     for slopes in ({"Cardiomegaly": 0.5}, {"Cardiomegaly": 0.5, "Effusion": 0.0}):
         with pytest.raises(InvalidModelJson, match="one positive slope and one intercept per label"):
             spec_from_json(meta | {"calibration": meta["calibration"] | {"slopes": slopes}}, d)
+
+
+def test_a_test_fraction_sets_whole_patients_aside_before_anything(shared_data, models_dir, tmp_path):
+    nih = shared_data / "nih"
+    cfg = D.DistillConfig(images=nih / "images", labels=nih / "labels.csv", teacher=nih / "chexnet_teacher.csv",
+                          out=tmp_path, models_dir=models_dir, limit=60, test_fraction=0.3)  # fmt: skip
+    learn, teacher, held, held_teacher = D.check_inputs(cfg)
+    assert len(learn) + len(held) == 60 and len(teacher) == len(learn) and len(held_teacher) == len(held)
+    assert 12 <= len(held) <= 24
+    assert not {r.patient for r in learn} & {r.patient for r in held}  # a patient is on one side only
+    everything = D.read_teacher(nih / "chexnet_teacher.csv", [r.file for r in read_labels_csv(nih / "labels.csv", nih / "images")])  # fmt: skip
+    order = [r.file for r in read_labels_csv(nih / "labels.csv", nih / "images")]
+    assert held_teacher[0] == pytest.approx(everything[order.index(held[0].file)])  # rows stay matched
+    again = D.check_inputs(cfg)[2]
+    assert [r.file for r in again] == [r.file for r in held]  # deterministic for a seed
+    with pytest.raises(DatasetError, match="test-fraction"):
+        D.check_inputs(D.DistillConfig(**{**cfg.__dict__, "test_fraction": 1.0}))
