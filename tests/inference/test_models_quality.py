@@ -76,7 +76,7 @@ def nih_scores(runner, dataset, read_gray):
     scores = []
     for start in range(0, len(rows), 64):
         imgs = [read_gray(nih / "images" / r["Image Index"]) for r in rows[start : start + 64]]
-        scores += [[res.probabilities[label] for label in spec.labels] for res in runner.classify_batch(imgs)]
+        scores += [[res.probabilities[label] for label in spec.labels] for res in runner.classify_batch(imgs, spec)]
     return spec, np.array(scores), truth
 
 

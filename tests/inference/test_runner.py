@@ -16,6 +16,7 @@ from inference.postprocess import HEART, LUNGS, cardiothoracic_ratio, heatmap_bo
 from inference.types import ModelRef
 
 INFERENCE_DIR = Path(__file__).resolve().parents[2] / "inference"
+BUILTIN_CLS = "cxr15_mobilenetv3"  # the shipped single-label classifier (the default is chosen on evidence)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,8 @@ def chest(nih_no_finding_pa) -> np.ndarray:
 def test_every_output_is_at_input_resolution_with_provenance_and_timings(runner, chest):
     anatomy = runner.segment_anatomy(chest)
     bone = runner.suppress_bones(chest)
-    cls = runner.classify(chest)
-    heat = runner.gradcam(chest, cls.top_label)
+    cls = runner.classify(chest, BUILTIN_CLS)  # the shipped single-label model: softmax over 15 labels
+    heat = runner.gradcam(chest, cls.top_label, BUILTIN_CLS)
     assert anatomy.label_map.shape == bone.soft_tissue.shape == heat.shape == (700, 560)
     assert anatomy.label_map.dtype == np.uint8 and set(np.unique(anatomy.label_map)) == {0, 1, 2, 3}
     assert (
@@ -85,9 +86,12 @@ def test_batches_give_the_same_answers_as_single_images(runner, nih_no_finding_p
 
 
 def test_admin_thresholds_override_the_defaults(runner, chest):
-    res = runner.classify(chest, thresholds={"No Finding": 1.0})
+    res = runner.classify(chest, BUILTIN_CLS, thresholds={"No Finding": 1.0})
     assert res.thresholds["No Finding"] == 1.0 and res.positive["No Finding"] is False
-    assert res.thresholds["Hernia"] == runner.registry.get("cxr15_mobilenetv3").thresholds["Hernia"]
+    assert res.thresholds["Hernia"] == runner.registry.get(BUILTIN_CLS).thresholds["Hernia"]
+    default = runner.classify(chest, thresholds={"Hernia": 0.5})  # the default version (chosen on evidence)
+    assert default.thresholds["Hernia"] == 0.5
+    assert default.thresholds["Effusion"] == runner.registry.for_task("classification").thresholds["Effusion"]
 
 
 def test_bad_inputs_are_rejected(runner, chest):
@@ -141,12 +145,15 @@ def test_grad_cam_centroid_mirrors_when_the_image_is_flipped():
 
 
 def test_gradcams_of_several_labels_match_single_calls(runner, chest):
-    top = runner.classify(chest).top_label
-    every = runner.gradcams(chest)
-    assert len(every) == 15
-    np.testing.assert_allclose(every["Effusion"], runner.gradcam(chest, "Effusion"), atol=1e-5)
-    np.testing.assert_allclose(every[top], runner.gradcam(chest), atol=1e-5)  # None = top class
-    assert list(runner.gradcams(chest, ["Mass", "Edema"])) == ["Mass", "Edema"]
+    for model in (BUILTIN_CLS, None):  # the shipped model, and the default version
+        spec = runner.registry.lookup(model) if model else runner.registry.for_task("classification")
+        every = runner.gradcams(chest, model_id=model)
+        assert len(every) == len(spec.labels)
+        np.testing.assert_allclose(every["Effusion"], runner.gradcam(chest, "Effusion", model), atol=1e-5)
+        assert list(runner.gradcams(chest, ["Mass", "Edema"], model)) == ["Mass", "Edema"]
+    top = runner.classify(chest, BUILTIN_CLS).top_label  # softmax: the top score is the top logit
+    np.testing.assert_allclose(runner.gradcams(chest, model_id=BUILTIN_CLS)[top],
+                               runner.gradcam(chest, model_id=BUILTIN_CLS), atol=1e-5)  # None = top class  # fmt: skip
 
 
 def test_real_grad_cam_moves_with_a_flip_and_its_boxes_lie_inside(runner, chest):

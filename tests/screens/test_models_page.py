@@ -49,7 +49,9 @@ def test_only_an_admin_reaches_the_models_page_which_lists_every_version(env):
     assert "Research use only" in at.caption[0].value
     table = frame(at, "Weights sha256")
     by_ref = {f"{m}@{v}": row for (m, v), row in table.set_index(["Model", "Version"]).iterrows()}
-    assert by_ref[BUILTIN]["Status"] == "available" and by_ref[BUILTIN]["Runs now"]
+    default = env[1].for_task("classification").ref  # chosen on evidence (assets/models/evidence)
+    assert by_ref[default]["Runs now"] and sum(table["Runs now"] & (table["Task"] == "classification")) == 1
+    assert by_ref[BUILTIN]["Status"] == "available" and by_ref[BUILTIN]["Runs now"] == (default == BUILTIN)
     assert by_ref[BUILTIN]["Weights sha256"].startswith("0cdb24a96b81")
     assert by_ref[TRAINED]["Status"] == "available" and not by_ref[TRAINED]["Runs now"]
     assert by_ref[TRAINED]["Labels"] == "Cardiomegaly, Effusion"
@@ -143,7 +145,7 @@ def test_the_active_version_is_set_rolled_back_and_reset_with_its_history(env):
         assert repo.active_model(s, "classification") is None
         assert len(repo.active_model_history(s, "classification")) == 4
     assert (
-        models_admin.active_specs(ctx, registry)[0]["classification"].ref == BUILTIN
+        models_admin.active_specs(ctx, registry)[0]["classification"].ref == registry.for_task("classification").ref
     )  # the registry default
     at = models_page()  # persisted: a new session sees the same history
     assert frame(at, "Chosen")["Chosen"][0] == models_admin.DEFAULT

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
+from db import accounts
+from db import engine as dbe
 from inference.registry import Registry
 from inference.runner import Runner
-from services import importer, shadow
+from services import importer, models_admin, shadow
 from tests.conftest import REPO, SHARED
 from tests.screens.test_app import env, signed_in  # noqa: F401  (fixture)
 
@@ -52,12 +54,23 @@ def test_a_researcher_sees_the_candidates_scores_and_a_radiologist_never_does(en
     table = next(df.value for df in at.dataframe if "Candidate" in df.value.columns)
     scored = table[table["Finding"] != "No Finding"]  # the candidate is multi-label: it has no "No Finding"
     assert len(scored) == 14 and scored["Candidate"].between(0, 1).all()
-    # the active built-in scores are softmax shares, the candidate's calibrated probabilities: no difference
-    assert "Candidate minus active" not in table.columns
-    assert any(c.value.startswith("No difference column: the active version's scores are softmax") for c in at.caption)
+    # the default version's scores are calibrated probabilities like the candidate's: a difference per finding
+    assert Registry(env.settings.models_dir).for_task("classification").calibration
+    diff = (scored["Candidate"] - scored["Active"]).to_numpy()
+    assert scored["Candidate minus active"].to_numpy() == pytest.approx(diff, abs=1e-9)
     sha = Registry(env.settings.models_dir).resolve(CANDIDATE).weights_sha256
     (note,) = [c.value for c in at.caption if c.value.startswith("CANDIDATE")]
     assert CANDIDATE in note and sha in note and "Research use only" in note
+
+    # with the built-in active, its scores are softmax shares: no difference column, and the page says why
+    with dbe.read(env.engine) as sess:
+        boss = accounts.get_user_by_name(sess, "boss").id  # the env fixture's admin
+    models_admin.set_active(env, Registry(env.settings.models_dir), "classification", "cxr15_mobilenetv3@1.0.0", boss)
+    at = _review(r.study_id, "res", "researcher-pw")
+    at.toggle(key="shadow_on").set_value(True).run(timeout=120)
+    table = next(df.value for df in at.dataframe if "Candidate" in df.value.columns)
+    assert "Candidate minus active" not in table.columns
+    assert any(c.value.startswith("No difference column: the active version's scores are softmax") for c in at.caption)
 
     at = _review(r.study_id, "rad", "radiologist-pw")
     assert not [t for t in at.toggle if t.key == "shadow_on"]

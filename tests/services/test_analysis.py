@@ -22,8 +22,9 @@ from viewer import dicom_io
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = Path(os.environ.get("CXR_REVIEW_MODELS_DIR", REPO.parent / "shared" / "models")).resolve()
-# the anatomy default is anatomy_unet_smp@1.3.0+1view, ranked first by assets/models/evidence/segmentation.json
-MODEL_IDS = ("anatomy_unet_smp", "bone_suppression_ae", "cxr15_mobilenetv3")
+# the defaults: anatomy_unet_smp@1.3.0+1view and cxr14_mobilenetv3_multilabel@1.3.0, ranked first by
+# assets/models/evidence/segmentation.json and classification.json
+MODEL_IDS = ("anatomy_unet_smp", "bone_suppression_ae", "cxr14_mobilenetv3_multilabel")
 
 
 def _count(ctx) -> int:

@@ -1,0 +1,119 @@
+"""`cxr-review infer` per image after start-up, against a naive reference, side by side in one run.
+
+    python bench/bench_infer.py [--images 12] [--repeats 2] [--threads N] [--images-dir DIR]
+
+Both sides run the whole `infer` path on the same NIH images, one file per call (decode, the quality gate, the
+default anatomy, bone suppression and classification versions, Grad-CAM of every finding, boxes, the CTR,
+the PNGs and the JSON written): `services.infer.infer_paths`. The two sides differ only in the runner:
+
+- **infer**: the app's `inference.runner.Runner`, float32, Grad-CAM of all findings from one backbone pass;
+- **naive**: the same models and the same pre- and post-processing, but in float64 (weights and tensors), and
+  Grad-CAM as usually written: a full forward and backward pass through the network for each finding.
+
+Models are loaded before timing on both sides ("after start-up"). The images alternate between the sides, so
+that load from other processes hits both alike; the figure is the median per image and the ratio naive/infer
+(the issue's goal: >= 3x on this 2-core CPU). No assertions: it prints numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from time import perf_counter
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from inference.registry import Registry  # noqa: E402
+from inference.runner import Runner, as_image, default_models_dir  # noqa: E402
+from services import analysis, infer  # noqa: E402
+
+GOAL_RATIO = 3.0
+
+
+class NaiveRunner(Runner):
+    """float64 everywhere; one full forward and backward pass per Grad-CAM label."""
+
+    def load(self, model_id, version=None):
+        return super().load(model_id, version).double()  # the cached module itself: converted once
+
+    def _tensor(self, img):
+        return super()._tensor(img).double()
+
+    def _cams(self, img, which, model_id, version=None):
+        img = as_image(img)
+        spec = self.registry.for_task("classification") if model_id is None else self.registry.lookup(model_id, version)
+        model = self.load(spec)
+        labels = spec.labels if which == "all" else list(which)
+        out = {}
+        for label in labels:
+            with torch.enable_grad():
+                x = self.classifier_input([img], spec).requires_grad_(True)
+                feats = model.features(x)
+                feats.retain_grad()
+                model.head(feats)[0, spec.labels.index(label)].backward()
+            cam = F.relu((feats.grad.mean(dim=(2, 3), keepdim=True) * feats.detach()).sum(1))[0]
+            cam = cam / cam.max() if cam.max() > 0 else cam
+            cam = F.interpolate(cam[None, None], size=img.shape, mode="bilinear", align_corners=False)[0, 0]
+            out[label] = cam.clamp(0, 1).float().numpy()
+        return out
+
+
+def nih_images(folder: Path, n: int) -> list[Path]:
+    files = sorted(folder.glob("*.png"))[:n]
+    if not files:
+        raise SystemExit(f"no PNG images in {folder}")
+    return files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=12, help="NIH images per side (default 12)")
+    parser.add_argument("--repeats", type=int, default=2, help="passes over the images (default 2)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--images-dir", type=Path, default=default_models_dir().parent / "data" / "nih" / "images")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    files = nih_images(args.images_dir, args.images)
+    registry = Registry(args.models_dir)
+    runners = {"infer": Runner(registry, "cpu"), "naive": NaiveRunner(Registry(args.models_dir), "cpu")}
+    chosen, unavailable = analysis.specs_for(registry, ())
+    if unavailable:
+        print(f"unavailable (not timed): {unavailable}")
+    models = ", ".join(s.ref for s in chosen.values())
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, runner in runners.items():  # start-up: load every model, one warm-up image
+            list(infer.infer_paths(runner, [files[0]], Path(tmp) / name, max_bytes=1 << 30))
+        for _ in range(args.repeats):
+            for f in files:
+                for name, runner in runners.items():
+                    t = perf_counter()
+                    (line,) = infer.infer_paths(runner, [f], Path(tmp) / name, max_bytes=1 << 30)
+                    times[name].append((perf_counter() - t) * 1000)
+                    assert line.status == "done", line
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["naive"] / med["infer"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {len(files)} NIH images x "
+          f"{args.repeats} passes per side, alternating; 1-min load average {load:.1f} -> {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"models: {models}")
+    print(f"{'':28} {'median ms':>10} {'p90 ms':>8} {'images/s':>9}")
+    for k, v in times.items():
+        p90 = sorted(v)[int(0.9 * (len(v) - 1))]
+        print(f"{k:28} {med[k]:10.1f} {p90:8.1f} {1000 / med[k]:9.2f}")
+    met = "met" if ratio >= GOAL_RATIO else "MISSED"
+    print(f"naive / infer: {ratio:.2f}x (goal >= {GOAL_RATIO:g}x: {met})")
+
+
+if __name__ == "__main__":
+    main()
