@@ -245,12 +245,16 @@ def measure_classification(
                    "max_relative_time": max_relative_time, "time_reference": reference}, command, left_out)  # fmt: skip
     best = data["chosen"]
     if best in scores:  # paired: each version minus the chosen one on the same resampled images
-        data["paired_vs_chosen"] = {
-            ref: {part: {k: d[k] for k in ("difference", "ci95", "share_of_resamples_a_ahead")}
-                  for part, d in (("mean_auc_multi", metrics.paired_bootstrap_mean_auc_diff(y[multi], sc[multi], scores[best][multi], N_BOOT, 0)),
-                                  ("mean_auc_all", metrics.paired_bootstrap_mean_auc_diff(y, sc, scores[best], N_BOOT, 0)))}
-            for ref, sc in scores.items() if ref != best
-        }  # fmt: skip
+        keys = ("difference", "ci95", "share_of_resamples_a_ahead")
+
+        def diff(a, b, mask):
+            d = metrics.paired_bootstrap_mean_auc_diff(y[mask], a[mask], b[mask], N_BOOT, 0)
+            return {k: d[k] for k in keys}
+
+        everything = np.ones(len(rows), bool)
+        # the rule's metric at the top level (as for segmentation), all images beside it
+        data["paired_vs_chosen"] = {ref: diff(sc, scores[best], multi) | {"mean_auc_all": diff(sc, scores[best], everything)}
+                                    for ref, sc in scores.items() if ref != best}  # fmt: skip
     return data
 
 

@@ -288,6 +288,11 @@ def evidence_table(registry: Registry, task: str) -> tuple[dict | None, list[dic
         rel = entry.get("relative_time")
         row["ms per image"] = f"{entry.get('ms_per_image', float('nan')):.0f}"
         row["× the reference's time"] = "—" if rel is None else f"{rel:g}" + ("" if rel <= budget else " (over the budget)")
+        paired = (data.get("paired_vs_chosen") or {}).get(ref)
+        row["minus the rule's choice, paired"] = (
+            f"{paired['difference']:+.3f} [{paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f}]"
+            if paired and paired.get("difference") is not None and paired.get("ci95") else "—"
+        )  # fmt: skip
         if current.get(ref) != entry.get("weights_sha256"):
             row["Default by the rule"] = "not counted: other weights now" if ref in current else "not installed"
         rows.append(row)

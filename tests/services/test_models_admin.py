@@ -86,3 +86,24 @@ def test_the_evidence_table_marks_the_rules_choice_the_budget_and_stale_weights(
     assert by["gone@1.0.0"]["Default by the rule"] == "not installed"
     assert by["anatomy_unet_smp@9.9.9"]["× the reference's time"] == "9 (over the budget)"
     assert by[a.ref]["lungs_dice · lungs"] == "0.850 (n ?)"
+
+
+def test_the_shipped_classification_evidence_picks_the_held_out_winner_with_its_paired_difference():
+    from inference.registry import Registry
+    from services import models_admin
+    from tests.conftest import MODELS
+
+    reg = Registry(MODELS)
+    data, rows = models_admin.evidence_table(reg, "classification")
+    by = {r["Version"]: r for r in rows}
+    chosen = reg.for_task("classification").ref
+    assert by[chosen]["Default by the rule"] == "yes" and data["chosen"] == chosen
+    assert by[chosen]["minus the rule's choice, paired"] == "—"
+    for ref in set(by) - {chosen}:  # every other version: its paired difference, interval around it
+        d = data["paired_vs_chosen"][ref]
+        assert d["ci95"][0] <= d["difference"] <= d["ci95"][1]
+        assert by[ref]["minus the rule's choice, paired"].startswith(f"{d['difference']:+.3f} [")
+    # versions that trained or chose anything on the measured images are out, with the reason
+    assert all(why.startswith(("trained on", "chose its")) for why in data["left_out"].values())
+    held = reg.resolve(chosen).metadata["data"]
+    assert held["val_use"] == "held_out" and len(held["val_files"]) == data["sets"][data["rule"]["set"]]["n"]
