@@ -230,6 +230,7 @@ def test_ai_overlays_keyboard_verdicts_survive_a_reload(browser, app, record_err
 
 def test_the_admin_models_page_lists_versions_and_sets_a_threshold(browser, app, record_errors):
     url, ctx, _ = app
+    default = Registry(ctx.settings.models_dir).for_task("classification").ref  # the thresholds tab edits it
     page = browser.new_context(viewport={"width": 1600, "height": 1100}).new_page()
     errors = record_errors(page)
     _sign_in(page, url, "boss")
@@ -247,13 +248,13 @@ def test_the_admin_models_page_lists_versions_and_sets_a_threshold(browser, app,
     field = page.get_by_role("spinbutton", name="Cardiomegaly")
     field.fill("0.25")
     page.get_by_role("button", name="Save thresholds").click()
-    page.get_by_text("Saved 1 threshold of cxr15_mobilenetv3@1.0.0.").wait_for(timeout=30_000)
+    page.get_by_text(f"Saved 1 threshold of {default}.").wait_for(timeout=30_000)
     _settle(page)
     _shot(page, "09-models-thresholds")
     # The edit is saved as a threshold set and put in force (the viewer and infer read it from there).
-    spec = Registry(ctx.settings.models_dir).resolve("cxr15_mobilenetv3@1.0.0")
+    spec = Registry(ctx.settings.models_dir).resolve(default)
     force = threshold_sets.in_force(ctx, spec)
     assert force.thresholds == {**spec.thresholds, "Cardiomegaly": 0.25}
-    assert force.source == "cxr15_mobilenetv3@1.0.0 edits v1"
+    assert force.source == f"{default} edits v1"
     assert "Traceback" not in page.content()
     assert errors == []
