@@ -45,8 +45,17 @@ def flagged(result: Analysis) -> dict[str, bool]:
 
 
 def thresholds_rule(spec: ModelSpec) -> str:
-    """How a version's default operating points were chosen, as its model.json records it."""
-    return str(spec.metadata.get("thresholds_rule") or "the version records no rule for them")
+    """How a version's default operating points were chosen, as its model.json records it, and what they did on
+    the images it held out when it records that (mean sensitivity and specificity over the findings)."""
+    rule = str(spec.metadata.get("thresholds_rule") or "the version records no rule for them")
+    held = (spec.metadata.get("validation") or {}).get("held_out") or {}
+    points = (held.get("at_thresholds") or {}).values()
+    sens = [p["sensitivity"] for p in points if p.get("sensitivity") is not None]
+    spec_ = [p["specificity"] for p in points if p.get("specificity") is not None]
+    if sens and spec_:  # a reader should know a sensitive rule also flags many films without the finding
+        rule += (f"; on {held.get('n_images', '?')} held-out images they flagged on average {np.mean(sens):.0%} of "
+                 f"the films with a finding and {1 - np.mean(spec_):.0%} of those without it")  # fmt: skip
+    return rule
 
 
 def positive_means(result: Analysis) -> str:
@@ -56,7 +65,10 @@ def positive_means(result: Analysis) -> str:
         where = f"the operating point of threshold set {result.thresholds_from}"
     else:
         where = f"the version's default operating point ({result.thresholds_rule or 'no rule recorded'})"
-    return f"positive = score at or over {where}; “No Finding” is flagged only when no finding is"
+    said = f"positive = score at or over {where}"
+    if result.findings is None or "No Finding" in result.findings.get("probabilities", {}):
+        said += "; “No Finding” is flagged only when no finding is"
+    return said
 
 
 def ctr_shown(anatomy: dict | None) -> dict | None:

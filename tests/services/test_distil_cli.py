@@ -95,3 +95,20 @@ def test_a_start_of_another_task_is_refused_before_training(env, shared_data, tm
     assert "--teacher-weight must be in [0, 1]" in capsys.readouterr().err
     assert cli.main(_argv(nih, out, "--epochs", 3)) == 2
     assert "drop --cv, --head, --no-calibrate, --epochs" in capsys.readouterr().err
+
+
+def test_the_viewer_says_what_the_default_classifiers_thresholds_did_on_held_out_images():
+    from tests.conftest import MODELS
+
+    spec = Registry(MODELS).resolve("cxr14_mobilenetv3_multilabel@1.3.0")
+    points = spec.metadata["validation"]["held_out"]["at_thresholds"].values()
+    sens = np.mean([p["sensitivity"] for p in points])
+    flagged_without = 1 - np.mean([p["specificity"] for p in points])
+    said = analysis.positive_means(analysis.Analysis(thresholds_rule=analysis.thresholds_rule(spec),
+                                                     findings={"probabilities": {"Effusion": 0.1}}))  # fmt: skip
+    assert spec.metadata["thresholds_rule"] in said
+    assert f"130 held-out images they flagged on average {sens:.0%} of the films with a finding" in said
+    assert f"and {flagged_without:.0%} of those without it" in said
+    assert "No Finding" not in said  # a multi-label version without that label
+    builtin = analysis.positive_means(analysis.Analysis(findings={"probabilities": {"No Finding": 0.2}}))
+    assert "“No Finding” is flagged only when no finding is" in builtin
