@@ -160,9 +160,12 @@ class _Clock:
 class Runner:
     """Holds loaded modules keyed by (model_id, version, sha256, device); safe to share between threads."""
 
-    def __init__(self, registry: Registry, device: str = "auto"):
+    def __init__(self, registry: Registry, device: str = "auto", channels_last: bool | None = None):
         self.registry = registry
         self.device = resolve_device(device)
+        # Conv weights in channels_last on the CPU: oneDNN's faster path (bench/bench_infer.py: the anatomy
+        # U-Net 140 -> 94 ms, the classifier 6.6 -> 5.3 ms, the rest unchanged); untried on CUDA, so off there.
+        self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
         self._loaded: dict[tuple[str, str, str, str], torch.nn.Module] = {}
         self._lock = threading.Lock()
 
@@ -181,7 +184,10 @@ class Runner:
                 # Trained versions may ship fp16 weights: load_state_dict copies them into the float32
                 # parameters the builder made.
                 module.load_state_dict(state, strict=True)
-                self._loaded[key] = module.eval().to(self.device)
+                module = module.eval().to(self.device)
+                if self.channels_last:
+                    module = module.to(memory_format=torch.channels_last)
+                self._loaded[key] = module
             return self._loaded[key]
 
     def _prepare(
