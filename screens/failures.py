@@ -71,7 +71,8 @@ c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
 what_if = c1.toggle("What-if threshold", key="fc_what_if")
 threshold = in_force
 if what_if:
-    threshold = c2.slider("Threshold", 0.0, 1.0, float(in_force), 0.005, format="%.3f", key=f"fc_thr_{ref}_{finding}")
+    # a number, not a slider: calibrated operating points lie between 0.001 and 0.2, finer than a slider's steps
+    threshold = c2.number_input("Threshold", 0.0, 1.0, float(in_force), 0.001, format="%.4f", key=f"fc_thr_{ref}_{finding}")
 origin = _table.plain(force.source) + (f"; {_table.plain(force.note)}" if force.note else "")
 source = f"what-if; in force: {in_force:.4g} from {origin}" if what_if else f"in force: {origin}"
 st.caption(f"Operating point **{threshold:.4g}** ({source}) · "

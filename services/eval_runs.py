@@ -91,6 +91,10 @@ def start(ctx: Context, runner: Runner, set_id: int, refs: list[str], user_id: i
         found = s.get(EvalSet, set_id)
         if found is None:
             raise RunRefused(f"evaluation set {set_id} does not exist")
+        # a second click while a run is going would queue the same work twice
+        active = s.scalars(select(EvalRun).where(EvalRun.set_id == set_id, EvalRun.status.in_(("queued", "running")))).all()
+        if busy := sorted({f"{r.model_id}@{r.model_version}" for r in active} & {sp.ref for sp in specs}):
+            raise RunRefused(f"{', '.join(busy)} already has a run going on this set; wait for it to finish")
         runs = [EvalRun(set_id=set_id, model_id=sp.model_id, model_version=sp.version, weights_sha256=sp.weights_sha256,
                         status="queued", n_total=found.n_items, created_by_id=user_id) for sp in specs]  # fmt: skip
         s.add_all(runs)

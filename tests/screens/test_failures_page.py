@@ -63,12 +63,14 @@ def test_the_page_says_what_is_missing_and_moves_images_with_a_what_if_threshold
     at.selectbox(key="fc_finding").select(finding).run()
     at.toggle(key="fc_what_if").set_value(True).run()
     n = positives[finding]
-    at.slider(key=f"fc_thr_{MODEL}_{finding}").set_value(1.0).run()
+    at.number_input(key=f"fc_thr_{MODEL}_{finding}").set_value(1.0).run()
     assert f"**{n}** false negative(s) of {n} positives" in _texts(at)
     assert sum(b.label == "Similar cases" for b in at.button) == n  # one tile each
-    at.slider(key=f"fc_thr_{MODEL}_{finding}").set_value(0.0).run()
+    at.number_input(key=f"fc_thr_{MODEL}_{finding}").set_value(0.0).run()
     assert f"**0** false negative(s) of {n} positives" in _texts(at)
     assert "what-if; in force:" in _texts(at)
+    at.number_input(key=f"fc_thr_{MODEL}_{finding}").set_value(0.0036).run()  # finer than a slider's steps
+    assert "Operating point **0.0036**" in _texts(at)
 
     none = next(f for f in info.findings if positives[f] == 0)
     at.selectbox(key="fc_finding").select(none).run()

@@ -179,6 +179,8 @@ def test_a_background_run_reuses_what_the_viewer_computed_and_the_metrics_match_
         ref = {"pixel_sha256": image.pixel_sha256, "file_sha256": image.file_sha256}
     viewer = analysis.analyse(ctx, runner, ref)
     [run_id] = eval_runs.start(ctx, runner, made.info.id, [MODEL], uid)
+    with pytest.raises(eval_runs.RunRefused, match="already has a run going on this set"):  # a second click
+        eval_runs.start(ctx, runner, made.info.id, [MODEL], uid)
     [run] = _wait(ctx, [run_id])
     assert (run.status, run.n_done, run.n_total, run.n_reused, run.missing) == ("done", 6, 6, 1, [])
     sc = eval_metrics.scored(ctx, runner.registry, made.info.id, MODEL)
