@@ -122,19 +122,20 @@ def agreement(task_id: int, readers: tuple[str, ...], stamp: tuple[int, int]) ->
 
 
 @st.cache_resource(max_entries=8, show_spinner="Reading the results…")
-def eval_scored(set_id: int, ref: str, stamp: tuple[int, ...]) -> eval_metrics.Scored:
-    """A version's stored scores on an evaluation set; `stamp` (its finished runs) renews it after a run."""
+def eval_scored(set_id: int, ref: str, stamp: tuple) -> eval_metrics.Scored:
+    """A version's stored scores on an evaluation set; `stamp` (eval_runs.results_stamp: its finished runs and
+    installed weights) renews it after a run or a change of weights."""
     return eval_metrics.scored(ctx(), registry(), set_id, ref)
 
 
 @st.cache_data(max_entries=64, show_spinner="Computing curves and intervals…")
-def eval_finding(set_id: int, ref: str, stamp: tuple[int, ...], finding: str, threshold: float | None,
+def eval_finding(set_id: int, ref: str, stamp: tuple, finding: str, threshold: float | None,
                  n_boot: int) -> dict:  # fmt: skip
     return eval_metrics.finding_report(eval_scored(set_id, ref, stamp), finding, threshold, n_boot)
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing the summary…")
-def eval_summary(set_id: int, ref: str, stamp: tuple[int, ...], thresholds: tuple, n_boot: int) -> list[dict]:
+def eval_summary(set_id: int, ref: str, stamp: tuple, thresholds: tuple, n_boot: int) -> list[dict]:
     return eval_metrics.summary_rows(eval_scored(set_id, ref, stamp), dict(thresholds), n_boot)
 
 

@@ -158,7 +158,7 @@ if not done:
 st.subheader("Metrics")
 c1, c2, c3 = st.columns([2, 2, 1])
 ref = c1.selectbox("Version", done, key="ev_version")
-stamp = tuple(r.id for r in runs if r.ref == ref and r.status == "done")
+stamp = eval_runs.results_stamp(runs, ref, runner.registry)
 scored = _deps.eval_scored(set_id, ref, stamp)
 if not scored.findings:
     st.warning(f"{ref} scores none of the set's findings.")
@@ -233,11 +233,11 @@ with tabs[5]:
     else:
         other = st.selectbox("Against", others, key="ev_against")
         b = _deps.eval_scored(
-            set_id, other, tuple(r.id for r in runs if r.ref == other and r.status == "done")
+            set_id, other, eval_runs.results_stamp(runs, other, runner.registry)
         )
         both = [f for f in scored.findings if f in b.findings]
         rows = [eval_metrics.compare(scored, b, f, n_boot) for f in both]
-        other_stamp = tuple(r.id for r in runs if r.ref == other and r.status == "done")
+        other_stamp = eval_runs.results_stamp(runs, other, runner.registry)
         if finding in b.findings:
             rb = _deps.eval_finding(set_id, other, other_stamp, finding, None, n_boot)
             if report["undefined"] is None and rb["undefined"] is None:

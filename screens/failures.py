@@ -31,7 +31,7 @@ class View:
 
     info: eval_sets.SetInfo
     ref: str
-    stamp: tuple[int, ...]
+    stamp: tuple
     scored: eval_metrics.Scored
     finding: str
     threshold: float
@@ -58,7 +58,7 @@ if not done:
     st.warning(f"{info.label} has no finished run of an installed model version: run one on the Evaluation page.")
     st.stop()
 ref = c2.selectbox("Model version", done, key="fc_version")
-stamp = tuple(r.id for r in eval_runs.runs_of(ctx, set_id) if r.ref == ref and r.status == "done")
+stamp = eval_runs.results_stamp(eval_runs.runs_of(ctx, set_id), ref, runner.registry)
 scored = _deps.eval_scored(set_id, ref, stamp)
 if not scored.findings:
     st.warning(f"{ref} scores none of the set's findings.")

@@ -108,6 +108,16 @@ def start(ctx: Context, runner: Runner, set_id: int, refs: list[str], user_id: i
     return ids
 
 
+def results_stamp(runs: list[RunInfo], ref: str, registry) -> tuple:
+    """What a version's cached metrics on a set depend on: its finished runs and the weights installed under
+    its id@version now (other weights under the same name must not be served the old figures)."""
+    try:
+        sha = registry.resolve(ref).weights_sha256
+    except KeyError:
+        sha = None
+    return (*(r.id for r in runs if r.ref == ref and r.status == "done"), sha)
+
+
 def runs_of(ctx: Context, set_id: int) -> list[RunInfo]:
     """The set's runs, newest first."""
     with dbe.read(ctx.engine) as s:

@@ -588,3 +588,26 @@ def test_the_pages_tables_come_from_the_services():
     assert (row["AUC m@1"], row["AUC m@2"], row["difference [95%]"]) == (0.8, 0.7, "+0.100 [-0.050, +0.200]")
     report = {"calibration": {"prob_pred": [0.1, 0.8], "prob_true": [0.0, 1.0], "counts": [4, 5]}}
     assert eval_metrics.reliability_rows(report)[1] == {"mean_predicted": 0.8, "observed_rate": 1.0, "images": 5}
+
+
+def test_the_results_stamp_changes_with_a_finished_run_and_with_other_weights_under_the_same_version():
+    from datetime import UTC, datetime
+
+    def run(i, ref, status):
+        m, v = ref.split("@")
+        return eval_runs.RunInfo(i, 1, m, v, "a" * 64, status, 6, 6, 0, [], None, False, datetime.now(UTC), None)
+
+    class Reg:
+        def __init__(self, sha):
+            self.sha = sha
+
+        def resolve(self, ref):
+            if ref.startswith("gone"):
+                raise KeyError(ref)
+            return type("Spec", (), {"weights_sha256": self.sha})()
+
+    runs = [run(1, MODEL, "done"), run(2, MODEL, "running"), run(3, "other@1.0.0", "done")]
+    assert eval_runs.results_stamp(runs, MODEL, Reg("a" * 64)) == (1, "a" * 64)
+    assert eval_runs.results_stamp(runs, MODEL, Reg("b" * 64)) != eval_runs.results_stamp(runs, MODEL, Reg("a" * 64))
+    assert eval_runs.results_stamp([*runs, run(4, MODEL, "done")], MODEL, Reg("a" * 64)) == (1, 4, "a" * 64)
+    assert eval_runs.results_stamp(runs, "gone@1.0.0", Reg("a" * 64)) == (None,)
