@@ -236,6 +236,39 @@ def shadow_scores(result: analysis.Analysis, image: dict, user) -> None:
                f"· {SCORE_KINDS[cand['score_kind']]} · beside active {provenance(result.findings)} · {RESEARCH_USE}")  # fmt: skip
 
 
+def shadow_anatomy(result: analysis.Analysis, image: dict, user) -> None:
+    """Researchers only: a segmentation candidate trained from corrections outlines the image beside the active
+    version: Dice agreement per structure, both CTRs and both outlines."""
+    if user.role not in shadow.SHADOW_ROLES or not result.anatomy:
+        return
+    m = result.anatomy["model"]
+    running = _deps.registry().resolve(f"{m['id']}@{m['version']}")
+    options = [s.ref for s in shadow.candidates(_deps.registry(), running, "segmentation")]
+    if not options or not st.toggle("Shadow mode: a candidate's anatomy beside the active version's",
+                                    key="shadow_seg_on", help="Researchers only; never shown to radiologists"):  # fmt: skip
+        return
+    ref = st.selectbox("Anatomy candidate", options, key="shadow_seg_candidate")
+    try:
+        cand = shadow.candidate_anatomy(_deps.ctx(), _deps.runner(), image, ref, user.role, result.anatomy)
+    except (shadow.NotAllowed, shadow.ShadowError) as exc:
+        st.error(str(exc))
+        return
+    shown = analysis.ctr_shown(result.anatomy)
+    ctrs = ["withheld" if v is None else f"{v:.2f}" for v in (None if shown is None else shown["ratio"], cand["ctr"])]
+    rows = [{"Structure": name, "Dice, candidate vs active": d, "Note": ""}
+            for name, d in cand["dice_vs_active"].items()]  # fmt: skip
+    rows.append({"Structure": "CTR", "Dice, candidate vs active": None,
+                 "Note": f"active {ctrs[0]} · candidate {ctrs[1]}"})  # fmt: skip
+    st.dataframe(rows, hide_index=True, width="stretch", key="shadow_seg_table",
+                 column_config={"Dice, candidate vs active": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
+    c1, c2 = st.columns(2)
+    c1.image(overlays.anatomy_layer(cand["active_label_map"]), caption=f"Active {provenance(result.anatomy)}")
+    c2.image(overlays.anatomy_layer(cand["label_map"]), caption=f"Candidate {ref}")
+    c = cand["model"]
+    st.caption(f"CANDIDATE ({cand['status']}) {c['id']}@{c['version']} · sha256 {c['weights_sha256']} "
+               f"· beside active {provenance(result.anatomy)} · {RESEARCH_USE}")  # fmt: skip
+
+
 def _items(result: analysis.Analysis, mine_all: list[verdict_store.Mine]) -> list[dict]:
     """Every AI statement a reader can judge, with the model that made it and its stored item's id (`item_id`,
     None where the items could not be stored yet)."""

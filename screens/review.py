@@ -269,6 +269,7 @@ if ai is not None:
     if ai.findings:
         _ai_panel.findings_table(ai)
         _ai_panel.shadow_scores(ai, ai_image, user)
+    _ai_panel.shadow_anatomy(ai, ai_image, user)
     st.markdown("**Your verdicts** (one per AI statement; changes are kept in the audit trail)")
     _ai_panel.verdicts(ai, study_id, ai_image, user, mine)
     _ai_panel.report(ai, study_id, ai_image, user, mine)

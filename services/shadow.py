@@ -22,13 +22,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
+import numpy as np
 from sqlalchemy import select
 
 from db import annotations as ann_repo
 from db import audit
 from db import engine as dbe
 from db.models import AnnotationStatus, AnnotationVersion, Image, LabellingTask, Study
-from inference import evaluation
+from inference import evaluation, metrics
 from inference.registry import MODEL_JSON, Registry
 from inference.training import common
 from inference.training.data import paired_files, read_labels_csv
@@ -552,12 +553,9 @@ def candidates(
     ]  # fmt: skip
 
 
-def candidate_scores(ctx: Context, runner, image: dict, ref: str, role: str) -> dict:
-    """The candidate's finding scores on a stored image (`image`: its id), computed now and not stored: shadow
-    results are for comparison only. Refused unless the role is in SHADOW_ROLES (checked here, on the server,
-    whatever the page shows)."""
-    from services import analysis
-
+def _candidate(runner, ref: str, role: str, kind: str) -> ModelSpec:
+    """The candidate's spec, checked on the server: the role, its weights, its task and that it learnt from
+    corrections."""
     if role not in SHADOW_ROLES:
         raise NotAllowed("shadow mode (candidate models) is for researchers only")
     from inference.types import ModelUnavailable
@@ -566,12 +564,42 @@ def candidate_scores(ctx: Context, runner, image: dict, ref: str, role: str) -> 
         spec = runner.registry.check(runner.registry.resolve(ref))
     except (KeyError, ModelUnavailable) as exc:  # gone or its weights changed since the page listed it
         raise ShadowError(f"candidate {ref} cannot run now: {exc}") from exc
-    if spec.task != "classification" or "from_task" not in spec.metadata:
-        raise ShadowError(f"{spec.ref} is not a classification candidate trained from corrections")
+    if spec.task != kind or "from_task" not in spec.metadata:
+        raise ShadowError(f"{spec.ref} is not a {kind} candidate trained from corrections")
+    return spec
+
+
+def _input(ctx: Context, image: dict) -> np.ndarray:
+    from services import analysis
+
     try:
-        x = analysis.model_input(dicom_io.load(ctx.store.path_for(_file_sha(ctx, image["id"]))))
+        return analysis.model_input(dicom_io.load(ctx.store.path_for(_file_sha(ctx, image["id"]))))
     except (OSError, dicom_io.DicomRejected) as exc:
         raise ShadowError(f"the image cannot be read for the candidate: {type(exc).__name__}") from exc
-    res = runner.classify(x, spec)
+
+
+def candidate_anatomy(ctx: Context, runner, image: dict, ref: str, role: str, active: dict) -> dict:
+    """A segmentation candidate's label map of a stored image beside the active version's (`active`: the stored
+    anatomy result), computed now and not stored: Dice agreement per structure, both CTRs (None where the
+    outlines are implausible, as the viewer withholds them). Refused unless the role is in SHADOW_ROLES."""
+    from inference.evaluation import CLASSES
+    from services import analysis
+
+    spec = _candidate(runner, ref, role, "segmentation")
+    label_map, summary, _ = analysis.checked_anatomy(runner, _input(ctx, image), spec)
+    theirs = analysis.label_map(ctx, active)
+    agreement = metrics.dice_per_class(label_map, theirs, CLASSES)
+    ctr = analysis.ctr_shown(summary)
+    return {"model": spec.provenance(), "status": spec.metadata.get("status", "candidate"), "label_map": label_map,
+            "active_label_map": theirs, "dice_vs_active": agreement,
+            "ctr": None if ctr is None else ctr["ratio"], "problems": summary["problems"]}  # fmt: skip
+
+
+def candidate_scores(ctx: Context, runner, image: dict, ref: str, role: str) -> dict:
+    """The candidate's finding scores on a stored image (`image`: its id), computed now and not stored: shadow
+    results are for comparison only. Refused unless the role is in SHADOW_ROLES (checked here, on the server,
+    whatever the page shows)."""
+    spec = _candidate(runner, ref, role, "classification")
+    res = runner.classify(_input(ctx, image), spec)
     return {"model": spec.provenance(), "score_kind": spec.score_kind, "probabilities": res.probabilities,
             "status": spec.metadata.get("status", "candidate")}  # fmt: skip

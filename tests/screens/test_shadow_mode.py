@@ -17,6 +17,8 @@ from tests.screens.test_app import env, signed_in  # noqa: F401  (fixture)
 IMAGE = "siim_cr_chest_pa_1024_jpeg_mono2.dcm"
 START = REPO / "assets" / "models" / "cxr14_mobilenetv3_multilabel" / "1.1.0"
 CANDIDATE = "cxr14_mobilenetv3_multilabel@1.1.0-cand"
+SEG_START = REPO / "assets" / "models" / "anatomy_unet_smp" / "1.3.0"
+SEG_CANDIDATE = "anatomy_unet_smp@1.3.0-cand"
 
 
 @pytest.fixture
@@ -33,6 +35,14 @@ def app_env(app_env, tmp_path):
     meta |= {"version": "1.1.0-cand", "status": "candidate",
              "from_task": {"task": "corrections", "trained_on": [1], "held_out": [2], "annotations": []}}  # fmt: skip
     (cand / "model.json").write_text(json.dumps(meta))
+    seg = models / "trained" / "anatomy_unet_smp" / "1.3.0-cand"  # an anatomy candidate: 1.3.0, one view
+    seg.mkdir(parents=True)
+    meta = json.loads((SEG_START / "model.json").read_text())
+    (seg / meta["weights_file"]).symlink_to(SEG_START / meta["weights_file"])
+    meta = {k: v for k, v in meta.items() if k not in ("variants", "test_time_views")}
+    meta |= {"version": "1.3.0-cand", "status": "candidate",
+             "from_task": {"task": "outlines", "trained_on": [1], "held_out": [2], "annotations": []}}  # fmt: skip
+    (seg / "model.json").write_text(json.dumps(meta))
     return app_env | {"CXR_REVIEW_MODELS_DIR": str(models)}
 
 
@@ -80,3 +90,27 @@ def test_a_researcher_sees_the_candidates_scores_and_a_radiologist_never_does(en
     for role in ("radiologist", "annotator"):
         with pytest.raises(shadow.NotAllowed, match="researchers only"):
             shadow.candidate_scores(env, runner, {"id": r.image_id}, CANDIDATE, role)
+
+
+def test_a_researcher_sees_an_anatomy_candidates_outlines_and_agreement_and_a_radiologist_never_does(env, shared_data):  # noqa: F811
+    (r,) = importer.import_paths(env.engine, env.store, [shared_data / "dicom" / IMAGE], max_bytes=2**30)
+    at = _review(r.study_id, "res", "researcher-pw")
+    at.toggle(key="shadow_seg_on").set_value(True).run(timeout=120)
+    assert not at.exception and not at.error
+    assert at.selectbox(key="shadow_seg_candidate").value == SEG_CANDIDATE
+    table = next(df.value for df in at.dataframe if "Dice, candidate vs active" in df.value.columns)
+    dice = dict(zip(table["Structure"], table["Dice, candidate vs active"], strict=True))
+    # the active default is 1.3.0 with one view; the candidate is the same weights: near-identical outlines
+    assert dice["lungs"] > 0.95 and dice["heart"] > 0.9
+    assert table["Note"].iloc[-1].startswith("active ")
+    (note,) = [c.value for c in at.caption if c.value.startswith("CANDIDATE")]
+    sha = Registry(env.settings.models_dir).resolve(SEG_CANDIDATE).weights_sha256
+    assert SEG_CANDIDATE in note and sha in note and "Research use only" in note
+
+    at = _review(r.study_id, "rad", "radiologist-pw")
+    assert not [t for t in at.toggle if t.key == "shadow_seg_on"]
+    runner = Runner(Registry(env.settings.models_dir), "cpu")
+    with pytest.raises(shadow.NotAllowed, match="researchers only"):
+        shadow.candidate_anatomy(env, runner, {"id": r.image_id}, SEG_CANDIDATE, "radiologist", {})
+    with pytest.raises(shadow.ShadowError, match="not a segmentation candidate"):
+        shadow.candidate_anatomy(env, runner, {"id": r.image_id}, CANDIDATE, "researcher", {})
