@@ -262,8 +262,9 @@ def shadow_anatomy(result: analysis.Analysis, image: dict, user) -> None:
     st.dataframe(rows, hide_index=True, width="stretch", key="shadow_seg_table",
                  column_config={"Dice, candidate vs active": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
     c1, c2 = st.columns(2)
-    c1.image(overlays.anatomy_layer(cand["active_label_map"]), caption=f"Active {provenance(result.anatomy)}")
-    c2.image(overlays.anatomy_layer(cand["label_map"]), caption=f"Candidate {ref}")
+    for col, label_map, caption in ((c1, cand["active_label_map"], f"Active {provenance(result.anatomy)}"),
+                                    (c2, cand["label_map"], f"Candidate {ref}")):  # fmt: skip
+        col.image(overlays.over_grey(cand["image"], overlays.anatomy_layer(label_map)), caption=caption)
     c = cand["model"]
     st.caption(f"CANDIDATE ({cand['status']}) {c['id']}@{c['version']} · sha256 {c['weights_sha256']} "
                f"· beside active {provenance(result.anatomy)} · {RESEARCH_USE}")  # fmt: skip

@@ -586,12 +586,13 @@ def candidate_anatomy(ctx: Context, runner, image: dict, ref: str, role: str, ac
     from services import analysis
 
     spec = _candidate(runner, ref, role, "segmentation")
-    label_map, summary, _ = analysis.checked_anatomy(runner, _input(ctx, image), spec)
+    x = _input(ctx, image)
+    label_map, summary, _ = analysis.checked_anatomy(runner, x, spec)
     theirs = analysis.label_map(ctx, active)
     agreement = metrics.dice_per_class(label_map, theirs, CLASSES)
     ctr = analysis.ctr_shown(summary)
     return {"model": spec.provenance(), "status": spec.metadata.get("status", "candidate"), "label_map": label_map,
-            "active_label_map": theirs, "dice_vs_active": agreement,
+            "active_label_map": theirs, "dice_vs_active": agreement, "image": x,
             "ctr": None if ctr is None else ctr["ratio"], "problems": summary["problems"]}  # fmt: skip
 
 

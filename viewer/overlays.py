@@ -49,6 +49,14 @@ def grey_layer(img: np.ndarray) -> np.ndarray:
     return np.dstack([img, img, img, np.full_like(img, 255)])
 
 
+def over_grey(img: np.ndarray, layer: np.ndarray) -> np.ndarray:
+    """RGB: an RGBA layer laid over a grey picture (float in [0,1] or uint8) by its alpha, for a still image."""
+    grey = img if img.dtype == np.uint8 else np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+    base = np.dstack([grey] * 3).astype(np.float32)
+    alpha = layer[..., 3:4].astype(np.float32) / 255
+    return np.round(base * (1 - alpha) + layer[..., :3] * alpha).astype(np.uint8)
+
+
 def resize_to(arr: np.ndarray, shape: tuple[int, int], nearest: bool = False) -> np.ndarray:
     if arr.shape[:2] == tuple(shape):
         return arr

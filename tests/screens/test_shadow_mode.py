@@ -21,29 +21,29 @@ SEG_START = REPO / "assets" / "models" / "anatomy_unet_smp" / "1.3.0"
 SEG_CANDIDATE = "anatomy_unet_smp@1.3.0-cand"
 
 
-@pytest.fixture
-def app_env(app_env, tmp_path):
-    """The shared weights and one candidate under trained/: 1.1.0's weights, recorded as learnt from a task."""
-    models = tmp_path / "models_with_candidate"
+def models_with_candidates(folder):
+    """The shared weights and two candidates under trained/: 1.1.0's classifier weights and 1.3.0's anatomy
+    weights (one view), each recorded as learnt from a labelling task."""
+    models = folder / "models_with_candidate"
     models.mkdir()
     for pt in (SHARED / "models").glob("*.pt"):
         (models / pt.name).symlink_to(pt)
-    cand = models / "trained" / "cxr14_mobilenetv3_multilabel" / "1.1.0-cand"
-    cand.mkdir(parents=True)
-    meta = json.loads((START / "model.json").read_text())
-    (cand / meta["weights_file"]).symlink_to(START / meta["weights_file"])
-    meta |= {"version": "1.1.0-cand", "status": "candidate",
-             "from_task": {"task": "corrections", "trained_on": [1], "held_out": [2], "annotations": []}}  # fmt: skip
-    (cand / "model.json").write_text(json.dumps(meta))
-    seg = models / "trained" / "anatomy_unet_smp" / "1.3.0-cand"  # an anatomy candidate: 1.3.0, one view
-    seg.mkdir(parents=True)
-    meta = json.loads((SEG_START / "model.json").read_text())
-    (seg / meta["weights_file"]).symlink_to(SEG_START / meta["weights_file"])
-    meta = {k: v for k, v in meta.items() if k not in ("variants", "test_time_views")}
-    meta |= {"version": "1.3.0-cand", "status": "candidate",
-             "from_task": {"task": "outlines", "trained_on": [1], "held_out": [2], "annotations": []}}  # fmt: skip
-    (seg / "model.json").write_text(json.dumps(meta))
-    return app_env | {"CXR_REVIEW_MODELS_DIR": str(models)}
+    for start, version, task, drop in ((START, "1.1.0-cand", "corrections", ()),
+                                       (SEG_START, "1.3.0-cand", "outlines", ("variants", "test_time_views"))):  # fmt: skip
+        meta = json.loads((start / "model.json").read_text())
+        cand = models / "trained" / meta["model_id"] / version
+        cand.mkdir(parents=True)
+        (cand / meta["weights_file"]).symlink_to(start / meta["weights_file"])
+        meta = {k: v for k, v in meta.items() if k not in drop}
+        meta |= {"version": version, "status": "candidate",
+                 "from_task": {"task": task, "trained_on": [1], "held_out": [2], "annotations": []}}  # fmt: skip
+        (cand / "model.json").write_text(json.dumps(meta))
+    return models
+
+
+@pytest.fixture
+def app_env(app_env, tmp_path):
+    return app_env | {"CXR_REVIEW_MODELS_DIR": str(models_with_candidates(tmp_path))}
 
 
 def _review(study_id, who, password):
