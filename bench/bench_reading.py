@@ -59,7 +59,7 @@ TABLE_SHOWN = """const g = document.querySelector("[data-testid='stDataFrame']")
 CANVAS_DRAWN = """const f = document.querySelector('iframe[title$="cxr_canvas"]');
   const s = f?.contentDocument?.getElementById("status");
   return !!s && s.textContent.startsWith("Zoom") && texts.every((x) => document.body.textContent.includes(x));"""
-ACCOUNT_SHOWN = """return [...document.querySelectorAll("h1")].some((h) => h.textContent.trim() === "Account");"""
+ACCOUNT_SHOWN = """return [...document.querySelectorAll("h1")].some((h) => h.textContent.trim() === "Account");"""  # fmt: skip
 
 
 def _stats(ms: list[float]) -> str:
@@ -167,7 +167,8 @@ def main() -> None:
                 _to_worklist(page)
                 revisits.append(_open_first_row(page, "AI findings · Research use only"))
                 _idle(page)
-            page.locator("label").filter(has_text="AI overlays").first.click()  # leave the reader's switch off
+            # Leave the reader's switch off.
+            page.locator("label").filter(has_text="AI overlays").first.click()
             _idle(page)
             browser.close()
     print(f"Chromium headless, {os.cpu_count()} CPUs, Streamlit server on loopback, one 1024 x 1024 DICOM study, "
@@ -176,7 +177,8 @@ def main() -> None:
         f"{name} {statistics.median(seen for _, seen in ms):.0f} ms"
         for name, ms in (("Account", accounts), ("sign-in", signs), ("open", opens), ("revisit", revisits))
     ))  # fmt: skip
-    accounts, signs, opens, revisits = ([waited for waited, _ in ms] for ms in (accounts, signs, opens, revisits))
+    waits = ([waited for waited, _ in ms] for ms in (accounts, signs, opens, revisits))
+    accounts, signs, opens, revisits = waits
     print(f"reference: switch to the Account page      {_stats(accounts)}")
     ref = statistics.median(accounts)
     for name, ms, goal in (
