@@ -80,9 +80,21 @@ def primary(entry: dict, rule: dict) -> float | None:
     return None if m is None else float(m["mean"])
 
 
+def not_inferior(ref: str, entry: dict, rule: dict) -> bool:
+    """With a non-inferiority margin in the rule, a version other than the reference qualifies only when the
+    lower bound of its paired difference from the reference (`vs_reference`, on the rule's metric and set) is
+    at least -margin: a default is not replaced by a version that may well be worse."""
+    margin = rule.get("non_inferiority_margin")
+    if margin is None or ref == rule.get("time_reference"):
+        return True
+    ci = (entry.get("vs_reference") or {}).get("ci95")
+    return bool(ci) and float(ci[0]) >= -float(margin)
+
+
 def ranking(data: dict, current_sha256: dict[str, str]) -> list[str]:
-    """Refs in the order the rule prefers them: versions within the budget by the primary metric (best
-    first), then those over the budget. Versions whose weights differ from the measured ones are left out."""
+    """Refs in the order the rule prefers them: versions within the budget and not inferior to the reference
+    by the primary metric (best first), then the others. Versions whose weights differ from the measured ones
+    are left out."""
     rule = data["rule"]
     budget = float(rule["max_relative_time"])
     rows = []
@@ -92,8 +104,8 @@ def ranking(data: dict, current_sha256: dict[str, str]) -> list[str]:
         value = primary(entry, rule)
         if value is None:
             continue
-        over = float(entry.get("relative_time", float("inf"))) > budget
-        rows.append((over, -value, ref))
+        out = float(entry.get("relative_time", float("inf"))) > budget or not not_inferior(ref, entry, rule)
+        rows.append((out, -value, ref))
     return [ref for _, _, ref in sorted(rows)]
 
 

@@ -587,7 +587,7 @@ def report(result: analysis.Analysis, study_id: int, image: dict, user, mine_all
         _history(versions, names)
         return
     accepted = reporting.accepted(mine_all, result)
-    draft = reporting.draft(result, accepted, image.get("view"))
+    draft = reporting.draft(result, accepted, image.get("view"), reporting.judged(mine_all, result, "reject"))
     wkey, bkey = f"report_text_{study_id}", f"report_base_{study_id}"
     if wkey not in st.session_state:  # opened now: the newest version, or the draft where it followed the verdicts
         follows = newest is None or newest.generated

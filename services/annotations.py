@@ -347,8 +347,11 @@ def ai_reading(ctx: Context, runner, image: dict) -> AIReading:
                      "item_id": result.item_id("classification", "box", f"{label}#{i}")}
                     for i, b in enumerate(f["boxes"].get(label, []))
                 ]  # fmt: skip
-        if any(v == "present" for k, v in labels.items() if k != vocabulary.NO_FINDING):
+        found = any(v == "present" for k, v in labels.items() if k != vocabulary.NO_FINDING)
+        if found:
             labels[vocabulary.NO_FINDING] = "absent"
+        elif vocabulary.NO_FINDING not in f["probabilities"]:  # a multi-label version: no finding flagged says it
+            labels[vocabulary.NO_FINDING] = "present"
     if (a := result.anatomy) is not None:
         models["segmentation"] = a["model"]
         lm = analysis.label_map(ctx, a)

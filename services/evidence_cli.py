@@ -41,12 +41,12 @@ def _cmd(args) -> int:
             runner, _specs(runner, "segmentation", args.versions),
             (args.lung_images, args.lung_masks, args.frontal_from),
             (args.label_images, args.label_maps, args.val_of) if args.label_images else None,
-            args.max_relative_time, command, args.limit,
+            args.max_relative_time, command, args.limit, args.margin,
         )  # fmt: skip
     else:
         data = model_evidence.measure_classification(
             runner, _specs(runner, "classification", args.versions), args.images, args.labels, args.val_of,
-            args.max_relative_time, command,
+            args.max_relative_time, command, args.margin,
         )  # fmt: skip
     path = model_evidence.write(data, _out_root(args))
     summary = {ref: {"primary": v["metrics"][data["rule"]["set"]][data["rule"]["metric"]],
@@ -66,6 +66,9 @@ def add_parsers(sub) -> None:
         p.add_argument("--max-relative-time", type=float, default=2.0, metavar="X",
                        help="the viewer's budget: at most X times the time per image of the built-in version "
                             "(else the fastest) measured in the same run (default 2)")  # fmt: skip
+        p.add_argument("--margin", type=float, default=0.01, metavar="M",
+                       help="non-inferiority margin: a version replaces the built-in only when the lower bound of its "
+                            "paired 95%% interval against it is at least -M (default 0.01, as for promotion)")  # fmt: skip
         p.add_argument("--out", type=Path, metavar="ROOT",
                        help="write ROOT/evidence/<task>.json (default: <models dir>/trained; the shipped file "
                             "lives in assets/models)")  # fmt: skip

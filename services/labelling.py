@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -159,7 +160,9 @@ def _priorities(ctx: Context, s: Session, name: str, order: str, images: list[Im
     out = {}
     for image in images:
         preds = repo.predictions_of(s, image.pixel_sha256, "classification")
-        scores = [json.loads(p.result)["probabilities"] for p in preds]
+        results = [json.loads(p.result) for p in preds]
+        scores = [r["probabilities"] for r in results]
+        kinds = [r.get("score_kind") for r in results]
         key = None
         if order == "uncertainty" and preds:
             # the smallest distance of the newest result to its operating points, in log-odds (many sit far below 0.5)
@@ -172,7 +175,10 @@ def _priorities(ctx: Context, s: Session, name: str, order: str, images: list[Im
                 abs(_logit(p) - _logit(thr.get(label, 0.5))) for label, p in newest["probabilities"].items()
             )
         elif order == "model_disagreement" and len(scores) >= 2:
-            key = -max(abs(a[k] - b[k]) for a in scores for b in scores for k in a.keys() & b.keys())
+            # only scores of one kind subtract (a softmax share and a calibrated probability do not)
+            gaps = [abs(a[k] - b[k]) for (a, ka), (b, kb) in itertools.combinations(zip(scores, kinds, strict=True), 2)
+                    if ka == kb for k in a.keys() & b.keys()]  # fmt: skip
+            key = -max(gaps) if gaps else None
         out[image.id] = key if key is not None else 1e9 + rand(image)
     return out
 

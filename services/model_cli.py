@@ -135,6 +135,11 @@ def _cmd_shadow_eval(args) -> int:
 def _cmd_train_classification(args) -> int:
     from inference.training.classification import cross_validate, train
 
+    teacher_only = [f"--{k.replace('_', '-')}" for k in ("test_fraction", "teacher_weight", "folds", "views",
+                                                          "sensitivity", "against", "cache", "l2")
+                    if getattr(args, k, None) is not None]  # fmt: skip
+    if teacher_only and not args.teacher:  # else they would be dropped without a word
+        raise _dataset_error(f"{', '.join(teacher_only)} need --teacher (distillation)")
     if args.from_task:
         if args.cv:
             raise _dataset_error("--from-task and --cv do not go together")

@@ -32,6 +32,7 @@ from inference.types import ModelSpec
 from services import priors
 
 N_BOOT = 1000
+MARGIN = 0.01  # non-inferiority margin against the reference, as for promoting a candidate (services/shadow.py)
 TIMING_IMAGES = 5  # images timed, each TIMING_ROUNDS times per version
 TIMING_ROUNDS = 3
 
@@ -146,6 +147,10 @@ def _add_times(per_version: dict, ms: dict[str, float], specs: list[ModelSpec]) 
     return reference
 
 
+def _kept(d: dict) -> dict:
+    return {k: d[k] for k in ("difference", "ci95", "share_of_resamples_a_ahead")}
+
+
 def _paired(values: dict[str, list[float]], best: str | None) -> dict:
     """Each version minus the chosen one on the same images (mean difference, 95% paired bootstrap)."""
     if best is None or best not in values:
@@ -162,6 +167,7 @@ def measure_segmentation(
     max_relative_time: float,
     command: str,
     limit: int | None = None,
+    margin: float = MARGIN,
 ) -> dict:
     """The evidence of the segmentation versions: `lungs` = (images, binary masks, metadata CSV for frontal
     films or None), the rule's set (`limit`: at most that many of its films, a fixed sample by name); `label_maps` = (images, label maps, the version whose validation files to
@@ -203,13 +209,17 @@ def measure_segmentation(
     sample = [read_gray(p[0]) for p in pairs[:TIMING_IMAGES]]
     ms = _ms_per_image(lambda im, s: runner.segment_anatomy(im, s), specs, sample)
     reference = _add_times(per_version, ms, specs)
+    for ref, v in per_version.items():  # paired on the same films: the non-inferiority check of the rule
+        if ref != reference:
+            v["vs_reference"] = _kept(metrics.paired_bootstrap_mean_diff(lung_dice[ref], lung_dice[reference], N_BOOT, 0))
     return _finish("segmentation", per_version, sets, lung_dice, {"set": lung_set, "metric": "lungs_dice",
-                   "max_relative_time": max_relative_time, "time_reference": reference}, command, left_out)  # fmt: skip
+                   "max_relative_time": max_relative_time, "time_reference": reference,
+                   "non_inferiority_margin": margin}, command, left_out)  # fmt: skip
 
 
 def measure_classification(
     runner: Runner, specs: list[ModelSpec], images: Path, labels_csv: Path, val_of: str, max_relative_time: float,
-    command: str,
+    command: str, margin: float = MARGIN,
 ) -> dict:  # fmt: skip
     """The evidence of classification versions on the validation files `val_of` recorded (by patient): mean
     AUC over the images with two or more findings (the rule) and over all of them, each with its bootstrap
@@ -241,17 +251,20 @@ def measure_classification(
     sample = [read_gray(images / r.file) for r in rows[:TIMING_IMAGES]]
     ms = _ms_per_image(lambda im, s: runner.classify_batch([im], s), specs, sample)
     reference = _add_times(per_version, ms, specs)
+
+    def diff(a, b, mask):
+        return _kept(metrics.paired_bootstrap_mean_auc_diff(y[mask], a[mask], b[mask], N_BOOT, 0))
+
+    everything = np.ones(len(rows), bool)
+    for ref, v in per_version.items():  # paired on the same images: the non-inferiority check of the rule
+        if ref != reference:
+            v["vs_reference"] = diff(scores[ref], scores[reference], multi) | {
+                "mean_auc_all": diff(scores[ref], scores[reference], everything)}
     data = _finish("classification", per_version, sets, {}, {"set": name, "metric": "mean_auc_multi",
-                   "max_relative_time": max_relative_time, "time_reference": reference}, command, left_out)  # fmt: skip
+                   "max_relative_time": max_relative_time, "time_reference": reference,
+                   "non_inferiority_margin": margin}, command, left_out)  # fmt: skip
     best = data["chosen"]
     if best in scores:  # paired: each version minus the chosen one on the same resampled images
-        keys = ("difference", "ci95", "share_of_resamples_a_ahead")
-
-        def diff(a, b, mask):
-            d = metrics.paired_bootstrap_mean_auc_diff(y[mask], a[mask], b[mask], N_BOOT, 0)
-            return {k: d[k] for k in keys}
-
-        everything = np.ones(len(rows), bool)
         # the rule's metric at the top level (as for segmentation), all images beside it
         data["paired_vs_chosen"] = {ref: diff(sc, scores[best], multi) | {"mean_auc_all": diff(sc, scores[best], everything)}
                                     for ref, sc in scores.items() if ref != best}  # fmt: skip
@@ -265,7 +278,8 @@ def _finish(task: str, per_version: dict, sets: dict, values: dict, rule: dict, 
         "task": task,
         "rule": {**rule, "text": f"the highest mean {rule['metric']} on {rule['set']} among the versions that take "
                                  f"at most {rule['max_relative_time']:g}x the time per image of {rule['time_reference']} "
-                                 "measured in the same run; a measurement counts while the version keeps the weights it was measured with"},
+                                 f"measured in the same run and are not worse than it by more than {rule['non_inferiority_margin']:g} "
+                                 "(lower bound of the paired 95% interval); a measurement counts while the version keeps the weights it was measured with"},
         "sets": sets,
         "versions": per_version,
         "left_out": left_out,

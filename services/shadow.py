@@ -341,7 +341,9 @@ def train_from_task(ctx: Context, registry: Registry, cfg, kind: str, task_name:
         version = cfg.version or common.next_version(
             cfg.out, cfg.model_id, [s.version for s in registry.specs() if s.model_id == cfg.model_id]
         )
-        run = replace(cfg, **paths, init=start.ref, only=only, limit=None, version=version)
+        # a classifier goes on with its starting version's head (the distilled ones have "pooled_linear")
+        head = {"head": start.arch.get("head", cfg.head)} if kind == "classification" else {}
+        run = replace(cfg, **paths, **head, init=start.ref, only=only, limit=None, version=version)
         result = _train(kind, run, argv)
         vdir = Path(result["model_json"]).parent
         meta = json.loads((vdir / MODEL_JSON).read_text())

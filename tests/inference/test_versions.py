@@ -418,3 +418,24 @@ def test_a_candidate_never_runs_by_default_and_a_variant_goes_with_its_refused_v
     reg = Registry(models_dir, trained_roots=[tmp_path, other])
     versions = {s.version for s in reg.versions("anatomy_unet_smp")}
     assert "3.0.0" not in versions and "3.0.0+1view" not in versions
+
+
+def test_a_version_that_may_be_worse_than_the_reference_does_not_become_the_default():
+    from inference import evidence
+
+    def entry(mean, ci=None):
+        e = {"weights_sha256": "s", "relative_time": 1.0, "metrics": {"set": {"m": {"mean": mean}}}}
+        return e | ({"vs_reference": {"difference": mean - 0.80, "ci95": ci}} if ci else {})
+
+    data = {"rule": {"set": "set", "metric": "m", "max_relative_time": 2.0, "time_reference": "ref@1",
+                     "non_inferiority_margin": 0.01},
+            "versions": {"ref@1": entry(0.80), "tie@1": entry(0.81, [-0.05, 0.07]),
+                         "close@1": entry(0.805, [-0.009, 0.02]), "unpaired@1": entry(0.9)}}  # fmt: skip
+    current = dict.fromkeys(data["versions"], "s")
+    # the tie's interval reaches -0.05: it may be worse by more than the margin, so the reference stays ahead
+    # of it; a version measured without its paired difference never qualifies
+    assert evidence.ranking(data, current) == ["close@1", "ref@1", "unpaired@1", "tie@1"]
+    data["rule"]["non_inferiority_margin"] = 0.06  # a looser margin lets the tie in, and it is the best
+    assert evidence.chosen(data, current) == "tie@1"
+    del data["rule"]["non_inferiority_margin"]  # files written before the margin: the best mean within budget
+    assert evidence.chosen(data, current) == "unpaired@1"

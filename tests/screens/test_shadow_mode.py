@@ -64,23 +64,23 @@ def test_a_researcher_sees_the_candidates_scores_and_a_radiologist_never_does(en
     table = next(df.value for df in at.dataframe if "Candidate" in df.value.columns)
     scored = table[table["Finding"] != "No Finding"]  # the candidate is multi-label: it has no "No Finding"
     assert len(scored) == 14 and scored["Candidate"].between(0, 1).all()
-    # the default version's scores are calibrated probabilities like the candidate's: a difference per finding
-    assert Registry(env.settings.models_dir).for_task("classification").calibration
-    diff = (scored["Candidate"] - scored["Active"]).to_numpy()
-    assert scored["Candidate minus active"].to_numpy() == pytest.approx(diff, abs=1e-9)
+    # the built-in's scores are softmax shares, the candidate's calibrated probabilities: no difference column
+    assert "Candidate minus active" not in table.columns
+    assert any(c.value.startswith("No difference column: the active version's scores are softmax") for c in at.caption)
     sha = Registry(env.settings.models_dir).resolve(CANDIDATE).weights_sha256
     (note,) = [c.value for c in at.caption if c.value.startswith("CANDIDATE")]
     assert CANDIDATE in note and sha in note and "Research use only" in note
 
-    # with the built-in active, its scores are softmax shares: no difference column, and the page says why
+    # with a calibrated version active, a difference per finding
     with dbe.read(env.engine) as sess:
         boss = accounts.get_user_by_name(sess, "boss").id  # the env fixture's admin
-    models_admin.set_active(env, Registry(env.settings.models_dir), "classification", "cxr15_mobilenetv3@1.0.0", boss)
+    calibrated = "cxr14_mobilenetv3_multilabel@1.3.0"
+    models_admin.set_active(env, Registry(env.settings.models_dir), "classification", calibrated, boss)
     at = _review(r.study_id, "res", "researcher-pw")
     at.toggle(key="shadow_on").set_value(True).run(timeout=120)
     table = next(df.value for df in at.dataframe if "Candidate" in df.value.columns)
-    assert "Candidate minus active" not in table.columns
-    assert any(c.value.startswith("No difference column: the active version's scores are softmax") for c in at.caption)
+    diff = (table["Candidate"] - table["Active"]).to_numpy()
+    assert table["Candidate minus active"].to_numpy() == pytest.approx(diff, abs=1e-9)
 
     at = _review(r.study_id, "rad", "radiologist-pw")
     assert not [t for t in at.toggle if t.key == "shadow_on"]

@@ -22,9 +22,9 @@ from viewer import dicom_io
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = Path(os.environ.get("CXR_REVIEW_MODELS_DIR", REPO.parent / "shared" / "models")).resolve()
-# the defaults: anatomy_unet_smp@1.3.0+1view and cxr14_mobilenetv3_multilabel@1.3.0, ranked first by
-# assets/models/evidence/segmentation.json and classification.json
-MODEL_IDS = ("anatomy_unet_smp", "bone_suppression_ae", "cxr14_mobilenetv3_multilabel")
+# the defaults ranked first by assets/models/evidence: anatomy_unet_smp@1.3.0+1view, and the built-in classifier
+# (cxr14_mobilenetv3_multilabel@1.3.0 ties it on the held-out images, so it does not pass the non-inferiority check)
+MODEL_IDS = ("anatomy_unet_smp", "bone_suppression_ae", "cxr15_mobilenetv3")
 
 
 def _count(ctx) -> int:
@@ -405,3 +405,17 @@ def test_the_viewer_flags_findings_by_the_rule_no_finding_never_beside_a_positiv
     result.thresholds = {"No Finding": 0.005, "Mass": 0.5, "Effusion": 0.01}
     assert flagged(result) == {"No Finding": True, "Mass": False, "Effusion": False}
     assert flagged(Analysis()) == {}
+
+
+def test_a_version_without_no_finding_drafts_a_normal_report_when_every_flag_is_rejected():
+    from services.analysis import Analysis
+
+    model = {"id": "cxr14_mobilenetv3_multilabel", "version": "1.3.0", "weights_sha256": "x" * 64}
+    result = Analysis(findings={"model": model, "probabilities": {"Effusion": 0.4, "Mass": 0.01}},
+                      thresholds={"Effusion": 0.1, "Mass": 0.1})  # fmt: skip
+    assert "No AI statement accepted yet." in reporting.draft(result, set(), "PA", set())
+    normal = reporting.draft(result, set(), "PA", {("finding", "Effusion")})  # the one flag rejected
+    assert "No acute cardiopulmonary abnormality." in normal and "No acute abnormality." in normal
+    # a version with a "No Finding" label needs it accepted, as before
+    result.findings["probabilities"]["No Finding"] = 0.2
+    assert "No acute" not in reporting.draft(result, set(), "PA", {("finding", "Effusion")})

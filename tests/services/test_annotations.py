@@ -286,3 +286,22 @@ def test_the_ai_proposal_keeps_to_the_schema_and_names_the_ai_items_its_boxes_ca
                              proposal_prediction_id=prediction_id)  # fmt: skip
     assert annotations.head(ctx, row.id, None, users["ann"].user_id).proposal_prediction_id == prediction_id
     assert saved.conflict is None
+
+
+def test_a_multi_label_version_without_no_finding_still_says_whether_the_film_is_normal(world):
+    from inference.registry import Registry
+    from inference.runner import Runner
+    from services import models_admin
+
+    ctx, users, _ = world
+    registry = Registry(ctx.settings.models_dir)
+    models_admin.set_active(ctx, registry, "classification", "cxr14_mobilenetv3_multilabel@1.3.0", users["boss"].user_id)
+    runner = Runner(registry, "cpu")
+    with dbe.read(ctx.engine) as s:
+        rows = s.execute(text("SELECT id, pixel_sha256, file_sha256 FROM images ORDER BY id")).all()
+    for row in rows[:2]:
+        ai = annotations.ai_reading(ctx, runner, {"id": row.id, "pixel_sha256": row.pixel_sha256,
+                                                  "file_sha256": row.file_sha256})  # fmt: skip
+        assert ai.models["classification"]["version"] == "1.3.0"
+        found = any(v == "present" for k, v in ai.labels.items() if k != vocabulary.NO_FINDING)
+        assert ai.labels[vocabulary.NO_FINDING] == ("absent" if found else "present")

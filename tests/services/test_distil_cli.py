@@ -112,3 +112,14 @@ def test_the_viewer_says_what_the_default_classifiers_thresholds_did_on_held_out
     assert "No Finding" not in said  # a multi-label version without that label
     builtin = analysis.positive_means(analysis.Analysis(findings={"probabilities": {"No Finding": 0.2}}))
     assert "“No Finding” is flagged only when no finding is" in builtin
+
+
+def test_distillation_options_without_a_teacher_are_refused_not_dropped(env, shared_data, tmp_path, capsys):
+    from services import cli
+
+    nih, out = shared_data / "nih", tmp_path / "trained"
+    argv = ["train", "classification", "--images", str(nih / "images"), "--labels", str(nih / "labels.csv"),
+            "--out", str(out), "--test-fraction", "0.3", "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "--test-fraction need --teacher (distillation)" in capsys.readouterr().err
+    assert _nothing_written(out)

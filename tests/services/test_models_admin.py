@@ -88,7 +88,7 @@ def test_the_evidence_table_marks_the_rules_choice_the_budget_and_stale_weights(
     assert by[a.ref]["lungs_dice · lungs"] == "0.850 (n ?)"
 
 
-def test_the_shipped_classification_evidence_picks_the_held_out_winner_with_its_paired_difference():
+def test_the_shipped_classification_evidence_keeps_the_built_in_against_a_tie_and_shows_paired_differences():
     from inference.registry import Registry
     from services import models_admin
     from tests.conftest import MODELS
@@ -105,5 +105,8 @@ def test_the_shipped_classification_evidence_picks_the_held_out_winner_with_its_
         assert by[ref]["minus the rule's choice, paired"].startswith(f"{d['difference']:+.3f} [")
     # versions that trained or chose anything on the measured images are out, with the reason
     assert all(why.startswith(("trained on", "chose its")) for why in data["left_out"].values())
-    held = reg.resolve(chosen).metadata["data"]
+    held = reg.resolve("cxr14_mobilenetv3_multilabel@1.3.0").metadata["data"]  # whose held-out images were used
     assert held["val_use"] == "held_out" and len(held["val_files"]) == data["sets"][data["rule"]["set"]]["n"]
+    # 1.3.0 has the higher mean but its paired interval against the built-in reaches below -0.01: not chosen
+    v13 = data["versions"]["cxr14_mobilenetv3_multilabel@1.3.0"]
+    assert v13["vs_reference"]["ci95"][0] < -0.01 and chosen == "cxr15_mobilenetv3@1.0.0"
