@@ -84,3 +84,46 @@ def test_a_version_is_never_ranked_on_images_it_trained_on(app_env):
     assert model_evidence.trained_on(v12, Path("/x/jsrt/images512"), {"JPCLN001.png"}) == 0
     keep, left_out = model_evidence._unseen([builtin, v11, v12], nih, val)
     assert [s.ref for s in keep] == [builtin.ref, v11.ref] and list(left_out) == [v12.ref]
+
+
+def test_a_version_is_not_ranked_on_images_it_chose_its_epoch_or_thresholds_on(app_env):
+    from services import model_evidence
+
+    reg = Registry(app_env["CXR_REVIEW_MODELS_DIR"])
+    nih = Path("/anywhere/nih/images")
+    v11, v13, builtin = (reg.resolve(r) for r in ("cxr14_mobilenetv3_multilabel@1.1.0",
+                                                   "cxr14_mobilenetv3_multilabel@1.3.0", "cxr15_mobilenetv3"))  # fmt: skip
+    val11, held13 = set(v11.metadata["data"]["val_files"]), set(v13.metadata["data"]["val_files"])
+    assert model_evidence.tuned_on(v11, nih, val11) == len(val11)  # it chose its epoch on its validation files
+    assert model_evidence.tuned_on(v13, nih, held13) == 0  # recorded as held out: nothing chosen on them
+    assert model_evidence.tuned_on(builtin, nih, val11) == 0
+    keep, out = model_evidence._unseen([builtin, v11], nih, val11, tuned=True)
+    assert [s.ref for s in keep] == [builtin.ref] and out[v11.ref].startswith("chose its epoch")
+    keep, _ = model_evidence._unseen([builtin, v11], nih, val11)  # segmentation's second set: as before
+    assert [s.ref for s in keep] == [builtin.ref, v11.ref]
+
+
+def test_classification_evidence_pairs_each_version_with_the_built_in_on_the_same_images(app_env, monkeypatch,
+                                                                                         shared_data):  # fmt: skip
+    from inference.runner import Runner
+    from services import model_evidence
+
+    monkeypatch.setattr(model_evidence, "N_BOOT", 100)
+    monkeypatch.setattr(model_evidence, "TIMING_IMAGES", 1)
+    monkeypatch.setattr(model_evidence, "TIMING_ROUNDS", 1)
+    runner = Runner(Registry(app_env["CXR_REVIEW_MODELS_DIR"]), "cpu")
+    specs = [runner.registry.resolve(r) for r in ("cxr15_mobilenetv3", "cxr14_mobilenetv3_multilabel@1.3.0",
+                                                  "cxr14_mobilenetv3_multilabel@1.1.0")]  # fmt: skip
+    nih = shared_data / "nih"
+    data = model_evidence.measure_classification(runner, specs, nih / "images", nih / "labels.csv",
+                                                 "cxr14_mobilenetv3_multilabel@1.3.0", 2.0, "test")  # fmt: skip
+    assert set(data["versions"]) == {specs[0].ref, specs[1].ref} and specs[2].ref in data["left_out"]
+    figures = data["versions"][specs[1].ref]
+    m = figures["metrics"][data["rule"]["set"]]["mean_auc_multi"]
+    assert m["ci95"][0] <= m["mean"] <= m["ci95"][1] and m["n"] == 47
+    vs = figures["vs_reference"]
+    base = data["versions"][specs[0].ref]["metrics"][data["rule"]["set"]]["mean_auc_multi"]["mean"]
+    assert vs["difference"] == pytest.approx(m["mean"] - base) and vs["ci95"][0] <= vs["difference"] <= vs["ci95"][1]
+    assert data["rule"]["non_inferiority_margin"] == 0.01
+    # the tie's interval reaches below -0.01: the built-in stays the choice despite the lower mean
+    assert vs["ci95"][0] < -0.01 and data["chosen"] == specs[0].ref
