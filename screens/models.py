@@ -145,6 +145,8 @@ with tab_ev:
                            f"· trained on by: {', '.join(about.get('trained_on_by') or ['no version'])}")  # fmt: skip
             st.caption(f"Measured {data.get('measured', '?')} with `{data.get('command', '?')}` "
                        f"(code {str(data.get('code_version', '?'))[:12]}, {data.get('torch_threads', '?')} threads)")  # fmt: skip
+            if warning := data.get("timing_warning"):
+                st.warning(f"The times of this measurement may not hold: {warning}.")
 
 with tab_active:
     st.caption(

@@ -52,7 +52,8 @@ def _cmd(args) -> int:
     summary = {ref: {"primary": v["metrics"][data["rule"]["set"]][data["rule"]["metric"]],
                      "ms_per_image": v["ms_per_image"], "relative_time": v["relative_time"]} for ref, v in data["versions"].items()}  # fmt: skip
     print(json.dumps({"task": data["task"], "chosen": data["chosen"], "rule": data["rule"]["text"],
-                      "versions": summary, "file": str(path)}), flush=True)  # fmt: skip
+                      "versions": summary, "file": str(path)}
+                     | ({"timing_warning": data["timing_warning"]} if "timing_warning" in data else {})), flush=True)  # fmt: skip
     return model_cli.EXIT_OK
 
 

@@ -15,6 +15,8 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import logging
+import os
 import statistics
 from pathlib import Path
 from time import perf_counter
@@ -30,6 +32,8 @@ from inference.training.common import progress as _progress
 from inference.training.data import DatasetError, paired_files, read_gray, read_label_map, read_labels_csv
 from inference.types import ModelSpec
 from services import priors
+
+log = logging.getLogger(__name__)
 
 N_BOOT = 1000
 MARGIN = 0.01  # non-inferiority margin against the reference, as for promoting a candidate (services/shadow.py)
@@ -121,6 +125,19 @@ def _label_map_dice(runner: Runner, spec: ModelSpec, pairs, label: str) -> dict[
 def _summary(values: list[float]) -> dict:
     lo, hi = metrics.bootstrap_mean_ci(values, N_BOOT, seed=0)
     return {"mean": float(np.mean(values)), "ci95": [lo, hi], "n": len(values)}
+
+
+BUSY = 0.5  # load from other jobs, per CPU, above which the time ratios are called into doubt
+
+
+def busy_machine(load: float, cpus: int, own_threads: int) -> str | None:
+    """Why times measured at this 1-minute load average may not hold (None when the machine was quiet enough;
+    the measurement's own threads count towards the load): the budget is a ratio of times, and other jobs on 2
+    cores moved it from 1.5x to 2.1x for the same version in this project."""
+    if load - min(own_threads, cpus) > BUSY * cpus:
+        return (f"timed on a busy machine (1-minute load average {load:.1f} on {cpus} CPUs): the time ratios may be "
+                "off by a factor of 2; measure again when nothing else runs")  # fmt: skip
+    return None
 
 
 def _ms_per_image(run_one, specs: list[ModelSpec], images: list) -> dict[str, float]:
@@ -287,7 +304,12 @@ def _finish(task: str, per_version: dict, sets: dict, values: dict, rule: dict, 
         "command": command,
         "code_version": code_version(),
         "torch_threads": torch.get_num_threads(),
+        "load_average": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
     }  # fmt: skip
+    if why := busy_machine(data["load_average"], data["cpus"] or 1, data["torch_threads"]):
+        data["timing_warning"] = why
+        log.warning("evidence: %s", why)
     evidence.check(data)
     best = evidence.chosen(data, {ref: v["weights_sha256"] for ref, v in per_version.items()})
     data["chosen"] = best

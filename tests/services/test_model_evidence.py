@@ -127,3 +127,12 @@ def test_classification_evidence_pairs_each_version_with_the_built_in_on_the_sam
     assert data["rule"]["non_inferiority_margin"] == 0.01
     # the tie's interval reaches below -0.01: the built-in stays the choice despite the lower mean
     assert vs["ci95"][0] < -0.01 and data["chosen"] == specs[0].ref
+
+
+def test_times_taken_on_a_busy_machine_are_flagged():
+    from services import model_evidence
+
+    assert model_evidence.busy_machine(1.8, 2, 2) is None  # its own two threads: a quiet machine
+    assert model_evidence.busy_machine(1.8, 2, 1) is None
+    why = model_evidence.busy_machine(4.6, 2, 2)  # other jobs worth more than a CPU
+    assert why.startswith("timed on a busy machine (1-minute load average 4.6 on 2 CPUs)")

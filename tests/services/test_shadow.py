@@ -456,3 +456,20 @@ def test_promotion_is_all_or_nothing_and_an_uncounted_standard_set_is_not_scored
     record = shadow.shadow_evaluate(ctx, runner, uncounted, boss, n_boot=10)
     assert "not counted" in record["sets"]["standard validation set"]["skipped"]
     assert record["decision"] == "refused" and active() == ref
+
+
+def test_a_distilled_start_goes_on_with_its_own_head(world, monkeypatch):
+    ctx, users, ids, models = world
+    registry = Registry(models)
+    task, _ = _finals(ctx, users, ids)
+    seen: dict = {}
+    fake = _fake_train(seen, models / "trained")
+
+    def train(kind, cfg, argv):
+        seen["head"] = cfg.head
+        return fake(kind, cfg, argv)
+
+    monkeypatch.setattr(shadow, "_train", train)
+    shadow.train_from_task(ctx, registry, _config(models), "classification", task.name,
+                           init="cxr14_mobilenetv3_multilabel@1.3.0")  # fmt: skip
+    assert seen["head"] == "pooled_linear"  # the default config's "logsoftmax" could not start from it
