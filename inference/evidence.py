@@ -17,6 +17,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 EVIDENCE_DIR = "evidence"
+# How much worse than the reference a version may be, at the lower bound of its paired 95% interval, and still
+# replace it: the same for a default chosen on evidence and for a candidate promoted from corrections.
+NON_INFERIORITY_MARGIN = 0.01
 
 
 class EvidenceError(ValueError):

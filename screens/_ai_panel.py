@@ -215,7 +215,7 @@ def shadow_scores(result: analysis.Analysis, image: dict, user) -> None:
         return
     ref = st.selectbox("Candidate", options, key="shadow_candidate")
     try:
-        cand = shadow.candidate_scores(_deps.ctx(), _deps.runner(), image, ref, user.role)
+        cand = _deps.shadow_scores(image, ref, user.role)
     except (shadow.NotAllowed, shadow.ShadowError) as exc:
         st.error(str(exc))
         return
@@ -249,7 +249,7 @@ def shadow_anatomy(result: analysis.Analysis, image: dict, user) -> None:
         return
     ref = st.selectbox("Anatomy candidate", options, key="shadow_seg_candidate")
     try:
-        cand = shadow.candidate_anatomy(_deps.ctx(), _deps.runner(), image, ref, user.role, result.anatomy)
+        cand = _deps.shadow_anatomy(image, ref, user.role, result.anatomy)
     except (shadow.NotAllowed, shadow.ShadowError) as exc:
         st.error(str(exc))
         return
@@ -262,9 +262,8 @@ def shadow_anatomy(result: analysis.Analysis, image: dict, user) -> None:
     st.dataframe(rows, hide_index=True, width="stretch", key="shadow_seg_table",
                  column_config={"Dice, candidate vs active": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
     c1, c2 = st.columns(2)
-    for col, label_map, caption in ((c1, cand["active_label_map"], f"Active {provenance(result.anatomy)}"),
-                                    (c2, cand["label_map"], f"Candidate {ref}")):  # fmt: skip
-        col.image(overlays.over_grey(cand["image"], overlays.anatomy_layer(label_map)), caption=caption)
+    c1.image(cand["active"], caption=f"Active {provenance(result.anatomy)}")
+    c2.image(cand["candidate"], caption=f"Candidate {ref}")
     c = cand["model"]
     st.caption(f"CANDIDATE ({cand['status']}) {c['id']}@{c['version']} · sha256 {c['weights_sha256']} "
                f"· beside active {provenance(result.anatomy)} · {RESEARCH_USE}")  # fmt: skip

@@ -15,6 +15,7 @@ from services import (
     eval_sets,
     failure_cases,
     priors,
+    shadow,
     studies,
 )
 from viewer import dicom_io, export, overlays, windowing
@@ -149,3 +150,44 @@ def failure_tile(set_id: int, item_id: int, ref: str, weights_sha256: str,
     spec = registry().resolve(ref)
     item = next(it for it in eval_sets.items(ctx(), set_id) if it.id == item_id)
     return failure_cases.tile(ctx(), runner(), spec, eval_sets.get(ctx(), set_id), item, finding)
+
+
+SHADOW_SIDE = 768  # the candidate's and the active outlines are shown side by side: no need for full resolution
+
+
+def _weights(ref: str) -> str | None:
+    try:
+        return registry().resolve(ref).weights_sha256
+    except KeyError:  # gone since the page listed it: the service says so
+        return None
+
+
+def shadow_scores(image: dict, ref: str, role: str) -> dict:
+    """A candidate's scores on a stored image, computed once per image, candidate weights and role (reruns of
+    the review page reuse them); the role is checked by the service, whose refusals are never cached."""
+    return _shadow_scores(image["id"], image["file_sha256"], ref, _weights(ref), role, image)
+
+
+@st.cache_data(max_entries=16, show_spinner="Running the candidate…")
+def _shadow_scores(image_id: int, file_sha256: str, ref: str, weights: str | None, role: str, _image: dict) -> dict:
+    return shadow.candidate_scores(ctx(), runner(), _image, ref, role)
+
+
+def shadow_anatomy(image: dict, ref: str, role: str, active: dict) -> dict:
+    """A segmentation candidate beside the active outlines (shadow.candidate_anatomy), once per image, candidate
+    weights, active label map and role, with both outlines drawn over the radiograph at display size."""
+    return _shadow_anatomy(image["id"], image["file_sha256"], ref, _weights(ref), role, active["label_map"], image,
+                           active)  # fmt: skip
+
+
+@st.cache_data(max_entries=8, show_spinner="Running the candidate…")
+def _shadow_anatomy(image_id: int, file_sha256: str, ref: str, weights: str | None, role: str, active_map: str,
+                    _image: dict, _active: dict) -> dict:  # fmt: skip
+    cand = shadow.candidate_anatomy(ctx(), runner(), _image, ref, role, _active)
+    h, w = cand["image"].shape
+    scale = min(1.0, SHADOW_SIDE / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    grey = overlays.resize_to(cand["image"], size)
+    pictures = {name: overlays.over_grey(grey, overlays.anatomy_layer(overlays.resize_to(cand[key], size, nearest=True)))
+                for name, key in (("active", "active_label_map"), ("candidate", "label_map"))}  # fmt: skip
+    return {k: v for k, v in cand.items() if k not in ("image", "label_map", "active_label_map")} | pictures

@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from inference.evidence import NON_INFERIORITY_MARGIN
 from services import model_cli
 
 
@@ -67,7 +68,7 @@ def add_parsers(sub) -> None:
         p.add_argument("--max-relative-time", type=float, default=2.0, metavar="X",
                        help="the viewer's budget: at most X times the time per image of the built-in version "
                             "(else the fastest) measured in the same run (default 2)")  # fmt: skip
-        p.add_argument("--margin", type=float, default=0.01, metavar="M",
+        p.add_argument("--margin", type=float, default=NON_INFERIORITY_MARGIN, metavar="M",
                        help="non-inferiority margin: a version replaces the built-in only when the lower bound of its "
                             "paired 95%% interval against it is at least -M (default 0.01, as for promotion)")  # fmt: skip
         p.add_argument("--out", type=Path, metavar="ROOT",

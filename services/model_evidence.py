@@ -36,7 +36,7 @@ from services import priors
 log = logging.getLogger(__name__)
 
 N_BOOT = 1000
-MARGIN = 0.01  # non-inferiority margin against the reference, as for promoting a candidate (services/shadow.py)
+MARGIN = evidence.NON_INFERIORITY_MARGIN
 TIMING_IMAGES = 5  # images timed, each TIMING_ROUNDS times per version
 TIMING_ROUNDS = 3
 

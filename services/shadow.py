@@ -29,7 +29,7 @@ from db import annotations as ann_repo
 from db import audit
 from db import engine as dbe
 from db.models import AnnotationStatus, AnnotationVersion, Image, LabellingTask, Study
-from inference import evaluation, metrics
+from inference import evaluation, evidence, metrics
 from inference.registry import MODEL_JSON, Registry
 from inference.training import common
 from inference.training.data import paired_files, read_labels_csv
@@ -40,7 +40,7 @@ from viewer import dicom_io, windowing
 
 log = logging.getLogger(__name__)
 
-MARGIN = 0.01
+MARGIN = evidence.NON_INFERIORITY_MARGIN
 PROMOTION_RULE = (
     f"promoted only when, on every evaluated set, the lower bound of the 95% paired bootstrap interval of "
     f"candidate minus active is >= -{MARGIN} (mean AUC over findings for classification; Dice per structure "
@@ -575,7 +575,8 @@ def _input(ctx: Context, image: dict) -> np.ndarray:
     from services import analysis
 
     try:
-        return analysis.model_input(dicom_io.load(ctx.store.path_for(_file_sha(ctx, image["id"]))))
+        sha = image.get("file_sha256") or _file_sha(ctx, image["id"])  # the page's image dict carries it
+        return analysis.model_input(dicom_io.load(ctx.store.path_for(sha)))
     except (OSError, dicom_io.DicomRejected) as exc:
         raise ShadowError(f"the image cannot be read for the candidate: {type(exc).__name__}") from exc
 
@@ -584,18 +585,17 @@ def candidate_anatomy(ctx: Context, runner, image: dict, ref: str, role: str, ac
     """A segmentation candidate's label map of a stored image beside the active version's (`active`: the stored
     anatomy result), computed now and not stored: Dice agreement per structure, both CTRs (None where the
     outlines are implausible, as the viewer withholds them). Refused unless the role is in SHADOW_ROLES."""
-    from inference.evaluation import CLASSES
     from services import analysis
 
     spec = _candidate(runner, ref, role, "segmentation")
     x = _input(ctx, image)
     label_map, summary, _ = analysis.checked_anatomy(runner, x, spec)
     theirs = analysis.label_map(ctx, active)
-    agreement = metrics.dice_per_class(label_map, theirs, CLASSES)
+    agreement = metrics.dice_per_class(label_map, theirs, evaluation.CLASSES)
     ctr = analysis.ctr_shown(summary)
     return {"model": spec.provenance(), "status": spec.metadata.get("status", "candidate"), "label_map": label_map,
             "active_label_map": theirs, "dice_vs_active": agreement, "image": x,
-            "ctr": None if ctr is None else ctr["ratio"], "problems": summary["problems"]}  # fmt: skip
+            "ctr": None if ctr is None else ctr["ratio"]}  # fmt: skip
 
 
 def candidate_scores(ctx: Context, runner, image: dict, ref: str, role: str) -> dict:
