@@ -171,7 +171,7 @@ def controls(result: analysis.Analysis, image: dict, shape: tuple[int, int], use
         labels = [label for label, _ in ranked if label in f["heatmaps"]]
         label = st.selectbox(
             "Finding heatmap", ["(none)", *labels], key=f"ai_cam_{key}",
-            format_func=lambda x: x if x == "(none)" else f"{x} · {f['probabilities'][x]:.3f}"
+            format_func=lambda x: x if x == "(none)" else f"{x} · {f['probabilities'][x]:.3g}"
             + (" · positive" if pos[x] else ""),
         )  # fmt: skip
         if label != "(none)":
@@ -197,7 +197,9 @@ def findings_table(result: analysis.Analysis) -> None:
     ]
     st.dataframe(
         rows, hide_index=True, width="stretch", height=35 * len(rows) + 38,
-        column_config={"Score": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0)},
+        # 3 significant digits, not 3 decimals: the built-in's operating points go down to 5e-7, and "0.000" beside a
+        # positive flag read as nonsense
+        column_config={"Score": st.column_config.ProgressColumn(format="%.3g", min_value=0.0, max_value=1.0)},
     )  # fmt: skip
     st.caption(f"{f['score_kind']} · thresholds: {result.thresholds_from or 'model defaults'} · "
                f"{analysis.positive_means(result)} · {provenance(f)} · {RESEARCH_USE}")  # fmt: skip
@@ -282,7 +284,7 @@ def _items(result: analysis.Analysis, mine_all: list[verdict_store.Mine]) -> lis
         f = result.findings
         pos = analysis.flagged(result)
         for label, p in sorted(f["probabilities"].items(), key=lambda kv: -kv[1]):
-            says = f"{p:.3f}" + (" positive" if pos[label] else "")
+            says = f"{p:.3g}" + (" positive" if pos[label] else "")
             add("classification", "finding", label, says, f["model"])
             for i, b in enumerate(f["boxes"].get(label, []) if pos[label] else []):
                 add("classification", "box", f"{label}#{i}", f"box {b['w']}×{b['h']} at ({b['x']}, {b['y']})"
@@ -548,7 +550,7 @@ def _flags(consistency: dict | None, study_id: int, image_id: int, heatmaps: set
         with st.container(border=True, key=f"report_flag_{f['finding']}_{f['kind']}"):
             said = f"“{f['report_text']}”" if f.get("report_text") else "(not mentioned)"
             st.markdown(f":red[**{f['finding']}**] · {report_check.KIND_TEXT[f['kind']]} · AI probability "
-                        f"{f['ai_probability']:.3f} (operating point {f['threshold']:.3f}) · report: {said}")  # fmt: skip
+                        f"{f['ai_probability']:.3g} (operating point {f['threshold']:.3g}) · report: {said}")  # fmt: skip
             c1, c2, c3 = st.columns([1, 1, 2])
             c1.button("Show overlay", key=_flag_key("overlay", study_id, f["finding"], f["kind"]),
                       on_click=_show_overlay, args=(image_id, f["finding"]), disabled=f["finding"] not in heatmaps,

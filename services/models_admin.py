@@ -270,6 +270,12 @@ def _fmt(metric: dict | None) -> str:
     return f"{metric['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f" (n {metric.get('n', '?')})"
 
 
+def _paired(d: dict | None) -> str:
+    if not d or d.get("difference") is None or not d.get("ci95"):
+        return "—"
+    return f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+
 def evidence_table(registry: Registry, task: str) -> tuple[dict | None, list[dict]]:
     """(the task's evidence file, one row per measured version: every metric on every set, time per image, and
     whether the rule picks it), for the Models page."""
@@ -288,11 +294,9 @@ def evidence_table(registry: Registry, task: str) -> tuple[dict | None, list[dic
         rel = entry.get("relative_time")
         row["ms per image"] = f"{entry.get('ms_per_image', float('nan')):.0f}"
         row["× the reference's time"] = "—" if rel is None else f"{rel:g}" + ("" if rel <= budget else " (over the budget)")
-        paired = (data.get("paired_vs_chosen") or {}).get(ref)
-        row["minus the rule's choice, paired"] = (
-            f"{paired['difference']:+.3f} [{paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f}]"
-            if paired and paired.get("difference") is not None and paired.get("ci95") else "—"
-        )  # fmt: skip
+        # against the reference: what the non-inferiority check reads; against the choice: how far behind
+        row["minus the reference, paired"] = _paired(entry.get("vs_reference"))
+        row["minus the rule's choice, paired"] = _paired((data.get("paired_vs_chosen") or {}).get(ref))
         if current.get(ref) != entry.get("weights_sha256"):
             row["Default by the rule"] = "not counted: other weights now" if ref in current else "not installed"
         rows.append(row)

@@ -110,3 +110,18 @@ def test_the_shipped_classification_evidence_keeps_the_built_in_against_a_tie_an
     # 1.3.0 has the higher mean but its paired interval against the built-in reaches below -0.01: not chosen
     v13 = data["versions"]["cxr14_mobilenetv3_multilabel@1.3.0"]
     assert v13["vs_reference"]["ci95"][0] < -0.01 and chosen == "cxr15_mobilenetv3@1.0.0"
+
+
+def test_the_evidence_table_shows_what_the_non_inferiority_check_reads():
+    from inference.registry import Registry
+    from services import models_admin
+    from tests.conftest import MODELS
+
+    data, rows = models_admin.evidence_table(Registry(MODELS), "segmentation")
+    by = {r["Version"]: r for r in rows}
+    ref = data["rule"]["time_reference"]
+    assert by[ref]["minus the reference, paired"] == "—"
+    for v, row in by.items():
+        if v != ref:
+            d = data["versions"][v]["vs_reference"]
+            assert row["minus the reference, paired"] == f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
