@@ -67,6 +67,9 @@ def check(data: dict) -> None:
     if not isinstance(data.get("versions"), dict):
         raise EvidenceError("needs versions")
     float(rule["max_relative_time"])
+    if (tie := rule.get("tie_break")) is not None:
+        if not isinstance(tie, dict) or not isinstance(tie.get("metric"), str) or not isinstance(tie.get("decimals"), int):
+            raise EvidenceError("tie_break needs a metric name and an integer number of decimals")
     for ref, entry in data["versions"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("metrics", {}), dict):
             raise EvidenceError(f"version {ref}: not an object with metrics")
@@ -94,12 +97,22 @@ def not_inferior(ref: str, entry: dict, rule: dict) -> bool:
     return bool(ci) and float(ci[0]) >= -float(margin)
 
 
+def tie_break(entry: dict, rule: dict) -> float:
+    """The rule's tie-break figure of a version (lower is better; infinity when the rule has none or the
+    version was not measured on it): with a tie-break, primary metrics equal to its `decimals` are ordered by
+    it, e.g. two classifiers that rank images alike (one a calibrated copy of the other) by calibration error."""
+    tie = rule.get("tie_break")
+    m = (entry.get("metrics") or {}).get(rule["set"], {}).get(tie["metric"]) if tie else None
+    return float("inf") if m is None or m.get("mean") is None else float(m["mean"])
+
+
 def ranking(data: dict, current_sha256: dict[str, str]) -> list[str]:
     """Refs in the order the rule prefers them: versions within the budget and not inferior to the reference
-    by the primary metric (best first), then the others. Versions whose weights differ from the measured ones
-    are left out."""
+    by the primary metric (best first; equal ones by the rule's tie-break), then the others. Versions whose
+    weights differ from the measured ones are left out."""
     rule = data["rule"]
     budget = float(rule["max_relative_time"])
+    tie = rule.get("tie_break")
     rows = []
     for ref, entry in data["versions"].items():
         if current_sha256.get(ref) != entry.get("weights_sha256"):
@@ -108,8 +121,9 @@ def ranking(data: dict, current_sha256: dict[str, str]) -> list[str]:
         if value is None:
             continue
         out = float(entry.get("relative_time", float("inf"))) > budget or not not_inferior(ref, entry, rule)
-        rows.append((out, -value, ref))
-    return [ref for _, _, ref in sorted(rows)]
+        rounded = round(value, int(tie["decimals"])) if tie else value
+        rows.append((out, -rounded, tie_break(entry, rule), ref))
+    return [row[-1] for row in sorted(rows)]
 
 
 def chosen(data: dict, current_sha256: dict[str, str]) -> str | None:

@@ -292,7 +292,9 @@ class Registry:
                     broken[ref] = f"{path}: {spec}"
                     continue
                 key = (spec.model_id, spec.version)
-                if key in self._builtin_keys():
+                if reason := self._weights_of_problem(spec):
+                    broken[ref] = f"{path}: {reason}"
+                elif key in self._builtin_keys():
                     broken[ref] = f"{path}: version {ref} is a built-in model's version"
                 elif key in found:
                     if found[key].weights_sha256 != spec.weights_sha256:
@@ -309,6 +311,19 @@ class Registry:
             for key in [k for k, s in found.items() if k[0] == base_id and s.metadata.get("variant_of") == base_version]:
                 found.pop(key)  # a variant runs its base version's weights: refused with it
         return found, broken
+
+    def _weights_of_problem(self, spec: ModelSpec) -> str | None:
+        """A version may run a built-in model's weights as shipped (`"weights_of": "ID@VERSION"`, e.g. the
+        shipped classifier with a calibration of its own) instead of a copy of them: it must name that model's
+        weights file and sha256 exactly."""
+        if (ref := spec.metadata.get("weights_of")) is None:
+            return None
+        base = next((m.SPEC for m in self._modules.values() if m.SPEC.ref == str(ref)), None)
+        if base is None:
+            return f"weights_of {ref!r} is not a built-in model version"
+        if (spec.weights_file, spec.weights_sha256) != (base.weights_file, base.weights_sha256):
+            return f"weights_of {ref}: weights_file and weights_sha256 must be that model's"
+        return None
 
     def _builtin_keys(self) -> set[tuple[str, str]]:
         return {(m.SPEC.model_id, m.SPEC.version) for m in self._modules.values()}
@@ -376,7 +391,8 @@ class Registry:
 
     def weights_path(self, model_id: str | ModelSpec, version: str | None = None) -> Path:
         spec = self.lookup(model_id, version)
-        return (Path(spec.directory) if spec.directory else self.models_dir) / spec.weights_file
+        shipped = not spec.directory or spec.metadata.get("weights_of")
+        return (self.models_dir if shipped else Path(spec.directory)) / spec.weights_file
 
     # -- availability ----------------------------------------------------------------------------------------
     @staticmethod
@@ -390,7 +406,7 @@ class Registry:
         except KeyError as exc:
             return str(exc.args[0])
         path = self.weights_path(spec)
-        where = spec.directory or self.models_dir
+        where = path.parent
         if not path.is_file():
             return f"weights file {spec.weights_file} not found in {where}"
         actual = file_sha256(path)

@@ -70,7 +70,10 @@ def verified_state_dict(registry: Registry, spec: ModelSpec) -> dict[str, torch.
             spec.model_id if spec.builtin else spec.ref,
             f"sha256 mismatch: expected {spec.weights_sha256}, got {actual}",
         )
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if spec.metadata.get("weights_of"):  # a built-in's weights as shipped, in the layout of this version's family
+        state = registry.family(spec).from_shipped(state, spec)
+    return state
 
 
 def square_offsets(h: int, w: int) -> tuple[int, int, int]:

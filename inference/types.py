@@ -14,7 +14,7 @@ ANATOMY_LABELS = ("background", "lungs", "heart", "clavicles")
 SCORE_KINDS = {  # ClassificationResult.score_kind per ModelSpec.activation
     "softmax": "softmax (single-label training; sums to 1 over labels)",
     "sigmoid": "sigmoid (multi-label training; an independent probability per label)",
-    "calibrated": "calibrated sigmoid (multi-label; Platt-scaled on held-out predictions, see the version's model.json)",
+    "calibrated": "calibrated sigmoid (multi-label; Platt-scaled probabilities, fitted as the version's model.json records)",
 }
 
 

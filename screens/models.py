@@ -94,7 +94,8 @@ with tab_cat:
                 st.error(f"Unavailable: {r.problem}")
             st.markdown(f"**Intended use** {s.intended_use or '—'}")
             st.markdown(f"**Source** {s.source or '—'}")
-            st.markdown(f"**Weights** `{s.weights_file}` · sha256 `{s.weights_sha256}`")
+            shared = f" · the weights of {s.metadata['weights_of']}, as shipped" if s.metadata.get("weights_of") else ""
+            st.markdown(f"**Weights** `{s.weights_file}` · sha256 `{s.weights_sha256}`{shared}")
             st.markdown(
                 f"**Input** {s.input_size[0]} × {s.input_size[1]} · {s.normalisation or 'no normalisation'}"
                 + (f" · created {s.created}" if s.created else "")

@@ -189,6 +189,26 @@ def _cmd_distil(args) -> int:
     return EXIT_OK
 
 
+def _cmd_train_calibration(args) -> int:
+    from inference.training.recalibration import CalibrateConfig, calibrate
+
+    cfg = CalibrateConfig(
+        images=args.images, labels=args.labels, out=args.out or _models_dir() / "trained", models_dir=_models_dir(),
+        **_overrides(args, ["of", "teacher", "test_fraction", "folds", "sensitivity", "seed", "model_id", "version",
+                            "limit", "threads"]),
+    )  # fmt: skip
+    result = calibrate(cfg, getattr(args, "argv", None))
+    validation = result["validation"]
+    summary = {k: result[k] for k in ("model_id", "version", "task", "model_json", "weights_of", "weights_sha256",
+                                      "thresholds", "thresholds_rule")}  # fmt: skip
+    summary["validation"] = {"reliability_mean": validation["reliability"]["mean"],
+                             "runner_check": validation["runner_check"]}  # fmt: skip
+    if held := validation.get("held_out"):
+        summary["validation"]["held_out"] = {k: held[k] for k in ("n_images", "all", "multi_finding", "reliability_mean")}
+    print(json.dumps(summary), flush=True)
+    return EXIT_OK
+
+
 def _cmd_train_gate(args) -> int:
     from services import gate_training
 
@@ -360,6 +380,31 @@ def add_parsers(sub) -> None:
                      "version's validation files and measure the version on them at the end (default 0)")  # fmt: skip
     _add_common_train(cls, epochs=None)  # None: each recipe's own default (12; with --teacher, DistillConfig's)
     cls.set_defaults(fn=run, handler=_cmd_train_classification)
+
+    cal = tsub.add_parser("calibration", help="the shipped classifier with calibrated probabilities and thresholds "
+                          "by a sensitivity rule (its weights unchanged, not copied)")  # fmt: skip
+    cal.add_argument("--images", required=True, type=Path, metavar="DIR")
+    cal.add_argument("--labels", required=True, type=Path, metavar="CSV",
+                     help="NIH Data_Entry-style CSV: Image Index, Finding Labels, Patient ID")  # fmt: skip
+    cal.add_argument("--of", default="cxr15_mobilenetv3@1.0.0", metavar="ID@VERSION",
+                     help="the shipped classifier to calibrate (default cxr15_mobilenetv3@1.0.0)")  # fmt: skip
+    cal.add_argument("--teacher", type=Path, metavar="CSV",
+                     help="CheXNet's probabilities per image: set beside the held-out figures as their anchor")  # fmt: skip
+    cal.add_argument("--test-fraction", type=float, default=0.0, metavar="F",
+                     help="set this share of the patients aside before any fit and measure on them at the end "
+                     "(the same patients as distillation's for the same --seed; default 0)")  # fmt: skip
+    cal.add_argument("--folds", type=int, default=5, metavar="K",
+                     help="patient folds for the cross-fitted reliability and sensitivity (default 5)")  # fmt: skip
+    cal.add_argument("--sensitivity", type=float, default=0.9, metavar="S",
+                     help="thresholds flag at least this share of the positives (default 0.9)")  # fmt: skip
+    cal.add_argument("--out", type=Path, metavar="DIR",
+                     help="root of model versions (default: <models dir>/trained; the project's: assets/models)")  # fmt: skip
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--model-id")
+    cal.add_argument("--version")
+    cal.add_argument("--limit", type=int, help="use only the first N images (smoke tests)")
+    cal.add_argument("--threads", type=int)
+    cal.set_defaults(fn=run, handler=_cmd_train_calibration)
 
     gate = tsub.add_parser("gate", help="quality gate: frontal chest radiograph or not (small CNN, CPU minutes)")
     gate.add_argument("--shared", required=True, type=Path, metavar="DIR",

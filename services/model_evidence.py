@@ -24,7 +24,7 @@ from time import perf_counter
 import numpy as np
 import torch
 
-from inference import evidence, metrics
+from inference import curves, evidence, metrics
 from inference.evaluation import CLASSES, auc_table, classification_scores
 from inference.runner import Runner
 from inference.training.common import code_version
@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 N_BOOT = 1000
 MARGIN = evidence.NON_INFERIORITY_MARGIN
+# Classifiers whose mean AUC is equal to the 3 decimals shown are ordered by their mean calibration error on
+# all the images measured: a calibrated copy of the shipped model ranks images as it does, but its scores mean
+# what they say.
+TIE_BREAK = {"metric": "mean_ece_all", "decimals": 3}
 TIMING_IMAGES = 5  # images timed, each TIMING_ROUNDS times per version
 TIMING_ROUNDS = 3
 
@@ -231,7 +235,7 @@ def measure_segmentation(
             v["vs_reference"] = _kept(metrics.paired_bootstrap_mean_diff(lung_dice[ref], lung_dice[reference], N_BOOT, 0))
     return _finish("segmentation", per_version, sets, lung_dice, {"set": lung_set, "metric": "lungs_dice",
                    "max_relative_time": max_relative_time, "time_reference": reference,
-                   "non_inferiority_margin": margin}, command, left_out)  # fmt: skip
+                   "non_inferiority_margin": margin, "tie_break": TIE_BREAK}, command, left_out)  # fmt: skip
 
 
 def measure_classification(
@@ -259,6 +263,8 @@ def measure_classification(
             lo, hi = metrics.bootstrap_mean_auc_ci(y[mask], scores[s.ref][mask], N_BOOT)
             entry[metric] = {"mean": table["mean_auc"], "ci95": [lo, hi], "n": int(mask.sum()),
                              "per_finding": {f: v["auc"] for f, v in table["per_finding"].items()}}  # fmt: skip
+        ece = {f: curves.calibration_bins(y[:, j], scores[s.ref][:, j])["ece"] for j, f in enumerate(findings)}
+        entry["mean_ece_all"] = {"mean": float(np.mean(list(ece.values()))), "n": len(rows), "per_finding": ece}
         per_version[s.ref] = {"weights_sha256": s.weights_sha256, "metrics": {name: entry}}
     sets = {name: {"images": str(images), "labels": str(labels_csv), "n": len(rows), "n_multi": int(multi.sum()),
                    "findings": findings,
@@ -279,7 +285,7 @@ def measure_classification(
                 "mean_auc_all": diff(scores[ref], scores[reference], everything)}
     data = _finish("classification", per_version, sets, {}, {"set": name, "metric": "mean_auc_multi",
                    "max_relative_time": max_relative_time, "time_reference": reference,
-                   "non_inferiority_margin": margin}, command, left_out)  # fmt: skip
+                   "non_inferiority_margin": margin, "tie_break": TIE_BREAK}, command, left_out)  # fmt: skip
     best = data["chosen"]
     if best in scores:  # paired: each version minus the chosen one on the same resampled images
         # the rule's metric at the top level (as for segmentation), all images beside it
@@ -296,7 +302,10 @@ def _finish(task: str, per_version: dict, sets: dict, values: dict, rule: dict, 
         "rule": {**rule, "text": f"the highest mean {rule['metric']} on {rule['set']} among the versions that take "
                                  f"at most {rule['max_relative_time']:g}x the time per image of {rule['time_reference']} "
                                  f"measured in the same run and are not worse than it by more than {rule['non_inferiority_margin']:g} "
-                                 "(lower bound of the paired 95% interval); a measurement counts while the version keeps the weights it was measured with"},
+                                 "(lower bound of the paired 95% interval)"
+                                 + (f"; means equal to {rule['tie_break']['decimals']} decimals are ordered by the lower {rule['tie_break']['metric']}"
+                                    if rule.get("tie_break") else "")
+                                 + "; a measurement counts while the version keeps the weights it was measured with"},
         "sets": sets,
         "versions": per_version,
         "left_out": left_out,

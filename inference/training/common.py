@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from inference.device import resolve_device
-from inference.registry import MODEL_JSON, Registry, version_key
+from inference.registry import ASSETS_MODELS, MODEL_JSON, Registry, version_key
 from inference.runner import Runner, verified_state_dict
 from inference.types import ModelSpec
 
@@ -59,8 +59,11 @@ def start_run(seed: int, device: str, threads: int | None) -> Run:
 
 def new_version_dir(out: Path, model_id: str, version: str | None) -> tuple[str, Path, EpochLogger]:
     """(version, its folder, the epoch logger writing into it); `version` None: the next free one. Refuses a
-    folder that already holds a finished version; a half-written one (no model.json) is reused."""
-    version = version or next_version(out, model_id)
+    folder that already holds a finished version; a half-written one (no model.json) is reused. The next free
+    one is also past the versions shipped in assets/models, which the app sees beside `out`: the same number
+    there with other weights would make both unusable."""
+    shipped = [d.name for d in (ASSETS_MODELS / model_id).glob("*") if d.is_dir() and not d.name.startswith(".")]
+    version = version or next_version(out, model_id, also=shipped)
     vdir = out / model_id / version
     if (vdir / MODEL_JSON).exists():
         raise FileExistsError(f"{vdir} holds a model version already; choose another --version")

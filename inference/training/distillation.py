@@ -387,9 +387,10 @@ def _against(cfg: DistillConfig, rows: Sequence[LabelledImage], y, student_probs
     return out
 
 
-def held_out(runner: Runner, ref: str, rows: Sequence[LabelledImage], teacher: np.ndarray, cfg: DistillConfig) -> dict:
-    """The written version against its teacher on the held-out patients (measured once, after every choice), on
-    all of them and on those with two or more findings; the student's thresholds' sensitivity there."""
+def held_out(runner: Runner, ref: str, rows: Sequence[LabelledImage], teacher: np.ndarray | None, cfg) -> dict:
+    """The written version against its teacher (when there is one) on the held-out patients (measured once,
+    after every choice), on all of them and on those with two or more findings; the version's thresholds'
+    sensitivity there. `cfg`: anything with `images` and `seed`."""
     spec, scores = evaluation.classification_scores(runner, ref, cfg.images, rows)
     s = scores[:, [spec.labels.index(x) for x in family.FINDINGS]]
     y = np.array([[label in r.findings for label in family.FINDINGS] for r in rows])
@@ -397,6 +398,9 @@ def held_out(runner: Runner, ref: str, rows: Sequence[LabelledImage], teacher: n
     out: dict = {"method": "the written version run as the app runs it on the held-out patients; 'teacher' is "
                            "CheXNet's probability on the same images", "n_images": len(rows)}  # fmt: skip
     for name, mask in (("all", np.ones(len(rows), bool)), ("multi_finding", multi)):
+        if teacher is None:
+            out[name] = {"n_images": int(mask.sum()), "student": _mean(_aucs(y[mask], s[mask]))}
+            continue
         d = metrics.paired_bootstrap_mean_auc_diff(y[mask], s[mask], teacher[mask], seed=cfg.seed)
         out[name] = {"n_images": int(mask.sum()), "student": d["a"], "teacher": d["b"],
                      "student_minus_teacher": {k: d[k] for k in ("difference", "ci95", "share_of_resamples_a_ahead")}}  # fmt: skip
@@ -407,6 +411,39 @@ def held_out(runner: Runner, ref: str, rows: Sequence[LabelledImage], teacher: n
     per = reliability_of(y.astype(np.float64), s, s)  # the calibrated probabilities as written: "after"
     out["reliability_mean"] = {k: float(np.mean([p[f"{k}_after"] for p in per])) for k in ("ece", "brier")}
     return out
+
+
+def held_out_mask(rows: Sequence[LabelledImage], fraction: float, seed: int) -> np.ndarray:
+    """Which rows are the held-out test patients: `fraction` of the patients in their own order (seeded
+    "test:<seed>", apart from the folds'), the same ones for every recipe given the same rows and seed."""
+    if fraction <= 0:
+        return np.zeros(len(rows), bool)
+    _, test_files = common.split_by_group([r.file for r in rows], [r.patient for r in rows], fraction, f"test:{seed}")
+    return np.isin([r.file for r in rows], test_files)
+
+
+def held_out_record(rows: Sequence[LabelledImage], fraction: float, seed: int) -> dict:
+    """model.json "data" fields of the held-out patients: what `cxr-review evidence classification --val-of`
+    measures on ({} when none were held out)."""
+    if not rows:
+        return {}
+    return {
+        "n_held_out": len(rows),
+        "held_out": f"{fraction:g} of the patients, ordered by sha256('test:{seed}:' + patient), set aside before "
+        "anything else: no fold, calibration or threshold saw them",
+        "val_files": sorted(r.file for r in rows),
+        "val_use": "held_out",
+    }
+
+
+def operating_meta(points: dict, rule: str) -> dict:
+    """model.json fields of a calibrated 14-finding version: its labels, sigmoid scores and thresholds by `rule`."""
+    return {
+        "labels": list(family.FINDINGS),
+        "activation": "sigmoid",
+        "thresholds": {label: points[label]["threshold"] for label in family.FINDINGS},
+        "thresholds_rule": rule,
+    }
 
 
 def check_inputs(cfg: DistillConfig) -> tuple[list[LabelledImage], np.ndarray, list[LabelledImage], np.ndarray]:
@@ -425,12 +462,7 @@ def check_inputs(cfg: DistillConfig) -> tuple[list[LabelledImage], np.ndarray, l
     teacher = read_teacher(cfg.teacher, [r.file for r in rows])
     keep = slice(None, cfg.limit)
     rows, teacher = rows[keep], teacher[keep]
-    held = np.zeros(len(rows), bool)
-    if cfg.test_fraction > 0:  # its own patient order, apart from the folds' (seeded "test:<seed>")
-        _, test_files = common.split_by_group(
-            [r.file for r in rows], [r.patient for r in rows], cfg.test_fraction, f"test:{cfg.seed}"
-        )
-        held = np.isin([r.file for r in rows], test_files)
+    held = held_out_mask(rows, cfg.test_fraction, cfg.seed)
     learn = [r for r, h in zip(rows, held, strict=True) if not h]
     if len({r.patient for r in learn}) < cfg.folds:
         raise DatasetError(
@@ -497,11 +529,7 @@ def distil(cfg: DistillConfig, argv: Sequence[str] | None = None) -> dict:
             f"of {len(rows)} NIH images)")  # fmt: skip
     meta = common.base_meta(model_id=cfg.model_id, version=version, task="classification", family=family.FAMILY,
                             argv=argv, code=run.code)  # fmt: skip
-    meta |= {
-        "labels": list(family.FINDINGS),
-        "activation": "sigmoid",
-        "thresholds": {label: points[label]["threshold"] for label in family.FINDINGS},
-        "thresholds_rule": rule,
+    meta |= operating_meta(points, rule) | {
         "input_size": [224, 224],
         "normalisation": f"grayscale, antialiased bilinear resize to 224x224, (x - {MEAN}) / {STD}",
         "mean": MEAN,
@@ -523,13 +551,7 @@ def distil(cfg: DistillConfig, argv: Sequence[str] | None = None) -> dict:
             "folds": f"{cfg.folds} folds of patients ('Patient ID'), dealt in the order of sha256(seed:patient), "
             f"seed {cfg.seed}",
             "positives": {k: int(v) for k, v in zip(family.FINDINGS, y.sum(0), strict=True)},
-        } | ({  # the held-out patients: what `cxr-review evidence classification --val-of` measures on
-            "n_held_out": len(test_rows),
-            "held_out": f"{cfg.test_fraction:g} of the patients, ordered by sha256('test:{cfg.seed}:' + patient), "
-            "set aside before anything else: no fold, calibration or threshold saw them",
-            "val_files": sorted(r.file for r in test_rows),
-            "val_use": "held_out",
-        } if test_rows else {}),  # fmt: skip
+        } | held_out_record(test_rows, cfg.test_fraction, cfg.seed),
         "training": {
             **{
                 k: (str(v) if isinstance(v, Path) else v)

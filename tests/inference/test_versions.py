@@ -439,3 +439,52 @@ def test_a_version_that_may_be_worse_than_the_reference_does_not_become_the_defa
     assert evidence.chosen(data, current) == "tie@1"
     del data["rule"]["non_inferiority_margin"]  # files written before the margin: the best mean within budget
     assert evidence.chosen(data, current) == "unpaired@1"
+
+
+def test_equal_means_are_ordered_by_the_rules_tie_break_and_a_bad_one_is_refused():
+    from inference import evidence
+
+    def entry(mean, ece=None):
+        figures = {"m": {"mean": mean}} | ({"ece": {"mean": ece}} if ece is not None else {})
+        return {"weights_sha256": "s", "relative_time": 1.0, "metrics": {"set": figures},
+                "vs_reference": {"difference": 0.0, "ci95": [0.0, 0.0]}}  # fmt: skip
+
+    rule = {"set": "set", "metric": "m", "max_relative_time": 2.0, "time_reference": "ref@1",
+            "non_inferiority_margin": 0.01, "tie_break": {"metric": "ece", "decimals": 3}}  # fmt: skip
+    data = {"rule": rule, "versions": {"ref@1": entry(0.6121, 0.085), "calibrated@1": entry(0.61204, 0.051),
+                                       "unmeasured@1": entry(0.6120), "better@1": entry(0.6135, 0.2)}}  # fmt: skip
+    current = dict.fromkeys(data["versions"], "s")
+    # a higher mean to the 3 decimals still wins whatever its calibration; equal ones go by the lower ECE,
+    # and a version without the tie-break figure comes after those with it
+    assert evidence.ranking(data, current) == ["better@1", "calibrated@1", "ref@1", "unmeasured@1"]
+    del rule["tie_break"]  # without one, the exact means decide
+    assert evidence.ranking(data, current)[1:3] == ["ref@1", "calibrated@1"]
+    for bad in ({"metric": "ece"}, {"metric": 3, "decimals": 3}, "ece"):
+        with pytest.raises(evidence.EvidenceError, match="tie_break"):
+            evidence.check(data | {"rule": rule | {"tie_break": bad}})
+
+
+def test_a_version_on_the_shipped_weights_names_them_exactly(tmp_path, models_dir):
+    """`"weights_of"`: a calibrated copy of the shipped classifier runs its weights file from the models folder,
+    not a copy; any other file or sha256 makes the version unavailable with the reason."""
+    shipped = Registry(models_dir, trained_roots=[]).resolve("cxr15_mobilenetv3")
+    labels = [label for label in shipped.labels if label != "No Finding"]
+    meta = {
+        "model_id": "cxr14_mobilenetv3_multilabel", "version": "9.0.0", "task": "classification",
+        "family": "cxr14_mobilenetv3_multilabel", "labels": labels, "thresholds": dict.fromkeys(labels, 0.1),
+        "activation": "sigmoid", "input_size": [224, 224], "arch": {"head": "logsoftmax"},
+        "weights_of": shipped.ref, "weights_file": shipped.weights_file, "weights_sha256": shipped.weights_sha256,
+        "calibration": {"slopes": dict.fromkeys(labels, 0.5), "intercepts": dict.fromkeys(labels, -1.0)},
+        "mean": shipped.mean, "std": shipped.std,
+    }  # fmt: skip
+    d = tmp_path / "cxr14_mobilenetv3_multilabel" / "9.0.0"
+    d.mkdir(parents=True)
+    (d / "model.json").write_text(json.dumps(meta))
+    reg = Registry(models_dir, trained_roots=[tmp_path])
+    spec = reg.check("cxr14_mobilenetv3_multilabel@9.0.0")
+    assert reg.weights_path(spec) == models_dir / shipped.weights_file and not (d / shipped.weights_file).exists()
+    for change, reason in (({"weights_of": "cxr15_mobilenetv3@7.0.0"}, "not a built-in model version"),
+                           ({"weights_sha256": "0" * 64}, "must be that model's")):  # fmt: skip
+        (d / "model.json").write_text(json.dumps(meta | change))
+        broken = Registry(models_dir, trained_roots=[tmp_path]).unavailable()
+        assert reason in broken["cxr14_mobilenetv3_multilabel@9.0.0"]

@@ -57,6 +57,10 @@ def _review(study_id, who, password):
 
 def test_a_researcher_sees_the_candidates_scores_and_a_radiologist_never_does(env, shared_data):  # noqa: F811
     (r,) = importer.import_paths(env.engine, env.store, [shared_data / "dicom" / IMAGE], max_bytes=2**30)
+    with dbe.read(env.engine) as sess:
+        boss = accounts.get_user_by_name(sess, "boss").id  # the env fixture's admin
+    # the built-in active (an admin's choice): its scores are softmax shares
+    models_admin.set_active(env, Registry(env.settings.models_dir), "classification", "cxr15_mobilenetv3@1.0.0", boss)
     at = _review(r.study_id, "res", "researcher-pw")
     at.toggle(key="shadow_on").set_value(True).run(timeout=120)
     assert not at.exception
@@ -72,8 +76,6 @@ def test_a_researcher_sees_the_candidates_scores_and_a_radiologist_never_does(en
     assert CANDIDATE in note and sha in note and "Research use only" in note
 
     # with a calibrated version active, a difference per finding
-    with dbe.read(env.engine) as sess:
-        boss = accounts.get_user_by_name(sess, "boss").id  # the env fixture's admin
     calibrated = "cxr14_mobilenetv3_multilabel@1.3.0"
     models_admin.set_active(env, Registry(env.settings.models_dir), "classification", calibrated, boss)
     at = _review(r.study_id, "res", "researcher-pw")

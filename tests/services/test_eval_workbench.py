@@ -27,7 +27,7 @@ from inference.registry import Registry
 from inference.runner import Runner
 from services import analysis, auth, eval_metrics, eval_runs, eval_sets, importer, threshold_sets
 
-MODEL = "cxr15_mobilenetv3@1.0.0"  # the default classifier (assets/models/evidence): what the viewer runs
+MODEL = "cxr14_mobilenetv3_multilabel@1.4.0"  # the default classifier (assets/models/evidence): what the viewer runs
 FILES = ["00000075_000.png", "00000100_000.png", "00000211_000.png", "00000550_000.png", "00000797_000.png",
          "00000442_000.png"]  # fmt: skip
 

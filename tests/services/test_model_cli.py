@@ -4,14 +4,17 @@ real training is documented in README.md and not part of the suite)."""
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from inference.registry import Registry
+from inference.registry import Registry, version_key
 from inference.runner import Runner
 from services import cli
+
+REPO = Path(__file__).resolve().parents[2]
 
 TINY = ["--encoder", "tu-mobilenetv3_small_050", "--decoder-channels", "32", "16", "16", "8", "8"]
 
@@ -126,8 +129,11 @@ def test_train_classification_smoke_from_the_shipped_weights(env, shared_data, t
             "--out", str(out), "--limit", "60", "--epochs", "2", "--head-epochs", "1", "--no-progress"]  # fmt: skip
     assert cli.main(argv) == 0
     summary = _json(capsys)
-    meta = json.loads((out / "cxr14_mobilenetv3_multilabel" / "1.0.0" / "model.json").read_text())
-    assert summary["version"] == "1.0.0" and meta["activation"] == "sigmoid" and len(meta["labels"]) == 14
+    # the next version past those shipped in assets/models, which the app sees beside --out
+    shipped = max((p.name for p in (REPO / "assets" / "models" / "cxr14_mobilenetv3_multilabel").iterdir()), key=version_key)
+    assert summary["version"] == f"1.{int(shipped.split('.')[1]) + 1}.0"
+    meta = json.loads((out / "cxr14_mobilenetv3_multilabel" / summary["version"] / "model.json").read_text())
+    assert meta["activation"] == "sigmoid" and len(meta["labels"]) == 14
     assert set(meta["thresholds"]) == set(meta["labels"]) and all(
         0 <= t <= 1 for t in meta["thresholds"].values()
     )
@@ -152,6 +158,23 @@ def test_train_classification_smoke_from_the_shipped_weights(env, shared_data, t
         rate = np.mean([label in truth[f].split("|") for f in val])
         assert np.mean([s.probabilities[label] for s in scores]) == pytest.approx(rate, abs=0.06), label
     assert "calibration" not in Registry(env["CXR_REVIEW_MODELS_DIR"]).resolve("cxr15_mobilenetv3").metadata
+
+
+def test_train_calibration_writes_a_calibrated_copy_and_refuses_other_models(env, shared_data, tmp_path, capsys):
+    nih = shared_data / "nih"
+    out = tmp_path / "trained"
+    argv = ["train", "calibration", "--images", str(nih / "images"), "--labels", str(nih / "labels.csv"),
+            "--teacher", str(nih / "chexnet_teacher.csv"), "--test-fraction", "0.3", "--folds", "3",
+            "--out", str(out), "--limit", "60"]  # fmt: skip
+    assert cli.main(argv) == 0
+    summary = _json(capsys)
+    assert summary["weights_of"] == "cxr15_mobilenetv3@1.0.0"
+    assert summary["validation"]["runner_check"]["max_abs_difference"] < 1e-6
+    held = summary["validation"]["held_out"]
+    assert held["n_images"] == 18 and "student_minus_teacher" in held["all"]  # CheXNet beside it as the anchor
+    assert summary["thresholds_rule"].startswith("sensitivity >= 0.9")
+    assert cli.main([*argv, "--of", "anatomy_unet_jsrt"]) == 2
+    assert "only the shipped 15-class classifier" in capsys.readouterr().err
 
 
 def test_cross_validation_scores_every_image_with_a_model_that_never_saw_it(

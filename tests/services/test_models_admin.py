@@ -88,7 +88,7 @@ def test_the_evidence_table_marks_the_rules_choice_the_budget_and_stale_weights(
     assert by[a.ref]["lungs_dice · lungs"] == "0.850 (n ?)"
 
 
-def test_the_shipped_classification_evidence_keeps_the_built_in_against_a_tie_and_shows_paired_differences():
+def test_the_shipped_classification_evidence_refuses_a_tie_that_may_hide_a_loss_and_shows_paired_differences():
     from inference.registry import Registry
     from services import models_admin
     from tests.conftest import MODELS
@@ -109,7 +109,16 @@ def test_the_shipped_classification_evidence_keeps_the_built_in_against_a_tie_an
     assert held["val_use"] == "held_out" and len(held["val_files"]) == data["sets"][data["rule"]["set"]]["n"]
     # 1.3.0 has the higher mean but its paired interval against the built-in reaches below -0.01: not chosen
     v13 = data["versions"]["cxr14_mobilenetv3_multilabel@1.3.0"]
-    assert v13["vs_reference"]["ci95"][0] < -0.01 and chosen == "cxr15_mobilenetv3@1.0.0"
+    assert v13["vs_reference"]["ci95"][0] < -0.01 and chosen != "cxr14_mobilenetv3_multilabel@1.3.0"
+    # the built-in, calibrated (1.4.0), ranks images as the built-in does: the same mean to 3 decimals, and the
+    # rule's tie-break, the lower calibration error, picks it
+    rule, versions = data["rule"], data["versions"]
+    builtin, calibrated = versions["cxr15_mobilenetv3@1.0.0"], versions["cxr14_mobilenetv3_multilabel@1.4.0"]
+    assert rule["tie_break"] == {"metric": "mean_ece_all", "decimals": 3}
+    means = [round(v["metrics"][rule["set"]][rule["metric"]]["mean"], 3) for v in (builtin, calibrated)]
+    eces = [v["metrics"][rule["set"]]["mean_ece_all"]["mean"] for v in (builtin, calibrated)]
+    assert means[0] == means[1] and eces[1] < eces[0] and chosen == "cxr14_mobilenetv3_multilabel@1.4.0"
+    assert by[chosen]["mean_ece_all · " + rule["set"]].startswith(f"{eces[1]:.3f}")
 
 
 def test_the_evidence_table_shows_what_the_non_inferiority_check_reads():
