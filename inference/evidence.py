@@ -122,7 +122,7 @@ def ranking(data: dict, current_sha256: dict[str, str]) -> list[str]:
             continue
         out = float(entry.get("relative_time", float("inf"))) > budget or not not_inferior(ref, entry, rule)
         rounded = round(value, int(tie["decimals"])) if tie else value
-        rows.append((out, -rounded, tie_break(entry, rule), ref))
+        rows.append((out, -rounded, tie_break(entry, rule), -value, ref))  # then the exact mean, then the name
     return [row[-1] for row in sorted(rows)]
 
 

@@ -323,6 +323,13 @@ class Registry:
             return f"weights_of {ref!r} is not a built-in model version"
         if (spec.weights_file, spec.weights_sha256) != (base.weights_file, base.weights_sha256):
             return f"weights_of {ref}: weights_file and weights_sha256 must be that model's"
+        if base.task != spec.task:
+            return f"weights_of {ref}: a {base.task} model's weights cannot run a {spec.task} version"
+        family = self._families.get(spec.family)
+        if not hasattr(family, "from_shipped"):
+            return f"weights_of {ref}: family {spec.family!r} cannot run a built-in model's weights"
+        if why := getattr(family, "shipped_problem", lambda _: None)(spec):
+            return f"weights_of {ref}: {why}"
         return None
 
     def _builtin_keys(self) -> set[tuple[str, str]]:

@@ -72,7 +72,10 @@ def verified_state_dict(registry: Registry, spec: ModelSpec) -> dict[str, torch.
         )
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if spec.metadata.get("weights_of"):  # a built-in's weights as shipped, in the layout of this version's family
-        state = registry.family(spec).from_shipped(state, spec)
+        try:
+            state = registry.family(spec).from_shipped(state, spec)
+        except (AttributeError, KeyError, ValueError) as exc:  # the registry refuses these first; never a crash
+            raise ModelUnavailable(spec.ref, f"cannot run the weights of {spec.metadata['weights_of']}: {exc}") from exc
     return state
 
 
@@ -358,8 +361,11 @@ class Runner:
         model_id: str | ModelSpec | None = None,
         version: str | None = None,
     ) -> np.ndarray:
-        """Grad-CAM heatmap (float32 HxW in [0,1], input resolution) of `label`, or of the top class if None."""
-        return next(iter(self._cams(img, "top" if label is None else [label], model_id, version).values()))
+        """Grad-CAM heatmap (float32 HxW in [0,1], input resolution) of `label`, or of the most probable label if
+        None: by the version's probabilities, which a per-finding calibration may order otherwise than its logits."""
+        if label is None:
+            label = self.classify(img, model_id, version=version).top_label
+        return next(iter(self._cams(img, [label], model_id, version).values()))
 
     def gradcams(
         self,
@@ -375,21 +381,18 @@ class Runner:
     def _cams(
         self,
         img: np.ndarray,
-        which: Sequence[str] | Literal["all", "top"],
+        which: Sequence[str] | Literal["all"],
         model_id: str | ModelSpec | None,
         version: str | None = None,
     ) -> dict[str, np.ndarray]:
         img = as_image(img)
         clock = _Clock(self.device)
         spec, model = self._prepare("classification", model_id, clock, version)
-        if which == "top":
-            indices = None
-        else:
-            labels = spec.labels if which == "all" else which
-            unknown = [label for label in labels if label not in spec.labels]
-            if unknown:
-                raise ValueError(f"{unknown} not labels of {spec.model_id}: {spec.labels}")
-            indices = [spec.labels.index(label) for label in labels]
+        labels = spec.labels if which == "all" else which
+        unknown = [label for label in labels if label not in spec.labels]
+        if unknown:
+            raise ValueError(f"{unknown} not labels of {spec.model_id}: {spec.labels}")
+        indices = [spec.labels.index(label) for label in labels]
         with torch.no_grad():  # grad_cam enables autograd for the head only
             cams, indices = grad_cam(model, self.classifier_input([img], spec), indices)
             cams = F.interpolate(cams[None], size=img.shape, mode="bilinear", align_corners=False)[0]

@@ -235,7 +235,7 @@ def measure_segmentation(
             v["vs_reference"] = _kept(metrics.paired_bootstrap_mean_diff(lung_dice[ref], lung_dice[reference], N_BOOT, 0))
     return _finish("segmentation", per_version, sets, lung_dice, {"set": lung_set, "metric": "lungs_dice",
                    "max_relative_time": max_relative_time, "time_reference": reference,
-                   "non_inferiority_margin": margin, "tie_break": TIE_BREAK}, command, left_out)  # fmt: skip
+                   "non_inferiority_margin": margin}, command, left_out)  # fmt: skip
 
 
 def measure_classification(

@@ -90,12 +90,19 @@ def build(spec: ModelSpec) -> nn.Module:
     return make(len(spec.labels), spec.arch.get("head", "logsoftmax"))
 
 
+def shipped_problem(spec: ModelSpec) -> str | None:
+    """Why a version cannot run the shipped weights as they are (model.json `"weights_of"`), or None."""
+    if spec.arch.get("head", "logsoftmax") != "logsoftmax" or tuple(spec.labels) != FINDINGS:
+        return "a version on the shipped weights needs the logsoftmax head and the 14 findings in their order"
+    return None
+
+
 def from_shipped(state: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
     """The state_dict of a version that runs the shipped 15-class weights as they are (model.json
     `"weights_of"`): its logsoftmax head with zero biases, so that its logits are the shipped model's log
     softmax shares and only its calibration and thresholds are its own."""
-    if spec.arch.get("head", "logsoftmax") != "logsoftmax" or tuple(spec.labels) != FINDINGS:
-        raise ValueError("a version on the shipped weights needs the logsoftmax head and the 14 findings")
+    if why := shipped_problem(spec):
+        raise ValueError(why)
     return {f"base.{k}": v for k, v in state.items()} | {"bias": torch.zeros(len(FINDINGS))}
 
 

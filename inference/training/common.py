@@ -63,6 +63,8 @@ def new_version_dir(out: Path, model_id: str, version: str | None) -> tuple[str,
     one is also past the versions shipped in assets/models, which the app sees beside `out`: the same number
     there with other weights would make both unusable."""
     shipped = [d.name for d in (ASSETS_MODELS / model_id).glob("*") if d.is_dir() and not d.name.startswith(".")]
+    if version in shipped and Path(out).resolve() != ASSETS_MODELS.resolve():
+        raise FileExistsError(f"{model_id}@{version} is shipped in assets/models; choose another --version")
     version = version or next_version(out, model_id, also=shipped)
     vdir = out / model_id / version
     if (vdir / MODEL_JSON).exists():

@@ -395,8 +395,9 @@ def held_out(runner: Runner, ref: str, rows: Sequence[LabelledImage], teacher: n
     s = scores[:, [spec.labels.index(x) for x in family.FINDINGS]]
     y = np.array([[label in r.findings for label in family.FINDINGS] for r in rows])
     multi = np.array([len(r.findings) >= 2 for r in rows])
-    out: dict = {"method": "the written version run as the app runs it on the held-out patients; 'teacher' is "
-                           "CheXNet's probability on the same images", "n_images": len(rows)}  # fmt: skip
+    out: dict = {"method": "the written version run as the app runs it on the held-out patients"
+                           + ("; 'teacher' is CheXNet's probability on the same images" if teacher is not None else ""),
+                 "n_images": len(rows)}  # fmt: skip
     for name, mask in (("all", np.ones(len(rows), bool)), ("multi_finding", multi)):
         if teacher is None:
             out[name] = {"n_images": int(mask.sum()), "student": _mean(_aucs(y[mask], s[mask]))}

@@ -84,3 +84,13 @@ def test_the_committed_calibrated_default_reproduces_its_held_out_figures(regist
     ece = np.mean([curves.calibration_bins(y[:, j], s[:, j])["ece"] for j in range(len(FINDINGS))])
     assert ece == pytest.approx(held["reliability_mean"]["ece"], abs=1e-6)
     assert json.loads(json.dumps(meta))["weights_of"] == "cxr15_mobilenetv3@1.0.0"
+
+
+def test_grad_cam_without_a_label_explains_the_most_probable_finding_of_a_calibrated_version(runner, shared_data):
+    """Per-finding calibration can order findings otherwise than their logits: 'the top class' is the most
+    probable one, as the findings table shows it."""
+    img = read_gray(shared_data / "nih" / "images" / read_labels_csv(shared_data / "nih" / "labels.csv",
+                                                                     shared_data / "nih" / "images")[0].file)  # fmt: skip
+    ref = "cxr14_mobilenetv3_multilabel@1.4.0"
+    top = runner.classify(img, ref).top_label
+    np.testing.assert_allclose(runner.gradcam(img, None, ref), runner.gradcam(img, top, ref), atol=1e-6)

@@ -457,6 +457,12 @@ def test_equal_means_are_ordered_by_the_rules_tie_break_and_a_bad_one_is_refused
     # a higher mean to the 3 decimals still wins whatever its calibration; equal ones go by the lower ECE,
     # and a version without the tie-break figure comes after those with it
     assert evidence.ranking(data, current) == ["better@1", "calibrated@1", "ref@1", "unmeasured@1"]
+    # without the tie-break figure on either side, the exact means decide, not the names
+    data["versions"] |= {"a_worse@1": entry(0.60111), "z_better@1": entry(0.60149)}
+    current = dict.fromkeys(data["versions"], "s")
+    assert evidence.ranking(data, current)[-2:] == ["z_better@1", "a_worse@1"]
+    del data["versions"]["a_worse@1"], data["versions"]["z_better@1"]
+    current = dict.fromkeys(data["versions"], "s")
     del rule["tie_break"]  # without one, the exact means decide
     assert evidence.ranking(data, current)[1:3] == ["ref@1", "calibrated@1"]
     for bad in ({"metric": "ece"}, {"metric": 3, "decimals": 3}, "ece"):
@@ -484,7 +490,11 @@ def test_a_version_on_the_shipped_weights_names_them_exactly(tmp_path, models_di
     spec = reg.check("cxr14_mobilenetv3_multilabel@9.0.0")
     assert reg.weights_path(spec) == models_dir / shipped.weights_file and not (d / shipped.weights_file).exists()
     for change, reason in (({"weights_of": "cxr15_mobilenetv3@7.0.0"}, "not a built-in model version"),
-                           ({"weights_sha256": "0" * 64}, "must be that model's")):  # fmt: skip
+                           ({"weights_sha256": "0" * 64}, "must be that model's"),
+                           ({"arch": {"head": "linear"}}, "needs the logsoftmax head"),
+                           ({"labels": labels[::-1]}, "the 14 findings in their order"),
+                           ({"family": "anatomy_unet_smp"}, "cannot run a built-in model's weights"),
+                           ({"task": "segmentation"}, "cannot run a segmentation version")):  # fmt: skip
         (d / "model.json").write_text(json.dumps(meta | change))
         broken = Registry(models_dir, trained_roots=[tmp_path]).unavailable()
         assert reason in broken["cxr14_mobilenetv3_multilabel@9.0.0"]

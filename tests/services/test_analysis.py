@@ -22,8 +22,6 @@ from viewer import dicom_io
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = Path(os.environ.get("CXR_REVIEW_MODELS_DIR", REPO.parent / "shared" / "models")).resolve()
-# the defaults ranked first by assets/models/evidence: anatomy_unet_smp@1.3.0+1view, and the built-in classifier
-# (cxr14_mobilenetv3_multilabel@1.3.0 ties it on the held-out images, so it does not pass the non-inferiority check)
 # the version of each task that runs without an admin's choice (chosen on evidence, assets/models/evidence)
 MODEL_IDS = tuple(Registry(MODELS).for_task(t).model_id for t in ("segmentation", "bone_suppression", "classification"))
 

@@ -175,6 +175,10 @@ def test_train_calibration_writes_a_calibrated_copy_and_refuses_other_models(env
     assert summary["thresholds_rule"].startswith("sensitivity >= 0.9")
     assert cli.main([*argv, "--of", "anatomy_unet_jsrt"]) == 2
     assert "only the shipped 15-class classifier" in capsys.readouterr().err
+    # a version number assets/models ships would make both unusable (and the default classifier with them)
+    assert cli.main([*argv, "--version", "1.4.0"]) == 2
+    assert "cxr14_mobilenetv3_multilabel@1.4.0 is shipped in assets/models" in capsys.readouterr().err
+    assert not (out / "cxr14_mobilenetv3_multilabel" / "1.4.0").exists()
 
 
 def test_cross_validation_scores_every_image_with_a_model_that_never_saw_it(
