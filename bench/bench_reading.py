@@ -34,6 +34,7 @@ from tests.e2e.conftest import (  # noqa: E402
     CHROMIUM,
     CHROMIUM_ARGS,
     VIEWER_FRAME,
+    WORKLIST_TABLE,
     fresh_app_data,
     streamlit_server,
 )
@@ -54,8 +55,9 @@ CLOCK = """([ready, texts]) => {
   }, {capture: true, once: true});
 }"""
 WAITED = "() => window.__wait.end - window.__wait.start"
-TABLE_SHOWN = """const g = document.querySelector("[data-testid='stDataFrame']");
-  return !!g && g.getBoundingClientRect().height > 0;"""
+TABLE_SHOWN = """const hosts = document.querySelectorAll("[data-testid^='stBidiComponent']");
+  const row = [...hosts].map((h) => (h.shadowRoot || h).querySelector(".pick-table tbody tr")).find(Boolean);
+  return !!row && row.getBoundingClientRect().height > 0;"""
 CANVAS_DRAWN = """const f = document.querySelector('iframe[title$="cxr_canvas"]');
   const s = f?.contentDocument?.getElementById("status");
   return !!s && s.textContent.startsWith("Zoom") && texts.every((x) => document.body.textContent.includes(x));"""
@@ -79,20 +81,20 @@ def _sign_in(browser, url: str) -> tuple[object, float]:
     page.evaluate(CLOCK, [TABLE_SHOWN, []])
     t0 = time.perf_counter()
     page.get_by_role("button", name="Sign in").click()
-    page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=60_000)
+    page.locator(WORKLIST_TABLE).first.wait_for(timeout=60_000)
     seen = (time.perf_counter() - t0) * 1000
     page.wait_for_function("() => window.__wait.end !== undefined", timeout=60_000)
     return page, (page.evaluate(WAITED), seen)
 
 
 def _open_first_row(page, *also: str) -> float:
-    grid = page.locator("[data-testid='stDataFrame']").first
+    grid = page.locator(WORKLIST_TABLE).first
     grid.wait_for(timeout=60_000)
     _idle(page)
     box = grid.bounding_box()
     page.evaluate(CLOCK, [CANVAS_DRAWN, list(also)])
     t0 = time.perf_counter()
-    page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row's selection cell
+    page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row's first cell
     # The viewer's frame is new on each page change: the one of this visit, then its first draw.
     frame = page.wait_for_selector(VIEWER_FRAME, timeout=300_000).content_frame()
     frame.wait_for_function(DRAWN, polling="raf", timeout=300_000)
@@ -105,7 +107,7 @@ def _open_first_row(page, *also: str) -> float:
 
 def _to_worklist(page) -> None:
     page.get_by_role("link", name="Worklist").click()
-    page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=60_000)
+    page.locator(WORKLIST_TABLE).first.wait_for(timeout=60_000)
     _idle(page)
 
 

@@ -1,7 +1,9 @@
 """Interactive radiograph viewer: zoom, pan, measure, window/level, overlays.
 
 A hand-written Streamlit component (screens/_canvas/index.html, plain JS, no build step). The server sends the
-8-bit picture it windowed at full bit depth; the browser previews W/L changes and asks for a re-render.
+8-bit picture it windowed at full bit depth; the browser previews W/L changes and asks for a re-render. Served
+through asgi.py, the frame's page comes with canvas.js and annotate.js written into it (services/frame_files.py):
+the frame is a new one on every visit, and Streamlit serves each file again each time.
 """
 
 from __future__ import annotations

@@ -250,18 +250,20 @@ with side:
             st.write(f"{i}. {length:.1f} {unit}")
 
 if im["format"] == "dicom":
-    with st.expander("DICOM header"):
-        needle = st.text_input("Filter", key=f"hdr_filter_{im['id']}", placeholder="keyword or tag")
-        try:
-            rows = [
-                {"Tag": t, "Keyword": k, "VR": vr, "Value": v}
-                for t, k, vr, v in _deps.header_elements(im["sha"])
-                if not needle or needle.lower() in f"{t} {k}".lower()
-            ]
-        except dicom_io.ImageRejected as exc:
-            st.error(f"The header cannot be shown: {exc.message}")
-        else:
-            st.dataframe(rows, hide_index=True, width="stretch", height=400)
+    # Filled only while open: a closed expander's table is still drawn by the browser, on every visit.
+    with st.expander("DICOM header", key=f"hdr_open_{im['id']}", on_change="rerun") as header:
+        if header.open:
+            needle = st.text_input("Filter", key=f"hdr_filter_{im['id']}", placeholder="keyword or tag")
+            try:
+                rows = [
+                    {"Tag": t, "Keyword": k, "VR": vr, "Value": v}
+                    for t, k, vr, v in _deps.header_elements(im["sha"])
+                    if not needle or needle.lower() in f"{t} {k}".lower()
+                ]
+            except dicom_io.ImageRejected as exc:
+                st.error(f"The header cannot be shown: {exc.message}")
+            else:
+                st.dataframe(rows, hide_index=True, width="stretch", height=400)
 
 if ai is not None:
     st.divider()

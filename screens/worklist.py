@@ -5,6 +5,7 @@ import streamlit as st
 from db import engine as dbe
 from db import repo
 from screens import _deps, _signin, _table
+from screens._pick_table import pick_table, picked
 
 SORTS = {
     "Imported": "imported",
@@ -20,18 +21,12 @@ STATUS_LABELS = {"new": "New", "in_review": "In review", "reviewed": "Reviewed"}
 _signin.require_page("worklist")
 
 
-def open_study(study_id: int) -> None:
-    st.session_state["study_id"] = study_id
-    # A fresh table next time, so coming back to the worklist does not reopen the same study.
-    st.session_state["wl_gen"] = st.session_state.get("wl_gen", 0) + 1
+# A row opened in the table drawn last opens its study before anything else runs: the worklist is not queried and
+# drawn again on the way to the viewer (half the wait of opening a study). The row is an index into the studies that
+# table showed, never an id from the browser.
+if (row := picked("wl_table", len(st.session_state.get("wl_row_ids", [])))) is not None:
+    st.session_state["study_id"] = st.session_state["wl_row_ids"][row]
     st.switch_page("screens/review.py")
-
-
-# A row picked in the table drawn last opens its study before anything else runs: the worklist is not queried and
-# drawn again on the way to the viewer (half the wait of opening a study).
-picked = st.session_state.get(drawn) if (drawn := st.session_state.get("wl_table_key")) else None
-if picked and picked["selection"]["rows"] and picked["selection"]["rows"][0] < len(st.session_state["wl_row_ids"]):
-    open_study(st.session_state["wl_row_ids"][picked["selection"]["rows"][0]])
 st.title("Worklist")
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns([2, 1.2, 1, 2])
@@ -87,19 +82,12 @@ table = [
     for r in rows
 ]
 st.caption(
-    f"{total} stud{'y' if total == 1 else 'ies'} · page {page} of {pages} · select a row to open the study"
+    f"{total} stud{'y' if total == 1 else 'ies'} · page {page} of {pages} · click a row (or Enter on it) to open "
+    "the study"
 )
-st.session_state["wl_table_key"] = table_key = f"wl_table_{page}_{st.session_state.get('wl_gen', 0)}"
 st.session_state["wl_row_ids"] = [r.study_id for r in rows]
-st.dataframe(  # a pick reruns the page, whose first lines open the study
-    table,
-    hide_index=True,
-    width="stretch",
-    on_select="rerun",
-    selection_mode="single-row",
-    key=table_key,
-    height=min(38 + 35 * max(1, len(table)), 38 + 35 * 20),
-)
+if table:  # a pick reruns the page, whose first lines open the study
+    pick_table(table, key="wl_table", label="Studies")
 n1, n2, n3 = st.columns([1, 1, 6])
 if n1.button("◀ Previous page", disabled=page <= 1, key="wl_prev"):
     st.session_state["wl_page"] = page - 1
@@ -109,4 +97,9 @@ if n2.button("Next page ▶", disabled=page >= pages, key="wl_next"):
     st.rerun()
 if not rows:
     st.info("No studies match. Import studies on the Import page, or clear the filters.")
-
+# Streamlit's data grid, in which the viewer shows the DICOM header (and the AI its findings), has code of its own
+# that a browser loads and compiles the first time a grid is drawn: an empty, hidden one here does that while the
+# reader reads the list, not after the click on a study.
+with st.container(key="wl_grid_code"):
+    st.html("<style>.st-key-wl_grid_code { display: none; }</style>")
+    st.dataframe([{"": ""}], hide_index=True, height=38 + 35)

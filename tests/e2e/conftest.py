@@ -19,6 +19,9 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 # The viewer's frames only (the sidebar also holds the zero-height sign-in cookie frame).
 VIEWER_FRAME = 'iframe[data-testid="stCustomComponentV1"][title$="cxr_canvas"]'
+# The worklist's table (screens/_pick_table.py: in the page, in a shadow root, which Playwright's CSS reaches into);
+# a 38 px header, then 35 px rows.
+WORKLIST_TABLE = ".pick-table"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

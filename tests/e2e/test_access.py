@@ -38,7 +38,7 @@ def _only_the_sign_in_form(page, url: str, shot: str) -> None:
         page.screenshot(path=ARTIFACTS / shot)
     texts = {t.strip() for t in main.inner_text().split("\n") if t.strip()}
     assert texts <= SIGN_IN_TEXT, f"{url}: more than the sign-in form: {sorted(texts - SIGN_IN_TEXT)}"
-    for testid in ("stDataFrame", "stFileUploader", "stTabs", "stSidebar", "stPageLink-NavLink", "stCode"):
+    for testid in ("stDataFrame", "stBidiComponentIsolated", "stFileUploader", "stTabs", "stSidebar", "stPageLink-NavLink", "stCode"):
         assert page.locator(f'[data-testid="{testid}"]').count() == 0, f"{url}: {testid} rendered"
     assert page.locator("input").count() == 2  # user name and password
     assert "Traceback" not in page.content()

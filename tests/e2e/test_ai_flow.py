@@ -19,7 +19,7 @@ from db.models import Prediction, PredictionItem
 from inference.registry import Registry
 from services import threshold_sets
 from tests.conftest import SHARED
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data, sign_in
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, WORKLIST_TABLE, fresh_app_data, sign_in
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "radiologist-pw"
@@ -73,9 +73,9 @@ def _sign_in_and_open_the_study(page, url: str) -> None:
 
 def _open_the_study(page) -> None:
     page.get_by_text("1 study ·").wait_for(timeout=60_000)
-    grid = page.locator("[data-testid='stDataFrame']").first
+    grid = page.locator(WORKLIST_TABLE).first
     box = grid.bounding_box()
-    page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row's selection cell
+    page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row
     page.get_by_role("button", name="Mark reviewed").wait_for(timeout=60_000)
     page.frame_locator(VIEWER_FRAME).first.locator("canvas").first.wait_for(
         timeout=60_000

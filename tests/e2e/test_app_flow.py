@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, WORKLIST_TABLE, fresh_app_data
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "radiologist-pw"
@@ -67,10 +67,10 @@ def test_sign_in_upload_worklist_view_window_review_sign_out(browser, app_url, s
     # The study is in the worklist; open it.
     page.get_by_role("link", name="Worklist").click()
     page.get_by_text("1 study ·").wait_for(timeout=30_000)
-    grid = page.locator("[data-testid='stDataFrame']").first
+    grid = page.locator(WORKLIST_TABLE).first
     page.screenshot(path=ARTIFACTS / "app-03-worklist.png")
     box = grid.bounding_box()
-    page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row's selection cell
+    page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row
 
     page.get_by_role("button", name="Mark reviewed").wait_for(timeout=30_000)
     page.get_by_text("Pixel spacing 0.168 × 0.168 mm (PixelSpacing)").wait_for()

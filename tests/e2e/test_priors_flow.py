@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SHARED
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data, sign_in
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, WORKLIST_TABLE, fresh_app_data, sign_in
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "radiologist-pw"
@@ -68,9 +68,8 @@ def test_prior_beside_current_zoom_follows_and_difference_view(browser, app, rec
     errors = record_errors(page)
     sign_in(page, url, "rad", PASSWORD)
     page.get_by_text("4 studies ·").wait_for(timeout=60_000)
-    grid = page.locator("[data-testid='stDataFrame']").first
-    # Newest import first: the day-8 film, which has the day-4 film as its prior. The grid draws on a canvas;
-    # its cells are also in the canvas's fallback table.
+    grid = page.locator(WORKLIST_TABLE).first
+    # Newest import first: the day-8 film, which has the day-4 film as its prior.
     cells = grid.locator("table td")
     cells.filter(has_text="has prior").first.wait_for(state="attached", timeout=30_000)
     assert cells.filter(has_text="has prior").count() == 2
@@ -161,7 +160,7 @@ def test_prior_beside_current_zoom_follows_and_difference_view(browser, app, rec
     # A pair whose lungs cannot be aligned: side by side, unaligned, with the reason; no difference picture.
     # Back to the worklist, third row (newest import first): patient 250's day-1 film.
     page.get_by_role("link", name="Worklist").click()
-    grid = page.locator("[data-testid='stDataFrame']").first
+    grid = page.locator(WORKLIST_TABLE).first
     grid.locator("table td").filter(has_text="has prior").first.wait_for(state="attached", timeout=30_000)
     box = grid.bounding_box()
     page.mouse.click(box["x"] + 20, box["y"] + 38 + 35 * 2 + 17)

@@ -1,6 +1,8 @@
 """Page logic through Streamlit's AppTest: the sign-in gate, roles, worklist, import results, viewer."""
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -22,10 +24,17 @@ def signed_in(username, password):
     return sign_in_through_the_form(username, password)
 
 
+def worklist_table(at) -> pd.DataFrame:
+    """The worklist's table as the page sent it (screens/_pick_table.py): its columns and text cells."""
+    (table,) = [e.proto for e in at.get("bidi_component") if e.proto.component_name == "cxr_pick_table"]
+    data = json.loads(table.json)
+    return pd.DataFrame(data["rows"], columns=data["columns"])
+
+
 def test_without_a_session_only_the_sign_in_form_renders(env):
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert [t.label for t in at.text_input] == ["User name", "Password"]
-    assert len(at.dataframe) == 0 and len(at.sidebar.button) == 0
+    assert len(at.dataframe) == 0 and not at.get("bidi_component") and len(at.sidebar.button) == 0
     assert not at.exception
 
 
@@ -55,7 +64,7 @@ def test_the_first_page_after_sign_in_waits_until_the_browser_stored_the_session
 def test_wrong_password_is_refused(env):
     at = signed_in("rad", "not-the-password")
     assert [e.value for e in at.error] == ["Wrong user name or password."]
-    assert len(at.dataframe) == 0
+    assert len(at.dataframe) == 0 and not at.get("bidi_component")
 
 
 def test_radiologist_sees_the_worklist_with_imported_studies(env, shared_data):
@@ -63,7 +72,7 @@ def test_radiologist_sees_the_worklist_with_imported_studies(env, shared_data):
     at = signed_in("rad", "radiologist-pw")
     assert not at.exception
     assert at.title[0].value == "Worklist"
-    table = at.dataframe[0].value
+    table = worklist_table(at)
     # the SIIM MONOCHROME1 variant is refused (it reuses its twin's SOP Instance UID)
     assert len(table) == 2 and set(table["Modality"]) == {"CR", "DX"}
     assert "2 studies ·" in at.caption[0].value
@@ -74,7 +83,7 @@ def test_the_worklist_shows_empty_cells_where_a_study_has_no_value(env, shared_d
     # those cells read "None".
     list(importer.import_paths(env.engine, env.store, [shared_data / "nih" / "images" / "00000075_000.png"], max_bytes=2**30))
     at = signed_in("rad", "radiologist-pw")
-    table = at.dataframe[0].value
+    table = worklist_table(at)
     assert len(table) == 1 and not table.isna().any().any() and "None" not in table.to_string()
     row = table.iloc[0]
     empty = ["Patient ID", "Age", "Sex", "View", "Modality", "Study date", "Description", "Reviewed by"]
@@ -96,6 +105,21 @@ def test_roles_only_reach_their_pages_and_a_refused_page_says_why(env):
     at.switch_page("screens/admin.py").run()
     assert at.title[0].value == "Users"
     assert {"rad", "boss", "res"} <= set(at.dataframe[0].value["user"])
+
+
+def test_a_row_opened_in_the_worklist_opens_its_study_and_only_a_row_it_showed(env, shared_data):
+    list(importer.import_paths(env.engine, env.store, [shared_data / "dicom"], max_bytes=2**30))
+    at = signed_in("rad", "radiologist-pw")
+    shown = at.session_state["wl_row_ids"]
+    assert len(shown) == len(worklist_table(at)) == 2
+    for forged in (2, -1, True, "0", None):  # what a browser might send besides an index of the rows it was shown
+        at.session_state["wl_table"] = {"open": forged}
+        at.run()
+        assert not at.exception and at.title[0].value == "Worklist" and "study_id" not in at.session_state
+    at.session_state["wl_table"] = {"open": 1}  # the table's trigger: the second row
+    at.run()
+    assert not at.exception and at.session_state["study_id"] == shown[1]
+    assert at.query_params["study"] == str(shown[1]) and at.button(key="mark_reviewed")
 
 
 def test_viewer_shows_the_study_header_and_marks_it_reviewed(env, shared_data):
