@@ -19,10 +19,20 @@ _component = st.components.v2.component(
 _HEADER_PX, _ROW_PX = 38, 35  # as Streamlit's data grid
 
 
-def pick_table(rows: Sequence[Mapping[str, object]], *, key: str, label: str, max_rows: int = 20) -> None:
+def pick_table(
+    rows: Sequence[Mapping[str, object]],
+    *,
+    key: str,
+    label: str,
+    max_rows: int = 20,
+    sortable: Sequence[str] = (),
+    sorted_by: str | None = None,
+    descending: bool = True,
+) -> None:
     """Show `rows` (one {column: text or number} each, all with the first row's columns); `picked(key, len(rows))`
-    reads a row opened since the last run. At most `max_rows` rows are visible at once; the table scrolls under its
-    header. `label` names the table for screen readers."""
+    reads a row opened since the last run, `sort_clicked(key, sortable)` a `sortable` column's header clicked
+    (`sorted_by` shows its arrow). At most `max_rows` rows are visible at once; the table scrolls under its header.
+    `label` names the table for screen readers."""
     columns = list(rows[0]) if rows else []
     _component(
         key=key,
@@ -31,8 +41,13 @@ def pick_table(rows: Sequence[Mapping[str, object]], *, key: str, label: str, ma
             "rows": [[row[c] for c in columns] for row in rows],
             "label": label,
             "max_height": _HEADER_PX + _ROW_PX * max_rows + 2,
+            "sortable": [c for c in sortable if c in columns],
+            "sorted_by": sorted_by,
+            "descending": descending,
         },
-        on_open_change=lambda: None,  # declares the trigger; the page reads it where it starts
+        # declare the triggers; the page reads them where it starts
+        on_open_change=lambda: None,
+        on_sort_change=lambda: None,
     )
 
 
@@ -42,3 +57,11 @@ def picked(key: str, n_rows: int) -> int | None:
     value = st.session_state.get(key)
     index = value.get("open") if isinstance(value, dict) else None
     return index if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < n_rows else None
+
+
+def sort_clicked(key: str, sortable: Sequence[str]) -> str | None:
+    """The sortable column whose header the reader clicked in table `key` for this run, or None (a name the page
+    did not offer is ignored)."""
+    value = st.session_state.get(key)
+    name = value.get("sort") if isinstance(value, dict) else None
+    return name if isinstance(name, str) and name in sortable else None

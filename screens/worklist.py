@@ -5,7 +5,7 @@ import streamlit as st
 from db import engine as dbe
 from db import repo
 from screens import _deps, _signin, _table
-from screens._pick_table import pick_table, picked
+from screens._pick_table import pick_table, picked, sort_clicked
 
 SORTS = {
     "Imported": "imported",
@@ -17,6 +17,9 @@ SORTS = {
     "Patient ID": "patient_id",
 }
 STATUS_LABELS = {"new": "New", "in_review": "In review", "reviewed": "Reviewed"}
+# the table's column headers that sort the list (on the server, every page), and the sort each one sets
+SORT_COLUMNS = {"Patient ID": "Patient ID", "Age": "Age", "Sex": "Sex", "View": "View", "Study date": "Study date",
+                "Status": "Status", "Imported (UTC)": "Imported"}  # fmt: skip
 
 _signin.require_page("worklist")
 
@@ -27,6 +30,14 @@ _signin.require_page("worklist")
 if (row := picked("wl_table", len(st.session_state.get("wl_row_ids", [])))) is not None:
     st.session_state["study_id"] = st.session_state["wl_row_ids"][row]
     st.switch_page("screens/review.py")
+# A clicked header sorts by its column, or reverses the order when the list is sorted by it already; set before
+# the "Sort by" and "Descending" widgets are drawn, which show it.
+if (column := sort_clicked("wl_table", list(SORT_COLUMNS))) is not None:
+    if st.session_state.get("wl_sort", "Imported") == SORT_COLUMNS[column]:
+        st.session_state["wl_desc"] = not st.session_state.get("wl_desc", True)
+    else:
+        st.session_state["wl_sort"], st.session_state["wl_desc"] = SORT_COLUMNS[column], False
+    st.session_state["wl_page"] = 1
 st.title("Worklist")
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns([2, 1.2, 1, 2])
@@ -83,11 +94,13 @@ table = [
 ]
 st.caption(
     f"{total} stud{'y' if total == 1 else 'ies'} · page {page} of {pages} · click a row (or Enter on it) to open "
-    "the study"
+    "the study, a column's header to sort by it"
 )
 st.session_state["wl_row_ids"] = [r.study_id for r in rows]
 if table:  # a pick reruns the page, whose first lines open the study
-    pick_table(table, key="wl_table", label="Studies")
+    shown = next((c for c, sort in SORT_COLUMNS.items() if sort == sort_label), None)
+    pick_table(table, key="wl_table", label="Studies", sortable=list(SORT_COLUMNS), sorted_by=shown,
+               descending=descending)  # fmt: skip
 n1, n2, n3 = st.columns([1, 1, 6])
 if n1.button("◀ Previous page", disabled=page <= 1, key="wl_prev"):
     st.session_state["wl_page"] = page - 1

@@ -3,6 +3,8 @@
 // row is picked before it tells the server. Cells are set as text, never as HTML.
 const ROW_KEYS = { ArrowDown: 1, ArrowUp: -1, PageDown: 10, PageUp: -10 };
 
+// A sortable column's header is a button that sends its name (the trigger "sort"): the page sorts on the
+// server, over every page of rows, not only the rows shown.
 export default function ({ data, parentElement, setTriggerValue }) {
   let wrap = parentElement.querySelector(".pick-table");
   if (!wrap) {
@@ -17,10 +19,23 @@ export default function ({ data, parentElement, setTriggerValue }) {
   const table = document.createElement("table");
   table.setAttribute("aria-label", data.label);
   const head = table.createTHead().insertRow();
+  const sortable = new Set(data.sortable || []);
   for (const name of data.columns) {
     const th = document.createElement("th");
     th.scope = "col";
-    th.textContent = name;
+    if (sortable.has(name)) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "sort";
+      const here = data.sorted_by === name;
+      button.textContent = name + (here ? (data.descending ? " \u25BC" : " \u25B2") : "");
+      button.title = here ? "Sorted by this column: click to reverse" : `Sort by ${name}`;
+      if (here) th.setAttribute("aria-sort", data.descending ? "descending" : "ascending");
+      button.addEventListener("click", () => setTriggerValue("sort", name));
+      th.appendChild(button);
+    } else {
+      th.textContent = name;
+    }
     head.appendChild(th);
   }
   const body = table.createTBody();

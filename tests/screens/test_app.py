@@ -122,6 +122,33 @@ def test_a_row_opened_in_the_worklist_opens_its_study_and_only_a_row_it_showed(e
     assert at.query_params["study"] == str(shown[1]) and at.button(key="mark_reviewed")
 
 
+def _table_data(at) -> dict:
+    (table,) = [e.proto for e in at.get("bidi_component") if e.proto.component_name == "cxr_pick_table"]
+    return json.loads(table.json)
+
+
+def test_a_worklist_header_sorts_every_page_on_the_server_and_a_second_click_reverses(env, shared_data):
+    list(importer.import_paths(env.engine, env.store, [shared_data / "dicom"], max_bytes=2**30))
+    at = signed_in("rad", "radiologist-pw")
+    data = _table_data(at)
+    assert data["sorted_by"] == "Imported (UTC)" and data["descending"] and "Age" in data["sortable"]
+    assert "Description" not in data["sortable"]  # no sort on the server for it: not offered
+    for forged in ("Description", "<img src=x>", 3, None):  # a name the page did not offer changes nothing
+        at.session_state["wl_table"] = {"sort": forged}
+        at.run()
+        assert not at.exception and at.selectbox(key="wl_sort").value == "Imported"
+    at.session_state["wl_table"] = {"sort": "Age"}
+    at.run()
+    assert at.selectbox(key="wl_sort").value == "Age" and at.toggle(key="wl_desc").value is False
+    ages = [int(a) for a in worklist_table(at)["Age"]]
+    assert ages == sorted(ages) and _table_data(at)["sorted_by"] == "Age"
+    at.session_state["wl_table"] = {"sort": "Age"}  # the same header again: the other way round
+    at.run()
+    assert at.toggle(key="wl_desc").value is True
+    assert [int(a) for a in worklist_table(at)["Age"]] == sorted(ages, reverse=True)
+    assert "study_id" not in at.session_state  # sorting opens nothing
+
+
 def test_viewer_shows_the_study_header_and_marks_it_reviewed(env, shared_data):
     (r,) = importer.import_paths(
         env.engine, env.store, [shared_data / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"], max_bytes=2**30
