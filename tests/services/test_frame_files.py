@@ -1,6 +1,7 @@
 """The viewer's frame served in one request (services/frame_files.py), called as ASGI without a server."""
 
 import asyncio
+import concurrent.futures
 import os
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def _call(
         "type": "http", "method": method, "path": path, "query_string": b"streamlitUrl=x", "root_path": "",
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
     }  # fmt: skip
-    asyncio.run(app(scope, receive, send))
+    # in a thread of its own: earlier browser tests leave Playwright's event loop running in this one
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, app(scope, receive, send)).result()
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
