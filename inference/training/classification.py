@@ -281,8 +281,7 @@ def cross_validate(cfg: ClassificationConfig, folds: int = 5, argv: Sequence[str
     if folds < 2:
         raise DatasetError("--cv needs at least 2 folds")
     rows = read_labels_csv(cfg.labels, cfg.images)[: cfg.limit]
-    patients = common.group_order([r.patient for r in rows], cfg.seed)
-    fold_of = {g: i % folds for i, g in enumerate(patients)}
+    patients, fold = common.patient_folds([r.patient for r in rows], folds, cfg.seed)
     labels = family.FINDINGS
     ours = np.zeros((len(rows), len(labels)))
     start = np.zeros_like(ours)
@@ -293,8 +292,8 @@ def cross_validate(cfg: ClassificationConfig, folds: int = 5, argv: Sequence[str
     runner = Runner(registry, cfg.device)
     fold_reports = []
     for k in range(folds):
-        held = [i for i, r in enumerate(rows) if fold_of[r.patient] == k]
-        keep = frozenset(r.file for r in rows if fold_of[r.patient] != k)
+        held = [i for i in range(len(rows)) if fold[i] == k]
+        keep = frozenset(r.file for r, f in zip(rows, fold, strict=True) if f != k)
         result = train(replace(cfg, only=keep, version=f"0.0.{k + 1}", keep_checkpoint=False), argv)
         held_rows = [rows[i] for i in held]
         for target, model in (
@@ -309,7 +308,6 @@ def cross_validate(cfg: ClassificationConfig, folds: int = 5, argv: Sequence[str
     multi = np.array([len(r.findings) >= 2 for r in rows])
     out = {"task": "classification cross-validation", "folds": folds, "n_images": len(rows),
            "n_patients": len(patients), "recipe": cfg.model_id, "start": cfg.init, "fold_runs": fold_reports}  # fmt: skip
-    fold = np.array([fold_of[r.patient] for r in rows])
     for name, mask in (("all", np.ones(len(rows), bool)), ("multi_finding", multi)):
         yy, a, b = y[mask], ours[mask], start[mask]
         within = metrics.paired_bootstrap_mean_auc_diff(yy, a, b, seed=cfg.seed, strata=fold[mask])

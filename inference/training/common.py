@@ -79,6 +79,14 @@ def group_order(groups: Iterable[str], seed: int | str) -> list[str]:
     return sorted(set(groups), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
 
 
+def patient_folds(patients: Sequence[str], folds: int, seed: int | str) -> tuple[list[str], np.ndarray]:
+    """(the distinct patients in group_order, the fold 0..folds-1 of each item): patients dealt round-robin in that
+    order, so a patient's images share one fold."""
+    order = group_order(patients, seed)
+    fold_of = {g: i % folds for i, g in enumerate(order)}
+    return order, np.array([fold_of[p] for p in patients], dtype=int)
+
+
 def split_by_group(items: Sequence[str], groups: Sequence[str], val_fraction: float, seed: int | str):
     """(train, val) item lists; every group (patient, or the image itself) lands wholly on one side.
 

@@ -453,6 +453,14 @@ def check_inputs(cfg: DistillConfig) -> tuple[list[LabelledImage], np.ndarray, l
     no fold, no calibration and no threshold sees them, so the version can be measured on them afterwards."""
     if not 0.0 <= cfg.teacher_weight <= 1.0:
         raise DatasetError(f"--teacher-weight must be in [0, 1], not {cfg.teacher_weight}")
+    return split_inputs(cfg)
+
+
+def split_inputs(cfg) -> tuple[list[LabelledImage], np.ndarray | None, list[LabelledImage], np.ndarray | None]:
+    """What every recipe with a sensitivity rule checks and reads (`cfg`: labels, images, teacher or None, limit,
+    folds, sensitivity, test_fraction, seed): the rows to learn from and the held-out ones, each with the
+    teacher's matrix (None without a teacher). The teacher file is matched against every labelled image, then
+    cut to `limit` with them."""
     if cfg.folds < 2:
         raise DatasetError("--folds needs at least 2")
     if not 0 < cfg.sensitivity <= 1:
@@ -460,16 +468,16 @@ def check_inputs(cfg: DistillConfig) -> tuple[list[LabelledImage], np.ndarray, l
     if not 0.0 <= cfg.test_fraction < 1.0:
         raise DatasetError(f"--test-fraction must be in [0, 1), not {cfg.test_fraction}")
     rows = read_labels_csv(cfg.labels, cfg.images)
-    teacher = read_teacher(cfg.teacher, [r.file for r in rows])
-    keep = slice(None, cfg.limit)
-    rows, teacher = rows[keep], teacher[keep]
+    teacher = read_teacher(cfg.teacher, [r.file for r in rows])[: cfg.limit] if cfg.teacher else None
+    rows = rows[: cfg.limit]
     held = held_out_mask(rows, cfg.test_fraction, cfg.seed)
     learn = [r for r, h in zip(rows, held, strict=True) if not h]
     if len({r.patient for r in learn}) < cfg.folds:
         raise DatasetError(
             f"{len(learn)} images of fewer than {cfg.folds} patients cannot make {cfg.folds} folds"
         )
-    return learn, teacher[~held], [r for r, h in zip(rows, held, strict=True) if h], teacher[held]
+    test = [r for r, h in zip(rows, held, strict=True) if h]
+    return learn, None if teacher is None else teacher[~held], test, None if teacher is None else teacher[held]
 
 
 def distil(cfg: DistillConfig, argv: Sequence[str] | None = None) -> dict:
@@ -488,9 +496,7 @@ def distil(cfg: DistillConfig, argv: Sequence[str] | None = None) -> dict:
     feats = cached_features(cfg, model, data, key)
     feature_seconds = t0.s
 
-    patients = common.group_order([r.patient for r in rows], cfg.seed)
-    fold_of = {g: i % cfg.folds for i, g in enumerate(patients)}
-    fold = np.array([fold_of[r.patient] for r in rows])
+    patients, fold = common.patient_folds([r.patient for r in rows], cfg.folds, cfg.seed)
     targets = soft_targets(data.targets, teacher, cfg.teacher_weight)
     oof = np.zeros_like(y)
     start = start_logits(start_model, feats[0])

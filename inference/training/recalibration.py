@@ -29,17 +29,16 @@ from inference.models import cxr14_mobilenetv3_multilabel as family
 from inference.models.cxr15_mobilenetv3 import LABELS as SHIPPED_LABELS
 from inference.runner import Runner
 from inference.training import common
-from inference.training.data import DatasetError, LabelledImage, read_gray, read_labels_csv
+from inference.training.data import DatasetError, LabelledImage, read_gray
 from inference.training.distillation import (
     cross_fitted_calibration,
     held_out,
-    held_out_mask,
     held_out_record,
     operating_meta,
     operating_points,
     platt_per_finding,
-    read_teacher,
     reliability,
+    split_inputs,
 )
 from inference.types import RESEARCH_USE, ModelSpec
 
@@ -83,29 +82,14 @@ def finding_logits(runner: Runner, spec: ModelSpec, images: Path, rows: Sequence
 
 
 def calibrate(cfg: CalibrateConfig, argv: Sequence[str] | None = None) -> dict:
-    if not 0 < cfg.sensitivity <= 1:
-        raise DatasetError(f"--sensitivity must be in (0, 1], not {cfg.sensitivity}")
-    if not 0.0 <= cfg.test_fraction < 1.0:
-        raise DatasetError(f"--test-fraction must be in [0, 1), not {cfg.test_fraction}")
-    if cfg.folds < 2:
-        raise DatasetError("--folds needs at least 2")
     run = common.start_run(cfg.seed, "cpu", cfg.threads)
-    rows = read_labels_csv(cfg.labels, cfg.images)
-    teacher = read_teacher(cfg.teacher, [r.file for r in rows])[: cfg.limit] if cfg.teacher else None
-    rows = rows[: cfg.limit]
-    held = held_out_mask(rows, cfg.test_fraction, cfg.seed)
-    learn = [r for r, h in zip(rows, held, strict=True) if not h]
-    test = [r for r, h in zip(rows, held, strict=True) if h]
-    patients = common.group_order([r.patient for r in learn], cfg.seed)
-    if len(patients) < cfg.folds:
-        raise DatasetError(f"{len(learn)} images of fewer than {cfg.folds} patients cannot make {cfg.folds} folds")
+    learn, _, test, test_teacher = split_inputs(cfg)
     spec, runner = shipped_spec(cfg)
     version, vdir, epoch_log = common.new_version_dir(cfg.out, cfg.model_id, cfg.version)
 
     logits = finding_logits(runner, spec, cfg.images, learn)
     y = np.array([[label in r.findings for label in family.FINDINGS] for r in learn], np.float64)
-    fold_of = {g: i % cfg.folds for i, g in enumerate(patients)}
-    fold = np.array([fold_of[r.patient] for r in learn])
+    patients, fold = common.patient_folds([r.patient for r in learn], cfg.folds, cfg.seed)
     slopes, intercepts = platt_per_finding(logits, y)
     probs = calibration.apply_platt(logits, slopes, intercepts).astype(np.float64)
     cross = cross_fitted_calibration(logits, y, fold).astype(np.float64)
@@ -156,7 +140,7 @@ def calibrate(cfg: CalibrateConfig, argv: Sequence[str] | None = None) -> dict:
             "intercepts": {label: float(c) for label, c in zip(family.FINDINGS, intercepts, strict=True)},
         },
     }
-    if teacher is not None:
+    if cfg.teacher is not None:
         meta["data"] |= {"teacher": str(cfg.teacher),
                          "teacher_sha256": hashlib.sha256(Path(cfg.teacher).read_bytes()).hexdigest()}  # fmt: skip
     meta["validation"] = {
@@ -179,7 +163,7 @@ def calibrate(cfg: CalibrateConfig, argv: Sequence[str] | None = None) -> dict:
     got = np.array([[r.probabilities[label] for label in family.FINDINGS] for r in res])
     meta["validation"]["runner_check"] = {"n_images": n, "max_abs_difference": float(np.abs(got - probs[:n]).max())}
     if test:
-        meta["validation"]["held_out"] = held_out(written, ref, test, teacher[held] if teacher is not None else None, cfg)
+        meta["validation"]["held_out"] = held_out(written, ref, test, test_teacher, cfg)
     meta["training"]["wall_seconds_with_evaluation"] = round(run.clock.s, 1)
     path = common.write_model_json(vdir, meta)
     return meta | {"model_json": str(path)}
