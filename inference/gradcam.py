@@ -6,13 +6,12 @@ import torch
 import torch.nn.functional as F
 
 
-def grad_cam(
-    model: torch.nn.Module, x: torch.Tensor, class_indices: Sequence[int] | None = None
-) -> tuple[torch.Tensor, list[int]]:
+def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_indices: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
     """Class activation maps (K, h, w) at feature resolution, each scaled to [0,1], and the classes explained.
 
-    `class_indices=None` explains the top class. The backbone runs once and without autograd bookkeeping;
-    only the head is differentiated, once per class. The explained score is the class logit (pre-softmax).
+    The backbone runs once and without autograd bookkeeping; only the head is differentiated, once per class.
+    The explained score is the class logit (pre-softmax). (Which class is "the top one" depends on the version's
+    calibration: Runner.gradcam decides it from the probabilities.)
     """
     with torch.no_grad():
         feats = model.features(x)
@@ -20,7 +19,7 @@ def grad_cam(
     cams = []
     with torch.enable_grad():
         logits = model.head(feats)[0]
-        indices = [int(logits.argmax())] if class_indices is None else list(class_indices)
+        indices = list(class_indices)
         for i in indices:
             (grads,) = torch.autograd.grad(logits[i], feats, retain_graph=True)
             weights = grads.mean(dim=(2, 3), keepdim=True)  # global-average-pooled gradients per channel
