@@ -18,8 +18,7 @@ SORTS = {
 }
 STATUS_LABELS = {"new": "New", "in_review": "In review", "reviewed": "Reviewed"}
 # the table's column headers that sort the list (on the server, every page), and the sort each one sets
-SORT_COLUMNS = {"Patient ID": "Patient ID", "Age": "Age", "Sex": "Sex", "View": "View", "Study date": "Study date",
-                "Status": "Status", "Imported (UTC)": "Imported"}  # fmt: skip
+SORT_COLUMNS = {("Imported (UTC)" if label == "Imported" else label): label for label in SORTS}
 
 _signin.require_page("worklist")
 
