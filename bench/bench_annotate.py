@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWER_FRAME, streamlit_server  # noqa: E402
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWER, streamlit_server  # noqa: E402
 
 SHARED = Path(os.environ.get("CXR_REVIEW_SHARED_DIR", REPO.parent / "shared"))
 
@@ -42,16 +42,14 @@ def brush_latency() -> None:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
-        frame_el = page.locator(VIEWER_FRAME)
-        frame = page.frame_locator(VIEWER_FRAME)
-        frame.get_by_role("button", name="Brush").wait_for(timeout=60_000)
-        f = frame_el.element_handle().content_frame()
-        f.wait_for_function("() => window.__cxrEditor.map !== null && window.__cxrEditor.map.length === 2048 * 2048")
-        box = frame.locator("#overlay").bounding_box()
+        viewer = page.locator(VIEWER)
+        viewer.get_by_role("button", name="Brush").wait_for(timeout=60_000)
+        page.wait_for_function("() => window.__cxrEditor?.map?.length === 2048 * 2048")
+        box = viewer.locator("#overlay").bounding_box()
 
         def drag(tool: str, start: float, step: tuple[float, float]) -> None:
             """120 pointer moves of one drag with `tool`, from (start, start) of the view."""
-            frame.get_by_role("button", name=tool, exact=True).click()
+            viewer.get_by_role("button", name=tool, exact=True).click()
             x0, y0 = box["x"] + box["width"] * start, box["y"] + box["height"] * start
             page.mouse.move(x0, y0)
             page.mouse.down()
@@ -60,16 +58,16 @@ def brush_latency() -> None:
             page.mouse.up()
             page.wait_for_timeout(300)  # the last frames
 
-        f.evaluate("() => { window.__cxrEditor.size = 24; window.__cxrEditor.latencies = []; }")
+        page.evaluate("() => { window.__cxrEditor.size = 24; window.__cxrEditor.latencies = []; }")
         drag("Brush", 0.3, (2.5, 2.0))
-        brush = f.evaluate("() => window.__cxrEditor.latencies.slice()")
+        brush = page.evaluate("() => window.__cxrEditor.latencies.slice()")
         # Pan records no paint latency in annotate.js: time it the same way, from the event to the end of the frame
         # that redraws the view (this listener's frame callback runs after the viewer's own draw).
-        f.evaluate("""() => { window.__panLat = [];
-            overlay.addEventListener('pointermove', (e) => { if (drag?.kind === 'pan') {
+        viewer.locator("#overlay").evaluate("""(overlay) => { window.__panLat = [];
+            overlay.addEventListener('pointermove', (e) => { if (e.buttons & 1) {
               requestAnimationFrame(() => window.__panLat.push(performance.now() - e.timeStamp)); } }); }""")
         drag("Pan", 0.5, (1.5, 1.0))
-        pan = f.evaluate("() => window.__panLat.slice()")
+        pan = page.evaluate("() => window.__panLat.slice()")
         browser.close()
     print("1. brush stroke to repaint, 2048 x 2048, Chromium headless (software rendering)")
     print(f"   brush:            {_stats(brush)}")

@@ -33,7 +33,6 @@ sys.path.insert(0, str(REPO))
 from tests.e2e.conftest import (  # noqa: E402
     CHROMIUM,
     CHROMIUM_ARGS,
-    VIEWER_FRAME,
     WORKLIST_TABLE,
     fresh_app_data,
     streamlit_server,
@@ -42,9 +41,9 @@ from tests.e2e.conftest import (  # noqa: E402
 SHARED = Path(os.environ.get("CXR_REVIEW_SHARED_DIR", REPO.parent / "shared"))
 PASSWORD = "bench-reader-pw"
 DICOM = SHARED / "data" / "dicom" / "nih_dx_chest_1024_nofinding_nccid.dcm"
-DRAWN = "() => document.getElementById('status')?.textContent.startsWith('Zoom')"
 # The page's own clock: the pointer's press, then the first animation frame in which `ready` holds. `ready` may look
-# into the viewer's frame (same origin). Read back with WAITED once Playwright has seen the same thing.
+# into the shadow roots of the page's components (open ones). Read back with WAITED once Playwright has seen the same
+# thing.
 CLOCK = """([ready, texts]) => {
   const t = window.__wait = {};
   const test = new Function("texts", ready);
@@ -58,8 +57,8 @@ WAITED = "() => window.__wait.end - window.__wait.start"
 TABLE_SHOWN = """const hosts = document.querySelectorAll("[data-testid^='stBidiComponent']");
   const row = [...hosts].map((h) => (h.shadowRoot || h).querySelector(".pick-table tbody tr")).find(Boolean);
   return !!row && row.getBoundingClientRect().height > 0;"""
-CANVAS_DRAWN = """const f = document.querySelector('iframe[title$="cxr_canvas"]');
-  const s = f?.contentDocument?.getElementById("status");
+CANVAS_DRAWN = """const hosts = document.querySelectorAll("[data-testid^='stBidiComponent']");
+  const s = [...hosts].map((h) => h.shadowRoot?.querySelector(".cxr-viewer #status")).find(Boolean);
   return !!s && s.textContent.startsWith("Zoom") && texts.every((x) => document.body.textContent.includes(x));"""
 ACCOUNT_SHOWN = """return [...document.querySelectorAll("h1")].some((h) => h.textContent.trim() === "Account");"""  # fmt: skip
 
@@ -95,11 +94,8 @@ def _open_first_row(page, *also: str) -> float:
     page.evaluate(CLOCK, [CANVAS_DRAWN, list(also)])
     t0 = time.perf_counter()
     page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row's first cell
-    # The viewer's frame is new on each page change: the one of this visit, then its first draw.
-    frame = page.wait_for_selector(VIEWER_FRAME, timeout=300_000).content_frame()
-    frame.wait_for_function(DRAWN, polling="raf", timeout=300_000)
-    for text in also:
-        page.get_by_text(text).first.wait_for(timeout=300_000)
+    # The viewer is new on each page change: this visit's, then its first draw.
+    page.wait_for_function(f"() => {{ const texts = {list(also)!r}; {CANVAS_DRAWN} }}", polling="raf", timeout=300_000)
     seen = (time.perf_counter() - t0) * 1000
     page.wait_for_function("() => window.__wait.end !== undefined", timeout=60_000)
     return page.evaluate(WAITED), seen

@@ -1,26 +1,35 @@
 """Interactive radiograph viewer: zoom, pan, measure, window/level, overlays.
 
-A hand-written Streamlit component (screens/_canvas/index.html, plain JS, no build step). The server sends the
-8-bit picture it windowed at full bit depth; the browser previews W/L changes and asks for a re-render. Served
-through asgi.py, the frame's page comes with canvas.js and annotate.js written into it (services/frame_files.py):
-the frame is a new one on every visit, and Streamlit serves each file again each time.
+A hand-written Streamlit components v2 element (screens/_canvas/: viewer.html and viewer.css in its shadow root;
+canvas.js and annotate.js, plain JS with no build step, are the body of one function per viewer, mount.js the
+module's tail). It lives in the page itself: no frame to load and no handshake before the first picture, the
+module is compiled once per tab, and a picture decoded once is drawn again at once on a later visit. The server
+sends the 8-bit picture it windowed at full bit depth; the browser previews W/L changes and asks for a re-render.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import streamlit as st
-import streamlit.components.v1 as components
 
-_component = components.declare_component("cxr_canvas", path=str(Path(__file__).with_name("_canvas")))
+_HERE = Path(__file__).with_name("_canvas")
 
-# Toolbar + status line around the picture; the frame reports its real height once loaded, this only
-# sizes the placeholder so the page does not jump.
-_CHROME_PX = 48
+
+def _module() -> str:
+    body = "\n".join((_HERE / name).read_text() for name in ("canvas.js", "annotate.js"))
+    return (
+        f"const HTML = {json.dumps((_HERE / 'viewer.html').read_text())};\n\n"
+        f"function createViewer(root, host) {{\n{body}\nreturn {{ render, destroy: () => resized.disconnect() }};\n}}\n\n"
+        + (_HERE / "mount.js").read_text()
+    )
+
+
+_component = st.components.v2.component("cxr_canvas", js=_module(), css=(_HERE / "viewer.css").read_text())
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -48,10 +57,17 @@ def requested_window(
     Call it before image_canvas to window the PNG with it in the same run (image_canvas returns it too,
     but only after the PNG was sent).
     """
-    value = st.session_state.get(key)
+    value = last_value(key)
     if not value or value.get("image") != _identity(image_id, width, height) or not value.get("window"):
         return None
     return value["window"]["center"], value["window"]["width"]
+
+
+def last_value(key: str) -> dict | None:
+    """What viewer `key` last sent (see image_canvas), as it is at the start of this run, or None."""
+    state = st.session_state.get(key)
+    value = state.get("value") if isinstance(state, Mapping) else None
+    return value if isinstance(value, dict) else None
 
 
 def image_canvas(
@@ -102,7 +118,7 @@ def image_canvas(
     if compare is not None and _png_size(compare["png"]) != (width, height):
         raise ValueError(f"the compare picture is {_png_size(compare['png'])}, not {(width, height)}")
     identity = _identity(image_id, width, height)
-    value: Any = _component(
+    args = dict(
         image=_data_url(image_png),
         image_width=width,
         image_height=height,
@@ -129,11 +145,10 @@ def image_canvas(
             "current_caption": compare.get("current_caption", ""), "windowed": bool(compare.get("windowed", True)),
         },
         view_height=view_height,
-        height=view_height + _CHROME_PX,  # read by Streamlit as the frame's height before the first render
-        key=key,
-        default=None,
     )
+    _component(key=key, data=args, default={"value": None}, on_value_change=lambda: None)
     # The widget value outlives the picture it was made on: never hand back another image's measurements.
+    value = last_value(key)
     if not value or value.get("image") != identity:
         return None
     return {"measurements": value["measurements"], "window": value["window"], "annotation": value.get("annotation")}

@@ -75,11 +75,16 @@ def value_range(file_sha256: str) -> tuple[float, float]:
 
 
 @st.cache_data(max_entries=24, show_spinner=False)
+def presets(file_sha256: str) -> dict[str, windowing.Window]:
+    """The image's named windows: percentiles of its values, computed once per image, not on every run of the viewer."""
+    return windowing.presets(decoded(file_sha256))
+
+
+@st.cache_data(max_entries=24, show_spinner=False)
 def default_window(file_sha256: str) -> tuple[float, float]:
     """(centre, width) of the default display, or of the full-range preset where a VOI LUT is the default: where
     a W/L drag starts from."""
-    img = decoded(file_sha256)
-    w = windowing.default_window(img) or next(iter(windowing.presets(img).values()))
+    w = windowing.default_window(decoded(file_sha256)) or next(iter(presets(file_sha256).values()))
     return float(w.center), float(w.width)
 
 

@@ -12,7 +12,7 @@ from db import engine as dbe
 from db.engine import DatabaseBusy
 from db.models import Image
 from screens import _deps, _signin
-from screens._canvas import image_canvas, requested_window
+from screens._canvas import image_canvas, last_value, requested_window
 from screens._table import plain
 from services import annotations, labelling, vocabulary
 from services.annotations import AnnotationError, NotAllowed
@@ -164,7 +164,7 @@ if mode == "Read":
     # Autosave before drawing: the browser's newest edits (the component's value) and findings (the choices'
     # values) are in the session already, so the editor is drawn knowing they are saved.
     canvas_key, labels_key = f"ann_canvas_{task.id}_{image_id}", f"ann_lab_{state['token']}"
-    edit = (st.session_state.get(canvas_key) or {}).get("annotation")
+    edit = (last_value(canvas_key) or {}).get("annotation")
     labels = {f: v for f in [*task.findings, vocabulary.NO_FINDING]
               if (v := st.session_state.get(f"{labels_key}_{f}", state["labels"].get(f)))}  # fmt: skip
     try:

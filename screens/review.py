@@ -137,7 +137,7 @@ except dicom_io.ImageRejected as exc:
 # Window state: None means the header's default (window centre/width or VOI LUT); widgets are re-keyed on
 # outside changes (presets, mouse W/L) so they pick up the new values.
 win_key, ver_key = f"win_{im['id']}", f"winver_{im['id']}"
-presets = windowing.presets(img)
+presets = _deps.presets(im["sha"])
 default = windowing.default_window(img)
 window = st.session_state.get(win_key)
 ver = st.session_state.get(ver_key, 0)

@@ -1,7 +1,7 @@
-"use strict";
 // The annotator's tools on top of the viewer (canvas.js): boxes (draw, move, resize, relabel, delete), a label map
 // edited with brush, eraser and polygon fill, undo / redo, per-structure visibility and keyboard shortcuts.
-// canvas.js calls in through `editor`; the edited state goes back to Python with the viewer's value.
+// canvas.js calls in through `editor` (both files are the body of one createViewer, see mount.js); the edited state
+// goes back to Python with the viewer's value.
 // The label map lives here as one byte per image pixel (0 background, 1.. structures): painting writes those
 // bytes and repaints only the touched rectangle of the coloured mask, so a stroke costs the same on any image size.
 
@@ -35,9 +35,7 @@ const editor = {
   note: "", // shown in the status line: e.g. edits restored after a lost connection
   latencies: [], // pointer event to repaint, ms (read by bench/bench_annotate.py)
 };
-window.__cxrEditor = editor;
-
-const el = (id) => document.getElementById(id);
+const el = $;
 const rgba = (hex) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
 
 async function editorRender(a) {
@@ -45,6 +43,7 @@ async function editorRender(a) {
   editor.active = !!ann;
   el("edit-tools").hidden = !ann;
   if (!ann) return;
+  window.__cxrEditor = editor; // the page's editor, for tests and bench/bench_annotate.py
   editor.backupKey = ann.backup_key ?? null; // none: nothing is saved until the user says so (a final)
   if (ann.token === editor.token) { // our own edits are newer than what Python sends back
     editor.acked = Math.max(editor.acked, ann.acked_seq ?? 0);
@@ -513,7 +512,3 @@ el("edit-structure").addEventListener("change", (e) => { editor.structure = Numb
 el("edit-size").addEventListener("input", (e) => setSize(Number(e.target.value)));
 el("edit-delete").addEventListener("click", deleteSelected);
 overlay.addEventListener("dblclick", () => editor.polygon && closePolygon());
-
-// Ready only now that every script of the frame has run: posted at the end of canvas.js, a render could arrive
-// while this file was still loading and find no editor ("editorRender is not defined").
-post("streamlit:componentReady", { apiVersion: 1 });

@@ -1,8 +1,8 @@
-"use strict";
-// Streamlit component protocol v1 spoken by hand (no build step); see ComponentInstance.js in streamlit/static.
-const post = (type, data = {}) => window.parent.postMessage({ isStreamlitMessage: true, type, ...data }, "*");
+// The viewer, one per mount: the body of createViewer(root, host) in mount.js, which screens/_canvas.py assembles
+// with annotate.js into one module. `root` is the viewer's shadow root (viewer.html in it); `host.send(name, value)`
+// sets the element's state in Python. `args` are the render args: the element's data.
 
-const $ = (id) => document.getElementById(id);
+const $ = (id) => root.getElementById(id);
 const stage = $("stage"), imageCanvas = $("image"), overlay = $("overlay"), statusLine = $("status");
 const imageCtx = imageCanvas.getContext("2d"), ctx = overlay.getContext("2d");
 // The compare pane: a second picture in the same pixel frame, drawn with the same view (so it follows every zoom,
@@ -10,9 +10,9 @@ const imageCtx = imageCanvas.getContext("2d"), ctx = overlay.getContext("2d");
 const stage2 = $("stage2"), image2 = $("image2"), overlay2 = $("overlay2");
 const image2Ctx = image2.getContext("2d"), ctx2 = overlay2.getContext("2d");
 const overlays = [overlay, overlay2];
-const wlFuncs = document.querySelectorAll("#wl feFuncR, #wl feFuncG, #wl feFuncB");
-const modeButtons = document.querySelectorAll("button[data-mode]");
-const wlButton = document.querySelector('button[data-mode="wl"]');
+const wlFuncs = root.querySelectorAll("#wl feFuncR, #wl feFuncG, #wl feFuncB");
+const modeButtons = root.querySelectorAll("button[data-mode]");
+const wlButton = root.querySelector('button[data-mode="wl"]');
 
 const MEASURE_COLOR = "#ffd400";
 const CLICK_SLOP_PX = 4; // a press that moves less than this is a click (click, click measuring)
@@ -34,39 +34,26 @@ let cursor = null; // image px under the pointer
 let shownWindow = null; // previewed window; differs from picture.window during and after a W/L drag
 let requestedWindow = null; // the window last sent to Python
 let renderSeq = 0;
-let frameHeight = 0;
 let drawQueued = false;
-const images = new Map(); // data URL -> Promise<HTMLImageElement>, so re-renders do not decode again
 
 const dpr = () => window.devicePixelRatio || 1;
 const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
 const round2 = (v) => Math.round(v * 100) / 100;
 const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3));
 
-function loadImage(src) {
-  if (!images.has(src)) {
-    const img = new Image();
-    img.src = src;
-    images.set(src, img.decode().then(() => img));
-  }
-  return images.get(src);
+function render(a) {
+  onRender(a).catch((err) => {
+    statusLine.textContent = `Cannot show this image: ${err.message}`;
+  });
 }
 
-window.addEventListener("message", (e) => {
-  if (e.source === window.parent && e.data?.type === "streamlit:render") {
-    onRender(e.data.args, e.data.theme).catch((err) => {
-      statusLine.textContent = `Cannot show this image: ${err.message}`;
-    });
-  }
-});
-
-async function onRender(a, theme) {
+async function onRender(a) {
   const seq = ++renderSeq;
-  applyTheme(theme);
+  // Sized before the pictures decode, so that the page does not move when they are drawn.
+  for (const st of [stage, stage2]) st.style.height = `${a.view_height}px`;
   const srcs = [a.image, ...a.layers.map((l) => l.png), ...(a.compare ? [a.compare.image] : [])];
   const imgs = await Promise.all(srcs.map(loadImage));
   if (seq !== renderSeq) return; // a newer render arrived while these decoded
-  for (const src of images.keys()) if (!srcs.includes(src)) images.delete(src);
   if (a.image_id !== identity) {
     identity = a.image_id;
     measurements = [];
@@ -86,13 +73,6 @@ async function onRender(a, theme) {
   layout();
 }
 
-function applyTheme(theme) {
-  if (!theme) return;
-  const vars = { "--fg": theme.textColor, "--bg": theme.backgroundColor, "--bg2": theme.secondaryBackgroundColor,
-    "--primary": theme.primaryColor, "--font": theme.font };
-  for (const [k, v] of Object.entries(vars)) if (v) document.documentElement.style.setProperty(k, v);
-}
-
 function layout() {
   stage2.hidden = !compare;
   $("caption1").textContent = compare ? args.compare.current_caption || "" : "";
@@ -103,15 +83,16 @@ function layout() {
     c.height = Math.round(args.view_height * dpr());
   }
   if (fitted || !view) fit();
-  const height = Math.ceil(document.body.getBoundingClientRect().height);
-  if (height !== frameHeight) {
-    frameHeight = height;
-    post("streamlit:setFrameHeight", { height });
-  }
   draw();
 }
 
-window.addEventListener("resize", () => args && layout());
+// The column the viewer sits in can change width without the window doing so (the sidebar, a second pane).
+let stageWidth = 0;
+const resized = new ResizeObserver(() => {
+  if (args && stage.clientWidth !== stageWidth) layout();
+  stageWidth = stage.clientWidth;
+});
+resized.observe(stage);
 
 const fitScale = () => Math.min(stage.clientWidth / args.image_width, args.view_height / args.image_height);
 
@@ -179,6 +160,8 @@ function draw() {
   if (draft) drawMeasurement(draft, true);
   editorDrawScreenSpace(ctx);
   if (compare) drawCompare();
+  // For tests and for the curious: the view (scale, then offset in CSS px), which the compare pane shares.
+  stage.dataset.view = `${round2(s)},${round2(tx)},${round2(ty)}`;
   updateStatus();
 }
 
@@ -208,8 +191,7 @@ function drawCompare() {
     other.lineTo(x, y + 8);
     other.stroke();
   }
-  // For tests and for the curious: both panes' view, which is one.
-  stage.dataset.view = stage2.dataset.view = `${round2(s)},${round2(tx)},${round2(ty)}`;
+  stage2.dataset.view = `${round2(s)},${round2(tx)},${round2(ty)}`;
 }
 
 // The PNG maps [c0 - w0/2, c0 + w0/2] to 0..1; remapping it linearly previews another window (c, w).
@@ -297,9 +279,7 @@ function updateStatus() {
 }
 
 function emit() {
-  post("streamlit:setComponentValue", {
-    dataType: "json",
-    value: {
+  host.send("value", {
       image: identity,
       measurements: measurements.map((m) => {
         const { length, unit } = measure(m);
@@ -307,7 +287,6 @@ function emit() {
       }),
       window: requestedWindow && { center: round2(requestedWindow.center), width: round2(requestedWindow.width) },
       annotation: editorValue(),
-    },
   });
 }
 
@@ -450,9 +429,19 @@ $("one").addEventListener("click", () => args && oneToOne());
 $("clear").addEventListener("click", () => args && clearMeasurements());
 for (const b of modeButtons) b.addEventListener("click", () => setMode(b.dataset.mode));
 
-document.addEventListener("keydown", (e) => {
-  if (args && editorKey(e)) {
+// Keys while the focus is in the viewer. The ones it uses stop here; the others go on to the page, whose shortcuts
+// (accept a finding, next study, ...) then work with the focus on the picture. Typing in the viewer's own fields
+// (a label list, the brush size) never reaches the page: outside this shadow root the key would seem to come from
+// no field at all.
+root.addEventListener("keydown", (e) => {
+  const inField = ["INPUT", "SELECT", "TEXTAREA"].includes(e.composedPath()[0]?.tagName);
+  if (args && !inField && editorKey(e)) {
     e.preventDefault();
+    e.stopPropagation();
+    return;
+  }
+  if (inField) {
+    e.stopPropagation();
     return;
   }
   if (!args || e.ctrlKey || e.metaKey || e.altKey) return;
@@ -464,24 +453,8 @@ document.addEventListener("keydown", (e) => {
     w: () => !wlButton.disabled && setMode("wl"),
     Escape: () => ((draft = null), draw()),
   };
-  if (actions[e.key]) actions[e.key]();
-  else forwardKey(e);
-});
-
-// The app's own keyboard shortcuts (accept a finding, next study, ...) listen on the page around this frame;
-// hand them the keys the viewer does not use, so they work while the viewer has the focus.
-function forwardKey(e) {
-  if (e.repeat || e.key.length !== 1) return;
-  try {
-    const host = window.parent;
-    for (const type of ["keydown", "keyup"]) {
-      host.document.dispatchEvent(
-        new host.KeyboardEvent(type, { key: e.key, code: e.code, shiftKey: e.shiftKey, bubbles: true })
-      );
-    }
-  } catch (err) {
-    // a page from another origin: the keys stay in the viewer
+  if (actions[e.key]) {
+    actions[e.key]();
+    e.stopPropagation();
   }
-}
-
-// "componentReady" is posted by annotate.js, the frame's last script (see there).
+});

@@ -17,8 +17,9 @@ from tests.servers import free_port, wait_until_answers
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
-# The viewer's frames only (the sidebar also holds the zero-height sign-in cookie frame).
-VIEWER_FRAME = 'iframe[data-testid="stCustomComponentV1"][title$="cxr_canvas"]'
+# The viewer (screens/_canvas.py), in the page in a shadow root of its own, which Playwright's CSS reaches into; its
+# parts by their ids (#status, #stage, #overlay, ...) within it.
+VIEWER = ".cxr-viewer"
 # The worklist's table (screens/_pick_table.py: in the page, in a shadow root, which Playwright's CSS reaches into);
 # a 38 px header, then 35 px rows.
 WORKLIST_TABLE = ".pick-table"
@@ -137,6 +138,12 @@ def record_errors(page) -> list[str]:
 def record_errors_fixture():
     """The `record_errors(page)` helper, for tests that cannot import this conftest."""
     return record_errors
+
+
+def viewer_view(page, index: int = 0) -> dict[str, float]:
+    """The view of viewer `index` on the page: screen (CSS px, from its top left) = image px * s + (tx, ty)."""
+    s, tx, ty = page.locator(VIEWER).nth(index).locator("#stage").get_attribute("data-view").split(",")
+    return {"s": float(s), "tx": float(tx), "ty": float(ty)}
 
 
 def pick(page, label: str, option: str) -> None:

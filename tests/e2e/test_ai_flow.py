@@ -19,7 +19,7 @@ from db.models import Prediction, PredictionItem
 from inference.registry import Registry
 from services import threshold_sets
 from tests.conftest import SHARED
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, WORKLIST_TABLE, fresh_app_data, sign_in
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER, WORKLIST_TABLE, fresh_app_data, sign_in
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "radiologist-pw"
@@ -50,13 +50,13 @@ def _shot(page, name: str, top: bool = False) -> None:
 
 
 def _viewer_pixels(page, index: int = 0) -> np.ndarray:
-    frame = page.frame_locator(VIEWER_FRAME).nth(index)
-    shot = frame.locator("canvas").first.screenshot()
+    viewer = page.locator(VIEWER).nth(index)
+    shot = viewer.locator("canvas").first.screenshot()
     return np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), dtype=np.float32)
 
 
 def _settle(page, ms: int = 1500) -> None:
-    """Wait for the app to finish its rerun (the status widget disappears), then a moment for the frames."""
+    """Wait for the app to finish its rerun (the status widget disappears), then a moment for the viewers to draw."""
     page.wait_for_timeout(300)
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=MODEL_RUN_MS)
     page.wait_for_timeout(ms)
@@ -77,7 +77,7 @@ def _open_the_study(page) -> None:
     box = grid.bounding_box()
     page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row
     page.get_by_role("button", name="Mark reviewed").wait_for(timeout=60_000)
-    page.frame_locator(VIEWER_FRAME).first.locator("canvas").first.wait_for(
+    page.locator(VIEWER).first.locator("canvas").first.wait_for(
         timeout=60_000
     )
 
@@ -134,7 +134,7 @@ def test_ai_overlays_keyboard_verdicts_survive_a_reload(browser, app, record_err
     page.locator("label").filter(has_text="side by side").click()
     page.get_by_text("Bone-suppressed (soft-tissue) image").wait_for(timeout=30_000)
     _settle(page, 2500)
-    assert page.locator(VIEWER_FRAME).count() == 2
+    assert page.locator(VIEWER).count() == 2
     soft = _viewer_pixels(page, 1)
     assert soft.std() > 10  # a picture, not a blank frame
     _shot(page, "03-bone-side-by-side", top=True)
@@ -216,7 +216,13 @@ def test_ai_overlays_keyboard_verdicts_survive_a_reload(browser, app, record_err
     assert "Research use only" in page.content() and report.strip()
     _shot(page, "06-after-reload")
 
-    # N goes to the next study; there is none, and the app says so.
+    # With the focus on the picture, the viewer keeps the keys it uses (M: measure) and the page's shortcuts get the
+    # others. N goes to the next study; there is none, and the app says so.
+    viewer = page.locator(VIEWER).first
+    viewer.locator("#overlay").click()
+    page.keyboard.press("m")
+    assert viewer.get_by_role("button", name="Measure", exact=True).get_attribute("aria-pressed") == "true"
+    page.keyboard.press("p")
     page.keyboard.press("n")
     page.get_by_text("No more studies in the worklist in that direction.").wait_for(timeout=30_000)
     assert "Traceback" not in page.content()

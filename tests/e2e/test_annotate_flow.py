@@ -11,7 +11,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, fresh_app_data, pick, sign_in
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER, fresh_app_data, pick, sign_in, viewer_view
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "a-long-enough-password"
@@ -58,26 +58,19 @@ def _open_annotate(page, editor=True):
     page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
     if not editor:
         return None
-    frame = page.frame_locator(VIEWER_FRAME)
+    viewer = page.locator(VIEWER)
     try:
-        frame.get_by_role("button", name="Box", exact=True).wait_for(timeout=30_000)
+        viewer.get_by_role("button", name="Box", exact=True).wait_for(timeout=30_000)
     except Exception:
         page.screenshot(path=ARTIFACTS / "annotate-failed.png", full_page=True)
         raise
-    return frame
-
-
-def _editor(page):
-    """The editor's state in the viewer frame (annotate.js)."""
-    handle = page.locator(VIEWER_FRAME).element_handle()
-    return handle.content_frame()
+    return viewer
 
 
 def _to_page(page, x, y):
     """Image pixel (x, y) to page coordinates, through the viewer's current view."""
-    f = _editor(page)
-    v = f.evaluate("() => view")
-    box = page.frame_locator(VIEWER_FRAME).locator("#overlay").bounding_box()
+    v = viewer_view(page)
+    box = page.locator(VIEWER).locator("#overlay").bounding_box()
     return box["x"] + x * v["s"] + v["tx"], box["y"] + y * v["s"] + v["ty"]
 
 
@@ -118,11 +111,11 @@ def test_annotate_reload_submit_blinded_second_reader_and_final(browser, app, re
     page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
     errors = record_errors(page)
     _sign_in(page, url, "ann")
-    frame = _open_annotate(page)
+    viewer = _open_annotate(page)
     _idle(page)
 
     # A box, drawn then moved.
-    frame.get_by_role("button", name="Box", exact=True).click()
+    viewer.get_by_role("button", name="Box", exact=True).click()
     _drag(page, (100, 120), (220, 260))
     _wait_for(lambda: (h := _head(ctx, task, "ann")) is not None and len(h.boxes) == 1, page)
     first = _head(ctx, task, "ann").boxes[0]
@@ -135,12 +128,12 @@ def test_annotate_reload_submit_blinded_second_reader_and_final(browser, app, re
 
     # A lung correction with the brush (structure 1 = lungs), from an empty map.
     _idle(page)
-    frame.get_by_role("button", name="Brush").click()
+    viewer.get_by_role("button", name="Brush").click()
     _drag(page, (300, 200), (360, 330), steps=12)
     _wait_for(lambda: _head(ctx, task, "ann").label_map_sha256 is not None, page)
     lm = annotations.load_label_map(ctx, _head(ctx, task, "ann").label_map_sha256)
     assert lm.shape == (512, 512) and set(np.unique(lm)) == {0, 1} and lm[260, 330] == 1 and lm[50, 50] == 0
-    latencies = _editor(page).evaluate("() => window.__cxrEditor.latencies")
+    latencies = page.evaluate("() => window.__cxrEditor.latencies")
     assert latencies, "the brush stroke repainted"
     page.screenshot(path=ARTIFACTS / "annotate-01-box-and-brush.png", full_page=True)
 
@@ -148,10 +141,10 @@ def test_annotate_reload_submit_blinded_second_reader_and_final(browser, app, re
     _idle(page)
     page.goto(url)
     page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
-    frame = _open_annotate(page)
-    f = _editor(page)
-    page.wait_for_function("() => true")  # the frame has rendered the editor by now: Box is shown
-    state = f.evaluate("() => ({boxes: window.__cxrEditor.boxes, painted: window.__cxrEditor.map.reduce((a, v) => a + (v === 1), 0)})")
+    _open_annotate(page)
+    # the saved label map decoded into the editor (it is filled once its PNG has decoded)
+    page.wait_for_function("() => window.__cxrEditor?.map?.some((v) => v !== 0)", timeout=30_000)
+    state = page.evaluate("() => ({boxes: window.__cxrEditor.boxes, painted: window.__cxrEditor.map.reduce((a, v) => a + (v === 1), 0)})")
     assert len(state["boxes"]) == 1 and abs(state["boxes"][0]["x"] - moved["x"]) < 0.01
     assert state["painted"] == int((lm == 1).sum())  # pixel-identical round trip through the draft
 
@@ -168,12 +161,12 @@ def test_annotate_reload_submit_blinded_second_reader_and_final(browser, app, re
     bob = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
     bob_errors = record_errors(bob)
     _sign_in(bob, url, "bob")
-    bframe = _open_annotate(bob)
+    bviewer = _open_annotate(bob)
     bob.get_by_text("Blinded: the other readers' work shows once the image is closed.").wait_for(timeout=30_000)
-    assert _editor(bob).evaluate("() => window.__cxrEditor.boxes.length") == 0
+    assert bob.evaluate("() => window.__cxrEditor.boxes.length") == 0
     assert "Effusion present" not in bob.content()
     _idle(bob)
-    bframe.get_by_role("button", name="Box", exact=True).click()
+    bviewer.get_by_role("button", name="Box", exact=True).click()
     _drag(bob, (105, 118), (225, 262))
     _wait_for(lambda: (h := _head(ctx, task, "bob")) is not None and len(h.boxes) == 1, bob)
     _idle(bob)
@@ -249,17 +242,17 @@ def test_edits_made_while_the_connection_is_down_come_back_after_the_tab_is_reop
     _sign_in(page, url, "ann")
     page.get_by_role("link", name="Annotate").click()
     pick(page, "Task", "connection (1 image)")
-    frame = page.frame_locator(VIEWER_FRAME)
-    frame.get_by_role("button", name="Box", exact=True).wait_for(timeout=30_000)
+    viewer = page.locator(VIEWER)
+    viewer.get_by_role("button", name="Box", exact=True).wait_for(timeout=30_000)
     _idle(page)
-    frame.get_by_role("button", name="Box", exact=True).click()
+    viewer.get_by_role("button", name="Box", exact=True).click()
     _drag(page, (50, 60), (150, 160))
     _wait_for(lambda: (h := _head(ctx, task, "ann")) is not None and len(h.boxes) == 1, page)
     _idle(page)
 
     up["on"] = False
     _drag(page, (250, 260), (350, 380))
-    _editor(page).wait_for_function(
+    page.wait_for_function(
         "() => JSON.parse(localStorage.getItem(window.__cxrEditor.backupKey))?.boxes.length === 2")
     page.wait_for_timeout(1000)  # what the server would have needed to save it; it gets nothing
     assert len(_head(ctx, task, "ann").boxes) == 1
@@ -271,9 +264,9 @@ def test_edits_made_while_the_connection_is_down_come_back_after_the_tab_is_reop
     page.get_by_role("heading", name="Worklist").wait_for(timeout=30_000)
     page.get_by_role("link", name="Annotate").click()
     pick(page, "Task", "connection (1 image)")
-    page.frame_locator(VIEWER_FRAME).get_by_text("Unsaved edits from before the connection was lost").wait_for(timeout=30_000)
+    page.locator(VIEWER).get_by_text("Unsaved edits from before the connection was lost").wait_for(timeout=30_000)
     _wait_for(lambda: len(_head(ctx, task, "ann").boxes) == 2, page)
     page.screenshot(path=ARTIFACTS / "annotate-04-restored.png", full_page=True)
     # Saved now: the copy is gone, so a later visit restores nothing over newer work.
-    _editor(page).wait_for_function("() => localStorage.getItem(window.__cxrEditor.backupKey) === null")
+    page.wait_for_function("() => localStorage.getItem(window.__cxrEditor.backupKey) === null")
     context.close()

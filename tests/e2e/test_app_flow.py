@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, WORKLIST_TABLE, fresh_app_data
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER, WORKLIST_TABLE, fresh_app_data
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "radiologist-pw"
@@ -25,7 +25,7 @@ def app_url(run_streamlit, tmp_path_factory):
 
 
 def _canvas_pixels(page) -> np.ndarray:
-    shot = page.frame_locator(VIEWER_FRAME).locator("canvas").first.screenshot()
+    shot = page.locator(VIEWER).locator("canvas").first.screenshot()
     return np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float32)
 
 
@@ -76,8 +76,8 @@ def test_sign_in_upload_worklist_view_window_review_sign_out(browser, app_url, s
 
     page.get_by_role("button", name="Mark reviewed").wait_for(timeout=30_000)
     page.get_by_text("Pixel spacing 0.168 × 0.168 mm (PixelSpacing)").wait_for()
-    frame = page.frame_locator(VIEWER_FRAME)
-    frame.locator("canvas").first.wait_for(timeout=30_000)
+    viewer = page.locator(VIEWER)
+    viewer.locator("canvas").first.wait_for(timeout=30_000)
     page.wait_for_timeout(1500)
     before = _canvas_pixels(page)
     page.screenshot(path=ARTIFACTS / "app-04-viewer.png")

@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
+from tests.e2e.conftest import VIEWER
+
 pytestmark = pytest.mark.e2e
 
 HERE = Path(__file__).resolve().parent
@@ -60,8 +62,8 @@ def mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
     return float(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean())
 
 
-def zoom_percent(frame) -> int:
-    return int(re.search(r"Zoom (\d+)%", frame.locator("#status").inner_text()).group(1))
+def zoom_percent(viewer) -> int:
+    return int(re.search(r"Zoom (\d+)%", viewer.locator("#status").inner_text()).group(1))
 
 
 @pytest.mark.parametrize("dpr", [1, 2])
@@ -71,17 +73,17 @@ def test_zoom_measure_window(browser, app, record_errors, dpr):
     page = context.new_page()
     errors = record_errors(page)
     page.goto(url)
-    frame = page.frame_locator('iframe[data-testid="stCustomComponentV1"]')
-    status = frame.locator("#status")
+    viewer = page.locator(VIEWER)
+    status = viewer.locator("#status")
     status.get_by_text("Zoom").wait_for(timeout=30_000)
-    box = frame.locator("#overlay").bounding_box()
+    box = viewer.locator("#overlay").bounding_box()
 
     # Fit: the whole picture, centred, aspect kept.
     fit = min(box["width"] / width, box["height"] / height)
     left, top = box["x"] + (box["width"] - width * fit) / 2, box["y"] + (box["height"] - height * fit) / 2
-    assert zoom_percent(frame) == round(fit * dpr * 100)
+    assert zoom_percent(viewer) == round(fit * dpr * 100)
     page.screenshot(path=ARTIFACTS / f"canvas-loaded-dpr{dpr}.png", full_page=True)
-    shot = Image.open(io.BytesIO(frame.locator("#stage").screenshot())).convert("RGB")
+    shot = Image.open(io.BytesIO(viewer.locator("#stage").screenshot())).convert("RGB")
 
     def pixel(x_img: float, y_img: float) -> tuple[int, int, int]:
         """Screenshot colour at an image position, under the fit transform."""
@@ -105,11 +107,11 @@ def test_zoom_measure_window(browser, app, record_errors, dpr):
     page.mouse.move(px, py)
     page.mouse.wheel(0, -300)
     expect(status).not_to_contain_text(f"Zoom {round(fit * dpr * 100)}%")
-    percent = zoom_percent(frame)
+    percent = zoom_percent(viewer)
     zoom = percent / 100 / dpr  # CSS px per image px, to the status line's rounding
     assert zoom > fit * 1.2
 
-    frame.get_by_role("button", name="Measure", exact=True).click()
+    viewer.get_by_role("button", name="Measure", exact=True).click()
     span = 150
     page.mouse.move(px, py)
     page.mouse.down()
@@ -125,8 +127,8 @@ def test_zoom_measure_window(browser, app, record_errors, dpr):
     page.screenshot(path=ARTIFACTS / f"canvas-zoom-measure-dpr{dpr}.png", full_page=True)
 
     # 1:1 is one image pixel per device pixel, so a known screen span has an exact length.
-    frame.get_by_role("button", name="1:1", exact=True).click()
-    assert zoom_percent(frame) == 100
+    viewer.get_by_role("button", name="1:1", exact=True).click()
+    assert zoom_percent(viewer) == 100
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.click(cx - 50, cy - 40)  # click, click measuring
     page.mouse.click(cx + 50, cy + 40)
@@ -138,7 +140,7 @@ def test_zoom_measure_window(browser, app, record_errors, dpr):
     assert m["length"] == pytest.approx((100**2 + 80**2) ** 0.5 * dpr * SPACING_MM, abs=0.05)
 
     # W/L: right widens, down raises the centre; the browser previews, then the app re-renders the PNG.
-    stage = frame.locator("#stage")
+    stage = viewer.locator("#stage")
 
     def centre_shot() -> Image.Image:
         """Grey levels of the middle of the view, which the picture covers at 1:1."""
@@ -149,7 +151,7 @@ def test_zoom_measure_window(browser, app, record_errors, dpr):
         )
 
     before = centre_shot()
-    frame.get_by_role("button", name="W/L", exact=True).click()
+    viewer.get_by_role("button", name="W/L", exact=True).click()
     page.mouse.move(cx, cy)
     page.mouse.down()
     page.mouse.move(cx + 120, cy + 60, steps=6)
@@ -160,26 +162,26 @@ def test_zoom_measure_window(browser, app, record_errors, dpr):
     assert window["width"] == pytest.approx(255 + 120 * per_px, abs=0.02)
     assert window["center"] == pytest.approx(127.5 + 60 * per_px, abs=0.02)
     # The preview filter goes once the picture windowed by the server is shown.
-    frame.locator('#image[style*="filter: none"]').wait_for()
+    viewer.locator('#image[style*="filter: none"]').wait_for()
     rendered = centre_shot()
     assert mean_abs_diff(preview, before) > 10, "the W/L drag did not change the picture"
     assert mean_abs_diff(preview, rendered) < 3, "the preview does not match the server's rendering"
     # The re-render keeps the view and the measurements.
-    assert zoom_percent(frame) == 100 and len(returned(page)["measurements"]) == 2
+    assert zoom_percent(viewer) == 100 and len(returned(page)["measurements"]) == 2
     status.get_by_text(f"W {window['width']:.0f} / C {window['center']:.0f}").wait_for()
     page.screenshot(path=ARTIFACTS / f"canvas-wl-dpr{dpr}.png", full_page=True)
 
-    frame.get_by_role("button", name="Clear measurements", exact=True).click()
+    viewer.get_by_role("button", name="Clear measurements", exact=True).click()
     wait_returned(page, lambda v: v["measurements"] == [])
     page.get_by_text("Study").click()  # focus out of the viewer, then back in by clicking the picture
     page.mouse.click(cx, cy)
     page.keyboard.press("f")
-    assert zoom_percent(frame) == round(fit * dpr * 100)
+    assert zoom_percent(viewer) == round(fit * dpr * 100)
 
     # Another study of the same size: a fresh view, and nothing returned from the previous one.
     page.mouse.move(cx, cy)
     page.mouse.wheel(0, -300)
-    frame.get_by_role("button", name="Measure", exact=True).click()
+    viewer.get_by_role("button", name="Measure", exact=True).click()
     page.mouse.click(cx - 50, cy)
     page.mouse.click(cx + 50, cy)
     wait_returned(page, lambda v: len(v["measurements"]) == 1)

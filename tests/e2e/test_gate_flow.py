@@ -14,7 +14,7 @@ from db import engine as dbe
 from db.models import GateOverride
 from services import gate_training
 from tests.conftest import SHARED
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, WORKLIST_TABLE, fresh_app_data, sign_in
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER, WORKLIST_TABLE, fresh_app_data, sign_in
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "radiologist-pw"
@@ -57,7 +57,7 @@ def test_a_lateral_film_is_refused_with_the_reason_and_the_override_is_recorded(
     grid = page.locator(WORKLIST_TABLE).first
     box = grid.bounding_box()
     page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row
-    page.frame_locator(VIEWER_FRAME).first.locator("canvas").first.wait_for(timeout=60_000)
+    page.locator(VIEWER).first.locator("canvas").first.wait_for(timeout=60_000)
     _idle(page)
     if not page.get_by_role("switch", name="AI overlays").is_checked():
         page.locator("label").filter(has_text="AI overlays").first.click()

@@ -1,6 +1,6 @@
 """Prior and current side by side in a real Chromium against `streamlit run asgi.py`: a radiologist opens a
 COVID-19 follow-up film whose patient has an earlier one, compares them, zooms and pans either pane and the other
-follows (the two panes' view in the frame's state, no rerun), then switches on the aligned difference view."""
+follows (the two panes' view in the viewer's state, no rerun), then switches on the aligned difference view."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SHARED
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, WORKLIST_TABLE, fresh_app_data, sign_in
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER, WORKLIST_TABLE, fresh_app_data, sign_in
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "radiologist-pw"
@@ -47,18 +47,19 @@ def _settle(page, ms: int = 1000) -> None:
     page.wait_for_timeout(ms)
 
 
-def _frame(page):
-    return page.locator(VIEWER_FRAME).first.element_handle().content_frame()
+def _filters(page) -> list[str]:
+    """The W/L preview's CSS filter on each pane's picture ("none" when the picture shows the rendered window)."""
+    viewer = page.locator(VIEWER).first
+    return [viewer.locator(c).evaluate("(e) => e.style.filter") for c in ("#image", "#image2")]
 
 
 def _views(page) -> tuple[str | None, str | None]:
-    return _frame(page).evaluate(
-        "() => [document.getElementById('stage').dataset.view, document.getElementById('stage2').dataset.view]"
-    )
+    viewer = page.locator(VIEWER).first
+    return viewer.locator("#stage").get_attribute("data-view"), viewer.locator("#stage2").get_attribute("data-view")
 
 
 def _pane_pixels(page, canvas: str) -> np.ndarray:
-    shot = page.frame_locator(VIEWER_FRAME).first.locator(canvas).screenshot()
+    shot = page.locator(VIEWER).first.locator(canvas).screenshot()
     return np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float32)
 
 
@@ -81,17 +82,17 @@ def test_prior_beside_current_zoom_follows_and_difference_view(browser, app, rec
     page.get_by_text("2020-01-05 · 4 days before this study").wait_for(timeout=30_000)
 
     page.locator("label").filter(has_text="Compare with prior").click()
-    frame = page.frame_locator(VIEWER_FRAME).first
-    frame.locator("#stage2").wait_for(state="visible", timeout=60_000)
+    viewer = page.locator(VIEWER).first
+    viewer.locator("#stage2").wait_for(state="visible", timeout=60_000)
     # The prior's Patient ID in its caption: the same patient as the current film, as the reader can check.
-    frame.get_by_text("Prior 2020-01-05 · as acquired, scaled to fit · Patient ID 143").wait_for(timeout=30_000)
+    viewer.get_by_text("Prior 2020-01-05 · as acquired, scaled to fit · Patient ID 143").wait_for(timeout=30_000)
     _settle(page)
     fitted = _views(page)
     assert fitted[0] and fitted[0] == fitted[1]
     page.screenshot(path=ARTIFACTS / "priors-02-side-by-side.png")
 
     # Zoom on the prior: the current follows, in the browser (no rerun starts).
-    prior_box = frame.locator("#overlay2").bounding_box()
+    prior_box = viewer.locator("#overlay2").bounding_box()
     page.mouse.move(prior_box["x"] + prior_box["width"] / 2, prior_box["y"] + prior_box["height"] / 3)
     page.mouse.wheel(0, -400)
     page.wait_for_timeout(500)
@@ -99,7 +100,7 @@ def test_prior_beside_current_zoom_follows_and_difference_view(browser, app, rec
     assert zoomed[0] == zoomed[1] and zoomed != fitted
     assert float(zoomed[0].split(",")[0]) > 1.5 * float(fitted[0].split(",")[0])
     # Pan the current: the prior follows.
-    cur = frame.locator("#overlay").bounding_box()
+    cur = viewer.locator("#overlay").bounding_box()
     page.mouse.move(cur["x"] + cur["width"] / 2, cur["y"] + cur["height"] / 2)
     page.mouse.down()
     page.mouse.move(cur["x"] + cur["width"] / 2 + 80, cur["y"] + cur["height"] / 2 + 40, steps=6)
@@ -113,28 +114,28 @@ def test_prior_beside_current_zoom_follows_and_difference_view(browser, app, rec
 
     # Window/level dragged on the prior: both panes preview it, and both come back rendered at the new window.
     before = [_pane_pixels(page, c).mean() for c in ("#image", "#image2")]
-    frame.get_by_role("button", name="W/L").click()
+    viewer.get_by_role("button", name="W/L").click()
     x, y = prior_box["x"] + prior_box["width"] / 2, prior_box["y"] + prior_box["height"] / 2
     page.mouse.move(x, y)
     page.mouse.down()
     page.mouse.move(x - 120, y + 80, steps=6)
-    preview = _frame(page).evaluate("() => [image.style.filter, image2.style.filter]")
+    preview = _filters(page)
     page.mouse.up()
     assert preview == ['url("#wl")', 'url("#wl")'], preview
     page.locator("input[aria-label='Centre']:not([value='128.0'])").wait_for(timeout=60_000)  # the rerun's
     _settle(page)
     after = [_pane_pixels(page, c).mean() for c in ("#image", "#image2")]
     assert all(a < b - 5 for a, b in zip(after, before, strict=True)), (before, after)  # a higher centre: both darker
-    assert _frame(page).evaluate("() => [image.style.filter, image2.style.filter]") == ["none", "none"]
+    assert _filters(page) == ["none", "none"]
     assert _views(page) == panned  # the reader's zoom and pan outlive the rerun
-    frame.get_by_role("button", name="Pan").click()
+    viewer.get_by_role("button", name="Pan").click()
 
     # The difference view: the models outline the lungs of both films, the prior is aligned and subtracted.
     page.locator("label").filter(has_text="difference").click()
-    frame.get_by_text("Current − prior 2020-01-05").wait_for(timeout=MODEL_RUN_MS)
+    viewer.get_by_text("Current − prior 2020-01-05").wait_for(timeout=MODEL_RUN_MS)
     _settle(page, 1500)
     assert _views(page)[0] == _views(page)[1] == panned[0]  # the zoom and pan outlived the rerun
-    frame.locator("#fit").click()
+    viewer.locator("#fit").click()
     page.wait_for_timeout(500)
     diff, current = _pane_pixels(page, "#image2"), _pane_pixels(page, "#image")
     h, w = diff.shape
@@ -152,7 +153,7 @@ def test_prior_beside_current_zoom_follows_and_difference_view(browser, app, rec
 
     # Aligned: the prior registered on the lungs, shown as itself.
     page.locator("label").filter(has_text="aligned").click()
-    frame.get_by_text("Prior 2020-01-05 · aligned on the lungs (overlap").wait_for(timeout=60_000)
+    viewer.get_by_text("Prior 2020-01-05 · aligned on the lungs (overlap").wait_for(timeout=60_000)
     _settle(page)
     page.locator("[data-testid='stMain']").evaluate("e => e.scrollTo(0, 0)")
     page.screenshot(path=ARTIFACTS / "priors-06-aligned.png")
@@ -167,11 +168,11 @@ def test_prior_beside_current_zoom_follows_and_difference_view(browser, app, rec
     page.wait_for_url(f"**study={unalignable}", timeout=60_000)
     page.get_by_text("2020-01-01 · 1 day before this study").wait_for(timeout=60_000)
     page.locator("label").filter(has_text="Compare with prior").click()
-    frame.locator("#stage2").wait_for(state="visible", timeout=60_000)
+    viewer.locator("#stage2").wait_for(state="visible", timeout=60_000)
     page.locator("label").filter(has_text="difference").click()
     page.get_by_text("The prior is not aligned:").wait_for(timeout=MODEL_RUN_MS)
     _settle(page)
-    frame.get_by_text("Prior 2020-01-01 · as acquired, scaled to fit").wait_for(timeout=30_000)
-    assert frame.get_by_text("Current − prior").count() == 0
+    viewer.get_by_text("Prior 2020-01-01 · as acquired, scaled to fit").wait_for(timeout=30_000)
+    assert viewer.get_by_text("Current − prior").count() == 0
     page.screenshot(path=ARTIFACTS / "priors-07-not-aligned.png")
     assert not errors, errors

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from tests.conftest import SHARED
-from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER_FRAME, WORKLIST_TABLE, fresh_app_data, sign_in
+from tests.e2e.conftest import ARTIFACTS, REPO, VIEWER, WORKLIST_TABLE, fresh_app_data, sign_in
 from tests.screens.test_shadow_mode import CANDIDATE, SEG_CANDIDATE, models_with_candidates
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +38,7 @@ def _open_with_ai(page, url: str, who: str) -> None:
     page.get_by_text("1 study ·").wait_for(timeout=60_000)
     box = page.locator(WORKLIST_TABLE).first.bounding_box()
     page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row
-    page.frame_locator(VIEWER_FRAME).first.locator("canvas").first.wait_for(timeout=60_000)
+    page.locator(VIEWER).first.locator("canvas").first.wait_for(timeout=60_000)
     page.locator('[data-test-script-state="notRunning"]').wait_for(timeout=MODEL_RUN_MS)
     if not page.get_by_role("switch", name="AI overlays").is_checked():
         page.locator("label").filter(has_text="AI overlays").first.click()

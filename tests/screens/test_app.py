@@ -281,8 +281,8 @@ def test_the_ctr_lines_are_labelled_in_mm_where_the_image_has_a_pixel_spacing(en
         at.toggle(key=f"ai_on_{r.study_id}").set_value(True).run(timeout=180)
         at.checkbox(key=f"ai_ctr_{r.image_id}").check().run(timeout=60)
         assert not at.exception
-        (canvas,) = [c for c in at.get("component_instance") if c.proto.component_name.endswith("cxr_canvas")]
-        labels = [s["label"] for s in json.loads(canvas.proto.json_args)["shapes"]]
+        (canvas,) = [c for c in at.get("bidi_component") if c.proto.component_name == "cxr_canvas"]
+        labels = [s["label"] for s in json.loads(canvas.proto.json)["shapes"]]
         heart, thorax = (re.fullmatch(r"(heart|thorax) (\d+) (mm|px).*", label).groups() for label in labels)
         widths[r.file] = heart, thorax
         captions = [c.value for c in at.caption]
