@@ -12,14 +12,15 @@ the floor of any page change in this app (a Streamlit rerun and its round trip).
 
 Each wait is timed in the page itself: from the pointer going down to the first animation frame in which what the
 reader waits for is there (for the canvas, its status line written at the end of its draw). Playwright notices
-both a little later (its polling, and the script it injects into each new frame: about 0.4 s on this project's
-machine), which no reader waits for; its figures are printed too ("as Playwright saw them").
+both a little later (its polling), which no reader waits for; its figures are printed too ("as Playwright saw
+them").
 Run it with nothing else on the machine: it measures what a reader waits for, CPU contention included.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -95,7 +96,8 @@ def _open_first_row(page, *also: str) -> float:
     t0 = time.perf_counter()
     page.mouse.click(box["x"] + 20, box["y"] + 38 + 17)  # the first row's first cell
     # The viewer is new on each page change: this visit's, then its first draw.
-    page.wait_for_function(f"() => {{ const texts = {list(also)!r}; {CANVAS_DRAWN} }}", polling="raf", timeout=300_000)
+    page.wait_for_function(f"() => {{ const texts = {json.dumps(also)}; {CANVAS_DRAWN} }}", polling="raf",
+                           timeout=300_000)  # fmt: skip
     seen = (time.perf_counter() - t0) * 1000
     page.wait_for_function("() => window.__wait.end !== undefined", timeout=60_000)
     return page.evaluate(WAITED), seen

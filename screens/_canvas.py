@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,12 +25,13 @@ def _module() -> str:
     body = "\n".join((_HERE / name).read_text() for name in ("canvas.js", "annotate.js"))
     return (
         f"const HTML = {json.dumps((_HERE / 'viewer.html').read_text())};\n\n"
-        f"function createViewer(root, host) {{\n{body}\nreturn {{ render, destroy: () => resized.disconnect() }};\n}}\n\n"
+        f"function createViewer(root, host) {{\n{body}\nreturn {{ render, destroy }};\n}}\n\n"
         + (_HERE / "mount.js").read_text()
     )
 
 
 _component = st.components.v2.component("cxr_canvas", js=_module(), css=(_HERE / "viewer.css").read_text())
+_CHROME_PX = 52  # the toolbar's row and the status line around the picture
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -61,6 +63,12 @@ def requested_window(
     if not value or value.get("image") != _identity(image_id, width, height) or not value.get("window"):
         return None
     return value["window"]["center"], value["window"]["width"]
+
+
+def preload_viewer(*, key: str) -> None:
+    """Mount the viewer's module with no picture (it draws nothing): the browser compiles it now, not on the way to
+    the first study a tab opens."""
+    _component(key=key, data=None)
 
 
 def last_value(key: str) -> dict | None:
@@ -146,6 +154,9 @@ def image_canvas(
         },
         view_height=view_height,
     )
+    # Room for the viewer before its module has drawn it, which happens after the page around it is laid out:
+    # without it, what is below would show first where the picture goes, then jump down.
+    st.html(f"<style>.st-key-{re.sub(r'[^a-zA-Z0-9_-]', '-', key)} {{ min-height: {view_height + _CHROME_PX}px; }}</style>")
     _component(key=key, data=args, default={"value": None}, on_value_change=lambda: None)
     # The widget value outlives the picture it was made on: never hand back another image's measurements.
     value = last_value(key)

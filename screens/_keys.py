@@ -2,7 +2,7 @@
 ignore keys while a form control has the focus. A click on a checkbox, a radio button or a selectbox option
 leaves the focus on that control, so after such a *mouse* click the focus goes back to the page; controls
 reached with Tab keep it, and text and number fields are never touched (typing there never triggers a
-shortcut). The viewer's frame forwards the keys it does not use itself (screens/_canvas/canvas.js)."""
+shortcut). The viewer lets the keys it does not use itself go on to the page (screens/_canvas/canvas.js)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ def _cannot_show(exc: Exception) -> None:
 
 def controls(prior: priors.Prior | None, study_id: int) -> dict | None:
     """The side panel's Prior block; returns {"mode", "notes"} while the reader compares, else None. `notes` holds
-    the comparison's progress and messages: here, not above the viewer, whose frame would be rebuilt (and the
+    the comparison's progress and messages: here, not above the viewer, which would be built anew (and the
     reader's zoom lost) by an element appearing before it."""
     if prior is None:
         return None

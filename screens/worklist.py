@@ -5,6 +5,7 @@ import streamlit as st
 from db import engine as dbe
 from db import repo
 from screens import _deps, _signin, _table
+from screens._canvas import preload_viewer
 from screens._pick_table import pick_table, picked, sort_clicked
 
 SORTS = {
@@ -109,9 +110,10 @@ if n2.button("Next page ▶", disabled=page >= pages, key="wl_next"):
     st.rerun()
 if not rows:
     st.info("No studies match. Import studies on the Import page, or clear the filters.")
-# Streamlit's data grid, in which the viewer shows the DICOM header (and the AI its findings), has code of its own
-# that a browser loads and compiles the first time a grid is drawn: an empty, hidden one here does that while the
-# reader reads the list, not after the click on a study.
-with st.container(key="wl_grid_code"):
-    st.html("<style>.st-key-wl_grid_code { display: none; }</style>")
+# Code a browser loads and compiles the first time it draws the viewer's parts: Streamlit's data grid (the DICOM
+# header, the AI findings) and the viewer's own module. An empty, hidden one of each here does that while the reader
+# reads the list, not after the click on a study.
+with st.container(key="wl_viewer_code"):
+    st.html("<style>.st-key-wl_viewer_code { display: none; }</style>")
     st.dataframe([{"": ""}], hide_index=True, height=38 + 35)
+    preload_viewer(key="wl_viewer_module")

@@ -511,4 +511,9 @@ el("edit-label").addEventListener("change", (e) => chooseLabel(e.target.value));
 el("edit-structure").addEventListener("change", (e) => { editor.structure = Number(e.target.value); });
 el("edit-size").addEventListener("input", (e) => setSize(Number(e.target.value)));
 el("edit-delete").addEventListener("click", deleteSelected);
+// A choice made with the pointer in the toolbar (a label, a structure, the size, a layer shown or hidden) gives the
+// focus back to the picture, where the editing keys work; one made with the keyboard leaves it on the control.
+el("toolbar").addEventListener("change", (e) => {
+  if (!e.target.matches(":focus-visible")) overlay.focus({ preventScroll: true });
+});
 overlay.addEventListener("dblclick", () => editor.polygon && closePolygon());

@@ -25,7 +25,7 @@ let layers = []; // render args' layers with their decoded images
 let compare = null; // {img, caption, windowed}: the second pane's picture, or null for one pane
 let cursorPane = null; // the overlay the pointer is over
 let view = null; // screen (CSS px) = image px * s + (tx, ty)
-let fitted = true; // the view follows the frame size until the reader zooms or pans
+let fitted = true; // the view follows the viewer's size until the reader zooms or pans
 let mode = "pan";
 let measurements = []; // {x0, y0, x1, y1} in image px
 let draft = null; // the measurement being drawn
@@ -35,6 +35,7 @@ let shownWindow = null; // previewed window; differs from picture.window during 
 let requestedWindow = null; // the window last sent to Python
 let renderSeq = 0;
 let drawQueued = false;
+let held = new Map(); // data URL -> Promise<HTMLImageElement> of the pictures shown now (see loadImage in mount.js)
 
 const dpr = () => window.devicePixelRatio || 1;
 const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
@@ -52,8 +53,9 @@ async function onRender(a) {
   // Sized before the pictures decode, so that the page does not move when they are drawn.
   for (const st of [stage, stage2]) st.style.height = `${a.view_height}px`;
   const srcs = [a.image, ...a.layers.map((l) => l.png), ...(a.compare ? [a.compare.image] : [])];
-  const imgs = await Promise.all(srcs.map(loadImage));
+  const imgs = await Promise.all(srcs.map((src) => held.get(src) ?? loadImage(src)));
   if (seq !== renderSeq) return; // a newer render arrived while these decoded
+  held = new Map(srcs.map((src, i) => [src, Promise.resolve(imgs[i])]));
   if (a.image_id !== identity) {
     identity = a.image_id;
     measurements = [];
@@ -86,13 +88,31 @@ function layout() {
   draw();
 }
 
-// The column the viewer sits in can change width without the window doing so (the sidebar, a second pane).
+// The column the viewer sits in can change width without the window doing so (the sidebar, a second pane), and
+// the pixel ratio without the width (the window moved to another screen, a browser zoom).
 let stageWidth = 0;
 const resized = new ResizeObserver(() => {
   if (args && stage.clientWidth !== stageWidth) layout();
   stageWidth = stage.clientWidth;
 });
 resized.observe(stage);
+let ratioQuery = null;
+function watchRatio() {
+  ratioQuery?.removeEventListener("change", ratioChanged);
+  ratioQuery = matchMedia(`(resolution: ${dpr()}dppx)`);
+  ratioQuery.addEventListener("change", ratioChanged);
+}
+function ratioChanged() {
+  watchRatio();
+  if (args) layout();
+}
+watchRatio();
+
+function destroy() {
+  resized.disconnect();
+  ratioQuery?.removeEventListener("change", ratioChanged);
+  if (window.__cxrEditor === editor) delete window.__cxrEditor;
+}
 
 const fitScale = () => Math.min(stage.clientWidth / args.image_width, args.view_height / args.image_height);
 
@@ -161,7 +181,7 @@ function draw() {
   editorDrawScreenSpace(ctx);
   if (compare) drawCompare();
   // For tests and for the curious: the view (scale, then offset in CSS px), which the compare pane shares.
-  stage.dataset.view = `${round2(s)},${round2(tx)},${round2(ty)}`;
+  stage.dataset.view = viewText();
   updateStatus();
 }
 
@@ -191,8 +211,10 @@ function drawCompare() {
     other.lineTo(x, y + 8);
     other.stroke();
   }
-  stage2.dataset.view = `${round2(s)},${round2(tx)},${round2(ty)}`;
+  stage2.dataset.view = viewText();
 }
+
+const viewText = () => [view.s, view.tx, view.ty].map((v) => v.toFixed(4)).join(",");
 
 // The PNG maps [c0 - w0/2, c0 + w0/2] to 0..1; remapping it linearly previews another window (c, w).
 function applyWindowPreview() {
@@ -430,20 +452,27 @@ $("clear").addEventListener("click", () => args && clearMeasurements());
 for (const b of modeButtons) b.addEventListener("click", () => setMode(b.dataset.mode));
 
 // Keys while the focus is in the viewer. The ones it uses stop here; the others go on to the page, whose shortcuts
-// (accept a finding, next study, ...) then work with the focus on the picture. Typing in the viewer's own fields
-// (a label list, the brush size) never reaches the page: outside this shadow root the key would seem to come from
-// no field at all.
+// (accept a finding, next study, ...) then work with the focus on the picture, once per press (not repeated while
+// held). Typing in the viewer's own fields (the label list) never reaches the page: outside this shadow root the key
+// would seem to come from no field at all.
+const SCROLL_KEYS = new Set([" ", "ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "PageUp", "PageDown", "Home", "End"]);
+const typing = (el) =>
+  el?.tagName === "TEXTAREA" || el?.tagName === "SELECT" ||
+  (el?.tagName === "INPUT" && !["checkbox", "radio", "range", "button"].includes(el.type));
+
 root.addEventListener("keydown", (e) => {
-  const inField = ["INPUT", "SELECT", "TEXTAREA"].includes(e.composedPath()[0]?.tagName);
-  if (args && !inField && editorKey(e)) {
+  const target = e.composedPath()[0];
+  if (typing(target) && !e.ctrlKey && !e.metaKey) {
+    e.stopPropagation();
+    return;
+  }
+  if (args && editorKey(e)) {
     e.preventDefault();
     e.stopPropagation();
     return;
   }
-  if (inField) {
-    e.stopPropagation();
-    return;
-  }
+  if (overlays.includes(target) && SCROLL_KEYS.has(e.key)) e.preventDefault(); // the picture has the focus, not the page
+  if (e.repeat) e.stopPropagation();
   if (!args || e.ctrlKey || e.metaKey || e.altKey) return;
   const actions = {
     f: () => (fit(), draw()),

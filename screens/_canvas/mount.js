@@ -2,7 +2,8 @@
 // a Streamlit components v2 element in the page itself, no frame, one viewer per element.
 
 // Decoded pictures by data URL, shared by every viewer of the tab: a study opened again (another page in between)
-// is drawn without decoding its PNG again. The newest KEEP_IMAGES are kept.
+// is drawn without decoding its PNG again. The newest KEEP_IMAGES are kept; each viewer also holds the ones it
+// shows (canvas.js), so a page with more pictures than that does not decode its own again on every rerun.
 const KEEP_IMAGES = 8;
 const IMAGES = new Map(); // data URL -> Promise<HTMLImageElement>, oldest first
 
@@ -23,17 +24,31 @@ function loadImage(src) {
 
 const VIEWERS = new WeakMap(); // shadow root -> its viewer
 
-export default function ({ data, parentElement, setStateValue }) {
-  let viewer = VIEWERS.get(parentElement);
+export default function ({ data, parentElement: root, setStateValue }) {
+  if (!data) return undefined; // preload_viewer: the module compiled, nothing to draw
+  let viewer = VIEWERS.get(root);
   if (!viewer) {
     const markup = document.createElement("template");
     markup.innerHTML = HTML;
-    parentElement.appendChild(markup.content);
+    const element = markup.content.firstElementChild; // beside the <style> Streamlit put in the root
+    root.appendChild(element);
     const host = { send: setStateValue };
-    viewer = { host, ...createViewer(parentElement, host) };
-    VIEWERS.set(parentElement, viewer);
+    try {
+      viewer = { host, element, ...createViewer(root, host) };
+    } catch (err) {
+      element.remove();
+      throw err;
+    }
+    VIEWERS.set(root, viewer);
   }
   viewer.host.send = setStateValue; // the newest, should Streamlit hand a new one
   viewer.render(data);
-  return viewer.destroy;
+  // Streamlit calls this when the element goes, or at once when newer data overtook this call while the module
+  // loaded: either way this viewer is done, and a later call on the same root builds a new one.
+  return () => {
+    if (VIEWERS.get(root) !== viewer) return;
+    VIEWERS.delete(root);
+    viewer.destroy();
+    viewer.element.remove();
+  };
 }

@@ -127,7 +127,7 @@ def browser():
 
 
 def record_errors(page) -> list[str]:
-    """Return a list that fills with the console errors and uncaught exceptions of `page` and its iframes."""
+    """Return a list that fills with the console errors and uncaught exceptions of `page` (its frames included)."""
     errors: list[str] = []
     page.on("console", lambda m: m.type == "error" and errors.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))

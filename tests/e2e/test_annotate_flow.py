@@ -136,6 +136,11 @@ def test_annotate_reload_submit_blinded_second_reader_and_final(browser, app, re
     latencies = page.evaluate("() => window.__cxrEditor.latencies")
     assert latencies, "the brush stroke repainted"
     page.screenshot(path=ARTIFACTS / "annotate-01-box-and-brush.png", full_page=True)
+    # The editing keys still work after a click on one of the toolbar's controls (here: the heart's layer hidden).
+    viewer.get_by_role("checkbox", name="heart").click()
+    page.keyboard.press("b")
+    assert viewer.get_by_role("button", name="Box", exact=True).get_attribute("aria-pressed") == "true"
+    viewer.get_by_role("checkbox", name="heart").click()
 
     # A reload loses nothing: the box and the painted lung come back into the editor.
     _idle(page)
