@@ -1,21 +1,22 @@
 """The browser side of the HttpOnly sign-in cookie (services/session_cookie.py has the server side). Streamlit
-can read cookies (`st.context.cookies`, sent with the websocket handshake) but not set them, so a zero-height
-component frame of the same origin posts to the app's own endpoint, whose answer sets or clears the cookie.
-Page script never sees the token: the frame only ever holds a one-time grant."""
+can read cookies (`st.context.cookies`, sent with the websocket handshake) but not set them, so an empty element of
+the page (screens/_session_cookie/cookie.js, a components v2 element) posts to the app's own endpoint, whose answer
+sets or clears the cookie. Page script never sees the token: the element only ever holds a one-time grant."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import streamlit as st
-import streamlit.components.v1 as components
 
 from services import session_cookie
 
-_component = components.declare_component(
-    "cxr_session_cookie", path=str(Path(__file__).with_name("_session_cookie"))
+_component = st.components.v2.component(
+    "cxr_session_cookie", js=(Path(__file__).with_name("_session_cookie") / "cookie.js").read_text()
 )
+SET_KEY = "cxr_session_set"
 
 
 def token() -> str | None:
@@ -31,16 +32,19 @@ def _endpoint() -> str:
 
 
 def store(grant: str) -> bool | None:
-    """Have the browser exchange `grant` for the cookie: None until the frame has answered (its answer reruns
+    """Have the browser exchange `grant` for the cookie: None until the browser has answered (its answer reruns
     the page), then True when the cookie is stored, False when the server or the browser refused."""
-    value = _component(action="set", url=_endpoint(), grant=grant, key="cxr_session_set", default=None, height=0)
+    _component(key=SET_KEY, data={"action": "set", "url": _endpoint(), "grant": grant}, default={"value": None},
+               on_value_change=lambda: None)  # fmt: skip
+    state = st.session_state.get(SET_KEY)
+    value = state.get("value") if isinstance(state, Mapping) else None
     return None if value is None else value is True
 
 
 def clear(token: str) -> None:
     """Have the server end the session of `token` and clear the cookie, when the browser's cookie still holds
-    that token (not a newer sign-in's). The frame carries only the token's sha256; nothing reruns."""
+    that token (not a newer sign-in's). The element carries only the token's sha256; nothing reruns."""
     if session_cookie.mounted():
         digest = hashlib.sha256(token.encode()).hexdigest()
-        _component(action="clear", url=_endpoint() + "/clear", grant=digest, key=f"cxr_session_clear_{digest[:16]}",
-                   default=None, height=0)  # fmt: skip
+        _component(key=f"cxr_session_clear_{digest[:16]}",
+                   data={"action": "clear", "url": _endpoint() + "/clear", "grant": digest})  # fmt: skip

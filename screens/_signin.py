@@ -108,7 +108,7 @@ def require_user() -> auth.SignedIn:
     one-time password) and stops the run."""
     user = st.session_state.get(USER_KEY)
     user = _still_open(user) if user is not None else _resume()
-    if user is None:  # the browser drops a cookie of an ended session (the frames render at every run)
+    if user is None:  # the browser drops a cookie of an ended session (the elements render at every run)
         for token in dict.fromkeys(filter(None, (st.session_state.get(k) for k in (STALE_KEY, CLEAR_KEY)))):
             _session_cookie.clear(token)
     if user is not None:
@@ -209,18 +209,18 @@ def _sign_in_form() -> None:
 
 
 def _await_cookie() -> None:
-    """Right after sign-in, the first page waits until the browser has stored the session cookie (the frame
-    that asks the server for it loads a moment after the page; without the wait, a reload in that moment
+    """Right after sign-in, the first page waits until the browser has stored the session cookie (the element
+    that asks the server for it runs a moment after the page; without the wait, a reload in that moment
     signed out)."""
     stored = _session_cookie.store(st.session_state[GRANT_KEY])
     if stored is None:
         st.title("CXR Review")
         st.caption("Signing in…")
-        st.stop()  # the frame's answer reruns the page
+        st.stop()  # the browser's answer reruns the page
     del st.session_state[COOKIE_PENDING_KEY], st.session_state[GRANT_KEY]
     if stored is False:
         st.session_state["cookie_refused"] = True
-    # The page renders in this same run, under the (zero-height) frame: no further rerun before the reader sees it.
+    # The page renders in this same run, under the (empty) cookie element: no further rerun before the reader sees it.
 
 
 def _change_one_time_password(user: auth.SignedIn) -> None:

@@ -143,8 +143,9 @@ def versioned_models(tmp_path) -> Path:
 
 
 def sign_in_through_the_form(username: str, password: str):
-    """app.py under AppTest, signed in through the form. AppTest runs no component frames, so the browser's
-    confirmation that it stored the session cookie is given the way the frame gives it (its component value)."""
+    """app.py under AppTest, signed in through the form. AppTest runs no component scripts, so the browser's
+    confirmation that it stored the session cookie is given the way the page's cookie element gives it (its
+    state)."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
@@ -152,7 +153,7 @@ def sign_in_through_the_form(username: str, password: str):
     at.text_input(key="signin_password").input(password)
     at.button[0].click().run()
     if "session_cookie_pending" in at.session_state:  # signed in: the first page waits for the cookie
-        at.session_state["cxr_session_set"] = True
+        at.session_state["cxr_session_set"] = {"value": True}
         at.run()
     return at
 

@@ -39,7 +39,7 @@ def test_without_a_session_only_the_sign_in_form_renders(env):
 
 
 def test_the_first_page_after_sign_in_waits_until_the_browser_stored_the_session_cookie(env, monkeypatch):
-    # Without the wait, a reload in the moment before the cookie frame had run showed the form again.
+    # Without the wait, a reload in the moment before the cookie element had run showed the form again.
     from services import session_cookie
 
     monkeypatch.setattr(session_cookie, "_mounted", True)  # served through asgi.py, with the cookie endpoint
@@ -55,7 +55,7 @@ def test_the_first_page_after_sign_in_waits_until_the_browser_stored_the_session
     assert session_cookie.redeem(grant) is None
     at.run()  # nothing moves until the frame confirms
     assert [c.value for c in at.caption] == ["Signing in…"]
-    at.session_state["cxr_session_set"] = True  # what the frame sends once the server has set the cookie
+    at.session_state["cxr_session_set"] = {"value": True}  # what the browser sends once the server set the cookie
     at.run()
     assert at.title[0].value == "Worklist" and "session_cookie_pending" not in at.session_state
     assert not at.exception
