@@ -4,7 +4,7 @@ Streamlit renders over a websocket and cannot set cookies, so the app is served 
 with two small HTTP endpoints of its own:
 
 - `POST <base>/_cxr/session` with a one-time grant in the body: the tab that has just signed in gets a grant
-  (random, in this process's memory, valid for GRANT_SECONDS) and its zero-height frame posts it; the answer
+  (random, in this process's memory, valid for GRANT_SECONDS) and an empty element of its page posts it; the answer
   sets the session token as an HttpOnly, SameSite=Strict cookie (Secure over HTTPS) that expires with the
   session. The grant is the only thing page script ever sees, and it is spent at once.
 - `POST <base>/_cxr/session/clear` with the sha256 of a token in the body: when the cookie the request

@@ -109,6 +109,7 @@ function ratioChanged() {
 watchRatio();
 
 function destroy() {
+  renderSeq++; // a render still decoding its pictures stops there
   resized.disconnect();
   ratioQuery?.removeEventListener("change", ratioChanged);
   if (window.__cxrEditor === editor) delete window.__cxrEditor;
@@ -453,8 +454,7 @@ for (const b of modeButtons) b.addEventListener("click", () => setMode(b.dataset
 
 // Keys while the focus is in the viewer. The ones it uses stop here; the others go on to the page, whose shortcuts
 // (accept a finding, next study, ...) then work with the focus on the picture, once per press (not repeated while
-// held). Typing in the viewer's own fields (the label list) never reaches the page: outside this shadow root the key
-// would seem to come from no field at all.
+// held). Typing in the viewer's own fields (the label list) stays there.
 const SCROLL_KEYS = new Set([" ", "ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "PageUp", "PageDown", "Home", "End"]);
 const typing = (el) =>
   el?.tagName === "TEXTAREA" || el?.tagName === "SELECT" ||

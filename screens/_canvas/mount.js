@@ -42,11 +42,12 @@ export default function ({ data, parentElement: root, setStateValue }) {
     VIEWERS.set(root, viewer);
   }
   viewer.host.send = setStateValue; // the newest, should Streamlit hand a new one
+  const call = (viewer.calls = (viewer.calls ?? 0) + 1);
   viewer.render(data);
-  // Streamlit calls this when the element goes, or at once when newer data overtook this call while the module
-  // loaded: either way this viewer is done, and a later call on the same root builds a new one.
+  // Streamlit calls the newest call's cleanup when the element goes. An older call's cleanup can run later too, when
+  // newer data overtook that call while the module loaded: by then the newer call uses this viewer, so it stays.
   return () => {
-    if (VIEWERS.get(root) !== viewer) return;
+    if (VIEWERS.get(root) !== viewer || viewer.calls !== call) return;
     VIEWERS.delete(root);
     viewer.destroy();
     viewer.element.remove();

@@ -11,6 +11,7 @@ export default function ({ data, parentElement, setStateValue }) {
   fetch(data.url, {
     method: "POST", credentials: "same-origin", cache: "no-store",
     headers: { "Content-Type": "text/plain" }, body: data.grant,
+    signal: AbortSignal.timeout(15000), // a server that never answers is a refusal, not an endless "Signing in…"
   }).then((r) => r.ok, () => false).then((ok) => {
     // Only "set" answers: the first page waits for it. Clearing must not rerun the page.
     if (data.action === "set") setStateValue("value", ok);

@@ -136,8 +136,10 @@ def test_annotate_reload_submit_blinded_second_reader_and_final(browser, app, re
     latencies = page.evaluate("() => window.__cxrEditor.latencies")
     assert latencies, "the brush stroke repainted"
     page.screenshot(path=ARTIFACTS / "annotate-01-box-and-brush.png", full_page=True)
-    # The editing keys still work after a click on one of the toolbar's controls (here: the heart's layer hidden).
+    # A click on one of the toolbar's controls (here: the heart's layer hidden) gives the focus back to the picture,
+    # and the editing keys work.
     viewer.get_by_role("checkbox", name="heart").click()
+    assert viewer.locator("#overlay").evaluate("(overlay) => overlay.getRootNode().activeElement === overlay")
     page.keyboard.press("b")
     assert viewer.get_by_role("button", name="Box", exact=True).get_attribute("aria-pressed") == "true"
     viewer.get_by_role("checkbox", name="heart").click()

@@ -48,16 +48,36 @@ def test_the_first_page_after_sign_in_waits_until_the_browser_stored_the_session
     at.text_input(key="signin_password").input("radiologist-pw")
     at.button[0].click().run()
     assert [c.value for c in at.caption] == ["Signing in…"] and not at.dataframe and not at.sidebar.get("page_link")
-    # The frame holds a one-time grant, never the token; the endpoint exchanges the grant for the token once.
+    # The page's cookie element holds a one-time grant, never the token, and posts it to the app's endpoint, which
+    # exchanges the grant for the token once.
     grant = at.session_state["session_cookie_grant"]
+    (cookie,) = [e.proto for e in at.get("bidi_component") if e.proto.component_name == "cxr_session_cookie"]
+    assert json.loads(cookie.json) == {"action": "set", "url": session_cookie.PATH, "grant": grant}
     assert grant != at.session_state["session_token"]
     assert session_cookie.redeem(grant)[0] == at.session_state["session_token"]
     assert session_cookie.redeem(grant) is None
-    at.run()  # nothing moves until the frame confirms
+    at.run()  # nothing moves until the browser confirms
     assert [c.value for c in at.caption] == ["Signing in…"]
     at.session_state["cxr_session_set"] = {"value": True}  # what the browser sends once the server set the cookie
     at.run()
     assert at.title[0].value == "Worklist" and "session_cookie_pending" not in at.session_state
+    assert not at.exception
+
+
+def test_a_cookie_the_browser_did_not_store_is_said_and_the_page_still_opens(env, monkeypatch):
+    from services import session_cookie
+
+    monkeypatch.setattr(session_cookie, "_mounted", True)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.text_input(key="signin_username").input("rad")
+    at.text_input(key="signin_password").input("radiologist-pw")
+    at.button[0].click().run()
+    at.session_state["cxr_session_set"] = {"value": False}  # the endpoint refused, or the request failed
+    at.run()
+    assert at.title[0].value == "Worklist" and "session_cookie_pending" not in at.session_state
+    assert "This browser did not store the sign-in cookie: a reload will ask you to sign in again." in [
+        c.value for c in at.sidebar.caption
+    ]
     assert not at.exception
 
 
