@@ -13,10 +13,11 @@ import base64
 import json
 import re
 import struct
-from collections.abc import Mapping
 from pathlib import Path
 
 import streamlit as st
+
+from screens._element import sent
 
 _HERE = Path(__file__).with_name("_canvas")
 
@@ -73,8 +74,7 @@ def preload_viewer(*, key: str) -> None:
 
 def last_value(key: str) -> dict | None:
     """What viewer `key` last sent (see image_canvas), as it is at the start of this run, or None."""
-    state = st.session_state.get(key)
-    value = state.get("value") if isinstance(state, Mapping) else None
+    value = sent(key, "value")
     return value if isinstance(value, dict) else None
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from screens._element import sent
+
 _HERE = Path(__file__).with_name("_pick_table")
 _component = st.components.v2.component(
     "cxr_pick_table", js=(_HERE / "table.js").read_text(), css=(_HERE / "table.css").read_text()
@@ -54,14 +56,12 @@ def pick_table(
 def picked(key: str, n_rows: int) -> int | None:
     """The index of the row the reader opened in table `key` (of `n_rows` rows) for this run, or None. Readable
     before the table is drawn again, so that a page can act on it first."""
-    value = st.session_state.get(key)
-    index = value.get("open") if isinstance(value, dict) else None
+    index = sent(key, "open")
     return index if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < n_rows else None
 
 
 def sort_clicked(key: str, sortable: Sequence[str]) -> str | None:
     """The sortable column whose header the reader clicked in table `key` for this run, or None (a name the page
     did not offer is ignored)."""
-    value = st.session_state.get(key)
-    name = value.get("sort") if isinstance(value, dict) else None
+    name = sent(key, "sort")
     return name if isinstance(name, str) and name in sortable else None

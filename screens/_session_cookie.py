@@ -6,11 +6,11 @@ sets or clears the cookie. Page script never sees the token: the element only ev
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from pathlib import Path
 
 import streamlit as st
 
+from screens._element import sent
 from services import session_cookie
 
 _component = st.components.v2.component(
@@ -36,8 +36,7 @@ def store(grant: str) -> bool | None:
     the page), then True when the cookie is stored, False when the server or the browser refused."""
     _component(key=SET_KEY, data={"action": "set", "url": _endpoint(), "grant": grant}, default={"value": None},
                on_value_change=lambda: None)  # fmt: skip
-    state = st.session_state.get(SET_KEY)
-    value = state.get("value") if isinstance(state, Mapping) else None
+    value = sent(SET_KEY, "value")
     return None if value is None else value is True
 
 
