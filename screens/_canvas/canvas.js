@@ -79,7 +79,6 @@ function layout() {
   stage2.hidden = !compare;
   $("caption1").textContent = compare ? args.compare.current_caption || "" : "";
   $("caption2").textContent = compare ? compare.caption : "";
-  for (const st of [stage, stage2]) st.style.height = `${args.view_height}px`;
   for (const c of [imageCanvas, overlay, image2, overlay2]) {
     c.width = Math.round(stage.clientWidth * dpr());
     c.height = Math.round(args.view_height * dpr());
